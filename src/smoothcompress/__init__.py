@@ -1,0 +1,27 @@
+"""smoothcompress: smooth training and SVD compression of neural networks without fine-tuning.
+
+Implements Runkel et al., "Smooth Model Compression without Fine-Tuning" (arXiv 2505.24469, 2025).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from smoothcompress.accounting import Report, count_flops, count_params, layer_report
+from smoothcompress.models import create_model, list_models, register_model
+
+try:
+    __version__ = version("smoothcompress")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    # models
+    "create_model",
+    "list_models",
+    "register_model",
+    # accounting
+    "count_params",
+    "count_flops",
+    "layer_report",
+    "Report",
+]

@@ -1,0 +1,241 @@
+"""Parameter and FLOP accounting, and the per-layer report shared by ``compress`` and ``prune``.
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as 2 FLOPs), never
+from a hand-written counter.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_params", "count_flops", "flops_by_module", "LayerRow", "Report", "layer_report"]
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Number of parameters of ``model`` (all of them: weights, biases, BatchNorm affine).
+
+    Parameters
+    ----------
+    model : nn.Module
+    nonzero : bool
+        Count only non-zero entries; this is the size of an unstructured-pruned model.
+    """
+    params = list(model.parameters())
+    if nonzero:
+        return int(sum(int(torch.count_nonzero(p.detach())) for p in params))
+    return int(sum(p.numel() for p in params))
+
+
+def _as_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+    ref = next(iter(model.parameters()), None)
+    device = ref.device if ref is not None else "cpu"
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, int]:
+    """FLOPs of one forward pass, by module name (``""`` is the whole model).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Counted in eval mode on a copy, so BatchNorm statistics are left untouched.
+    input_shape : tuple of int
+        Full input shape including the batch dimension, e.g. ``(1, 3, 32, 32)``.
+    """
+    x = _as_input(model, input_shape)
+    probe = copy.deepcopy(model).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        probe(x)
+    out: dict[str, int] = {}
+    for key, by_op in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        # Keys are "<RootClass>.<path>"; strip the root so names match ``model.named_modules()``.
+        name = key.split(".", 1)[1] if "." in key else ""
+        out[name] = int(sum(by_op.values()))
+    out[""] = int(counter.get_total_flops())
+    return out
+
+
+def count_flops(model: nn.Module, input_shape: Iterable[int]) -> int:
+    """FLOPs of one forward pass on an input of ``input_shape`` (batch dimension included)."""
+    return flops_by_module(model, input_shape)[""]
+
+
+@dataclass
+class LayerRow:
+    """One weight layer of the original model and what it became."""
+
+    name: str
+    kind: str  # "conv" | "linear" | type name of anything else
+    shape: tuple  # weight shape before
+    status: str  # "factorized" | "dense" | "pruned" | "skipped: <reason>"
+    rank: int | None  # kept rank of a factorized layer
+    full_rank: int | None
+    params_before: int
+    params_after: int
+    flops_before: int | None
+    flops_after: int | None
+    energy: float | None  # fraction of spectral energy kept (sum s_i^2 kept / total)
+
+
+@dataclass
+class Report:
+    """Per-layer and whole-model accounting of a compression or pruning.
+
+    ``str(report)`` is a printable table; :meth:`to_dict` gives plain data (JSON-ready).
+    """
+
+    rows: list[LayerRow]
+    params_before: int
+    params_after: int
+    flops_before: int | None = None
+    flops_after: int | None = None
+    nonzero: bool = False  # params_after counts non-zeros (unstructured pruning)
+    method: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Fraction of all parameters removed."""
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rate"] = self.rate
+        return d
+
+    def __str__(self) -> str:
+        head = ["layer", "shape", "status", "rank", "params", "FLOPs", "energy"]
+        lines = []
+        for r in self.rows:
+            rank = f"{r.rank}/{r.full_rank}" if r.rank is not None else ""
+            flops = (
+                f"{_si(r.flops_before)} -> {_si(r.flops_after)}"
+                if r.flops_before is not None and r.flops_after is not None
+                else ""
+            )
+            lines.append(
+                [
+                    r.name,
+                    "x".join(map(str, r.shape)),
+                    r.status,
+                    rank,
+                    f"{_si(r.params_before)} -> {_si(r.params_after)}",
+                    flops,
+                    f"{r.energy:.4f}" if r.energy is not None else "",
+                ]
+            )
+        widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        out += [fmt.format(*row) for row in lines]
+        what = "non-zero params" if self.nonzero else "params"
+        out.append(
+            f"total {what}: {self.params_before:,} -> {self.params_after:,} "
+            f"({100 * self.rate:.1f}% removed{', ' + self.method if self.method else ''})"
+        )
+        if self.flops_before is not None and self.flops_after is not None:
+            ratio = self.flops_after / self.flops_before if self.flops_before else float("nan")
+            out.append(f"total FLOPs: {_si(self.flops_before)} -> {_si(self.flops_after)} ({ratio:.2f}x)")
+        return "\n".join(out)
+
+
+def _si(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Leaf modules that own a weight of 2 or more dims (conv, linear and the like), by name."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+    }
+
+
+def layer_report(
+    before: nn.Module,
+    after: nn.Module,
+    input_shape: Iterable[int] | None = None,
+    notes: Mapping[str, str] | None = None,
+    nonzero: bool = False,
+    method: str = "",
+) -> Report:
+    """Compare two models layer by layer, matching modules by name.
+
+    Parameters
+    ----------
+    before, after : nn.Module
+        The original model and its compressed or pruned version. A layer of ``after`` may be a replacement
+        module at the same name; if it has ``rank``/``full_rank``/``energy`` attributes they are reported.
+    input_shape : tuple of int, optional
+        Full input shape (batch included) for FLOP counts; ``None`` skips FLOPs.
+    notes : mapping, optional
+        Status to report for some layers, e.g. ``{"conv1": "skipped: grouped conv"}``.
+    nonzero : bool
+        Count non-zero parameters of ``after`` (unstructured pruning).
+    method : str
+        Label printed with the totals.
+    """
+    notes = dict(notes or {})
+    fb = flops_by_module(before, input_shape) if input_shape is not None else None
+    fa = flops_by_module(after, input_shape) if input_shape is not None else None
+    after_modules = dict(after.named_modules())
+    rows = []
+    for name, m in _weight_layers(before).items():
+        new = after_modules.get(name)
+        p_before = count_params(m)
+        p_after = count_params(new, nonzero=nonzero) if new is not None else 0
+        rank = getattr(new, "rank", None)
+        if name in notes:
+            status = notes[name]
+        elif rank is not None:
+            status = "factorized"
+        elif new is None:
+            status = "removed"
+        elif nonzero and p_after < p_before or tuple(new.weight.shape) != tuple(m.weight.shape):
+            status = "pruned"
+        else:
+            status = "dense"
+        kind = {nn.Conv2d: "conv", nn.Linear: "linear"}.get(type(m), type(m).__name__)
+        rows.append(
+            LayerRow(
+                name=name,
+                kind=kind,
+                shape=tuple(m.weight.shape),
+                status=status,
+                rank=int(rank) if rank is not None else None,
+                full_rank=getattr(new, "full_rank", None),
+                params_before=p_before,
+                params_after=p_after,
+                flops_before=fb.get(name) if fb is not None else None,
+                flops_after=fa.get(name) if fa is not None else None,
+                energy=getattr(new, "energy", None),
+            )
+        )
+    return Report(
+        rows=rows,
+        params_before=count_params(before),
+        params_after=count_params(after, nonzero=nonzero),
+        flops_before=fb[""] if fb is not None else None,
+        flops_after=fa[""] if fa is not None else None,
+        nonzero=nonzero,
+        method=method,
+    )
