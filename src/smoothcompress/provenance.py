@@ -1,0 +1,77 @@
+"""Where and how a result was produced: attached to every result row and benchmark JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["git_commit", "device_name", "sha256_file", "provenance", "write_json"]
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    """The current git commit (with ``+dirty`` when the tree has uncommitted changes), or ``"unknown"``."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """Human-readable name of the device, e.g. ``"cpu: x86_64, 2 threads"`` or ``"cuda: NVIDIA H100"``."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu: {platform.machine()} {platform.processor() or ''}".strip() + f", {torch.get_num_threads()} threads"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(device: str | torch.device | None = None, **extra) -> dict:
+    """Commit, device, versions and time stamp, plus any ``extra`` fields (dataset, sha256, seed, wall time)."""
+    import smoothcompress
+
+    return {
+        "commit": git_commit(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "smoothcompress": smoothcompress.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> Path:
+    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
