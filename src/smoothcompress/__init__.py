@@ -6,6 +6,7 @@ Implements Runkel et al., "Smooth Model Compression without Fine-Tuning" (arXiv 
 from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import Report, count_flops, count_params, layer_report
+from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
 from smoothcompress.models import create_model, list_models, register_model
 
 try:
@@ -24,4 +25,10 @@ __all__ = [
     "count_flops",
     "layer_report",
     "Report",
+    # data
+    "DataError",
+    "Dataset",
+    "Loader",
+    "load_dataset",
+    "split_validation",
 ]
