@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["git_commit", "device_name", "sha256_file", "provenance", "write_json"]
+__all__ = ["git_commit", "device_name", "sha256_file", "provenance", "write_json", "read_jsonl", "append_jsonl"]
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
@@ -75,3 +75,34 @@ def write_json(path: str | os.PathLike, obj: dict) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON-lines file; a torn last line (from a killed run) is ignored, any other bad line is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
+    return rows
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one row to a JSON-lines file and fsync it, so a killed run loses at most the row in flight."""
+    text = json.dumps(row, default=str) + "\n"
+    # A torn line from a killed run would glue onto this row: start on a fresh line.
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        text = "\n" + text
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,403 @@
+"""Results rows -> ``report.md``, a summary table and PNG plots.
+
+Everything here is computed from the rows that :func:`smoothcompress.experiment.sweep` writes
+(``results.jsonl``, and ``spectra.jsonl`` for the spectra and weight pictures), so every figure traces back to a
+row and every row to a command.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from smoothcompress.provenance import read_jsonl  # noqa: E402
+
+__all__ = ["summarize", "select_weights", "assess_claims", "write_report", "load_results"]
+
+BASELINE = "none"
+SVD_PREFIX = "svd"
+# A claim is judged on the rates where compression bites; at 30% almost nothing loses accuracy.
+CLAIM_MIN_RATE = 0.5
+# Two accuracies closer than this (in points) are "on par": about the seed-to-seed spread of short CPU runs.
+PAR_POINTS = 1.0
+
+
+def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """Rows of a sweep: ``path`` is its folder or its ``results.jsonl``. Returns (results, spectra)."""
+    path = Path(path)
+    results = path / "results.jsonl" if path.is_dir() else path
+    if not results.exists():
+        raise FileNotFoundError(f"no results file at {results}; run `smoothcompress sweep CONFIG` first")
+    rows = read_jsonl(results)
+    if not rows:
+        raise ValueError(f"{results} holds no rows")
+    return rows, read_jsonl(results.with_name("spectra.jsonl"))
+
+
+def _group(row: dict) -> tuple:
+    """The training setting of a row, seeds pooled: (model, width, reg, lam)."""
+    return (row["model"], row.get("width"), row["reg"], float(row["lam"]))
+
+
+def _group_name(group: tuple, with_model: bool) -> str:
+    model, width, reg, lam = group
+    name = "baseline" if reg == BASELINE else f"{reg} λ={lam:g}"
+    return f"{model}-w{width} {name}" if with_model else name
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Pool seeds: one entry per (setting, method label, rate) with accuracy mean, std and n."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        cells[(_group(r), r["label"], float(r["rate_requested"]))].append(r)
+    out = []
+    for (group, label, rate), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        accs = [r["accuracy"] for r in rs if r.get("accuracy") is not None]
+        entry = {
+            "group": group,
+            "label": label,
+            "rate": rate,
+            "n": len(accs),
+            "errors": [r["error"] for r in rs if "error" in r],
+        }
+        if accs:
+            mean, std = _mean_std(accs)
+            achieved = [r["rate_achieved"] for r in rs if r.get("rate_achieved") is not None]
+            entry.update(acc=mean, std=std, rate_achieved=statistics.fmean(achieved) if achieved else rate)
+        out.append(entry)
+    return out
+
+
+def _index(summary: list[dict]) -> dict[tuple, dict]:
+    return {(s["group"], s["label"], s["rate"]): s for s in summary if "acc" in s}
+
+
+def select_weights(rows: list[dict], label: str | None = None) -> dict[str, dict]:
+    """Choose each regulariser's weight: the λ with the best mean of dense and SVD accuracies over all rates.
+
+    Meant for sweeps on a validation split (``split == "val"``). The score averages the dense accuracy and the
+    accuracy after SVD compression (``label``, default the first svd label present) at every swept rate, so a
+    weight wins by being accurate *and* compressible, which is the trade-off the method is about.
+
+    Returns ``{kind: {"lam": best, "score": ..., "scores": {lam: score}}}``.
+    """
+    summary = _index(summarize(rows))
+    labels = sorted({k[1] for k in summary if k[1].startswith(SVD_PREFIX)})
+    label = label or (labels[0] if labels else "dense")
+    scores: dict[str, dict[float, float]] = defaultdict(dict)
+    for group in {k[0] for k in summary}:
+        accs = [s["acc"] for (g, lab, _), s in summary.items() if g == group and lab in (label, "dense")]
+        scores[group[2]][group[3]] = statistics.fmean(accs)
+    return {
+        kind: {
+            "lam": max(by_lam, key=by_lam.get),
+            "score": max(by_lam.values()),
+            "scores": dict(sorted(by_lam.items())),
+        }
+        for kind, by_lam in scores.items()
+    }
+
+
+def _compare(index: dict, a: tuple, la: str, b: tuple, lb: str, rates: list[float]) -> list[tuple[float, float]]:
+    """(rate, acc_a - acc_b) in points at every rate where both exist."""
+    out = []
+    for rate in rates:
+        x, y = index.get((a, la, rate)), index.get((b, lb, rate))
+        if x and y:
+            out.append((rate, 100 * (x["acc"] - y["acc"])))
+    return out
+
+
+def _verdict(diffs: list[tuple[float, float]]) -> str:
+    if not diffs:
+        return "no data"
+    wins = sum(d > 0 for _, d in diffs)
+    if wins == len(diffs):
+        return "supported"
+    return "partly supported" if wins else "not supported"
+
+
+def _fmt_diffs(diffs: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{100 * r:.0f}%: {d:+.1f}" for r, d in diffs)
+
+
+def assess_claims(rows: list[dict]) -> list[dict]:
+    """Judge the paper's four claims from the rows; each item has ``claim``, ``verdict`` and ``evidence``.
+
+    Rules (stated in the report): accuracies are seed means; rates >= ``CLAIM_MIN_RATE`` count; "supported" means
+    the claim holds at every such rate (claim 1: dense accuracy within ``PAR_POINTS`` of the baseline or better).
+    """
+    summary = summarize(rows)
+    index = _index(summary)
+    groups = sorted({s["group"] for s in summary})
+    rates = sorted({s["rate"] for s in summary if s["rate"] >= CLAIM_MIN_RATE})
+    labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
+    svd = [lab for lab in labels if lab.startswith(SVD_PREFIX)]
+    pruning = [lab for lab in labels if not lab.startswith(SVD_PREFIX)]
+    claims = []
+    for base in (g for g in groups if g[2] == BASELINE):
+        smooth = [g for g in groups if g[2] != BASELINE and g[:2] == base[:2]]
+        multi = len({g[:2] for g in groups}) > 1
+        for g in smooth:
+            name = _group_name(g, multi)
+            d, b = index.get((g, "dense", 0.0)), index.get((base, "dense", 0.0))
+            if d and b:
+                diff = 100 * (d["acc"] - b["acc"])
+                evidence = f"dense {100 * d['acc']:.2f}% vs baseline {100 * b['acc']:.2f}% ({diff:+.2f} points)"
+                claims.append(
+                    {
+                        "claim": "1. smooth training matches baseline accuracy",
+                        "setting": name,
+                        "verdict": "supported" if diff >= -PAR_POINTS else "not supported",
+                        "evidence": evidence,
+                    }
+                )
+            for lab in svd:
+                diffs = _compare(index, g, lab, base, lab, rates)
+                claims.append(
+                    {
+                        "claim": "2. smooth + SVD beats baseline + SVD",
+                        "setting": f"{name}, {lab}",
+                        "verdict": _verdict(diffs),
+                        "evidence": "points vs baseline at rate " + _fmt_diffs(diffs),
+                    }
+                )
+            for lab in pruning:
+                diffs = _compare(index, g, lab, base, lab, rates)
+                claims.append(
+                    {
+                        "claim": "3. pruning does better on smooth models",
+                        "setting": f"{name}, {lab}",
+                        "verdict": _verdict(diffs),
+                        "evidence": "points vs baseline at rate " + _fmt_diffs(diffs),
+                    }
+                )
+        for g in [base, *smooth]:
+            for lab_s in svd:
+                for lab_p in pruning:
+                    diffs = _compare(index, g, lab_s, g, lab_p, rates)
+                    claims.append(
+                        {
+                            "claim": "4. SVD beats pruning at equal parameters",
+                            "setting": f"{_group_name(g, multi)}, {lab_s} vs {lab_p}",
+                            "verdict": _verdict(diffs),
+                            "evidence": "points SVD minus pruning at rate " + _fmt_diffs(diffs),
+                        }
+                    )
+    return claims
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plots
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _colors(groups: list[tuple]) -> dict[tuple, str]:
+    smooth = [g for g in groups if g[2] != BASELINE]
+    colors = {g: _COLORS[i % len(_COLORS)] for i, g in enumerate(smooth)}
+    colors.update({g: "black" for g in groups if g[2] == BASELINE})
+    return colors
+
+
+def plot_accuracy(summary: list[dict], path: Path) -> Path:
+    """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed."""
+    labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
+    groups = sorted({s["group"] for s in summary})
+    colors, multi = _colors(groups), len({g[:2] for g in groups}) > 1
+    fig, axes = plt.subplots(
+        1, max(1, len(labels)), figsize=(4.2 * max(1, len(labels)), 3.8), sharey=True, squeeze=False
+    )
+    for ax, label in zip(axes[0], labels, strict=False):
+        for g in groups:
+            pts = sorted(
+                (100 * s["rate_achieved"], 100 * s["acc"], 100 * s["std"])
+                for s in summary
+                if s["group"] == g and s["label"] in (label, "dense") and "acc" in s
+            )
+            if not pts:
+                continue
+            x, y, e = zip(*pts, strict=True)
+            ax.errorbar(
+                x, y, yerr=e if any(e) else None, color=colors[g], marker="o", ms=3.5, capsize=2, lw=1.4,
+                ls="--" if g[2] == BASELINE else "-", label=_group_name(g, multi),
+            )  # fmt: skip
+        ax.set_title(label)
+        ax.set_xlabel("parameters removed (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%), no fine-tuning")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _first_seed_per_group(spectra: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for r in sorted(spectra, key=lambda r: (r["reg"] != BASELINE, r["reg"], r["lam"], r["seed"])):
+        if (r["reg"], r["lam"]) not in seen:
+            seen.add((r["reg"], r["lam"]))
+            out.append(r)
+    return out
+
+
+def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
+    """Normalised singular values of a few layers: smooth models against the baseline (dashed)."""
+    runs = _first_seed_per_group(spectra)
+    layers = list(runs[0]["spectra"]) if runs else []
+    if not layers:
+        return None
+    groups = [(None, None, r["reg"], r["lam"]) for r in runs]
+    colors = _colors(groups)
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for g, r in zip(groups, runs, strict=True):
+            s = r["spectra"].get(layer)
+            if s:
+                ax.semilogy(
+                    range(1, len(s) + 1), s, color=colors[g], ls="--" if g[2] == BASELINE else "-",
+                    label=_group_name(g, False),
+                )  # fmt: skip
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("index i")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("σ_i / σ_1")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_weights(spectra: list[dict], path: Path) -> Path | None:
+    """One weight slice per setting as an image (out channels x in channels, centre tap of the kernel)."""
+    runs = [r for r in _first_seed_per_group(spectra) if r.get("slice")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], runs, strict=True):
+        w = r["slice"]
+        vmax = max(abs(v) for row in w for v in row) or 1.0
+        im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(_group_name((None, None, r["reg"], r["lam"]), False), fontsize=9)
+        ax.set_xlabel("in channel")
+        ax.set_ylabel("out channel")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"weight slice of {runs[0]['slice_layer']} (centre tap)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _pct(s: dict | None) -> str:
+    if not s or "acc" not in s:
+        return "—"
+    return f"{100 * s['acc']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['acc']:.2f}"
+
+
+def summary_table(summary: list[dict]) -> str:
+    """Markdown table: one row per (setting, method), accuracy (%) at each rate; seeds pooled (mean ± std)."""
+    index = {(s["group"], s["label"], s["rate"]): s for s in summary}
+    rates = sorted({s["rate"] for s in summary if s["rate"] > 0})
+    groups = sorted({s["group"] for s in summary}, key=lambda g: (g[0], g[1] or 0, g[2] != BASELINE, g[2], g[3]))
+    labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
+    multi = len({g[:2] for g in groups}) > 1
+    head = "| setting | method | seeds | dense | " + " | ".join(f"{100 * r:.0f}%" for r in rates) + " |"
+    lines = [head, "|" + "---|" * (4 + len(rates))]
+    for g in groups:
+        dense = index.get((g, "dense", 0.0))
+        for lab in labels:
+            cells = [_pct(index.get((g, lab, r))) for r in rates]
+            n = dense["n"] if dense else 0
+            lines.append(f"| {_group_name(g, multi)} | {lab} | {n} | {_pct(dense)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``report.md``, ``summary.md`` and the PNG plots of a sweep into ``out_dir``; return report.md."""
+    rows, spectra = load_results(results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    table = summary_table(summary)
+    (out / "summary.md").write_text(table + "\n")
+    plots = {
+        "Accuracy against parameter reduction": plot_accuracy(summary, out / "accuracy.png"),
+        "Singular-value spectra": plot_spectra(spectra, out / "spectra.png"),
+        "Weight smoothness": plot_weights(spectra, out / "weights.png"),
+    }
+    datasets = sorted({(r["dataset"], r.get("dataset_sha256", "")) for r in rows})
+    splits = sorted({r.get("split", "test") for r in rows})
+    commits = sorted({r.get("commit", "unknown") for r in rows})
+    devices = sorted({r.get("device", "unknown") for r in rows})
+    train_wall = sum({r["run"]: r.get("train_wall_s") or 0.0 for r in rows}.values())
+    eval_wall = sum(r.get("wall_s") or 0.0 for r in rows)
+    md = ["# smoothcompress report", ""]
+    md += [f"- dataset: {name} (sha256 `{sha}`)" for name, sha in datasets]
+    md += [
+        f"- split evaluated: {', '.join(splits)}",
+        f"- commits: {', '.join(commits)}",
+        f"- devices: {', '.join(devices)}",
+        f"- rows: {len(rows)} from {len({r['run'] for r in rows})} training runs; "
+        f"training {train_wall / 60:.1f} min, compression + evaluation {eval_wall / 60:.1f} min",
+        "",
+        "## Accuracy (%) after compression, no fine-tuning",
+        "",
+        "Mean ± std over seeds. Columns are the requested fraction of all parameters removed; magnitude pruning counts "
+        "non-zeros.",
+        "",
+        table,
+        "",
+    ]
+    errors = sorted({(s["label"], s["rate"], e) for s in summary for e in s["errors"]})
+    if errors:
+        md += ["Cells that could not be computed:", ""]
+        md += [f"- {lab} at {100 * rate:.0f}%: {e}" for lab, rate, e in errors]
+        md.append("")
+    if "val" in splits:
+        md += [
+            "## Weight selection (validation split)",
+            "",
+            "| regulariser | λ | score | all scores |",
+            "|---|---|---|---|",
+        ]
+        for kind, sel in sorted(select_weights(rows).items()):
+            scores = ", ".join(f"{lam:g}: {100 * sc:.2f}" for lam, sc in sel["scores"].items())
+            md.append(f"| {kind} | {sel['lam']:g} | {100 * sel['score']:.2f} | {scores} |")
+        md += ["", "Score: mean of the dense accuracy and the SVD accuracies at every rate (see `select_weights`).", ""]
+    claims = assess_claims(rows)
+    if claims:
+        md += [
+            "## The paper's claims, judged by these rows",
+            "",
+            f"Rates from {100 * CLAIM_MIN_RATE:.0f}% count. 'supported': holds at every such rate (claim 1: dense "
+            f"accuracy within {PAR_POINTS:g} point of the baseline or better); 'partly': at some; differences in "
+            "accuracy points.",
+            "",
+            "| claim | setting | verdict | evidence |",
+            "|---|---|---|---|",
+        ]
+        md += [f"| {c['claim']} | {c['setting']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
+        md.append("")
+    md += ["## Plots", ""]
+    md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in plots.items() if p is not None]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path

@@ -1,0 +1,104 @@
+"""Report: summary pooling, weight selection, claim verdicts and plots, from synthetic rows."""
+
+import json
+
+import pytest
+
+from smoothcompress import report
+
+RATES = [0.5, 0.7]
+
+
+def _rows(split="test"):
+    """Baseline and a nuclear model, two seeds; the smooth model compresses better, pruning is worse."""
+    acc = {
+        ("none", "dense"): 0.90,
+        ("none", "svd-global-channel"): 0.60,
+        ("none", "magnitude"): 0.50,
+        ("nuclear", "dense"): 0.895,
+        ("nuclear", "svd-global-channel"): 0.85,
+        ("nuclear", "magnitude"): 0.40,
+    }
+    rows = []
+    for reg, lam in (("none", 0.0), ("nuclear", 0.01)):
+        for seed in (0, 1):
+            for label, rates in (("dense", [0.0]), ("svd-global-channel", RATES), ("magnitude", RATES)):
+                for rate in rates:
+                    a = acc[(reg, label)] - 0.1 * rate * (label != "dense") + 0.002 * seed
+                    rows.append(
+                        {
+                            "run": f"{reg}-s{seed}",
+                            "model": "mlp",
+                            "width": 32,
+                            "dataset": "digits",
+                            "dataset_sha256": "abc",
+                            "split": split,
+                            "reg": reg,
+                            "lam": lam,
+                            "seed": seed,
+                            "method": label.split("-")[0] if label != "magnitude" else label,
+                            "label": label,
+                            "rate_requested": rate,
+                            "rate_achieved": rate + 0.001,
+                            "accuracy": a,
+                            "wall_s": 0.1,
+                            "train_wall_s": 1.0,
+                        }
+                    )
+    return rows
+
+
+def test_summarize_pools_seeds():
+    summary = report.summarize(_rows())
+    cell = next(s for s in summary if s["group"][2] == "nuclear" and s["label"] == "dense")
+    assert cell["n"] == 2
+    assert cell["acc"] == pytest.approx(0.896)
+    assert cell["std"] == pytest.approx(0.002 / 2**0.5)
+
+
+def test_claims_follow_the_numbers():
+    claims = {(c["claim"][:2], c["setting"]): c["verdict"] for c in report.assess_claims(_rows())}
+    assert claims[("1.", "nuclear λ=0.01")] == "supported"  # -0.5 points, within 1
+    assert claims[("2.", "nuclear λ=0.01, svd-global-channel")] == "supported"
+    assert claims[("3.", "nuclear λ=0.01, magnitude")] == "not supported"
+    assert claims[("4.", "baseline, svd-global-channel vs magnitude")] == "supported"
+
+
+def test_claim_one_fails_when_dense_accuracy_drops():
+    rows = [
+        dict(r, accuracy=r["accuracy"] - 0.05) if r["reg"] == "nuclear" and r["label"] == "dense" else r
+        for r in _rows()
+    ]
+    verdicts = [c["verdict"] for c in report.assess_claims(rows) if c["claim"].startswith("1.")]
+    assert verdicts == ["not supported"]
+
+
+def test_select_weights_prefers_accurate_and_compressible():
+    rows = _rows("val")
+    worse = [dict(r, lam=0.1, run=r["run"] + "b", accuracy=r["accuracy"] - 0.2) for r in rows if r["reg"] == "nuclear"]
+    sel = report.select_weights(rows + worse)
+    assert sel["nuclear"]["lam"] == 0.01
+    assert set(sel["nuclear"]["scores"]) == {0.01, 0.1}
+
+
+def test_write_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows("val")))
+    spectra = [
+        {"run": f"{reg}-s0", "reg": reg, "lam": lam, "seed": 0, "spectra": {"fc": [1.0, 0.5, 0.1]},
+         "slice_layer": "fc", "slice": [[0.1, -0.2], [0.3, 0.0]]}
+        for reg, lam in (("none", 0.0), ("nuclear", 0.01))
+    ]  # fmt: skip
+    (sweep / "spectra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in spectra))
+    md = report.write_report(sweep, tmp_path / "out").read_text()
+    assert "digits" in md and "| nuclear λ=0.01 | svd-global-channel | 2 |" in md
+    assert "Weight selection" in md and "claims" in md
+    for png in ("accuracy.png", "spectra.png", "weights.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_missing_results_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="smoothcompress sweep"):
+        report.load_results(tmp_path)
