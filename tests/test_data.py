@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import shutil
+import socket
+import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import smoothcompress as sc
 from smoothcompress import data as scd
@@ -324,3 +335,349 @@ def test_loader_rejects_bad_arguments(kwargs, match):
         scd.Loader(ds.x_train, ds.y_train, **args)
     with pytest.raises(ValueError, match="uint8"):
         scd.Loader(ds.x_train.float(), ds.y_train, 8, train=True, mean=ds.mean, std=ds.std)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Official CIFAR format: download, md5, extraction, offline
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def build_official(directory: Path, name: str, per_batch: int = 3, seed: int = 0):
+    """A small archive in the official python format of ``name``, and the registry entry that describes it.
+
+    Returns the archive path, the entry (with this archive's md5s), and the expected x/y train/test arrays.
+    """
+    spec = scd.OFFICIAL[name]
+    rng = np.random.default_rng(seed)
+    classes = [f"class{i}".encode() for i in range(5)]
+    members, md5s, expected = {}, {}, {}
+    for split, files in (("train", spec.train), ("test", spec.test)):
+        xs, ys = [], []
+        for fname, _ in files:
+            x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            y = rng.integers(0, len(classes), per_batch).tolist()
+            batch = {b"batch_label": fname.encode(), spec.label_key.encode(): y, b"data": x, b"filenames": [b"x.png"]}
+            members[fname] = pickle.dumps(batch, protocol=2)
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys += y
+        expected[f"x_{split}"], expected[f"y_{split}"] = np.concatenate(xs), np.array(ys)
+    members[spec.meta[0]] = pickle.dumps({spec.names_key.encode(): classes, b"num_cases_per_batch": 3}, protocol=2)
+    md5s = {fname: md5_of(data) for fname, data in members.items()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for fname, data in members.items():
+            info = tarfile.TarInfo(f"{spec.folder}/{fname}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = directory / spec.filename
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(buf.getvalue())
+    entry = dataclasses.replace(
+        spec,
+        md5=md5_of(buf.getvalue()),
+        train=tuple((f, md5s[f]) for f, _ in spec.train),
+        test=tuple((f, md5s[f]) for f, _ in spec.test),
+        meta=(spec.meta[0], md5s[spec.meta[0]]),
+    )
+    expected["classes"] = [c.decode() for c in classes]
+    return archive, entry, expected
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a folder over HTTP on localhost; yields (folder, base URL)."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_download_verify_extract_and_reuse(name, serve, tmp_path, monkeypatch):
+    mirror, url = serve
+    archive, entry, expected = build_official(mirror, name)
+    monkeypatch.setitem(scd.OFFICIAL, name, entry)
+    monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", url)
+    root = tmp_path / "root"
+    ds = sc.load_dataset(name, root=root)
+    assert ds.name == name and ds.classes == expected["classes"] and ds.augment
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(ds, key).numpy(), expected[key]), key
+    assert ds.x_train.dtype == torch.uint8 and ds.y_train.dtype == torch.int64
+    assert ds.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert (root / entry.filename).read_bytes() == archive.read_bytes()
+    assert sorted(p.name for p in (root / entry.folder).iterdir()) == sorted(f for f, _ in entry.files)
+    assert not list(root.rglob("*.part"))
+    # later loads use the local copy: no network needed
+    monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", f"http://127.0.0.1:{closed_port()}/")
+    again = sc.load_dataset(name, root=root, download=False)
+    assert torch.equal(again.x_train, ds.x_train) and again.sha256 == ds.sha256
+    # the extracted folder alone is enough too (as torchvision leaves it)
+    (root / entry.filename).unlink()
+    alone = sc.load_dataset(name, root=root, download=False)
+    assert torch.equal(alone.x_test, ds.x_test)
+
+
+def test_download_with_wrong_md5_is_deleted(serve, tmp_path, monkeypatch):
+    mirror, url = serve
+    _, entry, _ = build_official(mirror, "cifar10")
+    monkeypatch.setitem(scd.OFFICIAL, "cifar10", dataclasses.replace(entry, md5="0" * 32))
+    monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", url)
+    root = tmp_path / "root"
+    with pytest.raises(sc.DataError, match=r"md5 [0-9a-f]{32}, expected 0{32}.*deleted"):
+        sc.load_dataset("cifar10", root=root)
+    assert list(root.iterdir()) == []
+
+
+def test_a_local_archive_with_wrong_md5_is_reported_not_deleted(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(sc.DataError, match="does not match the official md5.*Delete it"):
+        sc.load_dataset("cifar10", root=root)
+    assert (root / "cifar-10-python.tar.gz").exists()
+
+
+@pytest.mark.timeout(30)
+def test_offline_fails_fast_with_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", f"http://127.0.0.1:{closed_port()}/")
+    root = tmp_path / "nowhere"
+    with pytest.raises(sc.DataError) as info:
+        sc.load_dataset("cifar10", root=root)
+    message = str(info.value)
+    assert "CIFAR-10 is not in" in message and str(root) in message
+    assert "cifar-10-python.tar.gz" in message and "cifar-10-batches-py/" in message and "--data DIR" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback
+    assert not root.exists()  # nothing half-made left behind
+
+
+@pytest.mark.timeout(30)
+def test_stalled_server_times_out(tmp_path, monkeypatch):
+    with socket.socket() as listener:  # accepts connections into its backlog, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/")
+        monkeypatch.setattr(scd, "DOWNLOAD_TIMEOUT", 0.5)
+        with pytest.raises(sc.DataError, match="could not be downloaded.*timed out"):
+            sc.load_dataset("cifar100", root=tmp_path)
+
+
+def test_download_false_does_not_touch_the_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("download=False must not open a connection")
+
+    monkeypatch.setattr(scd.urllib.request, "urlopen", no_network)
+    with pytest.raises(sc.DataError, match="CIFAR-100 is not in .*download=False"):
+        sc.load_dataset("cifar100", root=tmp_path, download=False)
+
+
+def test_tampered_batches_are_never_unpickled(serve, tmp_path, monkeypatch):
+    mirror, url = serve
+    _, entry, _ = build_official(mirror, "cifar10")
+    monkeypatch.setitem(scd.OFFICIAL, "cifar10", entry)
+    monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", url)
+    root = tmp_path / "root"
+    sc.load_dataset("cifar10", root=root)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    evil = pickle.dumps({b"data": Payload(), b"labels": []}, protocol=2)
+    (root / entry.folder / "data_batch_1").write_bytes(evil)
+    with pytest.raises(sc.DataError, match="data_batch_1 does not match its official md5"):
+        sc.load_dataset("cifar10", root=root)
+    # even with a matching md5, the restricted unpickler refuses anything but numpy arrays
+    train = ((entry.train[0][0], md5_of(evil)), *entry.train[1:])
+    monkeypatch.setitem(scd.OFFICIAL, "cifar10", dataclasses.replace(entry, train=train))
+    with pytest.raises(sc.DataError, match="refusing to load posix.mkdir"):
+        sc.load_dataset("cifar10", root=root)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ImageFolder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_imagefolder(directory: Path, mode: str = "RGB", size=(5, 6), per_class=(3, 2), seed=0):
+    """PNG images (lossless, so pixels round-trip) in train/<class>/ and test/<class>/; returns expected arrays."""
+    rng = np.random.default_rng(seed)
+    classes = ["dog", "cat", "bird"]  # written unsorted; labels follow sorted order
+    expected = {}
+    channels = 1 if mode == "L" else 3
+    for split, n in zip(("train", "test"), per_class, strict=True):
+        xs, ys = [], []
+        for label, cls in enumerate(sorted(classes)):
+            (directory / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+                Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(
+                    directory / split / cls / f"{i:03d}.png"
+                )
+                xs.append(pixels.transpose(2, 0, 1))
+                ys.append(label)
+        expected[f"x_{split}"], expected[f"y_{split}"] = np.stack(xs), np.array(ys)
+    (directory / "README.txt").write_text("not an image, ignored")
+    expected["classes"] = sorted(classes)
+    return expected
+
+
+def tar_gz(source: Path, archive: Path, prefix: str = "") -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=prefix + path.relative_to(source).as_posix(), recursive=False)
+    return archive
+
+
+def assert_matches(ds, expected):
+    assert ds.classes == expected["classes"]
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(ds, key).numpy(), expected[key]), key
+
+
+def test_imagefolder_directory_and_archive_agree_and_cache(tmp_path, monkeypatch):
+    src = tmp_path / "pets"
+    expected = build_imagefolder(src)
+    cache_root = tmp_path / "cache"
+    from_dir = sc.load_dataset(str(src), root=cache_root)
+    assert from_dir.name == "imagefolder:pets" and from_dir.input_shape == (3, 6, 5) and from_dir.augment
+    assert_matches(from_dir, expected)
+    archive = tar_gz(src, tmp_path / "pets-v1.tar.gz", prefix="pets/")  # a top-level folder is allowed
+    from_tar = sc.load_dataset(str(archive), root=cache_root)
+    assert (
+        from_tar.name == "imagefolder:pets-v1" and from_tar.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    )
+    assert_matches(from_tar, expected)
+    assert len(list((cache_root / "imagefolder").glob("pets-v1-*.npz"))) == 1
+    assert from_tar.mean == pytest.approx(from_dir.mean) and from_tar.std == pytest.approx(from_dir.std)
+
+    # the second load comes from the cache, with no decoding
+    def no_decode(*args):
+        raise AssertionError("decoded again although a cache exists")
+
+    monkeypatch.setattr(scd, "_decode_imagefolder", no_decode)
+    assert_matches(sc.load_dataset(str(archive), root=cache_root), expected)
+    assert_matches(sc.load_dataset(str(src), root=cache_root), expected)
+
+
+def test_imagefolder_grayscale_has_one_channel(tmp_path):
+    expected = build_imagefolder(tmp_path / "gray", mode="L")
+    ds = sc.load_dataset(str(tmp_path / "gray"), root=tmp_path / "cache")
+    assert ds.input_shape == (1, 6, 5) and len(ds.mean) == 1
+    assert_matches(ds, expected)
+
+
+def test_truncated_archive_is_a_data_error(tmp_path):
+    build_imagefolder(tmp_path / "src", per_class=(20, 5))
+    archive = tar_gz(tmp_path / "src", tmp_path / "data.tar.gz")
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(sc.DataError, match="data.tar.gz is corrupt or truncated"):
+        sc.load_dataset(str(archive), root=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_corrupt_image_is_named(tmp_path):
+    build_imagefolder(tmp_path / "src")
+    (tmp_path / "src" / "train" / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    archive = tar_gz(tmp_path / "src", tmp_path / "data.tar.gz")
+    with pytest.raises(sc.DataError, match=r"cannot decode .*data.tar.gz::train/cat/bad.png"):
+        sc.load_dataset(str(archive), root=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "rewrite", "other-source"])
+def test_corrupt_cache_is_a_data_error(tmp_path, damage):
+    build_imagefolder(tmp_path / "src", per_class=(8, 4))
+    archive = tar_gz(tmp_path / "src", tmp_path / "data.tar.gz")
+    sc.load_dataset(str(archive), root=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache" / "imagefolder").glob("*.npz")
+    blob = bytearray(cache.read_bytes())
+    if damage == "flip":  # a flipped byte inside x_train
+        start = blob.index(b"x_train.npy")
+        blob[blob.index(b"\n", blob.index(b"{'descr'", start)) + 10] ^= 0xFF
+        cache.write_bytes(bytes(blob))
+        match = "corrupt or partial"
+    elif damage == "truncate":
+        cache.write_bytes(bytes(blob[: len(blob) // 2]))
+        match = "corrupt or partial"
+    elif damage == "rewrite":  # a well-formed file whose pixels differ from what was cached: only the checksum tells
+        with np.load(cache) as z:
+            arrays = dict(z)
+        arrays["x_train"][0, 0, 0, 0] ^= 0xFF
+        with open(cache, "wb") as f:
+            np.savez(f, **arrays)
+        match = "checksum does not match"
+    else:  # a cache written for another archive under this name
+        build_imagefolder(tmp_path / "other", per_class=(8, 4), seed=1)
+        other = tar_gz(tmp_path / "other", tmp_path / "other.tar.gz")
+        sc.load_dataset(str(other), root=tmp_path / "cache2")
+        (other_cache,) = (tmp_path / "cache2" / "imagefolder").glob("*.npz")
+        cache.write_bytes(other_cache.read_bytes())
+        match = "another source"
+    with pytest.raises(sc.DataError, match=match):
+        sc.load_dataset(str(archive), root=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    ("break_it", "match"),
+    [
+        (lambda d: shutil.rmtree(d / "test"), r"no images under test/<class>/"),
+        (lambda d: Image.new("RGB", (7, 7)).save(d / "train" / "cat" / "big.png"), "resize"),
+    ],
+)
+def test_imagefolder_layout_errors(tmp_path, break_it, match):
+    build_imagefolder(tmp_path / "src")
+    break_it(tmp_path / "src")
+    with pytest.raises(sc.DataError, match=match):
+        sc.load_dataset(str(tmp_path / "src"), root=tmp_path / "cache")
+
+
+def test_test_class_without_training_images(tmp_path):
+    build_imagefolder(tmp_path / "src")
+    (tmp_path / "src" / "test" / "fish").mkdir()
+    Image.new("RGB", (5, 6)).save(tmp_path / "src" / "test" / "fish" / "0.png")
+    with pytest.raises(sc.DataError, match=r"test classes \['fish'\] have no training images"):
+        sc.load_dataset(str(tmp_path / "src"), root=tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The real CIFAR-10 JPEG copy in ../shared/data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cifar
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason=f"{SHARED_CIFAR} is absent (see ../shared/data/README.md)")
+def test_shared_cifar10_jpeg(tmp_path):
+    ds = sc.load_dataset(str(SHARED_CIFAR), root=tmp_path)
+    assert ds.name == "imagefolder:cifar10-jpeg" and ds.sha256 == SHARED_CIFAR_SHA256
+    assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_test.shape == (10000, 3, 32, 32)
+    assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert torch.equal(torch.bincount(ds.y_train), torch.full((10,), 5000))
+    assert torch.equal(torch.bincount(ds.y_test), torch.full((10,), 1000))
+    assert ds.mean == pytest.approx((0.491, 0.482, 0.447), abs=0.01)  # the well-known CIFAR-10 statistics
+    cached = sc.load_dataset(str(SHARED_CIFAR), root=tmp_path)
+    assert torch.equal(cached.x_train, ds.x_train) and torch.equal(cached.y_test, ds.y_test)
+    xb, yb = next(iter(sc.Loader(ds.x_train, ds.y_train, 128, train=True, mean=ds.mean, std=ds.std, augment=True)))
+    assert xb.shape == (128, 3, 32, 32) and yb.shape == (128,)

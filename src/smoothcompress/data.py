@@ -20,6 +20,7 @@ ranks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -225,7 +226,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     key = str(name).strip().lower()
     root = Path(root).expanduser() if root is not None else default_root()
     if key in OFFICIAL:
-        return _load_official(OFFICIAL[key], root, download)
+        return _load_official(key, root, download)
     if key == "digits":
         return _load_digits()
     path = Path(str(name)).expanduser()
@@ -417,7 +418,8 @@ def _missing_message(spec: OfficialArchive, root: Path, reason: str) -> str:
     )
 
 
-def _load_official(spec: OfficialArchive, root: Path, download: bool) -> Dataset:
+def _load_official(name: str, root: Path, download: bool) -> Dataset:
+    spec = OFFICIAL[name]
     if root.is_file() and root.name == spec.filename:  # --data pointed at the archive itself
         root = root.parent
     folder, archive = root / spec.folder, root / spec.filename
@@ -460,7 +462,6 @@ def _load_official(spec: OfficialArchive, root: Path, download: bool) -> Dataset
         for f, _ in spec.files:
             h.update((folder / f).read_bytes())
         sha = h.hexdigest()
-    name = next(k for k, v in OFFICIAL.items() if v is spec)
     return _make(name, x_train, y_train, x_test, y_test, classes, sha, augment=True)
 
 
@@ -507,26 +508,22 @@ def _download(spec: OfficialArchive, root: Path) -> None:
     from tqdm.auto import tqdm
 
     total = int(response.headers.get("Content-Length") or 0) or None
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=spec.filename + ".", suffix=".part")
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {spec.filename}", disable=None)
     md5 = hashlib.md5()
     try:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {spec.filename}", disable=None)
-        with response, os.fdopen(fd, "wb") as out, bar:
+        # The partial download lives in a temporary file that is deleted unless its md5 is right.
+        with response, bar, _atomic_file(root / spec.filename) as out:
             while block := response.read(1 << 20):
                 out.write(block)
                 md5.update(block)
                 bar.update(len(block))
-        if md5.hexdigest() != spec.md5:
-            raise DataError(
-                f"the download of {url} has md5 {md5.hexdigest()}, expected {spec.md5}: it is corrupt or was cut "
-                f"short, and has been deleted. Run again to retry."
-            )
-        os.replace(tmp, root / spec.filename)
+            if md5.hexdigest() != spec.md5:
+                raise DataError(
+                    f"the download of {url} has md5 {md5.hexdigest()}, expected {spec.md5}: it is corrupt or was "
+                    f"cut short, and has been deleted. Run again to retry."
+                )
     except (OSError, urllib.error.URLError) as e:
         raise DataError(_missing_message(spec, root, f"the download of {url} failed: {e}")) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _extract(spec: OfficialArchive, archive: Path, folder: Path) -> None:
@@ -537,19 +534,27 @@ def _extract(spec: OfficialArchive, archive: Path, folder: Path) -> None:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 if member.name in wanted and member.isfile():
-                    data = tar.extractfile(member).read()
-                    _atomic_write(folder / wanted.pop(member.name), data)
+                    with _atomic_file(folder / wanted.pop(member.name)) as out:
+                        out.write(tar.extractfile(member).read())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"cannot extract {archive}: {e}. Delete it and run again to download a fresh copy.") from None
     if wanted:
         raise DataError(f"{archive} lacks {', '.join(sorted(wanted))}: it is not the official {spec.title} archive")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
+    """Write ``path`` through a temporary file beside it that replaces it on success and is deleted on failure.
+
+    Readers never see a partial file, and processes racing to write the same file (DDP ranks) are harmless.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -669,14 +674,8 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray], source_sha256: str) -
     meta = {"version": _CACHE_VERSION, "source_sha256": source_sha256, "digest": _arrays_digest(arrays, source_sha256)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with _atomic_file(path) as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
     except OSError as e:
         warnings.warn(
             f"could not write the dataset cache {path} ({e}); the images will be decoded again next time", stacklevel=3
