@@ -7,6 +7,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import Report, count_flops, count_params, layer_report
 from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
+from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
+from smoothcompress.lowrank import (
+    FactorizedConv2d,
+    FactorizedLinear,
+    compress,
+    compress_report,
+    find_bn_pairs,
+    plan_compression,
+    plan_ranks,
+    spectrum,
+)
 from smoothcompress.models import create_model, list_models, register_model
 
 try:
@@ -25,6 +36,21 @@ __all__ = [
     "count_flops",
     "layer_report",
     "Report",
+    # compression (lowrank)
+    "compress",
+    "compress_report",
+    "plan_compression",
+    "plan_ranks",
+    "spectrum",
+    "find_bn_pairs",
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    # persistence (io)
+    "save",
+    "load",
+    "read_metadata",
+    "export_onnx",
+    "CheckpointError",
     # data
     "DataError",
     "Dataset",

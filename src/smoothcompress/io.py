@@ -1,0 +1,398 @@
+"""Saving, loading and ONNX export of dense, compressed and pruned models, without pickle.
+
+A checkpoint is one safetensors file. The tensors are the model's ``state_dict``; the safetensors metadata (a
+string-to-string map) holds everything needed to rebuild the module tree, as JSON:
+
+* ``format`` = ``"smoothcompress"`` and ``format_version`` (currently 1);
+* ``arch``: ``model.sc_arch`` of a registry-built model, ``{"name": ..., "kwargs": {...}}`` (or ``null``);
+* ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every leaf module of a known type (Conv2d, Linear,
+  BatchNorm1d/2d, FactorizedConv2d, FactorizedLinear), with its constructor arguments read off its current
+  tensors, so channel counts changed by filter pruning are captured;
+* ``compression``: the ``sc_compression`` record of :func:`smoothcompress.compress` (or ``null``);
+* ``weights_sha256``: a checksum of all tensors, so a corrupted file is detected instead of silently loaded.
+
+Loading runs no code from the file: (1) the base model is ``create_model(**arch)``, or a skeleton passed by the
+caller; (2) every recorded module is rebuilt from its config and set at its path; (3) the weights are loaded with
+``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from smoothcompress.lowrank import COMPRESSION_ATTR, Factorized, FactorizedConv2d, FactorizedLinear
+from smoothcompress.models import ARCH_ATTR, create_model
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save", "load", "read_metadata", "export_onnx"]
+
+FORMAT = "smoothcompress"
+"""Value of the ``format`` metadata key of every checkpoint."""
+
+FORMAT_VERSION = 1
+"""Version of the checkpoint layout; files with a newer version are refused with a clear error."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded: not safetensors, corrupt, truncated, or not matching the model."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Module configs: how each known leaf type is described and rebuilt
+
+
+def _conv_config(m: nn.Conv2d) -> dict:
+    w = m.weight
+    return {
+        "in_channels": int(w.shape[1] * m.groups),
+        "out_channels": int(w.shape[0]),
+        "kernel_size": list(w.shape[2:]),
+        "stride": list(m.stride),
+        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": int(m.groups),
+        "bias": m.bias is not None,
+        "padding_mode": m.padding_mode,
+    }
+
+
+def _linear_config(m: nn.Linear) -> dict:
+    return {"in_features": int(m.weight.shape[1]), "out_features": int(m.weight.shape[0]), "bias": m.bias is not None}
+
+
+def _bn_config(m: nn.modules.batchnorm._BatchNorm) -> dict:
+    ref = m.weight if m.weight is not None else m.running_mean
+    return {
+        "num_features": int(ref.shape[0]) if ref is not None else int(m.num_features),
+        "eps": float(m.eps),
+        "momentum": m.momentum,
+        "affine": bool(m.affine),
+        "track_running_stats": bool(m.track_running_stats),
+    }
+
+
+_KNOWN: dict[str, tuple[type[nn.Module], object]] = {
+    "Conv2d": (nn.Conv2d, _conv_config),
+    "Linear": (nn.Linear, _linear_config),
+    "BatchNorm1d": (nn.BatchNorm1d, _bn_config),
+    "BatchNorm2d": (nn.BatchNorm2d, _bn_config),
+    "FactorizedConv2d": (FactorizedConv2d, FactorizedConv2d.config),
+    "FactorizedLinear": (FactorizedLinear, FactorizedLinear.config),
+}
+
+
+def _module_records(model: nn.Module) -> dict[str, dict]:
+    """``{path: {"type", "config"}}`` for every known leaf (a Factorized module counts as one leaf)."""
+    records, inside = {}, []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(p) for p in inside):
+            continue
+        if isinstance(m, Factorized):
+            inside.append(name + ".")
+        kind = type(m).__name__
+        if kind in _KNOWN and type(m) is _KNOWN[kind][0]:
+            records[name] = {"type": kind, "config": _KNOWN[kind][1](m)}
+    return records
+
+
+def _build(kind: str, config: Mapping, path: str) -> nn.Module:
+    if kind not in _KNOWN:
+        raise CheckpointError(f"module {path!r} has unknown type {kind!r}; known: {', '.join(_KNOWN)}")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"module {path!r}: config must be a JSON object, got {type(config).__name__}")
+    cls = _KNOWN[kind][0]
+    try:
+        return cls(**config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"module {path!r} ({kind}) cannot be rebuilt from its recorded config: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checksum of the tensors
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# save / load
+
+
+def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a model (dense, compressed or pruned) as one safetensors file with its architecture as metadata.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model. A registry-built model (see :func:`smoothcompress.create_model`) can later be loaded with
+        ``load(path)`` alone; any other model needs a skeleton, ``load(path, model=MyNet())``.
+    path : str or PathLike
+        Output file, conventionally ``*.safetensors``. Written atomically (temporary file, then rename).
+    metadata : mapping of str to str, optional
+        Extra string entries to store, e.g. ``{"dataset": "cifar10"}``; keys must not clash with the reserved
+        ones (``format``, ``format_version``, ``arch``, ``modules``, ``compression``, ``weights_sha256``).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    state = model.state_dict()
+    tensors, seen = {}, set()
+    for name, t in state.items():
+        t = t.detach().to("cpu")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        # safetensors refuses tensors that share memory (tied weights): store a copy of every repeat
+        tensors[name] = t.clone() if key in seen or not t.is_contiguous() else t
+        seen.add(key)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "arch": json.dumps(getattr(model, ARCH_ATTR, None)),
+        "modules": json.dumps(_module_records(model)),
+        "compression": json.dumps(getattr(model, COMPRESSION_ATTR, None)),
+        "weights_sha256": _checksum(tensors),
+    }
+    for k, v in (metadata or {}).items():
+        if k in meta:
+            raise ValueError(f"metadata key {k!r} is reserved")
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ValueError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+        meta[k] = v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _open_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - the safetensors reader raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a smoothcompress checkpoint (no format={FORMAT!r} metadata); "
+            "load its tensors with safetensors.torch.load_file and model.load_state_dict instead"
+        )
+    return meta
+
+
+def _json_field(meta: Mapping[str, str], key: str, path: Path):
+    if key not in meta:
+        raise CheckpointError(f"{path}: metadata entry {key!r} is missing; the file is damaged")
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata entry {key!r} is not valid JSON ({e}); the file is damaged") from None
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The decoded metadata of a checkpoint, without loading its tensors.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    dict
+        ``format_version`` (int), ``arch``, ``modules``, ``compression`` (decoded JSON) and any extra string
+        entries given to :func:`save`.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a readable smoothcompress checkpoint, or was written by a newer format version.
+    """
+    path = Path(path)
+    meta = _open_metadata(path)
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written with checkpoint format {version}, newer than this smoothcompress reads "
+            f"({FORMAT_VERSION}); upgrade smoothcompress"
+        )
+    out = {k: v for k, v in meta.items() if k not in ("format", "format_version")}
+    out["format_version"] = version
+    for key in ("arch", "modules", "compression"):
+        out[key] = _json_field(meta, key, path)
+    if not isinstance(out["modules"], dict):
+        raise CheckpointError(f"{path}: metadata entry 'modules' must be a JSON object")
+    return out
+
+
+def _base_model(arch, path: Path) -> nn.Module:
+    if arch is None:
+        raise CheckpointError(
+            f"{path} holds a model that was not built by smoothcompress.create_model, so its architecture is not "
+            "recorded; pass a skeleton of the same class: load(path, model=MyNet(...))"
+        )
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        raise CheckpointError(f"{path}: metadata entry 'arch' must be {{'name': str, 'kwargs': {{...}}}}, got {arch!r}")
+    try:
+        return create_model(arch["name"], **arch["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild model {arch['name']!r} from the registry: {e}") from None
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module, file: Path) -> None:
+    parent_name, _, leaf = path.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+    except AttributeError:
+        raise CheckpointError(
+            f"{file}: module {path!r} of the checkpoint has no parent {parent_name!r} in the model; the model does "
+            "not match the file"
+        ) from None
+    setattr(parent, leaf, new)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by :func:`save`, without unpickling anything.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`save`.
+    model : nn.Module, optional
+        A skeleton to load into, needed when the saved model was not built by the registry. It is modified in
+        place: layers recorded in the file (for example factorized or pruned ones) replace the skeleton's at the
+        same paths, then the weights are loaded. Default: rebuild from the recorded registry architecture.
+    device : str or torch.device
+        Where to put the weights.
+
+    Returns
+    -------
+    nn.Module
+        The model in eval mode, in the saved dtype, with ``sc_arch`` and ``sc_compression`` restored.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    CheckpointError
+        The file is not safetensors, is truncated or corrupt (checksum), is not a smoothcompress checkpoint, was
+        written by a newer format, needs a skeleton, or does not match the model (missing, unexpected or
+        mis-shaped tensors).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    base = model if model is not None else _base_model(meta["arch"], path)
+    current = dict(base.named_modules())
+    for name, rec in meta["modules"].items():
+        if not isinstance(rec, dict) or "type" not in rec or "config" not in rec:
+            raise CheckpointError(f"{path}: record of module {name!r} must have 'type' and 'config'")
+        kind, cfg = rec["type"], rec["config"]
+        old = current.get(name)
+        if kind in _KNOWN and type(old) is _KNOWN[kind][0] and _KNOWN[kind][1](old) == cfg:
+            continue  # the base already has this exact layer
+        _set_module(base, name, _build(kind, cfg, name), path)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read the tensors (corrupt or truncated?): {e}") from None
+    expected = meta.get("weights_sha256")
+    if expected is not None and _checksum(tensors) != expected:
+        raise CheckpointError(f"{path}: the tensors do not match their checksum; the file is corrupt")
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    base.to(device=device, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
+    try:
+        base.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: the weights do not fit the model: {detail[:1500]}") from None
+    if meta["compression"] is not None:
+        setattr(base, COMPRESSION_ATTR, meta["compression"])
+    return base.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Iterable[int],
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+) -> Path:
+    """Export a model to ONNX with the ``torch.export``-based exporter (``dynamo=True``, uses onnxscript).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Dense, compressed or pruned. Exported in eval mode; its training flag is restored afterwards.
+    path : str or PathLike
+        Output ``.onnx`` file.
+    input_shape : tuple of int
+        Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``. The graph's input is named
+        ``"input"`` and its output ``"output"``.
+    dynamic_batch : bool
+        Let the batch dimension vary at inference time (exported as the symbolic dimension ``"batch"``).
+    opset_version : int, optional
+        ONNX opset; default: the exporter's.
+
+    Returns
+    -------
+    Path
+        The written file; ``onnxruntime.InferenceSession(path)`` runs it.
+    """
+    path = Path(path)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(
+            f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
+        )
+    ref = next(iter(model.parameters()), None)
+    x = torch.randn(
+        # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
+        (max(2, shape[0]) if dynamic_batch else shape[0], *shape[1:]),
+        dtype=ref.dtype if ref is not None else torch.float32,
+        device=ref.device if ref is not None else "cpu",
+    )
+    kwargs = {"input_names": ["input"], "output_names": ["output"], "dynamo": True, "verbose": False}
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    if opset_version is not None:
+        kwargs["opset_version"] = opset_version
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (x,), str(path), **kwargs)
+    finally:
+        model.train(was_training)
+    return path
