@@ -19,6 +19,7 @@ from smoothcompress.lowrank import (
     spectrum,
 )
 from smoothcompress.models import create_model, list_models, register_model
+from smoothcompress.train import TrainConfig, TrainingDiverged, TrainResult, evaluate, train
 
 try:
     __version__ = version("smoothcompress")
@@ -57,4 +58,10 @@ __all__ = [
     "Loader",
     "load_dataset",
     "split_validation",
+    # training
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "train",
+    "evaluate",
 ]

@@ -1,0 +1,276 @@
+"""The trainer: schedules, optimiser, penalty warm-up, metrics, output files, evaluation, divergence."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import smoothcompress as sc
+from smoothcompress.data import Loader, load_dataset
+from smoothcompress.train import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    lr_factor,
+    make_optimizer,
+    penalty_ramp,
+    run,
+    train,
+)
+
+FAST = dict(dataset="digits", model="mlp", width=16, epochs=2, batch_size=64, lr=0.1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return sc.create_model("mlp", width=16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules and optimiser
+
+
+def test_lr_factor_values():
+    one = [lr_factor(s, 10, "onecycle", 0.2) for s in range(10)]
+    assert one[:3] == [0.5, 1.0, 1.0]
+    assert one[-1] == pytest.approx(1 / 8)
+    cos = [lr_factor(s, 10, "cosine", 0.2) for s in range(10)]
+    assert cos[:3] == [0.5, 1.0, 1.0]
+    assert cos[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lr_factor(0, 10, "cosine", 0.0) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(5, 10, "step", 0.2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(total=st.integers(1, 2000), warmup=st.floats(0.0, 0.9), schedule=st.sampled_from(["onecycle", "cosine"]))
+def test_lr_factor_rises_then_falls(total, warmup, schedule):
+    f = [lr_factor(s, total, schedule, warmup) for s in range(total)]
+    assert all(0 < v <= 1 for v in f)
+    peak = f.index(max(f))
+    assert max(f) == 1.0
+    assert all(a <= b for a, b in zip(f[: peak + 1], f[1 : peak + 1], strict=False))
+    assert all(a >= b for a, b in zip(f[peak:], f[peak + 1 :], strict=False))
+
+
+def test_penalty_ramp_is_linear_over_the_warmup_epochs():
+    assert [penalty_ramp(s, 4, 2) for s in range(10)] == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1, 1, 1]
+    assert penalty_ramp(0, 4, 0) == 1.0
+
+
+def test_optimizer_is_nesterov_sgd_with_weight_decay_on_weights_only():
+    model = sc.create_model("cnn", width=4)
+    opt = make_optimizer(model, TrainConfig(weight_decay=1e-3, momentum=0.8, lr=0.3))
+    assert isinstance(opt, torch.optim.SGD)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 1e-3 for p in g["params"]}
+    for p in model.parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2)
+    assert all(g["nesterov"] and g["momentum"] == 0.8 and g["lr"] == 0.3 for g in opt.param_groups)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def test_train_learns_digits_and_reports_every_epoch(digits):
+    result = train(tiny_mlp(), digits, TrainConfig(**{**FAST, "epochs": 3}))
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    keys = {"epoch", "loss", "train_acc", "test_acc", "penalty", "reg_weight", "lr", "images_per_s", "seconds"}
+    assert keys <= set(result.history[0])
+    assert result.test_acc == result.history[-1]["test_acc"] > 0.85
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.val_acc is None and result.out_dir is None
+    assert result.config.device == "cpu" and result.config.bf16 is False and result.config.channels_last is False
+
+
+def test_same_seed_same_weights(digits):
+    cfg = TrainConfig(**FAST)
+    a = train(tiny_mlp(), digits, cfg).model.state_dict()
+    b = train(tiny_mlp(), digits, cfg).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Custom(nn.Module):
+    """A user module that is not in the registry (no sc_arch), with BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.head(x.flatten(1))
+
+
+def test_any_module_trains_with_a_penalty(digits):
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "reg": "first", "lam": 0.05})
+    result = train(Custom(), digits, cfg)
+    assert result.test_acc > 0.8
+    assert all(row["penalty"] > 0 and row["reg_weight"] == 0.05 for row in result.history)
+
+
+def test_validation_split_replaces_the_test_set_during_training(digits):
+    result = train(tiny_mlp(), digits, TrainConfig(**FAST, val_fraction=0.2))
+    assert "val_acc" in result.history[0] and "test_acc" not in result.history[0]
+    assert result.val_acc == result.history[-1]["val_acc"]
+    assert result.test_acc == evaluate(result.model, digits)
+
+
+def test_reported_loss_is_the_label_smoothed_data_loss(digits):
+    # Full batch, one step, a model whose logits are a fixed bias: the epoch's loss is known in closed form.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.linspace(-1, 1, 10))
+    n = len(digits.y_train)
+    for eps in (0.0, 0.3):
+        expected = F.cross_entropy(model[1].bias.detach().expand(n, 10), digits.y_train, label_smoothing=eps)
+        cfg = TrainConfig(**{**FAST, "epochs": 1, "batch_size": n, "label_smoothing": eps, "lr": 1e-9})
+        row = train(model, digits, cfg).history[0]
+        assert row["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+class Recorder:
+    """A stand-in penalty that records the weight it is called with and the lr after each step."""
+
+    def __init__(self, weight):
+        self.weight, self.weights, self.lrs = weight, [], []
+
+    def __call__(self, model):
+        self.weights.append(self.weight)
+        return torch.zeros(())
+
+    def after_step(self, model, lr):
+        self.lrs.append(lr)
+
+
+def test_penalty_weight_warms_up_and_after_step_gets_the_step_lr(digits):
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "reg_warmup_epochs": 2.0, "schedule": "cosine", "warmup": 0.1})
+    rec = Recorder(0.5)
+    train(tiny_mlp(), digits, cfg, regularizer=rec)
+    steps = len(digits.y_train) // cfg.batch_size
+    total = 3 * steps
+    assert len(rec.weights) == len(rec.lrs) == total
+    assert rec.weights == [0.5 * penalty_ramp(s, steps, 2.0) for s in range(total)]
+    assert rec.weights[2 * steps - 1] == 0.5 and rec.weights[0] == pytest.approx(0.5 / (2 * steps))
+    assert rec.lrs == pytest.approx([cfg.lr * lr_factor(s, total, "cosine", 0.1) for s in range(total)], rel=1e-12)
+
+
+def test_progress_bar_is_quiet_without_a_terminal(digits, capfd):
+    train(tiny_mlp(), digits, TrainConfig(**FAST))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_batch_larger_than_the_data_is_a_clear_error(digits):
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        train(tiny_mlp(), digits, TrainConfig(**{**FAST, "batch_size": 10_000}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run folder
+
+
+def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**FAST, reg="second", lam=0.01, out=str(out))
+    result = run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == result.history and [r["epoch"] for r in rows] == [1, 2]
+    assert sc.TrainConfig.from_toml(out / "config.toml") == result.config
+    assert result.config == TrainConfig(**{**cfg.to_dict(), "bf16": False, "channels_last": False})
+    loaded = sc.load(out / "model.safetensors")
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(loaded.eval()(x), result.model.eval()(x))
+    state = load_checkpoint(out / CHECKPOINT_NAME)
+    assert state["epoch"] == 2 and state["history"] == rows
+    assert state["regularizer"]["step"] == 2 * (len(load_dataset("digits").y_train) // 64)
+
+
+def test_run_adapts_the_model_to_the_data(tmp_path):
+    # cnn defaults to 1 channel, mlp to 64 inputs: a 3-channel 8x8 ImageFolder-like set needs in_channels=3.
+    from smoothcompress.train import _model_kwargs
+
+    assert _model_kwargs(TrainConfig(model="cnn", width=4), (3, 8, 8)) == {"width": 4, "in_channels": 3}
+    assert _model_kwargs(TrainConfig(model="mlp"), (3, 32, 32)) == {"in_features": 3072}
+    assert _model_kwargs(TrainConfig(model="resnet18"), (3, 32, 32)) == {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def test_evaluate_constant_predictor_matches_class_frequency(digits):
+    class Always(nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.dummy = k, nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return F.one_hot(torch.full((x.shape[0],), self.k), 10).float() + 0 * self.dummy
+
+    for k in (0, 7):
+        expected = float((digits.y_test == k).double().mean())
+        assert evaluate(Always(k), digits) == pytest.approx(expected, abs=1e-12)
+
+
+def test_evaluate_dataset_and_loader_agree_and_restore_mode(digits):
+    model = train(tiny_mlp(), digits, TrainConfig(**FAST)).model.train()
+    loader = Loader(digits.x_test, digits.y_test, 50, train=False, mean=digits.mean, std=digits.std)
+    acc = evaluate(model, digits, batch_size=64)
+    assert acc == evaluate(model, loader)
+    assert model.training
+    assert 0.5 < acc <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Divergence
+
+
+@pytest.mark.parametrize("overrides", [{"lr": 1e8}, {"reg": "first", "lam": 1e12}])
+def test_divergence_stops_with_a_clear_message(digits, overrides):
+    with pytest.raises(TrainingDiverged, match="penalty weight is too large.*learning rate is too high"):
+        train(tiny_mlp(), digits, TrainConfig(**{**FAST, **overrides}))
+
+
+class NaNAfter(nn.Module):
+    """Wraps a model and returns NaN logits from the given training forward call on."""
+
+    def __init__(self, model, after):
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                out = out * float("nan")
+        return out
+
+
+def test_divergence_keeps_the_last_good_checkpoint(digits, tmp_path):
+    steps = len(digits.y_train) // 64
+    model = NaNAfter(tiny_mlp(), after=steps + 3)  # breaks in epoch 2
+    with pytest.raises(TrainingDiverged, match=r"epoch 2.*last good checkpoint \(epoch 1\)"):
+        train(model, digits, TrainConfig(**{**FAST, "epochs": 3}), out_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "model.safetensors").exists()
