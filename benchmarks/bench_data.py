@@ -6,7 +6,8 @@ Writes ``benchmarks/results/data.json``.
 1. Decode: the first load of the CIFAR-10 JPEG ImageFolder archive into a fresh cache folder (read the tar, decode
    60,000 JPEGs with Pillow on one core, write the verified cache), then the cached load (median of ``--reps``).
 2. Loader: images/s of one epoch of the CIFAR-10 training set at batch 128 (ResNet-sized batches), interleaved
-   repetitions, medians:
+   repetitions, medians, at each of ``--threads`` (1 and 2 by default: on a shared, oversubscribed CPU the
+   two-thread gather kernels can be much slower than one thread):
    - ``loader+augment``: :class:`smoothcompress.Loader` with random crop (4-pixel zero padding) and flip;
    - ``loader``: the same without augmentation (gather + normalise only);
    - ``per-sample loop``: the same crop, flip and normalisation done sample by sample in Python, as a per-sample
@@ -18,6 +19,7 @@ Writes ``benchmarks/results/data.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -88,42 +90,8 @@ def train_step_seconds(device, batch: int, reps: int) -> float:
     return statistics.median(times[1:])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, default=ARCHIVE, help="ImageFolder .tar.gz (CIFAR-10 JPEG copy)")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions of each timed variant (medians reported)")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    ap.add_argument("--baseline-batches", type=int, default=40, help="batches of the slow per-sample baseline")
-    ap.add_argument("--step-reps", type=int, default=3, help="ResNet-18 training steps timed (0 to skip)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    if not args.archive.exists():
-        raise SystemExit(f"{args.archive} is absent; see ../shared/data/README.md or pass --archive")
-    wall = time.perf_counter()
-
-    # 1. decode and cached load
-    with tempfile.TemporaryDirectory() as cache:
-        t = time.perf_counter()
-        ds = sc.load_dataset(str(args.archive), root=cache)
-        decode_s = time.perf_counter() - t
-        cached = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            sc.load_dataset(str(args.archive), root=cache)
-            cached.append(time.perf_counter() - t)
-        cache_bytes = sum(p.stat().st_size for p in Path(cache).rglob("*.npz"))
-    n_images = len(ds.y_train) + len(ds.y_test)
-    print(f"{ds}")
-    print(f"decode (first load): {decode_s:.2f} s for {n_images} images ({n_images / decode_s:,.0f} images/s)")
-    cached_s = statistics.median(cached)
-    print(f"cached load:         {cached_s:.2f} s (median of {args.reps}), cache {cache_bytes / 1e6:.0f} MB")
-
-    # 2. loader throughput, interleaved
+def loader_throughput(ds: sc.Dataset, device: torch.device, args) -> dict:
+    """Images/s of the loader with and without augmentation and of the per-sample baseline, interleaved."""
     kw = dict(train=True, mean=ds.mean, std=ds.std, seed=0, device=device)
     aug = sc.Loader(ds.x_train, ds.y_train, args.batch, augment=True, **kw)
     plain = sc.Loader(ds.x_train, ds.y_train, args.batch, augment=False, **kw)
@@ -145,9 +113,10 @@ def main() -> None:
             rates[name].append(n / (time.perf_counter() - t))
     medians = {k: statistics.median(v) for k, v in rates.items()}
     step_s = train_step_seconds(device, args.batch, args.step_reps) if args.step_reps else None
-    print(f"\nLoader throughput, batch {args.batch}, {device_name(device)} (median of {args.reps}):")
+    where = device_name(device)
+    print(f"\nLoader throughput, batch {args.batch}, {where} (median of {args.reps}):")
     print(f"{'variant':18s}{'images/s':>14s}{'vs loop':>10s}{'ms/batch':>10s}{'% of step':>11s}")
-    rows = {}
+    rows: dict = {"device": where, "resnet18_step_s": step_s}
     for name, rate in medians.items():
         ms = 1000 * args.batch / rate
         share = 100 * ms / 1000 / step_s if step_s else None
@@ -162,6 +131,48 @@ def main() -> None:
         print(f"{name:18s}{rate:14,.0f}{rate / medians['per-sample loop']:9.1f}x{ms:10.2f}{share_txt}")
     if step_s:
         print(f"ResNet-18 training step (batch {args.batch}): {step_s * 1000:.0f} ms")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archive", type=Path, default=ARCHIVE, help="ImageFolder .tar.gz (CIFAR-10 JPEG copy)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of each timed variant (medians reported)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts tried on CPU")
+    ap.add_argument("--baseline-batches", type=int, default=40, help="batches of the slow per-sample baseline")
+    ap.add_argument("--step-reps", type=int, default=2, help="ResNet-18 training steps timed (0 to skip)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if not args.archive.exists():
+        raise SystemExit(f"{args.archive} is absent; see ../shared/data/README.md or pass --archive")
+    wall = time.perf_counter()
+
+    # 1. decode and cached load
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        ds = sc.load_dataset(str(args.archive), root=cache)
+        decode_s = time.perf_counter() - t
+        cached = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            sc.load_dataset(str(args.archive), root=cache)
+            cached.append(time.perf_counter() - t)
+        cache_bytes = sum(p.stat().st_size for p in Path(cache).rglob("*.npz"))
+    n_images = len(ds.y_train) + len(ds.y_test)
+    print(f"{ds}")
+    print(f"decode (first load): {decode_s:.2f} s for {n_images} images ({n_images / decode_s:,.0f} images/s)")
+    cached_s = statistics.median(cached)
+    print(f"cached load:         {cached_s:.2f} s (median of {args.reps}), cache {cache_bytes / 1e6:.0f} MB")
+
+    # 2. loader throughput, interleaved, at each thread count
+    loader_rows = {}
+    for threads in args.threads if device.type == "cpu" else [None]:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        loader_rows[str(threads or device.type)] = loader_throughput(ds, device, args)
 
     write_json(
         args.out,
@@ -172,7 +183,8 @@ def main() -> None:
                 dataset_sha256=ds.sha256,
                 seed=0,
                 wall_time_s=time.perf_counter() - wall,
-                threads=torch.get_num_threads(),
+                threads=args.threads,
+                load_average=os.getloadavg(),  # other processes sharing the CPU inflate every figure here
             ),
             "archive": str(args.archive),
             "images": n_images,
@@ -183,8 +195,7 @@ def main() -> None:
             "cache_bytes": cache_bytes,
             "batch": args.batch,
             "reps": args.reps,
-            "loader": rows,
-            "resnet18_step_s": step_s,
+            "loader": loader_rows,
         },
     )
     print(f"\nwrote {args.out}")

@@ -318,6 +318,20 @@ def test_ddp_global_batch_matches_one_process():
         assert torch.equal(ys[order_s], yr[order_r]) and torch.equal(xs[order_s], xr[order_r])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loader_on_cuda_matches_cpu():
+    ds = toy(n=64, shape=(3, 8, 8))
+    kw = dict(train=True, mean=ds.mean, std=ds.std, augment=True, seed=5)
+    cpu = scd.Loader(ds.x_train, ds.y_train, 16, **kw)
+    gpu = scd.Loader(ds.x_train, ds.y_train, 16, device="cuda", **kw)
+    for loader in (cpu, gpu):
+        loader.set_epoch(3)
+    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+        assert xg.is_cuda and yg.is_cuda
+        assert torch.equal(yc, yg.cpu())
+        torch.testing.assert_close(xc, xg.cpu(), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -81,7 +81,7 @@ class DataError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # datasets compare by identity; compare their tensors explicitly
 class Dataset:
     """A classification dataset held in memory as uint8 tensors.
 
