@@ -1,20 +1,214 @@
-"""Command-line interface. It only parses arguments and calls the public Python API."""
+"""Command-line interface: ``smoothcompress {train,compress,prune,evaluate,export,sweep,report,demo}``.
+
+It only parses arguments and calls the public Python API; every command has a one-call equivalent in Python.
+User errors (missing data, corrupt files, impossible rates, diverged training) print one line and exit with
+status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
-import smoothcompress
+import smoothcompress as sc
+from smoothcompress import models
+from smoothcompress.data import DataError
+from smoothcompress.experiment import sweep
+from smoothcompress.io import CheckpointError
+from smoothcompress.lowrank import compress, compress_report
+from smoothcompress.prune import METHODS, prune, prune_report
+from smoothcompress.report import write_report
+from smoothcompress.train import TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
+
+USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Commands: each turns parsed arguments into one API call and prints its result.
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
+    overrides["resume"] = args.resume or None
+    config = TrainConfig.from_sources(args.config, **overrides)
+    result = run(config)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+        split, acc = ("validation", result.val_acc) if result.val_acc is not None else ("test", result.test_acc)
+        print(f"{split} accuracy {100 * acc:.2f}% after {len(result.history)} epochs; run folder {result.out_dir}")
+    return 0
+
+
+def _dataset(args: argparse.Namespace):
+    if args.dataset is None and args.data is None:
+        return None
+    return load_dataset_for(TrainConfig(dataset=args.dataset or "cifar10", data=args.data))
+
+
+def _compare(args: argparse.Namespace, model, small, rep) -> None:
+    """Print the per-layer table, totals and, when data is given, the accuracy before and after."""
+    print(rep)
+    ds = _dataset(args)
+    if ds is not None:
+        before = evaluate(model, ds, device=args.device)
+        after = evaluate(small, ds, device=args.device)
+        print(f"test accuracy on {ds.name}: {100 * before:.2f}% -> {100 * after:.2f}% (no fine-tuning)")
+    if args.output:
+        print(f"saved {sc.save(small, args.output)}")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    model = sc.load(args.model)
+    ranks = dict(_parse_rank(r) for r in args.rank) or None
+    small = compress(
+        model,
+        rate=None if ranks and args.rate is None else (0.7 if args.rate is None else args.rate),
+        allocation=args.allocation,
+        scheme=args.scheme,
+        ranks=ranks,
+        exclude=args.exclude,
+        bn_aware=not args.no_bn_aware,
+    )
+    _compare(args, model, small, compress_report(model, small, models.default_input_shape(model)))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    model = sc.load(args.model)
+    small = prune(model, rate=args.rate, method=args.method, exclude=args.exclude)
+    _compare(args, model, small, prune_report(model, small, args.method, models.default_input_shape(model)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model = sc.load(args.model)
+    ds = _dataset(args)
+    if ds is None:
+        raise ValueError("evaluate needs data: pass --dataset NAME and/or --data PATH")
+    acc = evaluate(model, ds, device=args.device)
+    print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} ({sc.count_params(model):,} params)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model = sc.load(args.model)
+    shape = tuple(args.input_shape) if args.input_shape else models.default_input_shape(model)
+    if shape is None:
+        raise ValueError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32")
+    print(f"wrote {sc.export_onnx(model, args.output, shape)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    results = sweep(args.config, out=args.out)
+    print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = args.output or Path(args.results).parent / "report"
+    path = write_report(args.results, out)
+    print((path.parent / "summary.md").read_text())
+    print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(path.parent.glob('*.png')))}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    results = sweep("demo", out=args.out)
+    args.results, args.output = results, results.parent / "report"
+    return cmd_report(args)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parsing
+
+TRAIN_FLAGS = ("dataset", "data", "model", "width", "epochs", "batch_size", "lr", "reg", "lam", "seed", "device", "out")
+
+
+def _parse_rank(text: str) -> tuple[str, int]:
+    name, sep, rank = text.rpartition("=")
+    if not sep or not name or not rank.isdigit():
+        raise ValueError(f"--rank takes LAYER=RANK, e.g. layers.0.0.conv1=8; got {text!r}")
+    return name, int(rank)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="cifar10, cifar100 or digits; with --data: the dataset that lives there")
+    p.add_argument("--data", help="an ImageFolder .tar.gz or directory, or the folder holding the official files")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothcompress",
-        description="Smooth training and SVD compression of neural networks without fine-tuning.",
+        description="Smooth training and SVD compression of neural networks without fine-tuning "
+        "(Runkel et al., arXiv 2505.24469).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {smoothcompress.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sc.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model, optionally with a smoothness penalty")
+    p.add_argument("--config", help="TOML file of train settings; flags override it")
+    p.add_argument("--dataset", help="cifar10 (default), cifar100, digits, or an ImageFolder path")
+    p.add_argument("--data", help="where the data lives (an ImageFolder .tar.gz/dir, or the official files' root)")
+    p.add_argument("--model", help=f"one of: {', '.join(models.list_models())}")
+    p.add_argument("--width", type=int, help="channels of the first stage (model default if omitted)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--reg", choices=["none", "nuclear", "first", "second"], help="smoothness penalty")
+    p.add_argument("--lam", type=float, help="penalty weight")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--out", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    for name, helptext, fn in (
+        ("compress", "replace layers by truncated-SVD factors (no fine-tuning)", cmd_compress),
+        ("prune", "prune by magnitude or remove filters (no fine-tuning)", cmd_prune),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("model", help="a model file written by smoothcompress (safetensors)")
+        p.add_argument("--rate", type=float, default=None if name == "compress" else 0.7,
+                       help="fraction of all parameters to remove (default 0.7)")  # fmt: skip
+        p.add_argument("--exclude", action="append", default=[], help="layer name pattern to leave alone (repeatable)")
+        p.add_argument("-o", "--output", help="write the result here (.safetensors)")
+        _add_data_args(p)
+        if name == "compress":
+            p.add_argument("--allocation", default="global", choices=["global", "uniform", "energy"])
+            p.add_argument("--scheme", default="channel", choices=["channel", "spatial", "auto"])
+            p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
+            p.add_argument("--no-bn-aware", action="store_true", help="truncate W itself, not BN-scaled W")
+        else:
+            p.add_argument("--method", default="magnitude", choices=list(METHODS))
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("evaluate", help="test accuracy of a saved model")
+    p.add_argument("model")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a saved model to ONNX")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--input-shape", type=int, nargs="+", help="input shape with batch, e.g. 1 3 32 32")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sweep", help="train a grid, compress every model at every rate, write results rows")
+    p.add_argument("config", help="a sweep TOML file or a preset name: demo, cifar10-cpu, cifar10-paper, ...")
+    p.add_argument("--out", help="output folder (default: the config's `out`)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write report.md, a summary table and plots from a sweep's results")
+    p.add_argument("results", help="a results.jsonl file or the sweep folder holding it")
+    p.add_argument("-o", "--output", help="output folder (default: report/ beside the results)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the embedded demo: digits, about a minute on 2 CPU cores")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -24,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if os.environ.get("SMOOTHCOMPRESS_DEBUG"):
+            raise
+        print(f"smoothcompress {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"smoothcompress {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ from torch import nn
 
 from smoothcompress import io
 from smoothcompress.accounting import count_flops, count_params
-from smoothcompress.data import Dataset, load_dataset, split_validation
+from smoothcompress.data import Dataset, split_validation
 from smoothcompress.lowrank import compress
 from smoothcompress.provenance import append_jsonl, provenance, read_jsonl
 from smoothcompress.prune import prune
-from smoothcompress.train import TrainConfig, evaluate
+from smoothcompress.train import TrainConfig, evaluate, load_dataset_for
 from smoothcompress.train import run as train_run
 
 try:  # Python 3.11+
@@ -179,11 +179,10 @@ def _log(msg: str) -> None:
 
 
 def _dataset_for(config: TrainConfig, cache: dict) -> Dataset:
-    key = (config.dataset, config.data, config.val_fraction, config.seed if config.val_fraction else None)
+    key = (config.dataset, config.data, config.val_fraction, config.val_seed if config.val_fraction else None)
     if key not in cache:
-        ds = load_dataset(config.data or config.dataset)
-        if config.val_fraction:
-            # The validation split depends on the seed the trainer uses; evaluate on exactly that split.
+        ds = load_dataset_for(config)
+        if config.val_fraction:  # evaluate on exactly the validation split the trainer held out
             ds = split_validation(ds, config.val_fraction, seed=config.val_seed)
         cache[key] = ds
     return cache[key]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_input_shape", "ARCH_ATTR"]
+__all__ = ["register_model", "create_model", "list_models", "model_input_shape", "default_input_shape", "ARCH_ATTR"]
 
 ARCH_ATTR = "sc_arch"
 """Name of the attribute in which a registry-built model records ``{"name": ..., "kwargs": ...}``."""
@@ -52,6 +52,21 @@ def model_input_shape(name: str) -> tuple[int, int, int]:
     """Default (C, H, W) input shape of a registered model."""
     _check_name(name)
     return _INPUT_SHAPES[name]
+
+
+def default_input_shape(model: nn.Module, batch: int = 1) -> tuple[int, ...] | None:
+    """Input shape ``(batch, C, H, W)`` of a registry-built model, or ``None`` when it cannot be told.
+
+    Reads ``model.sc_arch``; an ``in_channels`` argument replaces the registered channel count.
+    """
+    arch = getattr(model, ARCH_ATTR, None)
+    if not arch or arch.get("name") not in _REGISTRY:
+        return None
+    c, h, w = _INPUT_SHAPES[arch["name"]]
+    kwargs = arch.get("kwargs", {})
+    if "in_features" in kwargs and kwargs["in_features"] != c * h * w:
+        return None
+    return (batch, int(kwargs.get("in_channels", c)), h, w)
 
 
 def _check_name(name: str) -> None:
