@@ -34,9 +34,10 @@ Functional core: :func:`matricize`, :func:`spectrum`, :func:`factorize_weight`. 
 :class:`FactorizedLinear`, :class:`FactorizedConv2d` (base :class:`Factorized`). Model level:
 :func:`plan_compression`, :func:`plan_ranks`, :func:`compress`, :func:`compress_report`.
 
-The SVDs are computed from the eigen-decomposition of the smaller Gram matrix ``A A^T`` or ``A^T A`` (in float64
-for float64 weights, else float32), which is an order of magnitude faster than a full SVD on CPU and exact at full
-rank, because the kept basis is orthonormal.
+The SVDs are computed in float64 from the eigen-decomposition of the smaller Gram matrix ``A A^T`` or ``A^T A``,
+which is several times faster than a full SVD on CPU and exact at full rank, because the kept basis is orthonormal.
+Singular values below about ``1e-7 * s_max`` are not resolved this way, which only matters for spectra plots (use
+:func:`spectrum`, which calls ``torch.linalg.svdvals``).
 """
 
 from __future__ import annotations
@@ -231,8 +232,7 @@ class _Decomposition:
 
 
 def _decompose(matrix: torch.Tensor, row_weight: torch.Tensor | None = None) -> _Decomposition:
-    dtype = torch.float64 if matrix.dtype == torch.float64 else torch.float32
-    m = matrix.detach().to(dtype)
+    m = matrix.detach().to(torch.float64)
     w = row_weight.to(m) if row_weight is not None else None
     a = m if w is None else w[:, None] * m
     rows, cols = a.shape
@@ -844,15 +844,16 @@ def _allocate_global(layers: list[_Layer], need: int) -> dict[str, _Option]:
     return choice
 
 
-def _bisect(saving_at, need: int) -> float:
-    """Largest x in [0, 1] with saving_at(x) >= need, for a non-increasing saving_at; 0 if none is."""
+def _bisect(saving_at, need: int) -> tuple[float, float]:
+    """``(lo, hi)``, adjacent to float precision, with ``saving_at(lo) >= need > saving_at(hi)``.
+
+    ``saving_at`` is non-increasing on [0, 1] and ``saving_at(0) >= need > saving_at(1)``.
+    """
     lo, hi = 0.0, 1.0
-    if saving_at(hi) >= need:
-        return hi
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if saving_at(mid) >= need else (lo, mid)
-    return lo
+    return lo, hi
 
 
 def _uniform_choice(lay: _Layer, fraction: float) -> _Option:
@@ -871,11 +872,28 @@ def _energy_choice(lay: _Layer, keep: float) -> _Option:
 
 
 def _allocate_by(layers: list[_Layer], need: int, rule) -> dict[str, _Option]:
-    def saving_at(x):
-        return sum(rule(lay, x).saving for lay in layers)
+    """Choices of a one-parameter rule (a rank or energy fraction shared by all layers) that save ``need``.
 
-    x = _bisect(saving_at, need) if need > 0 else 1.0
-    return {lay.name: rule(lay, x) for lay in layers}
+    Layers of equal size change rank at the same parameter value, so the saving jumps there. Between the two sides
+    of the jump, layers are moved one by one (least loss per parameter first) and stop as soon as ``need`` is met:
+    every layer still follows the rule to within one step.
+    """
+    if need <= 0:
+        return {lay.name: lay.options[0] for lay in layers}
+    lo, hi = _bisect(lambda x: sum(rule(lay, x).saving for lay in layers), need)
+    choice = {lay.name: rule(lay, hi) for lay in layers}
+    moves = []
+    for lay in layers:
+        a, b = choice[lay.name], rule(lay, lo)
+        if b.saving > a.saving:
+            moves.append(((b.loss - a.loss) / (b.saving - a.saving), lay.name, b))
+    saved = sum(o.saving for o in choice.values())
+    for _, name, b in sorted(moves, key=lambda t: t[:2]):
+        if saved >= need:
+            break
+        saved += b.saving - choice[name].saving
+        choice[name] = b
+    return choice
 
 
 def _max_saving(layers: list[_Layer], allocation: str) -> int:
@@ -944,7 +962,7 @@ def _plan(
     if rate is not None and abs(saved / total - rate) > _RATE_TOLERANCE:
         warnings.warn(
             f"achieved rate {saved / total:.4f} is more than {_RATE_TOLERANCE} away from the requested {rate} "
-            f"(allocation={allocation!r} moves in coarse steps on this model); try allocation='global'",
+            f"(allocation={allocation!r}): the rank steps of this model's layers are coarse",
             stacklevel=3,
         )
     plans = {}
