@@ -19,6 +19,8 @@ from smoothcompress.lowrank import (
     spectrum,
 )
 from smoothcompress.models import create_model, list_models, register_model
+from smoothcompress.regularize import KINDS as PENALTY_KINDS
+from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
 from smoothcompress.train import TrainConfig, TrainingDiverged, TrainResult, evaluate, train
 
 try:
@@ -52,6 +54,12 @@ __all__ = [
     "read_metadata",
     "export_onnx",
     "CheckpointError",
+    # smoothness penalties (regularize)
+    "Smoothness",
+    "penalty",
+    "normalized_penalty",
+    "roughness",
+    "PENALTY_KINDS",
     # data
     "DataError",
     "Dataset",
