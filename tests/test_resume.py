@@ -14,8 +14,8 @@ from smoothcompress.data import load_dataset
 from smoothcompress.io import CheckpointError
 from smoothcompress.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run, train
 
-EPOCHS, BATCH = 3, 64
-CONFIG = dict(dataset="digits", model="mlp", width=16, epochs=EPOCHS, batch_size=BATCH, lr=0.1, device="cpu")
+EPOCHS, BATCH = 2, 128
+CONFIG = dict(dataset="digits", model="mlp", width=16, epochs=EPOCHS, batch_size=BATCH, lr=0.2, device="cpu")
 
 # Trains like run(config) does, but SIGKILLs itself at the given training forward call: a real kill at a
 # reproducible point, mid-epoch, after the previous epoch's checkpoint was written.
@@ -92,8 +92,8 @@ def test_existing_checkpoint_needs_resume(tmp_path):
 
 def test_resume_with_changed_settings_names_them(tmp_path):
     run(TrainConfig(**{**CONFIG, "epochs": 1}, out=str(tmp_path)))
-    with pytest.raises(ValueError, match=r"different settings \(epochs: 1 -> 3; lr: 0.1 -> 0.2\)"):
-        run(TrainConfig(**{**CONFIG, "lr": 0.2}, out=str(tmp_path), resume=True))
+    with pytest.raises(ValueError, match=r"different settings \(epochs: 1 -> 2; lr: 0.2 -> 0.3\)"):
+        run(TrainConfig(**{**CONFIG, "lr": 0.3}, out=str(tmp_path), resume=True))
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):

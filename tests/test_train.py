@@ -25,7 +25,7 @@ from smoothcompress.train import (
     train,
 )
 
-FAST = dict(dataset="digits", model="mlp", width=16, epochs=2, batch_size=64, lr=0.1, device="cpu")
+FAST = dict(dataset="digits", model="mlp", width=16, epochs=2, batch_size=128, lr=0.2, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
     assert torch.equal(loaded.eval()(x), result.model.eval()(x))
     state = load_checkpoint(out / CHECKPOINT_NAME)
     assert state["epoch"] == 2 and state["history"] == rows
-    assert state["regularizer"]["step"] == 2 * (len(load_dataset("digits").y_train) // 64)
+    assert state["regularizer"]["step"] == 2 * (len(load_dataset("digits").y_train) // FAST["batch_size"])
 
 
 def test_run_adapts_the_model_to_the_data(tmp_path):
@@ -265,7 +265,7 @@ class NaNAfter(nn.Module):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(digits, tmp_path):
-    steps = len(digits.y_train) // 64
+    steps = len(digits.y_train) // FAST["batch_size"]
     model = NaNAfter(tiny_mlp(), after=steps + 3)  # breaks in epoch 2
     with pytest.raises(TrainingDiverged, match=r"epoch 2.*last good checkpoint \(epoch 1\)"):
         train(model, digits, TrainConfig(**{**FAST, "epochs": 3}), out_dir=tmp_path)

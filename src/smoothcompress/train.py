@@ -693,7 +693,18 @@ def train(
     """
     start = time.perf_counter()
     config = config if config is not None else TrainConfig()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise ValueError(
+            f"dataset must be a smoothcompress Dataset (from smoothcompress.load_dataset), got {type(dataset).__name__}"
+        )
     ctx = _dist_from_env()
+    if config.batch_size % ctx.world_size:  # before joining the group: fail fast, do not wait for the peers
+        raise ValueError(
+            f"batch_size={config.batch_size} is the global batch and must be divisible by the "
+            f"{ctx.world_size} processes"
+        )
     device = resolve_device(config.device, ctx.local_rank)
     with _process_group(ctx, device):
         ctx = _dist_from_env()
@@ -705,15 +716,12 @@ def train(
 
 
 def _setup(model, dataset, config, out_dir, regularizer, ctx, device) -> _Run:
-    if config.batch_size % ctx.world_size:
-        raise ValueError(
-            f"batch_size={config.batch_size} is the global batch and must be divisible by the "
-            f"{ctx.world_size} processes"
-        )
     on_cuda = device.type == "cuda"
     bf16 = on_cuda if config.bf16 is None else config.bf16
     channels_last = on_cuda if config.channels_last is None else config.channels_last
     config = dataclasses.replace(config, device=device.type, bf16=bf16, channels_last=channels_last)
+    if out_dir is not None:
+        config = dataclasses.replace(config, out=os.fspath(out_dir))
     if on_cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -789,7 +797,7 @@ def _restore_or_start(r: _Run) -> tuple[list[dict[str, Any]], int | None]:
                 f"{r.ckpt_path} already exists: pass resume=True (--resume) to continue that run, "
                 "or choose another out folder"
             )
-        state = load_checkpoint(r.ckpt_path, map_location=r.device)
+        state = load_checkpoint(r.ckpt_path)  # on the CPU; load_state_dict copies to the model's device
         _check_resumable(state["config"], r.config, r.ckpt_path)
         try:
             r.raw.load_state_dict(state["model"])
@@ -878,6 +886,9 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
     bar.close()
 
     t1 = time.perf_counter()
+    if r.ctx.active:  # evaluate every shard with rank 0's BatchNorm statistics, the ones that get saved
+        for buffer in r.raw.buffers():
+            dist.broadcast(buffer, src=0)
     correct_eval, total_eval = _global_sum(_count_correct(r.raw, r.eval_loader, device, r.bf16, r.channels_last), r.ctx)
     n = seen * r.ctx.world_size
     row = {
