@@ -346,6 +346,7 @@ def test_repr_and_roughness_report():
         ({"every": 0}, "every must be an integer >= 1"),
         ({"kind": "first", "proximal": True}, "only available for kind='nuclear'"),
         ({"include": [3]}, "module name patterns"),
+        ({"exclude": 3}, "module name patterns"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -387,3 +388,15 @@ def test_every_combination_of_axes_is_accepted():
     for r in range(1, 5):
         for axes in itertools.combinations(DIMS, r):
             assert sc.penalty(w, "second", axes=axes).item() >= 0
+
+
+def test_proximal_batches_equal_shapes_like_separate_calls():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 6), nn.Linear(12, 6), nn.Linear(6, 3))
+    singles = [nn.Sequential(nn.Linear(12, 6)) for _ in range(2)] + [nn.Sequential(nn.Linear(6, 3))]
+    for one, layer in zip(singles, model, strict=True):
+        one[0].weight.data.copy_(layer.weight.data)
+    sc.Smoothness("nuclear", 0.4, proximal=True).after_step(model, lr=0.5)
+    for one, layer in zip(singles, model, strict=True):
+        sc.Smoothness("nuclear", 0.4, proximal=True).after_step(one, lr=0.5)
+        torch.testing.assert_close(layer.weight, one[0].weight)

@@ -459,7 +459,7 @@ Filter = str | type | Sequence[str | type]
 def _as_filter(spec: Filter | None, what: str) -> tuple[str | type, ...]:
     if spec is None:
         return ()
-    items = (spec,) if isinstance(spec, (str, type)) else tuple(spec)
+    items = (spec,) if isinstance(spec, (str, type)) else tuple(spec) if isinstance(spec, Iterable) else (spec,)
     for item in items:
         if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
             raise ValueError(
@@ -484,10 +484,9 @@ def _matches(item: str | type, name: str, module: nn.Module, first: str, last: s
 class Smoothness:
     """A smoothness regularizer for a whole model: ``loss = loss + reg(model)``.
 
-    ``reg(model)`` is ``weight * sum over penalised layers of the normalised penalty`` (see the module
-    docstring), a differentiable 0-dim float32 tensor on the model's device. Layers of equal block shape are
-    batched: one ``torch.linalg.svdvals`` call per shape for "nuclear", one difference per axis and shape
-    otherwise.
+    ``reg(model)`` is ``weight * sum over penalised layers of their term`` (:func:`normalized_penalty`,
+    ``||W||_F^2 * roughness``; see the module docstring), a differentiable 0-dim tensor on the model's device,
+    float32 unless the weights are float64. For "nuclear", layers of equal block shape share one batched SVD.
 
     Parameters
     ----------
@@ -691,10 +690,19 @@ class Smoothness:
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
         eta_weight = float(lr) * self.every * self.weight
+        by_key: dict[tuple, list[Tensor]] = {}
         for module in self.layers(model).values():
             weight, g = module.weight, _layer_type(module).groups(module)
-            blocks = weight.view(g, weight.shape[0] // g, *weight.shape[1:])  # a view: the prox writes through
-            _nuclear_prox_(blocks, eta_weight)
+            view = weight.view(g, weight.shape[0] // g, *weight.shape[1:])  # writing to it writes the weight
+            by_key.setdefault((tuple(view.shape[1:]), weight.dtype, weight.device), []).append(view)
+        for views in by_key.values():  # one batched SVD per block shape
+            if len(views) == 1:
+                _nuclear_prox_(views[0], eta_weight)
+                continue
+            stacked = torch.cat(views)
+            _nuclear_prox_(stacked, eta_weight)
+            for view, new in zip(views, stacked.split([v.shape[0] for v in views]), strict=True):
+                view.copy_(new)
 
     def state_dict(self) -> dict[str, int | float]:
         """The mutable state to checkpoint: the step counter and the current weight."""
