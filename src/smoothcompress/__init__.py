@@ -19,6 +19,7 @@ from smoothcompress.lowrank import (
     spectrum,
 )
 from smoothcompress.models import create_model, list_models, register_model
+from smoothcompress.prune import PRUNE_METHODS, max_prune_rate, prune, prune_report
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
 from smoothcompress.train import TrainConfig, TrainingDiverged, TrainResult, evaluate, train
@@ -54,6 +55,11 @@ __all__ = [
     "read_metadata",
     "export_onnx",
     "CheckpointError",
+    # pruning baselines
+    "prune",
+    "prune_report",
+    "max_prune_rate",
+    "PRUNE_METHODS",
     # smoothness penalties (regularize)
     "Smoothness",
     "penalty",

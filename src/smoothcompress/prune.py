@@ -1,0 +1,497 @@
+"""Pruning baselines on the same footing as SVD compression: one call, the same ``rate``, the same report.
+
+Three methods, all without fine-tuning:
+
+``"magnitude"``
+    Global unstructured magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1 importance) of
+    every Conv and Linear weight: the entries of smallest ``|w|`` across the whole network are set to zero. The
+    pruning is made permanent with ``torch.nn.utils.prune.remove``: no masks, no hooks, plain dense tensors with
+    zeros. The model keeps its shape; its size is the number of **non-zero** parameters.
+``"magnitude-layerwise"``
+    The same, with the same fraction ``s`` of entries zeroed in each Conv and Linear weight
+    (``torch.nn.utils.prune.l1_unstructured`` per layer).
+``"filter"``
+    Structured L1-norm filter pruning (Li et al., ICLR 2017) that physically removes channels. Torch-Pruning's
+    ``DependencyGraph`` groups the layers whose channels must be removed together (a conv, its BatchNorm, the
+    next layers' input channels, and every layer tied to it by a residual addition), so the network stays
+    consistent. A channel's importance is the L1 norm of its weights averaged over its group
+    (``tp.importance.MagnitudeImportance(p=1)``). Every group keeps the same fraction of its channels (at least
+    one), and the fraction is found by bisection so that the parameter count lands on the request. The
+    classifier (the last Conv/Linear run by the forward pass) keeps its outputs.
+
+``rate`` means what it means in :func:`smoothcompress.compress`: the fraction of **all** parameters removed,
+BatchNorm and biases included. The magnitude methods hit it to the parameter (up to per-layer rounding for
+``"magnitude-layerwise"``), filter pruning to channel granularity (within 2 points on the registry models).
+
+Example
+-------
+>>> import smoothcompress as sc
+>>> model = sc.create_model("resnet20", width=8)
+>>> small = sc.prune(model, 0.5, method="filter")
+>>> print(sc.prune_report(model, small, "filter", input_shape=(1, 3, 32, 32)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from smoothcompress.accounting import Report, count_params, layer_report
+from smoothcompress.models import ARCH_ATTR, model_input_shape
+
+__all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
+
+PRUNE_METHODS = ("magnitude", "magnitude-layerwise", "filter")
+"""Names accepted by ``method``."""
+
+Exclude = Iterable[str | type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def prune(
+    model: nn.Module,
+    rate: float,
+    method: str = "magnitude",
+    exclude: Exclude = (),
+    input_shape: Sequence[int] | None = None,
+) -> nn.Module:
+    """Prune ``model`` so that a fraction ``rate`` of all its parameters is removed; the input is not modified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model. It is deep-copied (registry metadata such as ``sc_arch`` travels with the copy).
+    rate : float
+        Fraction of all parameters (weights, biases, BatchNorm affine) to remove, in ``[0, 1)``. For the
+        magnitude methods the count after pruning is the number of non-zero entries. ``0`` returns an exact copy.
+    method : {"magnitude", "magnitude-layerwise", "filter"}
+        See the module docstring.
+    exclude : iterable of str or type
+        Layers to leave untouched: module-name patterns (``fnmatch`` style, e.g. ``"conv1"`` or ``"layers.0.*"``)
+        or module classes (e.g. ``nn.Linear``). For ``"filter"`` an excluded layer keeps its output channels
+        (its input channels still follow the layer before it). Each entry must match at least one layer.
+    input_shape : sequence of int, optional
+        Shape of an example input, batch included, e.g. ``(1, 3, 32, 32)``; ``"filter"`` traces the network with
+        it. Defaults to the registry shape of a model built by :func:`smoothcompress.create_model`.
+
+    Returns
+    -------
+    nn.Module
+        The pruned copy, in the same train/eval mode as ``model``. Magnitude methods keep every shape and
+        zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers.
+
+    Raises
+    ------
+    ValueError
+        An unknown method, a rate outside ``[0, 1)``, a rate the prunable layers cannot reach (the message names
+        the largest reachable rate), an ``exclude`` entry that matches nothing, or a missing ``input_shape``.
+    """
+    _check_model(model)
+    method = _check_method(method)
+    rate = _check_rate(rate)
+    out = copy.deepcopy(model)
+    if rate == 0.0:
+        return out
+    layers = _prunable_layers(out, exclude)
+    if method == "filter":
+        return _prune_filters(out, rate, layers, _example_input(model, input_shape))
+    if method == "magnitude":
+        _prune_magnitude_global(out, rate, layers)
+    else:
+        _prune_magnitude_layerwise(out, rate, layers)
+    return out
+
+
+def prune_report(
+    before: nn.Module,
+    after: nn.Module,
+    method: str,
+    input_shape: Sequence[int] | None = None,
+) -> Report:
+    """Per-layer table of a pruning, the same report as ``compress`` gives (:func:`smoothcompress.layer_report`).
+
+    Parameters
+    ----------
+    before, after : nn.Module
+        The original model and the result of :func:`prune`.
+    method : str
+        The method that produced ``after``; for the magnitude methods the report counts non-zero parameters
+        (and says so in its totals line).
+    input_shape : sequence of int, optional
+        Example input shape, batch included, for FLOP counts; ``None`` skips FLOPs. Note that FLOPs of a
+        magnitude-pruned model are dense FLOPs: zeros are still multiplied.
+    """
+    method = _check_method(method)
+    return layer_report(before, after, input_shape=input_shape, nonzero=method != "filter", method=method)
+
+
+def max_prune_rate(
+    model: nn.Module,
+    method: str = "magnitude",
+    exclude: Exclude = (),
+    input_shape: Sequence[int] | None = None,
+) -> float:
+    """Largest ``rate`` that :func:`prune` can reach on ``model`` with these settings.
+
+    For the magnitude methods it is the rate at which every prunable weight is zero; for ``"filter"`` the rate
+    at which every prunable channel group is down to one channel. Arguments as in :func:`prune`.
+    """
+    _check_model(model)
+    method = _check_method(method)
+    work = copy.deepcopy(model)
+    layers = _prunable_layers(work, exclude)
+    total = count_params(work)
+    if method == "filter":
+        return 1.0 - _FilterPlan(work, layers, _example_input(model, input_shape)).params(0) / total if total else 0.0
+    floor = count_params(work, nonzero=True) - sum(int(torch.count_nonzero(m.weight.detach())) for m in layers.values())
+    return 1.0 - floor / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_method(method) -> str:
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(map(repr, PRUNE_METHODS))}")
+    return method
+
+
+def _check_rate(rate) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+    rate = float(rate)
+    if not (0.0 <= rate < 1.0):  # also rejects NaN
+        raise ValueError(f"rate must be in [0, 1) (the fraction of parameters removed), got {rate}")
+    return rate
+
+
+def _unreachable(rate: float, reachable: float, method: str, what: str) -> ValueError:
+    return ValueError(
+        f"rate {rate:.4f} is out of reach for method {method!r}: the largest reachable rate is {reachable:.4f} "
+        f"({what}). Ask for a smaller rate, or exclude fewer layers."
+    )
+
+
+def _prunable_layers(model: nn.Module, exclude: Exclude) -> dict[str, nn.Module]:
+    """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``."""
+    if isinstance(exclude, (str, type)):
+        exclude = [exclude]
+    exclude = list(exclude)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    named = dict(model.named_modules())
+    dropped: set[str] = set()
+    for rule in exclude:
+        if isinstance(rule, str):
+            hit = {n for n in named if n and fnmatch.fnmatchcase(n, rule)}
+        elif isinstance(rule, type) and issubclass(rule, nn.Module):
+            hit = {n for n, m in named.items() if isinstance(m, rule)}
+        else:
+            raise ValueError(f"exclude entries must be name patterns (str) or nn.Module classes, got {rule!r}")
+        if not hit:
+            raise ValueError(f"exclude entry {rule!r} matches no module; module names look like {_some_names(named)}")
+        # A pattern naming a container (e.g. "layers.0") excludes every layer inside it.
+        dropped |= {n for n in layers for h in hit if n == h or n.startswith(h + ".")}
+    return {n: m for n, m in layers.items() if n not in dropped}
+
+
+def _some_names(named: dict[str, nn.Module], k: int = 4) -> str:
+    names = [n for n in named if n][:k]
+    return ", ".join(map(repr, names)) + (", ..." if len(named) > k + 1 else "")
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch.Tensor:
+    """A zero input of ``input_shape`` (or the registry shape of ``model``), on the model's device and dtype."""
+    if input_shape is None:
+        arch = getattr(model, ARCH_ATTR, None)
+        if not isinstance(arch, dict) or "name" not in arch:
+            raise ValueError(
+                "filter pruning traces the network and needs an example input: pass input_shape, "
+                "e.g. input_shape=(1, 3, 32, 32) (batch included)"
+            )
+        c, *hw = model_input_shape(arch["name"])
+        c = int(arch.get("kwargs", {}).get("in_channels", c))
+        input_shape = (1, c, *hw)
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
+    ref = next(iter(model.parameters()), None)
+    device = ref.device if ref is not None else "cpu"
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unstructured magnitude pruning (torch.nn.utils.prune, made permanent)
+
+
+def _nonzero(t: torch.Tensor) -> int:
+    return int(torch.count_nonzero(t.detach()))
+
+
+def _zeros_to_add(model: nn.Module, rate: float, layers: dict[str, nn.Module], method: str) -> int:
+    """How many more entries of the prunable weights must become zero to reach ``rate`` (non-zeros counted)."""
+    total = count_params(model)
+    target = round((1.0 - rate) * total)  # non-zeros to keep
+    nonzero = count_params(model, nonzero=True)
+    prunable = sum(_nonzero(m.weight) for m in layers.values())
+    if nonzero - prunable > target:
+        reachable = 1.0 - (nonzero - prunable) / total
+        raise _unreachable(rate, reachable, method, "every prunable Conv/Linear weight set to zero")
+    return max(0, nonzero - target)
+
+
+@contextlib.contextmanager
+def _permanent(layers: Iterable[nn.Module]):
+    """Context for ``torch.nn.utils.prune`` calls: on exit, ``prune.remove`` every mask and reparametrization
+    hook, and put the parameters back in their original order (so ``state_dict`` keys keep their order)."""
+    layers = list(layers)
+    orders = [list(m._parameters) for m in layers]
+    yield
+    for m, order in zip(layers, orders, strict=True):
+        if torch_prune.is_pruned(m):
+            torch_prune.remove(m, "weight")
+            m._parameters = {n: m._parameters[n] for n in order}
+
+
+def _prune_magnitude_global(model: nn.Module, rate: float, layers: dict[str, nn.Module]) -> None:
+    """Zero the globally smallest ``|w|`` of all prunable weights, in place, leaving no mask behind."""
+    extra = _zeros_to_add(model, rate, layers, "magnitude")
+    if extra == 0:
+        return
+    # Existing zeros are the smallest magnitudes, so they are picked first; ask for them plus ``extra``.
+    zeros = sum(m.weight.numel() - _nonzero(m.weight) for m in layers.values())
+    with _permanent(layers.values()):
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in layers.values()], pruning_method=torch_prune.L1Unstructured, amount=zeros + extra
+        )
+
+
+def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, nn.Module]) -> None:
+    """Zero the same fraction ``s`` of entries in every prunable weight, ``s`` chosen to hit ``rate``."""
+    extra = _zeros_to_add(model, rate, layers, "magnitude-layerwise")
+    if extra == 0:
+        return
+    sizes = [(m.weight.numel(), _nonzero(m.weight)) for m in layers.values()]
+    before = sum(nz for _, nz in sizes)
+
+    def removed(s: float) -> int:  # non-zeros removed when a fraction s of every layer's entries is zeroed
+        return before - sum(min(nz, n - round(s * n)) for n, nz in sizes)
+
+    lo, hi = 0.0, 1.0  # removed(lo) < extra <= removed(hi)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if removed(mid) < extra else (lo, mid)
+    s = min((lo, hi), key=lambda v: abs(removed(v) - extra))
+    with _permanent(layers.values()):
+        for m, (n, _) in zip(layers.values(), sizes, strict=True):
+            if round(s * n):
+                torch_prune.l1_unstructured(m, "weight", amount=round(s * n))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Structured filter pruning (Torch-Pruning dependency graph)
+
+
+_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+class _FilterPlan:
+    """The channel groups of a model, their channels by importance, and the order in which channels come back.
+
+    Entry ``(g, j)`` of :attr:`order` means "group ``g`` keeps ``j`` channels"; entries are sorted by ``j / n_g``
+    (ties by group). Prefix ``t`` of the order is the plan in which every group keeps one channel plus its entries
+    among the first ``t``: a uniform keep-fraction rounded down, never below one channel. ``t = 0`` is the
+    smallest model, ``t = len(order)`` the unpruned one, and consecutive prefixes differ by one channel of one
+    group, so the parameter count grows with ``t`` in steps of one channel.
+
+    The parameter count of a prefix is predicted without pruning: while planning, each group gives up one channel
+    on a scratch copy, which shows by how much every parameter dimension shrinks per channel of that group.
+    :meth:`build` prunes for real.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Reference model; never modified.
+    layers : dict of str to nn.Module
+        The prunable Conv/Linear layers of ``model``; all others keep their output channels.
+    example : Tensor
+        Example input, shape (N, ...), used to trace the graph.
+    """
+
+    def __init__(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor):
+        self.model, self.example = model, example
+        classifier, self.out_shape = _classifier(model, example)
+        self.ignored = {n for n, m in model.named_modules() if isinstance(m, _ROOTS)} - (set(layers) - {classifier})
+        self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        scratch = copy.deepcopy(model)
+        with _traceable(scratch):
+            dg, groups = self._groups(scratch)
+            importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="mean")
+            # Channels of each group, least important first.
+            self.ranking = {root: torch.argsort(importance(g).cpu(), stable=True) for root, g in groups.items()}
+            self.sizes = {root: len(r) for root, r in self.ranking.items()}
+            self.shrink = self._shrink_per_channel(scratch, dg, groups)
+        self.order = sorted((j / n, i, root) for i, (root, n) in enumerate(self.sizes.items()) for j in range(2, n + 1))
+        self.exact = False  # count parameters by pruning copies instead of predicting them
+        self._measured: dict[int, int] = {}
+
+    def _groups(self, model: nn.Module) -> tuple[tp.DependencyGraph, dict[str, tp.dependency.Group]]:
+        """Dependency graph of ``model`` and its prunable channel groups by root-layer name."""
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=self.example, verbose=False)
+        named = dict(model.named_modules())
+        groups = {}
+        for group in dg.get_all_groups(ignored_layers=[named[n] for n in self.ignored], root_module_types=_ROOTS):
+            if any(_is_grouped_conv(dep.target.module) for dep, _ in group):
+                continue  # the channels of a grouped conv must shrink group by group: left alone (documented)
+            groups[dg._module2name[group[0].dep.target.module]] = group
+        return dg, groups
+
+    def _shrink_per_channel(self, scratch: nn.Module, dg, groups) -> dict[tuple[str, int], tuple[str, int]]:
+        """(parameter name, dim) -> (group, size lost per channel removed), by removing one channel per group."""
+        shrink, shapes = {}, dict(self.shapes)
+        for root, group in groups.items():
+            if self.sizes[root] < 2:
+                continue
+            root_idx = [int(self.ranking[root][0])]
+            dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, root_idx).prune()
+            for name, p in scratch.named_parameters():
+                for d, (a, b) in enumerate(zip(shapes[name], p.shape, strict=True)):
+                    if a != b:
+                        shrink[(name, d)] = (root, a - b)
+                shapes[name] = tuple(p.shape)
+        return shrink
+
+    def keep(self, t: int) -> dict[str, int]:
+        """Channels kept per group at prefix ``t``."""
+        kept = dict.fromkeys(self.sizes, 1)
+        for _, _, root in self.order[:t]:
+            kept[root] += 1
+        return kept
+
+    def predicted(self, t: int) -> int:
+        """Parameter count at prefix ``t``, predicted from the per-channel shrinkage."""
+        kept, total = self.keep(t), 0
+        for name, shape in self.shapes.items():
+            size = 1
+            for d, n in enumerate(shape):
+                root, per_channel = self.shrink.get((name, d), (None, 0))
+                size *= n - per_channel * (self.sizes[root] - kept[root]) if root is not None else n
+            total += size
+        return total
+
+    def params(self, t: int) -> int:
+        """Parameter count at prefix ``t``: predicted, or measured on a pruned copy when :attr:`exact`."""
+        if not self.exact:
+            return self.predicted(t)
+        if t not in self._measured:
+            self._measured[t] = count_params(self.build(t))
+        return self._measured[t]
+
+    def build(self, t: int) -> nn.Module:
+        """A pruned copy of the reference model at prefix ``t``."""
+        work, kept = copy.deepcopy(self.model), self.keep(t)
+        with _traceable(work):
+            dg, groups = self._groups(work)
+            if groups.keys() != self.sizes.keys():  # the traced graph is deterministic; guard anyway
+                raise RuntimeError("filter pruning: the dependency graph changed between two traces of one model")
+            for root, group in groups.items():
+                drop = self.ranking[root][: self.sizes[root] - kept[root]]
+                if len(drop):
+                    dg.get_pruning_group(
+                        group[0].dep.target.module, group[0].dep.handler, sorted(drop.tolist())
+                    ).prune()
+        return work
+
+    def closest(self, target: float) -> int:
+        """The prefix whose parameter count is nearest to ``target`` (bisection; counts grow with the prefix)."""
+        lo, hi = 0, len(self.order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if self.params(mid) < target else (lo, mid)
+        if lo > 0 and abs(self.params(lo - 1) - target) <= abs(self.params(lo) - target):
+            lo -= 1
+        return lo
+
+
+def _is_grouped_conv(m: nn.Module) -> bool:
+    """A conv with channel groups other than depthwise (Torch-Pruning couples depthwise in/out channels itself)."""
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
+
+
+class _traceable:
+    """Context: eval mode and gradients on, as Torch-Pruning's autograd tracing needs; restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.training = self.model.training
+        self.grad = torch.is_grad_enabled()
+        self.frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        self.model.eval()
+        torch.set_grad_enabled(True)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        return self.model
+
+    def __exit__(self, *exc):
+        torch.set_grad_enabled(self.grad)
+        self.model.train(self.training)
+        for n, p in self.model.named_parameters():  # pruned parameters are new objects: go by name
+            p.requires_grad_(n not in self.frozen)
+        return False
+
+
+def _classifier(model: nn.Module, example: torch.Tensor) -> tuple[str | None, tuple]:
+    """Name of the last Conv/Linear the forward pass runs (its outputs are the model's) and the output shape."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[str] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(names[m])) for m in names if isinstance(m, _ROOTS)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return (seen[-1] if seen else None), tuple(out.shape)
+
+
+def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], example: torch.Tensor) -> nn.Module:
+    """Uniform L1 filter pruning of ``model`` to ``rate``; returns a pruned copy."""
+    total = count_params(model)
+    target = (1.0 - rate) * total
+    plan = _FilterPlan(model, layers, example)
+    reachable = 1.0 - plan.params(0) / total
+    if rate - reachable > 1e-9:
+        raise _unreachable(rate, reachable, "filter", "every prunable channel group down to one channel")
+    t = plan.closest(target)
+    out = plan.build(t)
+    if count_params(out) != plan.predicted(t):  # a layer whose size is not linear in its channels: measure instead
+        plan.exact = True
+        t = plan.closest(target)
+        out = plan.build(t)
+    with torch.no_grad():
+        was_training = out.training
+        shape = tuple(out.eval()(example).shape)
+        out.train(was_training)
+    if shape != plan.out_shape:  # pragma: no cover - the classifier keeps its outputs
+        raise RuntimeError(f"filter pruning changed the output shape {plan.out_shape} -> {shape}")
+    return out
