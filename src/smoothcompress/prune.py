@@ -73,7 +73,8 @@ def prune(
         A trained model. It is deep-copied (registry metadata such as ``sc_arch`` travels with the copy).
     rate : float
         Fraction of all parameters (weights, biases, BatchNorm affine) to remove, in ``[0, 1)``. For the
-        magnitude methods the count after pruning is the number of non-zero entries. ``0`` returns an exact copy.
+        magnitude methods the count after pruning is the number of non-zero entries, so zeros already in the
+        weights count as pruned (a model already that sparse is returned unchanged). ``0`` returns an exact copy.
     method : {"magnitude", "magnitude-layerwise", "filter"}
         See the module docstring.
     exclude : iterable of str or type
