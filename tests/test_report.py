@@ -60,7 +60,7 @@ def test_claims_follow_the_numbers():
     claims = {(c["claim"][:2], c["setting"]): c["verdict"] for c in report.assess_claims(_rows())}
     assert claims[("1.", "nuclear λ=0.01")] == "supported"  # -0.5 points, within 1
     assert claims[("2.", "nuclear λ=0.01, svd-global-channel")] == "supported"
-    assert claims[("3.", "nuclear λ=0.01, magnitude")] == "not supported"
+    assert claims[("3.", "nuclear λ=0.01, magnitude")] == "not supported"  # 10 points worse
     assert claims[("4.", "baseline, svd-global-channel vs magnitude")] == "supported"
 
 

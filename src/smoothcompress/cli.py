@@ -18,7 +18,7 @@ from smoothcompress.data import DataError
 from smoothcompress.experiment import sweep
 from smoothcompress.io import CheckpointError
 from smoothcompress.lowrank import compress, compress_report
-from smoothcompress.prune import METHODS, prune, prune_report
+from smoothcompress.prune import PRUNE_METHODS, prune, prune_report
 from smoothcompress.report import write_report
 from smoothcompress.train import TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
             p.add_argument("--no-bn-aware", action="store_true", help="truncate W itself, not BN-scaled W")
         else:
-            p.add_argument("--method", default="magnitude", choices=list(METHODS))
+            p.add_argument("--method", default="magnitude", choices=list(PRUNE_METHODS))
         p.set_defaults(func=fn)
 
     p = sub.add_parser("evaluate", help="test accuracy of a saved model")

@@ -214,6 +214,7 @@ def _spectra_row(tag: str, spec: RunSpec, model: nn.Module, n_layers: int) -> di
         "seed": spec.seed,
         "spectra": spectra,
         "slice_layer": slice_name,
+        "slice_is_conv": bool(picks) and isinstance(m, nn.Conv2d),
         "slice": weight_slice,
     }
 
