@@ -182,6 +182,24 @@ def test_batch_larger_than_the_data_is_a_clear_error(digits):
         train(tiny_mlp(), digits, TrainConfig(**{**FAST, "batch_size": 10_000}))
 
 
+def test_gpu_speed_settings_also_run_on_cpu(digits):
+    # bf16 autocast and channels_last (the CUDA defaults) exercised on the CPU with a conv net.
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "bf16": True, "channels_last": True})
+    result = train(sc.create_model("cnn", width=4), digits, cfg)
+    assert result.config.bf16 and result.config.channels_last
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+    assert all(p.is_contiguous() for p in result.model.parameters())  # back to the default layout for saving
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(digits):
+    eager = train(tiny_mlp(), digits, TrainConfig(**FAST)).model.state_dict()
+    compiled = train(tiny_mlp(), digits, TrainConfig(**FAST, compile=True)).model.state_dict()
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Run folder
 

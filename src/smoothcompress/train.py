@@ -138,7 +138,7 @@ class TrainConfig:
     warmup: float = 0.2  # fraction of all steps spent raising the lr; keeps the large peak lr stable early on
     # -- smoothness penalty (smoothcompress.Smoothness)
     reg: str = "none"  # "none" | "nuclear" | "first" | "second"; "none" trains the uncompressed baseline
-    lam: float = 0.0  # penalty weight; 0 with reg="none". Normalised penalties make it width-independent
+    lam: float = 0.0  # penalty weight, on weight decay's scale (see Smoothness); must be 0 with reg="none"
     reg_warmup_epochs: float = 0.0  # weight rises linearly over these epochs; 0: full weight from the first step
     reg_axes: tuple[str, ...] = ("out", "in")  # difference axes (first/second): the axes that SVD truncates
     reg_p: float = 2.0  # exponent on the differences: 2 = squared (smooth), 1 = total variation
