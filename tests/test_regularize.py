@@ -338,6 +338,7 @@ def test_repr_and_roughness_report():
         ({"kind": "third"}, "unknown penalty kind 'third'"),
         ({"axes": ("out", "depth")}, r"unknown axis name\(s\) \['depth'\]"),
         ({"axes": ()}, "non-empty"),
+        ({"axes": 3}, "non-empty sequence of axis names"),
         ({"axes": ("in", "in")}, "must not repeat"),
         ({"p": 0.5}, "p must be a real number >= 1"),
         ({"weight": -1.0}, "weight must be a finite number >= 0"),
