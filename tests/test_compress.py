@@ -37,7 +37,7 @@ def achieved(model, compressed):
 @settings(max_examples=15, deadline=None)
 @given(
     rate=st.floats(0.05, 0.8),
-    allocation=st.sampled_from(["global", "uniform", "energy"]),
+    allocation=st.sampled_from(["global", "global-linear", "uniform", "energy"]),
     scheme=st.sampled_from(["channel", "spatial", "auto"]),
 )
 def test_rate_is_honoured(resnet, rate, allocation, scheme):
@@ -237,6 +237,20 @@ def test_global_allocation_takes_rank_from_low_rank_layers_first():
     assert loss["g"] < loss["u"]
 
 
+def test_global_never_strips_a_layer_on_flat_spectra():
+    """Orthogonal weights have flat spectra: "global-linear" is indifferent within a layer and strips whole layers
+    to rank 1, while "global" (log of kept energy) spreads the cut over the layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 160))
+    for layer in model[::2]:
+        nn.init.orthogonal_(layer.weight)
+    linear = sc.plan_compression(model, 0.5, "global-linear")
+    log = sc.plan_compression(model, 0.5, "global")
+    assert min(p.rank or 999 for p in linear.layers.values()) == 1
+    assert min(p.rank or 999 for p in log.layers.values()) > 8
+    assert all(p.energy > 0.1 for p in log.layers.values())
+
+
 def test_uniform_allocation_keeps_the_same_rank_fraction(resnet):
     small = sc.compress(resnet, 0.5, "uniform", bn_aware=False)
     fractions = [f.rank / f.full_rank for f in factorized(small).values() if f.full_rank >= 16]
@@ -289,13 +303,13 @@ class Untraceable(nn.Module):
 def test_untraceable_model_falls_back_to_plain_truncation():
     model = Untraceable().eval()
     with pytest.warns(UserWarning, match="torch.fx could not trace"):
-        small = sc.compress(model, 0.3)
+        small = sc.compress(model, 0.3, bn_aware=True)
     assert small.sc_compression["bn_pairs"] == {}
     assert "torch.fx could not trace" in small.sc_compression["bn_note"]
     assert small(torch.randn(1, 32, 8, 8)).shape == (1, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sc.compress(model, 0.3, bn_aware=False)
+        sc.compress(model, 0.3)  # plain truncation (the default) does not trace
 
 
 def test_bn_aware_truncation_weights_by_the_batchnorm_scale():
@@ -303,8 +317,8 @@ def test_bn_aware_truncation_weights_by_the_batchnorm_scale():
     model = nn.Sequential(nn.Conv2d(8, 32, 3), nn.BatchNorm2d(32)).eval()
     with torch.no_grad():
         model[1].weight.copy_(torch.logspace(-2, 1, 32))
-    aware = sc.compress(model, None, ranks={"0": 4})
-    plain = sc.compress(model, None, ranks={"0": 4}, bn_aware=False)
+    aware = sc.compress(model, None, ranks={"0": 4}, bn_aware=True)
+    plain = sc.compress(model, None, ranks={"0": 4})
     assert aware.sc_compression["bn_pairs"] == {"0": "1"}
     x = torch.randn(4, 8, 10, 10)
     with torch.no_grad():

@@ -14,17 +14,26 @@ approximation of ``W`` (Eckart-Young), computed from the truncated SVD of a matr
 A layer is only factorized when that saves parameters, ``r * (rows + cols) < rows * cols``; otherwise it stays
 dense.
 
-BatchNorm-aware truncation. When a BatchNorm follows a layer, the network computes ``diag(g) W`` with
-``g = |gamma| / sqrt(running_var + eps)``, not ``W``. With ``bn_aware=True`` (the default, see
-``benchmarks/results/bn_aware.json``) the truncation minimises ``||diag(g) (W - W_r)||_F``, the error of what the
-network computes, instead of ``||W - W_r||_F``. Conv -> BatchNorm pairs are found by tracing the model with
-``torch.fx``; when tracing fails the truncation falls back to the plain SVD and the report says so.
+BatchNorm-aware truncation (``bn_aware=True``, off by default). When a BatchNorm follows a layer, the network
+computes ``diag(g) W`` with ``g = |gamma| / sqrt(running_var + eps)``, not ``W``; the BatchNorm-aware truncation
+minimises ``||diag(g) (W - W_r)||_F`` instead of ``||W - W_r||_F``. Conv -> BatchNorm pairs are found by tracing
+the model with ``torch.fx``; when tracing fails the truncation falls back to the plain SVD and the record says so.
+Measured on trained models (``benchmarks/results/allocation.json``) it lost accuracy on a CIFAR ResNet-20 (3 to 15
+points at rates 0.2 to 0.5) and was mixed on a digits CNN, so plain truncation is the default. The likely reason:
+``g`` divides by the output's standard deviation, which depends on the input covariance, while the Frobenius error
+assumes white inputs; the two do not combine into the real output error.
 
-Rank allocation, for a requested ``rate`` (fraction of ALL parameters removed, BatchNorm and biases included):
+Rank allocation, for a requested ``rate`` (fraction of ALL parameters removed, BatchNorm and biases included). Let
+``kept_l(r) = sum_{i<=r} s_i**2 / sum_i s_i**2`` be the fraction of layer ``l``'s spectral energy kept at rank ``r``.
 
-* ``"global"``: jointly over all layers, drop the singular values with the least normalised energy
-  (``s_i**2 / sum_j s_j**2`` of their layer) per parameter saved, greedily along each layer's lower convex hull
-  of (parameters saved, energy lost).
+* ``"global"`` (default): choose all ranks jointly to minimise ``sum_l -log kept_l(r_l)`` at the parameter
+  budget: greedily drop the singular value whose energy, relative to the energy its layer still keeps, is least
+  per parameter saved, walking each layer's lower convex hull of (parameters saved, loss). The log makes the
+  losses of successive layers compound like the signal they pass on, and never strips a layer to nothing to save
+  a few parameters elsewhere.
+* ``"global-linear"``: the same greedy with loss ``sum_l (1 - kept_l)``, the fraction of each layer's total
+  energy dropped. It tends to strip the largest layers to rank 1 (on flat spectra it always does), and kept less
+  accuracy at high rates in ``benchmarks/results/allocation.json``; kept for comparison.
 * ``"uniform"``: keep the same fraction of the full rank in every layer.
 * ``"energy"``: keep the same fraction of spectral energy in every layer.
 
@@ -80,7 +89,7 @@ __all__ = [
 SCHEMES = ("channel", "spatial", "auto")
 """Factorization schemes accepted by :func:`compress`."""
 
-ALLOCATIONS = ("global", "uniform", "energy")
+ALLOCATIONS = ("global", "global-linear", "uniform", "energy")
 """Rank allocation strategies accepted by :func:`compress`."""
 
 COMPRESSION_ATTR = "sc_compression"
@@ -711,6 +720,7 @@ class _Layer:
     dense: int  # weight params
     decs: dict[str, _Decomposition]  # by scheme
     kept: dict[str, list[float]]  # kept energy fraction at rank 1..R, by scheme
+    log_loss: bool  # loss -log(kept) if True, else 1 - kept
     options: list[_Option]  # dense first, then every (scheme, rank) that saves params
 
     def unit(self, scheme: str) -> int:
@@ -721,7 +731,8 @@ class _Layer:
         saving = self.dense - rank * self.unit(scheme)
         if saving <= 0:
             return self.options[0]
-        return _Option(saving, 1.0 - self.kept[scheme][rank - 1], scheme, rank)
+        kept = self.kept[scheme][rank - 1]
+        return _Option(saving, -math.log(max(kept, 1e-300)) if self.log_loss else 1.0 - kept, scheme, rank)
 
     def best_with_saving(self, at_least: int) -> _Option:
         """The option with the least loss among those saving at least ``at_least`` (ties: less saving)."""
@@ -782,7 +793,7 @@ def _eligible(model: nn.Module, exclude: Iterable) -> tuple[dict[str, nn.Module]
 
 
 def _analyse(
-    model: nn.Module, scheme: str, exclude: Iterable, bn_aware: bool
+    model: nn.Module, scheme: str, exclude: Iterable, bn_aware: bool, log_loss: bool
 ) -> tuple[list[_Layer], dict[str, str], dict[str, str], str | None]:
     modules, notes = _eligible(model, exclude)
     bn_pairs, bn_note = _trace_bn_pairs(model) if bn_aware and modules else ({}, None)
@@ -797,7 +808,7 @@ def _analyse(
         for s in {_effective_scheme(w.shape, s) for s in wanted}:
             decs[s] = _decompose(matricize(w, s), _row_weight(out_scale, w, s))
             kept[s] = decs[s].kept_energy().tolist()
-        layer = _Layer(name, m, w.numel(), decs, kept, [_Option(0, 0.0, None, None)])
+        layer = _Layer(name, m, w.numel(), decs, kept, log_loss, [_Option(0, 0.0, None, None)])
         for s in decs:
             r_max = min(decs[s].full_rank, (layer.dense - 1) // layer.unit(s))
             layer.options += [layer.option(s, r) for r in range(1, r_max + 1)]
@@ -924,7 +935,7 @@ def _plan(
     ranks = dict(ranks or {})
     if rate is None and not ranks:
         raise ValueError("pass a rate (fraction of parameters to remove) or explicit ranks per layer")
-    layers, notes, bn_pairs, bn_note = _analyse(model, scheme, exclude, bn_aware)
+    layers, notes, bn_pairs, bn_note = _analyse(model, scheme, exclude, bn_aware, allocation != "global-linear")
     by_name = {lay.name: lay for lay in layers}
     for name in ranks:
         if name not in by_name:
@@ -953,7 +964,7 @@ def _plan(
                 f"{len(notes)} weight layers skipped or excluded). Ask for a rate of at most "
                 f"{math.floor(reachable / total * 1000) / 1000:.3f}."
             )
-        if allocation == "global":
+        if allocation in ("global", "global-linear"):
             choice.update(_allocate_global(free, need))
         else:
             rule = _uniform_choice if allocation == "uniform" else _energy_choice
@@ -969,7 +980,8 @@ def _plan(
     for lay in layers:
         o = choice[lay.name]
         full = lay.decs[o.scheme or next(iter(lay.decs))].full_rank
-        plans[lay.name] = LayerPlan(lay.name, o.scheme, o.rank, full, 1.0 - o.loss, lay.dense, lay.dense - o.saving)
+        energy = lay.kept[o.scheme][o.rank - 1] if o.scheme else 1.0
+        plans[lay.name] = LayerPlan(lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving)
     plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note)
     return plan, layers, choice
 
@@ -982,7 +994,7 @@ def plan_compression(
     *,
     ranks: Mapping[str, int] | None = None,
     exclude: Iterable[str | type[nn.Module]] = (),
-    bn_aware: bool = True,
+    bn_aware: bool = False,
 ) -> Plan:
     """Decide, without building anything, which layers :func:`compress` factorizes, with which scheme and rank.
 
@@ -1026,7 +1038,7 @@ def compress(
     *,
     ranks: Mapping[str, int] | None = None,
     exclude: Iterable[str | type[nn.Module]] = (),
-    bn_aware: bool = True,
+    bn_aware: bool = False,
 ) -> nn.Module:
     """A smaller copy of ``model`` with eligible Conv2d and Linear layers replaced by truncated-SVD factors.
 
@@ -1041,7 +1053,7 @@ def compress(
         Fraction of ALL parameters to remove (BatchNorm and biases included), in [0, 1); 0.7 means 70% fewer
         parameters. The achieved rate is at least ``rate`` and overshoots it by about one rank step of one layer
         (well under 1 point on ResNets). ``None``: apply only the explicit ``ranks``.
-    allocation : {"global", "uniform", "energy"}
+    allocation : {"global", "global-linear", "uniform", "energy"}
         How ranks are chosen, see the module docstring.
     scheme : {"channel", "spatial", "auto"}
         The factorization, see the module docstring.
@@ -1054,8 +1066,8 @@ def compress(
         Layers to keep dense: ``fnmatch`` patterns on module names (e.g. ``"fc"``, ``"layers.0.*"``) or module
         types (e.g. ``nn.Linear``). An entry that matches nothing raises ValueError.
     bn_aware : bool
-        Truncate ``diag(g) W`` for layers followed by a BatchNorm with scale ``g`` (see :func:`bn_scale`), which is
-        what the network computes; measured to keep more accuracy, hence the default.
+        Truncate ``diag(g) W`` for layers followed by a BatchNorm with scale ``g`` (see :func:`bn_scale`) rather
+        than ``W``. Off by default: on trained models it measured worse or no better (see the module docstring).
 
     Returns
     -------
