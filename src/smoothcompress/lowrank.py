@@ -18,8 +18,9 @@ BatchNorm-aware truncation (``bn_aware=True``, off by default). When a BatchNorm
 computes ``diag(g) W`` with ``g = |gamma| / sqrt(running_var + eps)``, not ``W``; the BatchNorm-aware truncation
 minimises ``||diag(g) (W - W_r)||_F`` instead of ``||W - W_r||_F``. Conv -> BatchNorm pairs are found by tracing
 the model with ``torch.fx``; when tracing fails the truncation falls back to the plain SVD and the record says so.
-Measured on trained models (``benchmarks/results/allocation.json``) it lost accuracy on a CIFAR ResNet-20 (3 to 15
-points at rates 0.2 to 0.5) and was mixed on a digits CNN, so plain truncation is the default. The likely reason:
+Measured on trained models (``benchmarks/results/allocation.json``) it lost accuracy: 3 to 17 points on a CIFAR
+ResNet-20 at rates 0.2 to 0.5, and 0.4 to 9 points on a digits CNN, also at equal ranks, so plain truncation is the
+default. The likely reason:
 ``g`` divides by the output's standard deviation, which depends on the input covariance, while the Frobenius error
 assumes white inputs; the two do not combine into the real output error.
 
@@ -32,8 +33,9 @@ Rank allocation, for a requested ``rate`` (fraction of ALL parameters removed, B
   losses of successive layers compound like the signal they pass on, and never strips a layer to nothing to save
   a few parameters elsewhere.
 * ``"global-linear"``: the same greedy with loss ``sum_l (1 - kept_l)``, the fraction of each layer's total
-  energy dropped. It tends to strip the largest layers to rank 1 (on flat spectra it always does), and kept less
-  accuracy at high rates in ``benchmarks/results/allocation.json``; kept for comparison.
+  energy dropped. It tends to strip the largest layers to rank 1 (on flat spectra it always does). In
+  ``benchmarks/results/allocation.json`` it matched "global" within a point at low rates and lost 7 to 46 points at
+  the highest ones (one exception: -6 points for "global" on the digits CNN at 0.6); kept for comparison.
 * ``"uniform"``: keep the same fraction of the full rank in every layer.
 * ``"energy"``: keep the same fraction of spectral energy in every layer.
 

@@ -1,0 +1,251 @@
+"""SVD compression of the CIFAR ResNet-18: compression time, params, FLOPs and CPU inference speed vs dense.
+
+For each variant (rate, allocation, scheme) it compresses the full-width CIFAR ResNet-18 and reports the compression
+wall time (median of repeats, plus the first call, which pays one-off library warm-up), the parameter and FLOP
+counts, and the inference throughput as a ratio to the dense model measured in the same run: at batch 1 and 128,
+repetitions interleaved (dense, v1, v2, ..., dense, v1, ...), the ratio taken per repetition and its median
+reported. ``torch.set_num_threads`` is set here (default 2).
+
+The weights are random (no trained full-width ResNet-18 exists on this machine). Inference speed depends only on
+the layer shapes, but the ranks that "global" allocation picks depend on the spectra, and random weights have flat
+spectra, so "global" is shown next to "uniform", whose ranks do not depend on the weights.
+
+``--investigate`` adds a per-layer timing of dense vs factorized convolutions, and the effect of channels_last
+and of disabling oneDNN (``torch.backends.mkldnn``), to explain where the speed-up goes.
+
+Run: ``.venv/bin/python benchmarks/bench_compress.py [--quick] [--investigate]``; writes
+``benchmarks/results/compress.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import smoothcompress as sc
+from smoothcompress.provenance import provenance, write_json
+
+ROOT = Path(__file__).resolve().parent
+SHAPE = (3, 32, 32)
+VARIANTS = [
+    (0.5, "global", "channel"),
+    (0.7, "global", "channel"),
+    (0.9, "global", "channel"),
+    (0.7, "uniform", "channel"),
+    (0.7, "global", "spatial"),
+]
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def compress_timing(model: nn.Module, rate: float, allocation: str, scheme: str, repeats: int) -> dict:
+    times, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        small = sc.compress(model, rate, allocation, scheme)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {
+        "model": small,
+        "first_s": times[0],
+        "median_s": statistics.median(times),
+        "cpu_median_s": statistics.median(cpu),
+    }
+
+
+@torch.inference_mode()
+def interleaved_ratios(models: dict[str, nn.Module], batch: int, reps: int, inner: int) -> dict[str, dict]:
+    """Per-repetition time of each model; the ratio to "dense" is taken within each repetition."""
+    x = torch.randn(batch, *SHAPE)
+    inputs = {
+        name: x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x for name in models
+    }
+    for name, m in models.items():  # warm-up: oneDNN primitive creation, allocator
+        m(inputs[name])
+        m(inputs[name])
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(reps):
+        for name, m in models.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                m(inputs[name])
+            samples[name].append((time.perf_counter() - t) / inner)
+    out = {}
+    for name, ts in samples.items():
+        ratios = [d / t for d, t in zip(samples["dense"], ts, strict=True)]
+        out[name] = {
+            "median_s": statistics.median(ts),
+            "speedup_median": statistics.median(ratios),
+            "speedup_min": min(ratios),
+            "speedup_max": max(ratios),
+            "images_per_s": batch / statistics.median(ts),
+        }
+    return out
+
+
+@torch.inference_mode()
+def layer_timings(dense: nn.Module, small: nn.Module, batch: int, reps: int) -> list[dict]:
+    """Dense vs factorized time of each factorized conv, on its real input shape, interleaved."""
+    shapes: dict[str, tuple] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: shapes.setdefault(n, tuple(inp[0].shape)))
+        for n, m in dense.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    dense(torch.randn(1, *SHAPE))
+    for h in hooks:
+        h.remove()
+    big = dict(dense.named_modules())
+    rows = []
+    for name, f in small.named_modules():
+        if not isinstance(f, sc.FactorizedConv2d):
+            continue
+        x = torch.randn(batch, *shapes[name][1:])
+        d = big[name]
+        d(x), f(x)
+        td, tf = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            d(x)
+            td.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            f(x)
+            tf.append(time.perf_counter() - t)
+        fl_d, fl_f = sc.count_flops(d, (1, *shapes[name][1:])), sc.count_flops(f, (1, *shapes[name][1:]))
+        rows.append(
+            {
+                "layer": name,
+                "weight": list(d.weight.shape),
+                "input_hw": list(shapes[name][2:]),
+                "rank": f.rank,
+                "flops_ratio": fl_d / fl_f,
+                "speedup": statistics.median(td) / statistics.median(tf),
+                "dense_ms": 1e3 * statistics.median(td),
+                "factorized_ms": 1e3 * statistics.median(tf),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7, help="interleaved repetitions at batch 128")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, main variants only")
+    ap.add_argument("--investigate", action="store_true", help="per-layer timings, channels_last, oneDNN off")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "results" / "compress.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    load_before = load_average()
+    variants = VARIANTS[:3] if args.quick else VARIANTS
+    reps = 3 if args.quick else args.reps
+
+    dense = sc.create_model("resnet18").eval()
+    flops_dense = sc.count_flops(dense, (1, *SHAPE))
+    params_dense = sc.count_params(dense)
+    models: dict[str, nn.Module] = {"dense": dense}
+    rows = []
+    for rate, allocation, scheme in variants:
+        name = f"{allocation}/{scheme}/{rate}"
+        timing = compress_timing(dense, rate, allocation, scheme, repeats=3)
+        small = timing.pop("model").eval()
+        models[name] = small
+        rows.append(
+            {
+                "variant": name,
+                "rate": rate,
+                "allocation": allocation,
+                "scheme": scheme,
+                "achieved_rate": small.sc_compression["achieved_rate"],
+                "params": sc.count_params(small),
+                "flops": sc.count_flops(small, (1, *SHAPE)),
+                "flops_ratio": flops_dense / sc.count_flops(small, (1, *SHAPE)),
+                "compress_s": timing,
+                "ranks": {k: v[1] for k, v in small.sc_compression["ranks"].items()},
+            }
+        )
+        print(f"compressed {name}: {timing['median_s']:.2f} s (first {timing['first_s']:.2f} s)", flush=True)
+    if args.investigate:
+        main_small = models["global/channel/0.7"]
+        models["global/channel/0.7+channels_last"] = main_small.to(memory_format=torch.channels_last)
+        models["dense+channels_last"] = sc.compress(dense, 0.0).to(memory_format=torch.channels_last)
+    speed = {
+        "batch1": interleaved_ratios(models, batch=1, reps=5 * reps, inner=10),
+        "batch128": interleaved_ratios(models, batch=128, reps=reps, inner=1),
+    }
+    for row in rows:
+        row["speedup_batch1"] = speed["batch1"][row["variant"]]["speedup_median"]
+        row["speedup_batch128"] = speed["batch128"][row["variant"]]["speedup_median"]
+    extra = {}
+    if args.investigate:
+        extra["channels_last"] = {k: {b: speed[b][k] for b in speed} for k in models if "channels_last" in k}
+        small = models["global/channel/0.7"]
+        uniform = models.get("uniform/channel/0.7")
+        extra["layers_global_0.7_batch128"] = layer_timings(dense, small, 128, reps=5)
+        if uniform is not None:
+            extra["layers_uniform_0.7_batch128"] = layer_timings(dense, uniform, 128, reps=5)
+        torch.backends.mkldnn.enabled = False
+        try:
+            off = interleaved_ratios({"dense": dense, "global/channel/0.7": small}, batch=128, reps=3, inner=1)
+        finally:
+            torch.backends.mkldnn.enabled = True
+        extra["mkldnn_disabled_batch128"] = off
+
+    cols = ("rate", 6), ("params", 11), ("FLOPs x", 8), ("speed b1", 9), ("speed b128", 11), ("compress s", 11)
+    head = f"{'variant':<22} " + " ".join(f"{c:>{w}}" for c, w in cols)
+    print(head)
+    print("-" * len(head))
+    print(f"{'dense':<22} {0:>6.3f} {params_dense:>11,} {1:>8.2f} {1:>9.2f} {1:>11.2f} {'':>11}")
+    for r in rows:
+        print(
+            f"{r['variant']:<22} {r['achieved_rate']:>6.3f} {r['params']:>11,} {r['flops_ratio']:>8.2f} "
+            f"{r['speedup_batch1']:>9.2f} {r['speedup_batch128']:>11.2f} {r['compress_s']['median_s']:>11.2f}"
+        )
+    if args.investigate:
+        for key in ("layers_global_0.7_batch128", "layers_uniform_0.7_batch128"):
+            print(f"\n{key}: layer, weight, input HxW, rank, FLOPs ratio, measured speed-up")
+            for r in extra.get(key, []):
+                print(
+                    f"  {r['layer']:<22} {'x'.join(map(str, r['weight'])):<12} {'x'.join(map(str, r['input_hw'])):<6}"
+                    f" r={r['rank']:<4} {r['flops_ratio']:>6.2f}x {r['speedup']:>6.2f}x"
+                )
+        for k, v in extra["channels_last"].items():
+            b1, b128 = v["batch1"]["speedup_median"], v["batch128"]["speedup_median"]
+            print(f"{k}: speed-up vs dense (NCHW) b1 {b1:.2f}, b128 {b128:.2f}")
+        off = extra["mkldnn_disabled_batch128"]["global/channel/0.7"]["speedup_median"]
+        print(f"oneDNN disabled, global 0.7 b128 speed-up: {off:.2f}")
+    wall = time.time() - t0
+    write_json(
+        args.out,
+        {
+            "benchmark": "compress",
+            "model": "resnet18 (CIFAR, width 64, random init)",
+            "dense": {"params": params_dense, "flops": flops_dense},
+            "variants": rows,
+            "speed": speed,
+            **extra,
+            "targets": {"compress_s": "< 2", "speedup_batch128_at_0.7": ">= 1.5"},
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "provenance": provenance("cpu", seed=args.seed, wall_time_s=round(wall, 1), threads=args.threads),
+        },
+    )
+    print(f"wrote {args.out} ({wall:.0f} s; load average before {load_before}, after {load_average()})")
+
+
+if __name__ == "__main__":
+    main()
