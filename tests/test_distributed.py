@@ -4,7 +4,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -12,23 +11,13 @@ import torch
 import smoothcompress as sc
 from smoothcompress.train import TrainConfig, run
 
-# What `torchrun -m smoothcompress train --config FILE` runs in each process.
-WORKER = textwrap.dedent(
-    """
-    import sys
-    from smoothcompress.train import TrainConfig, run
-
-    run(TrainConfig.from_toml(sys.argv[1]))
-    """
-)
-
 
 def torchrun(tmp_path, config: TrainConfig, nproc: int = 2) -> subprocess.CompletedProcess:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    """``torchrun --standalone --nproc_per_node=N -m smoothcompress train --config FILE``."""
     cfg_path = config.to_toml(tmp_path / f"{nproc}.toml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([*cmd, str(script), str(cfg_path)], capture_output=True, text=True, timeout=240)
+    cmd += ["-m", "smoothcompress", "train", "--config", str(cfg_path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
