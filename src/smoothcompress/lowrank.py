@@ -45,10 +45,11 @@ Functional core: :func:`matricize`, :func:`spectrum`, :func:`factorize_weight`. 
 :class:`FactorizedLinear`, :class:`FactorizedConv2d` (base :class:`Factorized`). Model level:
 :func:`plan_compression`, :func:`plan_ranks`, :func:`compress`, :func:`compress_report`.
 
-The SVDs are computed in float64 from the eigen-decomposition of the smaller Gram matrix ``A A^T`` or ``A^T A``,
-which is several times faster than a full SVD on CPU and exact at full rank, because the kept basis is orthonormal.
-Singular values below about ``1e-7 * s_max`` are not resolved this way, which only matters for spectra plots (use
-:func:`spectrum`, which calls ``torch.linalg.svdvals``).
+The SVDs are computed from the eigen-decomposition (in float64) of the smaller Gram matrix ``A A^T`` or ``A^T A``
+(formed in the weight's precision, at least float32). That is several times faster than a full SVD on CPU, and
+exact at full rank because the kept basis is orthonormal. Singular values below about ``sqrt(eps) * s_max`` are not
+resolved this way (``eps`` of the weight's dtype), which only matters for spectra plots: :func:`spectrum` calls
+``torch.linalg.svdvals`` in float64.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class _Decomposition:
     ``side == "right"``: ``basis`` (n, k) holds right singular vectors; else ``basis`` (m, k) holds left ones.
     """
 
-    matrix: torch.Tensor  # M, (m, n), compute dtype
+    matrix: torch.Tensor  # M, (m, n), float32 or float64
     row_weight: torch.Tensor | None  # w, (m,)
     s: torch.Tensor  # singular values of A, descending, (k,), k = min(m, n)
     basis: torch.Tensor
@@ -243,15 +244,17 @@ class _Decomposition:
 
 
 def _decompose(matrix: torch.Tensor, row_weight: torch.Tensor | None = None) -> _Decomposition:
-    m = matrix.detach().to(torch.float64)
+    # products in float64 for float64 weights, else float32; the small symmetric eigenproblem always in float64
+    dtype = torch.float64 if matrix.dtype == torch.float64 else torch.float32
+    m = matrix.detach().to(dtype)
     w = row_weight.to(m) if row_weight is not None else None
     a = m if w is None else w[:, None] * m
     rows, cols = a.shape
     side = "left" if rows <= cols else "right"
     gram = a @ a.T if side == "left" else a.T @ a
-    lam, vec = torch.linalg.eigh(gram)
+    lam, vec = torch.linalg.eigh(gram.to(torch.float64))
     s = lam.flip(0).clamp_min(0).sqrt()
-    return _Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1), side=side)
+    return _Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1).to(dtype), side=side)
 
 
 def _truncate(dec: _Decomposition, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
