@@ -101,7 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    results = sweep(args.config, out=args.out)
+    results = sweep(args.config, out=args.out, data=args.data)
     print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
     return 0
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid, compress every model at every rate, write results rows")
     p.add_argument("config", help="a sweep TOML file or a preset name: demo, cifar10-cpu, cifar10-paper, ...")
     p.add_argument("--out", help="output folder (default: the config's `out`)")
+    p.add_argument("--data", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write report.md, a summary table and plots from a sweep's results")

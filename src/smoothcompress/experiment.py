@@ -233,7 +233,9 @@ def iter_cells(cfg: SweepConfig) -> Iterator[tuple[RunSpec, MethodSpec | None, f
             yield spec, method, rate
 
 
-def sweep(config: SweepConfig | str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def sweep(
+    config: SweepConfig | str | os.PathLike, out: str | os.PathLike | None = None, data: str | None = None
+) -> Path:
     """Run a sweep (resumably) and return the path of its ``results.jsonl``.
 
     Parameters
@@ -242,10 +244,14 @@ def sweep(config: SweepConfig | str | os.PathLike, out: str | os.PathLike | None
         The parsed config, a TOML path, or a preset name.
     out : path, optional
         Overrides the config's output folder.
+    data : str, optional
+        Overrides ``train.data``: where the dataset lives (e.g. an ImageFolder ``.tar.gz``).
     """
     cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
     if out is not None:
         cfg.out = Path(out)
+    if data is not None:
+        cfg.train["data"] = data
     cfg.out.mkdir(parents=True, exist_ok=True)
     results, spectra_path = cfg.out / "results.jsonl", cfg.out / "spectra.jsonl"
     done = {_cell_key(r) for r in read_jsonl(results)}
