@@ -25,7 +25,7 @@ from smoothcompress.train import (
     train,
 )
 
-FAST = dict(dataset="digits", model="mlp", width=16, epochs=2, batch_size=128, lr=0.2, device="cpu")
+FAST = dict(dataset="digits", model="mlp", width=32, epochs=2, batch_size=128, lr=0.2, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,13 @@ def digits():
 
 def tiny_mlp(seed=0):
     torch.manual_seed(seed)
-    return sc.create_model("mlp", width=16)
+    return sc.create_model("mlp", width=FAST["width"])
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """One training run with the FAST settings, shared by the tests that only read it."""
+    return train(tiny_mlp(), digits, TrainConfig(**FAST))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,21 +90,20 @@ def test_optimizer_is_nesterov_sgd_with_weight_decay_on_weights_only():
 # Training
 
 
-def test_train_learns_digits_and_reports_every_epoch(digits):
-    result = train(tiny_mlp(), digits, TrainConfig(**{**FAST, "epochs": 3}))
-    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+def test_train_learns_digits_and_reports_every_epoch(trained):
+    result = trained
+    assert [row["epoch"] for row in result.history] == [1, 2]
     keys = {"epoch", "loss", "train_acc", "test_acc", "penalty", "reg_weight", "lr", "images_per_s", "seconds"}
     assert keys <= set(result.history[0])
-    assert result.test_acc == result.history[-1]["test_acc"] > 0.85
+    assert result.test_acc == result.history[-1]["test_acc"] > 0.8
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert result.val_acc is None and result.out_dir is None
     assert result.config.device == "cpu" and result.config.bf16 is False and result.config.channels_last is False
 
 
-def test_same_seed_same_weights(digits):
-    cfg = TrainConfig(**FAST)
-    a = train(tiny_mlp(), digits, cfg).model.state_dict()
-    b = train(tiny_mlp(), digits, cfg).model.state_dict()
+def test_same_seed_same_weights(digits, trained):
+    a = trained.model.state_dict()
+    b = train(tiny_mlp(), digits, TrainConfig(**FAST)).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -118,9 +123,9 @@ class Custom(nn.Module):
 
 def test_any_module_trains_with_a_penalty(digits):
     torch.manual_seed(0)
-    cfg = TrainConfig(**{**FAST, "epochs": 3, "reg": "first", "lam": 0.05})
+    cfg = TrainConfig(**{**FAST, "reg": "first", "lam": 0.05})
     result = train(Custom(), digits, cfg)
-    assert result.test_acc > 0.8
+    assert result.test_acc > 0.75
     assert all(row["penalty"] > 0 and row["reg_weight"] == 0.05 for row in result.history)
 
 
@@ -160,19 +165,20 @@ class Recorder:
 
 
 def test_penalty_weight_warms_up_and_after_step_gets_the_step_lr(digits):
-    cfg = TrainConfig(**{**FAST, "epochs": 3, "reg_warmup_epochs": 2.0, "schedule": "cosine", "warmup": 0.1})
+    cfg = TrainConfig(**{**FAST, "reg_warmup_epochs": 1.5, "schedule": "cosine", "warmup": 0.1})
     rec = Recorder(0.5)
     train(tiny_mlp(), digits, cfg, regularizer=rec)
     steps = len(digits.y_train) // cfg.batch_size
-    total = 3 * steps
+    total = 2 * steps
     assert len(rec.weights) == len(rec.lrs) == total
-    assert rec.weights == [0.5 * penalty_ramp(s, steps, 2.0) for s in range(total)]
-    assert rec.weights[2 * steps - 1] == 0.5 and rec.weights[0] == pytest.approx(0.5 / (2 * steps))
+    assert rec.weights == [0.5 * penalty_ramp(s, steps, 1.5) for s in range(total)]
+    assert rec.weights[0] == pytest.approx(0.5 / (1.5 * steps)) and rec.weights[-1] == 0.5
+    assert rec.weights.index(0.5) == math.ceil(1.5 * steps) - 1
     assert rec.lrs == pytest.approx([cfg.lr * lr_factor(s, total, "cosine", 0.1) for s in range(total)], rel=1e-12)
 
 
 def test_progress_bar_is_quiet_without_a_terminal(digits, capfd):
-    train(tiny_mlp(), digits, TrainConfig(**FAST))
+    train(tiny_mlp(), digits, TrainConfig(**{**FAST, "epochs": 1}))
     out, err = capfd.readouterr()
     assert out == "" and err == ""
 
@@ -247,8 +253,8 @@ def test_evaluate_constant_predictor_matches_class_frequency(digits):
         assert evaluate(Always(k), digits) == pytest.approx(expected, abs=1e-12)
 
 
-def test_evaluate_dataset_and_loader_agree_and_restore_mode(digits):
-    model = train(tiny_mlp(), digits, TrainConfig(**FAST)).model.train()
+def test_evaluate_dataset_and_loader_agree_and_restore_mode(digits, trained):
+    model = trained.model.train()
     loader = Loader(digits.x_test, digits.y_test, 50, train=False, mean=digits.mean, std=digits.std)
     acc = evaluate(model, digits, batch_size=64)
     assert acc == evaluate(model, loader)

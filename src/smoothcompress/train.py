@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import inspect
 import json
 import logging
@@ -385,6 +386,9 @@ def _process_group(ctx: _Dist, device: torch.device) -> Iterator[None]:
             dist.barrier()
     finally:
         if owner:
+            # Free whatever still references the group (a DDP reducer in a reference cycle) while the interpreter
+            # is alive: gloo's threads torn down at interpreter exit abort the process (SIGABRT).
+            gc.collect()
             dist.destroy_process_group()
 
 
@@ -709,10 +713,13 @@ def train(
     with _process_group(ctx, device):
         ctx = _dist_from_env()
         run_ = _setup(model, dataset, config, out_dir, regularizer, ctx, device)
-        history, resumed_from = _restore_or_start(run_)
-        for epoch in range(len(history), run_.config.epochs):
-            history.append(_train_epoch(run_, epoch, history))
-        return _finish(run_, dataset, history, resumed_from, start)
+        try:
+            history, resumed_from = _restore_or_start(run_)
+            for epoch in range(len(history), run_.config.epochs):
+                history.append(_train_epoch(run_, epoch, history))
+            return _finish(run_, dataset, history, resumed_from, start)
+        finally:
+            run_.net = None  # drop the DDP wrapper (it holds the process group) before the group is destroyed
 
 
 def _setup(model, dataset, config, out_dir, regularizer, ctx, device) -> _Run:
