@@ -168,26 +168,16 @@ def assess_claims(rows: list[dict]) -> list[dict]:
                         "evidence": evidence,
                     }
                 )
-            for lab in svd:
-                diffs = _compare(index, g, lab, base, lab, rates)
-                claims.append(
-                    {
-                        "claim": "2. smooth + SVD beats baseline + SVD",
-                        "setting": f"{name}, {lab}",
-                        "verdict": _verdict(diffs),
-                        "evidence": "points vs baseline at rate " + _fmt_diffs(diffs),
-                    }
-                )
-            for lab in pruning:
-                diffs = _compare(index, g, lab, base, lab, rates)
-                claims.append(
-                    {
-                        "claim": "3. pruning does better on smooth models",
-                        "setting": f"{name}, {lab}",
-                        "verdict": _verdict(diffs),
-                        "evidence": "points vs baseline at rate " + _fmt_diffs(diffs),
-                    }
-                )
+            for claim, labs in (
+                ("2. smooth + SVD beats baseline + SVD", svd),
+                ("3. pruning does better on smooth models", pruning),
+            ):
+                for lab in labs:
+                    diffs = _compare(index, g, lab, base, lab, rates)
+                    evidence = "points vs baseline at rate " + _fmt_diffs(diffs)
+                    claims.append(
+                        {"claim": claim, "setting": f"{name}, {lab}", "verdict": _verdict(diffs), "evidence": evidence}
+                    )
         for g in [base, *smooth]:
             for lab_s in svd:
                 for lab_p in pruning:
