@@ -245,3 +245,11 @@ def test_mismatched_skeleton(saved):
 
 def test_skeleton_of_another_width_is_rebuilt_from_the_records(saved, resnet):
     assert same_function(sc.load(saved, model=sc.create_model("resnet20", width=8)), resnet)
+
+
+def test_channels_last_model_round_trips(tmp_path):
+    """Training on GPU (and CPU) uses channels_last weights, which safetensors cannot store as they are."""
+    model = sc.create_model("resnet20", width=4).eval().to(memory_format=torch.channels_last)
+    loaded = sc.load(sc.save(model, tmp_path / "cl.safetensors")).eval()
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -98,7 +98,7 @@ def test_train_learns_digits_and_reports_every_epoch(trained):
     assert result.test_acc == result.history[-1]["test_acc"] > 0.8
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert result.val_acc is None and result.out_dir is None
-    assert result.config.device == "cpu" and result.config.bf16 is False and result.config.channels_last is False
+    assert result.config.device == "cpu" and result.config.bf16 is False and result.config.channels_last is True
 
 
 def test_same_seed_same_weights(digits, trained):
@@ -217,7 +217,7 @@ def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == result.history and [r["epoch"] for r in rows] == [1, 2]
     assert sc.TrainConfig.from_toml(out / "config.toml") == result.config
-    assert result.config == TrainConfig(**{**cfg.to_dict(), "bf16": False, "channels_last": False})
+    assert result.config == TrainConfig(**{**cfg.to_dict(), "bf16": False, "channels_last": True})
     loaded = sc.load(out / "model.safetensors")
     x = torch.randn(5, 1, 8, 8)
     assert torch.equal(loaded.eval()(x), result.model.eval()(x))

@@ -158,8 +158,11 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
     for name, t in state.items():
         t = t.detach().to("cpu")
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-        # safetensors refuses tensors that share memory (tied weights): store a copy of every repeat
-        tensors[name] = t.clone() if key in seen or not t.is_contiguous() else t
+        # safetensors refuses tensors that share memory (tied weights) and non-contiguous ones (channels_last
+        # weights): store a packed copy of those
+        if key in seen or not t.is_contiguous():
+            t = t.clone(memory_format=torch.contiguous_format)
+        tensors[name] = t
         seen.add(key)
     meta = {
         "format": FORMAT,
