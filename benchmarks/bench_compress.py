@@ -10,8 +10,10 @@ The weights are random (no trained full-width ResNet-18 exists on this machine).
 the layer shapes, but the ranks that "global" allocation picks depend on the spectra, and random weights have flat
 spectra, so "global" is shown next to "uniform", whose ranks do not depend on the weights.
 
-``--investigate`` adds a per-layer timing of dense vs factorized convolutions, and the effect of channels_last
-and of disabling oneDNN (``torch.backends.mkldnn``), to explain where the speed-up goes.
+Variants ending in ``/x16`` use ``rank_multiple=16`` (every rank a multiple of 16, which oneDNN's AVX-512 kernels
+prefer). ``--investigate`` adds a per-layer timing of dense vs factorized convolutions, channels_last copies of
+some models (speed-ups still relative to the dense NCHW model), and a run with oneDNN disabled
+(``torch.backends.mkldnn``), to explain where the speed-up goes.
 
 Run: ``.venv/bin/python benchmarks/bench_compress.py [--quick] [--investigate]``; writes
 ``benchmarks/results/compress.json``.
@@ -20,6 +22,7 @@ Run: ``.venv/bin/python benchmarks/bench_compress.py [--quick] [--investigate]``
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -33,13 +36,17 @@ from smoothcompress.provenance import provenance, write_json
 
 ROOT = Path(__file__).resolve().parent
 SHAPE = (3, 32, 32)
+# (rate, allocation, scheme, rank_multiple)
 VARIANTS = [
-    (0.5, "global", "channel"),
-    (0.7, "global", "channel"),
-    (0.9, "global", "channel"),
-    (0.7, "uniform", "channel"),
-    (0.7, "global", "spatial"),
+    (0.5, "global", "channel", 1),
+    (0.7, "global", "channel", 1),
+    (0.9, "global", "channel", 1),
+    (0.7, "global", "channel", 16),
+    (0.7, "uniform", "channel", 1),
+    (0.7, "uniform", "channel", 16),
+    (0.7, "global", "spatial", 1),
 ]
+CHANNELS_LAST = ["dense", "global/channel/0.7", "uniform/channel/0.7/x16"]
 
 
 def load_average() -> list[float] | None:
@@ -49,7 +56,7 @@ def load_average() -> list[float] | None:
         return None
 
 
-def compress_timing(model: nn.Module, rate: float, allocation: str, scheme: str, repeats: int) -> dict:
+def compress_timing(model: nn.Module, repeats: int, *args, **kwargs) -> dict:
     """Wall and CPU seconds of ``compress``, with the configured threads and with one thread.
 
     On a shared machine, OpenMP threads spin-wait for each other, which inflates the multi-threaded wall time of the
@@ -62,7 +69,7 @@ def compress_timing(model: nn.Module, rate: float, allocation: str, scheme: str,
         wall, cpu = [], []
         for _ in range(repeats):
             t, c = time.perf_counter(), time.process_time()
-            small = sc.compress(model, rate, allocation, scheme)
+            small = sc.compress(model, *args, **kwargs)
             wall.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
         out[label] = {"first_s": wall[0], "median_s": statistics.median(wall), "cpu_median_s": statistics.median(cpu)}
@@ -162,6 +169,8 @@ def main() -> None:
     t0 = time.time()
     load_before = load_average()
     variants = VARIANTS[:3] if args.quick else VARIANTS
+    if args.quick and args.investigate:
+        ap.error("--investigate needs the full variant list; drop --quick")
     reps = 3 if args.quick else args.reps
 
     dense = sc.create_model("resnet18").eval()
@@ -169,9 +178,9 @@ def main() -> None:
     params_dense = sc.count_params(dense)
     models: dict[str, nn.Module] = {"dense": dense}
     rows = []
-    for rate, allocation, scheme in variants:
-        name = f"{allocation}/{scheme}/{rate}"
-        timing = compress_timing(dense, rate, allocation, scheme, repeats=3)
+    for rate, allocation, scheme, multiple in variants:
+        name = f"{allocation}/{scheme}/{rate}" + (f"/x{multiple}" if multiple > 1 else "")
+        timing = compress_timing(dense, 3, rate, allocation, scheme, rank_multiple=multiple)
         small = timing.pop("model").eval()
         models[name] = small
         rows.append(
@@ -180,6 +189,7 @@ def main() -> None:
                 "rate": rate,
                 "allocation": allocation,
                 "scheme": scheme,
+                "rank_multiple": multiple,
                 "achieved_rate": small.sc_compression["achieved_rate"],
                 "params": sc.count_params(small),
                 "flops": sc.count_flops(small, (1, *SHAPE)),
@@ -194,10 +204,9 @@ def main() -> None:
             f"{t2['first_s']:.2f} s), {t1['median_s']:.2f} s with 1 thread ({t1['cpu_median_s']:.2f} s CPU)",
             flush=True,
         )
-    if args.investigate:
-        main_small = models["global/channel/0.7"]
-        models["global/channel/0.7+channels_last"] = main_small.to(memory_format=torch.channels_last)
-        models["dense+channels_last"] = sc.compress(dense, 0.0).to(memory_format=torch.channels_last)
+    if args.investigate:  # Module.to(memory_format=...) works in place: convert copies
+        for name in CHANNELS_LAST:
+            models[f"{name}+channels_last"] = copy.deepcopy(models[name]).to(memory_format=torch.channels_last)
     speed = {
         "batch1": interleaved_ratios(models, batch=1, reps=5 * reps, inner=10),
         "batch128": interleaved_ratios(models, batch=128, reps=reps, inner=1),
@@ -209,10 +218,9 @@ def main() -> None:
     if args.investigate:
         extra["channels_last"] = {k: {b: speed[b][k] for b in speed} for k in models if "channels_last" in k}
         small = models["global/channel/0.7"]
-        uniform = models.get("uniform/channel/0.7")
         extra["layers_global_0.7_batch128"] = layer_timings(dense, small, 128, reps=5)
-        if uniform is not None:
-            extra["layers_uniform_0.7_batch128"] = layer_timings(dense, uniform, 128, reps=5)
+        extra["layers_uniform_0.7_batch128"] = layer_timings(dense, models["uniform/channel/0.7"], 128, reps=5)
+        extra["layers_uniform_0.7_x16_batch128"] = layer_timings(dense, models["uniform/channel/0.7/x16"], 128, reps=5)
         torch.backends.mkldnn.enabled = False
         try:
             off = interleaved_ratios({"dense": dense, "global/channel/0.7": small}, batch=128, reps=3, inner=1)
@@ -232,7 +240,7 @@ def main() -> None:
             f"{r['speedup_batch1']:>9.2f} {r['speedup_batch128']:>11.2f} {one_thread:>14.2f}"
         )
     if args.investigate:
-        for key in ("layers_global_0.7_batch128", "layers_uniform_0.7_batch128"):
+        for key in ("layers_global_0.7_batch128", "layers_uniform_0.7_batch128", "layers_uniform_0.7_x16_batch128"):
             print(f"\n{key}: layer, weight, input HxW, rank, FLOPs ratio, measured speed-up")
             for r in extra.get(key, []):
                 print(

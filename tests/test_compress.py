@@ -251,6 +251,21 @@ def test_global_never_strips_a_layer_on_flat_spectra():
     assert all(p.energy > 0.1 for p in log.layers.values())
 
 
+@pytest.mark.parametrize("allocation", ["global", "uniform", "energy"])
+def test_rank_multiple(resnet, allocation):
+    small = sc.compress(resnet, 0.4, allocation, rank_multiple=8, ranks={"fc": 3})
+    ranks = {n: f.rank for n, f in factorized(small).items()}
+    assert ranks.pop("fc") == 3  # explicit ranks are taken as given
+    assert ranks and all(r % 8 == 0 for r in ranks.values())
+    assert 0.4 <= achieved(resnet, small) < 0.41
+
+
+@pytest.mark.parametrize("k", [0, -8, 2.5, True])
+def test_bad_rank_multiple_raises(cnn, k):
+    with pytest.raises(ValueError, match="rank_multiple"):
+        sc.compress(cnn, 0.3, rank_multiple=k)
+
+
 def test_uniform_allocation_keeps_the_same_rank_fraction(resnet):
     small = sc.compress(resnet, 0.5, "uniform", bn_aware=False)
     fractions = [f.rank / f.full_rank for f in factorized(small).values() if f.full_rank >= 16]
