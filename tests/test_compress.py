@@ -34,7 +34,7 @@ def achieved(model, compressed):
     return 1 - sc.count_params(compressed) / sc.count_params(model)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     rate=st.floats(0.05, 0.8),
     allocation=st.sampled_from(["global", "global-linear", "uniform", "energy"]),

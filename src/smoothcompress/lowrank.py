@@ -55,6 +55,7 @@ resolved this way (``eps`` of the weight's dtype), which only matters for spectr
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import fnmatch
 import math
@@ -243,6 +244,25 @@ class _Decomposition:
         return (torch.cumsum(e, 0) / total).clamp_max(1.0)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run the enclosed torch ops single-threaded, then restore the thread count.
+
+    Used for eigenproblems up to 1024 x 1024: multi-threaded LAPACK gains little at these sizes, and when the cores
+    are shared its spinning OpenMP threads stall at every barrier (a 512 x 512 ``eigh`` took 4 to 8 s with 2 threads
+    on a loaded 2-core machine, against 0.17 s with one). The thread count is process-wide, so torch ops running
+    concurrently in other Python threads are briefly single-threaded too.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _decompose(matrix: torch.Tensor, row_weight: torch.Tensor | None = None) -> _Decomposition:
     # products in float64 for float64 weights, else float32; the small symmetric eigenproblem always in float64
     dtype = torch.float64 if matrix.dtype == torch.float64 else torch.float32
@@ -252,7 +272,8 @@ def _decompose(matrix: torch.Tensor, row_weight: torch.Tensor | None = None) -> 
     rows, cols = a.shape
     side = "left" if rows <= cols else "right"
     gram = a @ a.T if side == "left" else a.T @ a
-    lam, vec = torch.linalg.eigh(gram.to(torch.float64))
+    with _one_thread() if gram.shape[0] <= 1024 else contextlib.nullcontext():
+        lam, vec = torch.linalg.eigh(gram.to(torch.float64))
     s = lam.flip(0).clamp_min(0).sqrt()
     return _Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1).to(dtype), side=side)
 
