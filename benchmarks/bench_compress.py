@@ -11,9 +11,10 @@ the layer shapes, but the ranks that "global" allocation picks depend on the spe
 spectra, so "global" is shown next to "uniform", whose ranks do not depend on the weights.
 
 Variants ending in ``/x16`` use ``rank_multiple=16`` (every rank a multiple of 16, which oneDNN's AVX-512 kernels
-prefer). ``--investigate`` adds a per-layer timing of dense vs factorized convolutions, channels_last copies of
-some models (speed-ups still relative to the dense NCHW model), and a run with oneDNN disabled
-(``torch.backends.mkldnn``), to explain where the speed-up goes.
+prefer). ``--investigate`` adds a per-layer timing of dense vs factorized convolutions; copies of some models run
+in channels_last and through ``torch.jit.optimize_for_inference`` (frozen TorchScript that keeps oneDNN's blocked
+layout between layers and folds BatchNorm), each also compared with the dense model run the same way; and a run
+with oneDNN disabled (``torch.backends.mkldnn``), to explain where the speed-up goes.
 
 Run: ``.venv/bin/python benchmarks/bench_compress.py [--quick] [--investigate]``; writes
 ``benchmarks/results/compress.json``.
@@ -46,7 +47,9 @@ VARIANTS = [
     (0.7, "uniform", "channel", 16),
     (0.7, "global", "spatial", 1),
 ]
-CHANNELS_LAST = ["dense", "global/channel/0.7", "uniform/channel/0.7/x16"]
+# models also timed in channels_last and through torch.jit.optimize_for_inference (oneDNN layout kept between
+# layers, BatchNorm folded) with --investigate
+OPTIMISED = ["dense", "global/channel/0.7", "uniform/channel/0.7/x16"]
 
 
 def load_average() -> list[float] | None:
@@ -205,8 +208,13 @@ def main() -> None:
             flush=True,
         )
     if args.investigate:  # Module.to(memory_format=...) works in place: convert copies
-        for name in CHANNELS_LAST:
+        for name in OPTIMISED:
             models[f"{name}+channels_last"] = copy.deepcopy(models[name]).to(memory_format=torch.channels_last)
+        example = torch.randn(2, *SHAPE)
+        for name in OPTIMISED:
+            with torch.inference_mode():
+                traced = torch.jit.trace(copy.deepcopy(models[name]), example)
+            models[f"{name}+jit_ofi"] = torch.jit.optimize_for_inference(traced)
     speed = {
         "batch1": interleaved_ratios(models, batch=1, reps=5 * reps, inner=10),
         "batch128": interleaved_ratios(models, batch=128, reps=reps, inner=1),
@@ -216,7 +224,14 @@ def main() -> None:
         row["speedup_batch128"] = speed["batch128"][row["variant"]]["speedup_median"]
     extra = {}
     if args.investigate:
-        extra["channels_last"] = {k: {b: speed[b][k] for b in speed} for k in models if "channels_last" in k}
+        for suffix in ("channels_last", "jit_ofi"):
+            extra[suffix] = {}
+            for name in OPTIMISED:
+                key = f"{name}+{suffix}"
+                extra[suffix][key] = {b: dict(speed[b][key]) for b in speed}
+                for b in speed:  # speed-up against the dense model run the same way
+                    ref = speed[b][f"dense+{suffix}"]["median_s"]
+                    extra[suffix][key][b]["speedup_vs_same_format_dense"] = ref / speed[b][key]["median_s"]
         small = models["global/channel/0.7"]
         extra["layers_global_0.7_batch128"] = layer_timings(dense, small, 128, reps=5)
         extra["layers_uniform_0.7_batch128"] = layer_timings(dense, models["uniform/channel/0.7"], 128, reps=5)
@@ -247,9 +262,15 @@ def main() -> None:
                     f"  {r['layer']:<22} {'x'.join(map(str, r['weight'])):<12} {'x'.join(map(str, r['input_hw'])):<6}"
                     f" r={r['rank']:<4} {r['flops_ratio']:>6.2f}x {r['speedup']:>6.2f}x"
                 )
-        for k, v in extra["channels_last"].items():
-            b1, b128 = v["batch1"]["speedup_median"], v["batch128"]["speedup_median"]
-            print(f"{k}: speed-up vs dense (NCHW) b1 {b1:.2f}, b128 {b128:.2f}")
+        for suffix in ("channels_last", "jit_ofi"):
+            for k, v in extra[suffix].items():
+                b1, b128 = v["batch1"]["speedup_median"], v["batch128"]["speedup_median"]
+                s1 = v["batch1"]["speedup_vs_same_format_dense"]
+                s128 = v["batch128"]["speedup_vs_same_format_dense"]
+                print(
+                    f"{k:<36} speed-up vs dense eager NCHW: b1 {b1:.2f}, b128 {b128:.2f}; "
+                    f"vs dense+{suffix}: b1 {s1:.2f}, b128 {s128:.2f}"
+                )
         off = extra["mkldnn_disabled_batch128"]["global/channel/0.7"]["speedup_median"]
         print(f"oneDNN disabled, global 0.7 b128 speed-up: {off:.2f}")
     wall = time.time() - t0

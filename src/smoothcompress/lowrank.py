@@ -20,9 +20,8 @@ minimises ``||diag(g) (W - W_r)||_F`` instead of ``||W - W_r||_F``. Conv -> Batc
 the model with ``torch.fx``; when tracing fails the truncation falls back to the plain SVD and the record says so.
 Measured on trained models (``benchmarks/results/allocation.json``) it lost accuracy: 3 to 17 points on a CIFAR
 ResNet-20 at rates 0.2 to 0.5, and 0.4 to 9 points on a digits CNN, also at equal ranks, so plain truncation is the
-default. The likely reason:
-``g`` divides by the output's standard deviation, which depends on the input covariance, while the Frobenius error
-assumes white inputs; the two do not combine into the real output error.
+default. The likely reason: ``g`` divides by the output's standard deviation, which depends on the input
+covariance, while the Frobenius error assumes white inputs; the two do not combine into the real output error.
 
 Rank allocation, for a requested ``rate`` (fraction of ALL parameters removed, BatchNorm and biases included). Let
 ``kept_l(r) = sum_{i<=r} s_i**2 / sum_i s_i**2`` be the fraction of layer ``l``'s spectral energy kept at rank ``r``.
@@ -34,12 +33,20 @@ Rank allocation, for a requested ``rate`` (fraction of ALL parameters removed, B
   a few parameters elsewhere.
 * ``"global-linear"``: the same greedy with loss ``sum_l (1 - kept_l)``, the fraction of each layer's total
   energy dropped. It tends to strip the largest layers to rank 1 (on flat spectra it always does). In
-  ``benchmarks/results/allocation.json`` it matched "global" within a point at low rates and lost 7 to 46 points at
-  the highest ones (one exception: -6 points for "global" on the digits CNN at 0.6); kept for comparison.
+  ``benchmarks/results/allocation.json`` it matched "global" within a point at low rates and kept 7 to 46 points
+  less accuracy at the highest ones (one exception: 6 points more on the digits CNN at 0.6); kept for comparison.
 * ``"uniform"``: keep the same fraction of the full rank in every layer.
 * ``"energy"``: keep the same fraction of spectral energy in every layer.
 
 The achieved rate is never below the request and overshoots it by at most about one rank step of one layer.
+
+Speed. Fewer FLOPs are not proportionally faster on CPU (``benchmarks/results/compress.json``, CIFAR ResNet-18).
+In eager mode every conv converts its activations between NCHW and oneDNN's blocked layout, and factorizing
+doubles the number of convs; the factorized layers are also thin (``r`` channels), which oneDNN runs further from
+its peak. ``torch.jit.optimize_for_inference(torch.jit.trace(model, x))`` keeps the blocked layout between layers
+and recovers most of the FLOP reduction; ``rank_multiple=16`` and channels_last help too. "global" allocation takes
+the parameters where they are, in the late low-resolution layers that hold few FLOPs, so it saves fewer FLOPs than
+"uniform" at the same rate.
 
 Functional core: :func:`matricize`, :func:`spectrum`, :func:`factorize_weight`. Module wrappers:
 :class:`FactorizedLinear`, :class:`FactorizedConv2d` (base :class:`Factorized`). Model level:
