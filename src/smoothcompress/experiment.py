@@ -45,13 +45,8 @@ from smoothcompress.data import Dataset, split_validation
 from smoothcompress.lowrank import compress
 from smoothcompress.provenance import append_jsonl, provenance, read_jsonl
 from smoothcompress.prune import prune
-from smoothcompress.train import TrainConfig, evaluate, load_dataset_for
+from smoothcompress.train import TrainConfig, evaluate, load_dataset_for, read_toml
 from smoothcompress.train import run as train_run
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["MethodSpec", "RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "resolve_config"]
 
@@ -116,11 +111,7 @@ class SweepConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
         path = resolve_config(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from None
-        cfg = cls.from_dict(raw, out=out)
+        cfg = cls.from_dict(read_toml(path), out=out)
         cfg.source = str(path)
         return cfg
 
@@ -269,12 +260,10 @@ def sweep(
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
         if (run_dir / "model.safetensors").exists():
             _log(f"[{tag}] trained model found, skipping training")
-            train_wall = _train_wall(run_dir)
         else:
             _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, lam={spec.lam:g}, seed={spec.seed})")
-            t0 = time.perf_counter()
             train_run(tconf)
-            train_wall = time.perf_counter() - t0
+        train_wall = _train_wall(run_dir)  # summed over epochs, so a resumed run counts its earlier part too
         model = io.load(run_dir / "model.safetensors").eval()
         ds = _dataset_for(tconf, datasets)
         if tag not in spectra_done:

@@ -96,13 +96,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    """Append one row to a JSON-lines file and fsync it, so a killed run loses at most the row in flight."""
-    text = json.dumps(row, default=str) + "\n"
-    # A torn line from a killed run would glue onto this row: start on a fresh line.
-    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        text = "\n" + text
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one row to a JSON-lines file and fsync it, so a killed run loses at most the row in flight.
+
+    A torn last line left by an earlier killed run (no trailing newline) is dropped first.
+    """
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
     with open(path, "a") as f:
-        f.write(text)
+        f.write(json.dumps(row, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())

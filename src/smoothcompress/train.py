@@ -178,7 +178,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
         """Read a flat TOML file of ``key = value`` lines (any subset of the fields)."""
-        return cls.from_dict(_read_toml(path))
+        return cls.from_dict(read_toml(path))
 
     @classmethod
     def from_sources(cls, toml_path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
@@ -191,7 +191,7 @@ class TrainConfig:
         **overrides
             Config keys. ``None`` values are ignored, so a CLI can pass every flag with ``None`` for "not given".
         """
-        values = _read_toml(toml_path) if toml_path is not None else {}
+        values = read_toml(toml_path) if toml_path is not None else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
@@ -207,13 +207,13 @@ class TrainConfig:
         return _atomic_write_bytes(Path(path), text.encode())
 
 
-def _read_toml(path: str | os.PathLike) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"config file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 

@@ -1,0 +1,96 @@
+"""The command line: every subcommand parses and calls the API; user errors are one line, exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import smoothcompress as sc
+from smoothcompress.cli import main
+
+DIGITS = ["--dataset", "digits", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    argv = ["train", "--dataset", "digits", "--model", "cnn", "--width", "8", "--epochs", "2", "--batch-size", "128"]
+    assert main([*argv, "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def test_console_script_help_and_version():
+    exe = [sys.executable, "-m", "smoothcompress"]
+    assert "compress" in subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True).stdout
+    version = subprocess.run([*exe, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.strip() == f"smoothcompress {sc.__version__}"
+
+
+def test_train_writes_run_folder(trained, capsys):
+    for name in ("model.safetensors", "metrics.jsonl", "config.toml", "checkpoint.pt"):
+        assert (trained / name).exists(), name
+
+
+def test_compress_prints_table_accuracy_and_saves(trained, tmp_path, capsys):
+    out = tmp_path / "small.safetensors"
+    assert main(["compress", str(trained / "model.safetensors"), "--rate", "0.5", "-o", str(out), *DIGITS]) == 0
+    text = capsys.readouterr().out
+    assert "total params" in text and "factorized" in text and "test accuracy on digits" in text
+    small = sc.load(out)
+    assert sc.count_params(small) <= 0.51 * sc.count_params(sc.load(trained / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "filter"])
+def test_prune_prints_the_same_table(trained, tmp_path, capsys, method):
+    out = tmp_path / f"{method}.safetensors"
+    argv = ["prune", str(trained / "model.safetensors"), "--rate", "0.5", "--method", method, "-o", str(out)]
+    assert main([*argv, *DIGITS]) == 0
+    text = capsys.readouterr().out
+    assert ("non-zero params" in text) == (method == "magnitude") and "test accuracy" in text
+    assert out.exists()
+
+
+def test_evaluate_and_export(trained, tmp_path, capsys):
+    assert main(["evaluate", str(trained / "model.safetensors"), *DIGITS]) == 0
+    assert "test accuracy on digits" in capsys.readouterr().out
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(trained / "model.safetensors"), "-o", str(onnx)]) == 0
+    assert onnx.stat().st_size > 1000
+
+
+def test_train_config_file_and_flag_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dataset = "digits"\nmodel = "mlp"\nwidth = 16\nepochs = 3\ndevice = "cpu"\n')
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(tmp_path / "r")]) == 0
+    assert sc.TrainConfig.from_toml(tmp_path / "r" / "config.toml").epochs == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "missing.safetensors"], "missing.safetensors"),
+        (["compress", "{model}", "--rate", "1.5"], "rate"),
+        (["compress", "{model}", "--rank", "fc=abc"], "LAYER=RANK"),
+        (["evaluate", "{model}"], "needs data"),
+        (["sweep", "no-such-preset"], "preset name"),
+        (["train", "--config", "{model}"], "TOML"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(trained, capsys, argv, message):
+    argv = [a.replace("{model}", str(trained / "model.safetensors")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_corrupt_model_file_is_a_user_error(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert main(["evaluate", str(bad), *DIGITS]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
+
+
+def test_loaded_model_runs(trained):
+    model = sc.load(trained / "model.safetensors").eval()
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

@@ -1,0 +1,95 @@
+"""Sweep: grid expansion, results rows with provenance, resumability, bad configs."""
+
+import json
+
+import pytest
+
+import smoothcompress as sc
+from smoothcompress.experiment import MethodSpec, SweepConfig, resolve_config, sweep
+from smoothcompress.provenance import read_jsonl
+
+TINY = {
+    "out": "unused",
+    "train": {"dataset": "digits", "model": "mlp", "width": 128, "epochs": 2, "batch_size": 128, "device": "cpu"},
+    "grid": {"seeds": [0], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "lam": 0.01}]},
+    "compress": {"rates": [0.5, 0.8], "methods": [{"method": "svd"}, {"method": "magnitude"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    return sweep(SweepConfig.from_dict(TINY, out=out))
+
+
+def test_rows_cover_the_grid_with_provenance(swept):
+    rows = read_jsonl(swept)
+    assert len(rows) == 2 * (1 + 2 * 2)
+    assert {(r["reg"], r["label"], r["rate_requested"]) for r in rows} >= {
+        ("none", "dense", 0.0),
+        ("nuclear", "svd-global-channel", 0.8),
+        ("nuclear", "magnitude", 0.5),
+    }
+    for r in rows:
+        for key in ("commit", "device", "dataset", "dataset_sha256", "seed", "wall_s", "torch", "accuracy"):
+            assert r[key] is not None, key
+        assert r["dataset"] == "digits" and len(r["dataset_sha256"]) == 64
+        if r["label"] != "dense":
+            assert abs(r["rate_achieved"] - r["rate_requested"]) <= 0.01
+    spectra = read_jsonl(swept.with_name("spectra.jsonl"))
+    assert {s["reg"] for s in spectra} == {"none", "nuclear"}
+
+
+def test_rerun_skips_finished_cells_and_fills_missing_ones(swept, capsys):
+    lines = swept.read_text().splitlines()
+    swept.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])  # drop one row, leave a torn line
+    sweep(SweepConfig.from_dict(TINY, out=swept.parent))
+
+    def keys(rows):
+        return sorted((r["run"], r["label"], r["rate_requested"]) for r in rows)
+
+    assert keys(read_jsonl(swept)) == keys(json.loads(line) for line in lines)
+    assert "skipping training" in capsys.readouterr().out
+
+
+def test_model_files_load(swept):
+    model = sc.load(next((swept.parent / "runs").glob("*nuclear*")) / "model.safetensors")
+    assert sc.count_params(model) > 0
+
+
+def test_grid_expansion_and_tags():
+    raw = dict(
+        TINY,
+        grid={
+            "seeds": [0, 1],
+            "regularizers": [{"kind": "first", "lam": [1e-3, 1e-2]}],
+            "variants": [{"width": 8}, {"width": 16}],
+        },
+    )
+    cfg = SweepConfig.from_dict(raw)
+    assert len(cfg.runs) == 2 * 2 * 2
+    tags = {r.tag(cfg.train) for r in cfg.runs}
+    assert "mlp-w8-first0.001-s1" in tags and len(tags) == 8
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, "unknown sweep sections"),
+        ({"train": {"nope": 1}}, "unknown config key"),
+        ({"compress": {"rates": [1.5]}}, "rates must lie in"),
+        ({"compress": {"methods": [{"method": "zip"}]}}, "unknown method 'zip'"),
+        ({"grid": {"regularizers": [{"lam": 1.0}]}}, "has no 'kind'"),
+    ],
+)
+def test_bad_configs_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        SweepConfig.from_dict({**TINY, **change})
+
+
+def test_presets_resolve_and_parse():
+    for name in ("demo", "cifar10-cpu-search", "cifar10-cpu", "cifar10-paper"):
+        cfg = SweepConfig.from_toml(resolve_config(name))
+        assert cfg.runs and cfg.rates and all(isinstance(m, MethodSpec) for m in cfg.methods)
+    with pytest.raises(ValueError, match="preset name"):
+        resolve_config("no-such-preset")
