@@ -68,7 +68,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         scheme=args.scheme,
         ranks=ranks,
         exclude=args.exclude,
-        bn_aware=not args.no_bn_aware,
+        bn_aware=args.bn_aware,
+        rank_multiple=args.rank_multiple,
     )
     _compare(args, model, small, compress_report(model, small, models.default_input_shape(model)))
     return 0
@@ -177,10 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", help="write the result here (.safetensors)")
         _add_data_args(p)
         if name == "compress":
-            p.add_argument("--allocation", default="global", choices=["global", "uniform", "energy"])
+            p.add_argument("--allocation", default="global", choices=["global", "global-linear", "uniform", "energy"])
             p.add_argument("--scheme", default="channel", choices=["channel", "spatial", "auto"])
             p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
-            p.add_argument("--no-bn-aware", action="store_true", help="truncate W itself, not BN-scaled W")
+            p.add_argument(
+                "--bn-aware", action="store_true", help="truncate the BN-scaled weight (off: measured worse)"
+            )
+            p.add_argument("--rank-multiple", type=int, default=1, help="round ranks to multiples (16: faster on CPU)")
         else:
             p.add_argument("--method", default="magnitude", choices=list(PRUNE_METHODS))
         p.set_defaults(func=fn)
