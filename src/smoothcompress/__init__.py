@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import Report, count_flops, count_params, layer_report
 from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
+from smoothcompress.experiment import SweepConfig, sweep
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.lowrank import (
     FactorizedConv2d,
@@ -22,6 +23,7 @@ from smoothcompress.models import create_model, list_models, register_model
 from smoothcompress.prune import PRUNE_METHODS, max_prune_rate, prune, prune_report
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
+from smoothcompress.report import write_report
 from smoothcompress.train import TrainConfig, TrainingDiverged, TrainResult, evaluate, train
 
 try:
@@ -78,4 +80,8 @@ __all__ = [
     "TrainingDiverged",
     "train",
     "evaluate",
+    # experiments
+    "sweep",
+    "SweepConfig",
+    "write_report",
 ]
