@@ -94,3 +94,15 @@ def test_corrupt_model_file_is_a_user_error(tmp_path, capsys):
 def test_loaded_model_runs(trained):
     model = sc.load(trained / "model.safetensors").eval()
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        'out = "ignored"\n[train]\ndataset = "digits"\nmodel = "mlp"\nwidth = 64\nepochs = 1\ndevice = "cpu"\n'
+        '[compress]\nrates = [0.5]\nmethods = [{ method = "svd" }]\n'
+    )
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "sw")]) == 0
+    assert main(["report", str(tmp_path / "sw")]) == 0
+    assert (tmp_path / "sw" / "report" / "report.md").exists()
+    assert "| baseline | svd-global-channel | 1 |" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def test_grid_expansion_and_tags():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"bogus": 1}, "unknown sweep sections"),
+        ({"bogus": 1}, "unknown key.*bogus"),
         ({"train": {"nope": 1}}, "unknown config key"),
         ({"compress": {"rates": [1.5]}}, "rates must lie in"),
         ({"compress": {"methods": [{"method": "zip"}]}}, "unknown method 'zip'"),
@@ -93,3 +93,35 @@ def test_presets_resolve_and_parse():
         assert cfg.runs and cfg.rates and all(isinstance(m, MethodSpec) for m in cfg.methods)
     with pytest.raises(ValueError, match="preset name"):
         resolve_config("no-such-preset")
+
+
+def test_conv_model_on_validation_split_with_auto_device(tmp_path):
+    """A conv net (evaluated in channels_last) through every method, on the validation split, device "auto"."""
+    raw = {
+        "train": {
+            "dataset": "digits",
+            "model": "cnn",
+            "width": 8,
+            "epochs": 2,
+            "batch_size": 64,
+            "device": "auto",
+            "val_fraction": 0.2,
+        },
+        "grid": {"regularizers": [{"kind": "none"}]},
+        "compress": {"rates": [0.5], "methods": [{"method": m} for m in ("svd", "magnitude", "filter")]},
+    }
+    rows = read_jsonl(sweep(SweepConfig.from_dict(raw, out=tmp_path)))
+    assert {r["label"] for r in rows} == {"dense", "svd-global-channel", "magnitude", "filter"}
+    assert all(r["split"] == "val" and r["dataset"].endswith("+val") and r["accuracy"] is not None for r in rows)
+    assert rows[0]["accuracy"] > 0.3  # trained, and evaluated on the held-out split
+    assert rows[0]["train_device"].startswith("cpu") and rows[0]["device"].startswith("cpu")
+
+
+def test_changed_training_settings_are_refused(swept):
+    changed = {**TINY, "train": {**TINY["train"], "epochs": 3}}
+    (swept.parent / "results.jsonl").rename(swept.parent / "results.bak")  # force the runs to be revisited
+    try:
+        with pytest.raises(ValueError, match=r"different settings \(epochs: 2 -> 3\)"):
+            sweep(SweepConfig.from_dict(changed, out=swept.parent))
+    finally:
+        (swept.parent / "results.bak").rename(swept.parent / "results.jsonl")

@@ -50,7 +50,7 @@ def _rows(split="test"):
 
 def test_summarize_pools_seeds():
     summary = report.summarize(_rows())
-    cell = next(s for s in summary if s["group"][2] == "nuclear" and s["label"] == "dense")
+    cell = next(s for s in summary if s["group"].reg == "nuclear" and s["label"] == "dense")
     assert cell["n"] == 2
     assert cell["acc"] == pytest.approx(0.896)
     assert cell["std"] == pytest.approx(0.002 / 2**0.5)
@@ -76,9 +76,43 @@ def test_claim_one_fails_when_dense_accuracy_drops():
 def test_select_weights_prefers_accurate_and_compressible():
     rows = _rows("val")
     worse = [dict(r, lam=0.1, run=r["run"] + "b", accuracy=r["accuracy"] - 0.2) for r in rows if r["reg"] == "nuclear"]
-    sel = report.select_weights(rows + worse)
-    assert sel["nuclear"]["lam"] == 0.01
-    assert set(sel["nuclear"]["scores"]) == {0.01, 0.1}
+    sel = report.select_weights(rows + worse)[("mlp", 32, "", "nuclear")]
+    assert sel["lam"] == 0.01
+    assert set(sel["scores"]) == {0.01, 0.1}
+
+
+def test_select_weights_keeps_widths_apart():
+    rows = _rows("val")
+    wide = [dict(r, width=64, lam=0.1 if r["reg"] == "nuclear" else 0.0, accuracy=r["accuracy"] / 2) for r in rows]
+    sel = report.select_weights(rows + wide)
+    assert sel[("mlp", 32, "", "nuclear")]["lam"] == 0.01 and sel[("mlp", 64, "", "nuclear")]["lam"] == 0.1
+
+
+def test_out_of_reach_cells_lose_and_verdicts_cover_all_cases():
+    rows = _rows()
+    for r in rows:
+        if r["reg"] == "none" and r["label"] == "svd-global-channel" and r["rate_requested"] == 0.7:
+            r.update(accuracy=None, error="rate 0.7 is out of reach")
+    claims = {(c["claim"][:2], c["setting"]): c for c in report.assess_claims(rows)}
+    claim2 = claims[("2.", "nuclear λ=0.01, svd-global-channel")]
+    assert claim2["verdict"] == "supported" and "out of reach" in claim2["evidence"]
+    diffs = [(0.5, 2.0, ""), (0.7, -2.0, "")]
+    assert report._verdict(diffs) == "partly supported"
+    assert report._verdict([(0.5, 0.5, "")]) == "no difference"
+    assert report._verdict([]) == "no data"
+
+
+def test_mixed_splits_are_refused(tmp_path):
+    rows = _rows("val") + [dict(r, split="test") for r in _rows()]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="mixes rows of several splits"):
+        report.load_results(tmp_path)
+
+
+def test_foreign_rows_are_refused(tmp_path):
+    (tmp_path / "results.jsonl").write_text(json.dumps({"accuracy": 0.5}) + "\n")
+    with pytest.raises(ValueError, match="lacks run, model"):
+        report.load_results(tmp_path)
 
 
 def test_write_report(tmp_path):
@@ -93,7 +127,7 @@ def test_write_report(tmp_path):
     (sweep / "spectra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in spectra))
     md = report.write_report(sweep, tmp_path / "out").read_text()
     assert "digits" in md and "| nuclear λ=0.01 | svd-global-channel | 2 |" in md
-    assert "Weight selection" in md and "claims" in md
+    assert "Weight selection" in md and "claims" in md and "Indicative only" in md
     for png in ("accuracy.png", "spectra.png", "weights.png"):
         data = (tmp_path / "out" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -14,7 +14,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_flops", "flops_by_module", "LayerRow", "Report", "layer_report"]
+__all__ = ["count_params", "count_flops", "flops_by_module", "LayerRow", "Report", "layer_report", "RateUnreachable"]
+
+
+class RateUnreachable(ValueError):
+    """A requested compression or pruning rate that the model's eligible layers cannot reach.
+
+    Raised by :func:`smoothcompress.compress` and :func:`smoothcompress.prune`; the message names the largest
+    reachable rate. A sweep records such a cell as a result ("out of reach") instead of stopping.
+    """
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:

@@ -17,12 +17,12 @@ from smoothcompress import models
 from smoothcompress.data import DataError
 from smoothcompress.experiment import sweep
 from smoothcompress.io import CheckpointError
-from smoothcompress.lowrank import compress, compress_report
+from smoothcompress.lowrank import ALLOCATIONS, SCHEMES, compress, compress_report
 from smoothcompress.prune import PRUNE_METHODS, prune, prune_report
 from smoothcompress.report import write_report
-from smoothcompress.train import TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
+from smoothcompress.train import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
 
-USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError)
+USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ranks = dict(_parse_rank(r) for r in args.rank) or None
     small = compress(
         model,
-        rate=None if ranks and args.rate is None else (0.7 if args.rate is None else args.rate),
+        rate=args.rate if args.rate is not None or ranks else 0.7,
         allocation=args.allocation,
         scheme=args.scheme,
         ranks=ranks,
@@ -107,18 +107,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    out = args.output or Path(args.results).parent / "report"
-    path = write_report(args.results, out)
+def _report(results: Path, out: Path) -> int:
+    path = write_report(results, out)
     print((path.parent / "summary.md").read_text())
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(path.parent.glob('*.png')))}")
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    results = Path(args.results)
+    return _report(
+        results, Path(args.output) if args.output else (results if results.is_dir() else results.parent) / "report"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     results = sweep("demo", out=args.out)
-    args.results, args.output = results, results.parent / "report"
-    return cmd_report(args)
+    return _report(results, results.parent / "report")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -158,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--reg", choices=["none", "nuclear", "first", "second"], help="smoothness penalty")
+    p.add_argument("--reg", choices=REG_KINDS, help="smoothness penalty")
     p.add_argument("--lam", type=float, help="penalty weight")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--out", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
@@ -178,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", help="write the result here (.safetensors)")
         _add_data_args(p)
         if name == "compress":
-            p.add_argument("--allocation", default="global", choices=["global", "global-linear", "uniform", "energy"])
-            p.add_argument("--scheme", default="channel", choices=["channel", "spatial", "auto"])
+            p.add_argument("--allocation", default="global", choices=ALLOCATIONS)
+            p.add_argument("--scheme", default="channel", choices=SCHEMES)
             p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
             p.add_argument(
                 "--bn-aware", action="store_true", help="truncate the BN-scaled weight (off: measured worse)"

@@ -23,29 +23,40 @@ per (run, method, rate), ``spectra.jsonl`` one row per run with singular-value s
 report. Every row carries its provenance (commit, device, dataset name and sha256, seed, wall time).
 
 The sweep is resumable at two levels: an interrupted training run resumes from its last checkpoint, and finished
-cells (rows already in ``results.jsonl``) are skipped.
+cells (rows already in ``results.jsonl``) are skipped. A run folder remembers the settings it was trained with
+(``config.toml``): rerunning with changed training settings is an error naming the differences (use a new
+``out``), never a silent reuse of models trained otherwise. Paths such as ``train.data`` are relative to the
+current directory.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from smoothcompress import io
-from smoothcompress.accounting import count_flops, count_params
+from smoothcompress.accounting import RateUnreachable, count_flops, count_params
 from smoothcompress.data import Dataset, split_validation
-from smoothcompress.lowrank import compress
-from smoothcompress.provenance import append_jsonl, provenance, read_jsonl
-from smoothcompress.prune import prune
-from smoothcompress.train import TrainConfig, evaluate, load_dataset_for, read_toml
+from smoothcompress.lowrank import ALLOCATIONS, SCHEMES, compress
+from smoothcompress.provenance import append_jsonl, provenance, read_jsonl, write_json
+from smoothcompress.prune import PRUNE_METHODS, prune
+from smoothcompress.train import (
+    TrainConfig,
+    check_same_settings,
+    evaluate,
+    load_dataset_for,
+    read_toml,
+    resolve_device,
+)
 from smoothcompress.train import run as train_run
 
 __all__ = ["MethodSpec", "RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "resolve_config"]
@@ -53,7 +64,14 @@ __all__ = ["MethodSpec", "RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "reso
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 """Built-in sweep presets (``demo``, ``cifar10-cpu``, ...); ``configs/`` in the repository points here."""
 
-METHODS = ("svd", "magnitude", "magnitude-layerwise", "filter")
+METHODS = ("svd", *PRUNE_METHODS)
+_SECTIONS = {"out", "description", "train", "grid", "compress", "report"}
+
+
+def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
 
 
 @dataclass(frozen=True)
@@ -61,15 +79,26 @@ class MethodSpec:
     """One compression method of a sweep: ``svd`` (with allocation and scheme) or a pruning method."""
 
     method: str
-    allocation: str = "global"  # svd only
-    scheme: str = "channel"  # svd only
+    allocation: str = "global"  # svd only: see smoothcompress.lowrank.ALLOCATIONS
+    scheme: str = "channel"  # svd only: see smoothcompress.lowrank.SCHEMES
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.allocation not in ALLOCATIONS or self.scheme not in SCHEMES:
+            raise ValueError(
+                f"method {self.method!r}: allocation must be one of {ALLOCATIONS} and scheme one of {SCHEMES}, "
+                f"got {self.allocation!r} and {self.scheme!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> MethodSpec:
+        _check_keys("compress.methods entry", entry, {"method", "allocation", "scheme"})
+        return cls(**entry)
 
     @property
     def label(self) -> str:
+        """Name in rows and reports, e.g. ``"svd-global-channel"`` or ``"filter"``."""
         return f"svd-{self.allocation}-{self.scheme}" if self.method == "svd" else self.method
 
 
@@ -80,12 +109,18 @@ class RunSpec:
     reg: str
     lam: float
     seed: int
-    variant: tuple = ()  # sorted (key, value) pairs overriding [train], e.g. (("width", 16),)
+    variant: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs overriding [train], e.g. (("width", 16),)
 
-    def train_overrides(self) -> dict:
+    def train_overrides(self) -> dict[str, Any]:
+        """The TrainConfig fields this run sets on top of the sweep's ``[train]``."""
         return {**dict(self.variant), "reg": self.reg, "lam": float(self.lam), "seed": int(self.seed)}
 
-    def tag(self, train: dict) -> str:
+    def variant_name(self) -> str:
+        """The variant as text, ``""`` for none, e.g. ``"lr=0.2"`` (model and width are named separately)."""
+        return ",".join(f"{k}={v}" for k, v in self.variant if k not in ("model", "width"))
+
+    def tag(self, train: dict[str, Any]) -> str:
+        """Folder name of the run, e.g. ``"resnet18-w16-nuclear0.001-s0"``."""
         v = {**train, **dict(self.variant)}
         parts = [str(v.get("model", "model"))]
         if "width" in v:
@@ -95,57 +130,63 @@ class RunSpec:
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepConfig:
-    """A parsed sweep file. Build it with :meth:`from_toml` or :meth:`from_dict`."""
+    """A parsed sweep file. Build it with :meth:`from_toml` or :meth:`from_dict`; every run is validated."""
 
     out: Path
-    train: dict
-    runs: list[RunSpec]
-    rates: list[float]
-    methods: list[MethodSpec]
+    train: dict[str, Any]
+    runs: tuple[RunSpec, ...]
+    rates: tuple[float, ...]
+    methods: tuple[MethodSpec, ...]
     spectra_layers: int = 3
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
+        """Read a sweep TOML file or a preset name (see :func:`resolve_config`)."""
         path = resolve_config(path)
-        cfg = cls.from_dict(read_toml(path), out=out)
-        cfg.source = str(path)
-        return cfg
+        return replace(cls.from_dict(read_toml(path), out=out), source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict, out: str | os.PathLike | None = None) -> SweepConfig:
-        unknown = set(raw) - {"out", "train", "grid", "compress", "report", "description"}
-        if unknown:
-            raise ValueError(f"unknown sweep sections {sorted(unknown)}; expected out, train, grid, compress, report")
+    def from_dict(cls, raw: dict[str, Any], out: str | os.PathLike | None = None) -> SweepConfig:
+        """Parse and validate; any mistake raises ``ValueError`` naming it, before anything runs."""
+        _check_keys("sweep file", raw, _SECTIONS)
         train = dict(raw.get("train", {}))
-        TrainConfig.from_dict(train)  # validate field names early, before anything runs
         grid = raw.get("grid", {})
+        _check_keys("[grid]", grid, {"seeds", "regularizers", "variants"})
         default_seeds = list(grid.get("seeds", [0]))
-        variants = [tuple(sorted(v.items())) for v in grid.get("variants", [{}])]
+        variants = []
+        for v in grid.get("variants", [{}]):
+            if any(isinstance(x, list | dict) for x in v.values()):
+                raise ValueError(f"[grid] variant {v}: values must be single numbers or strings")
+            variants.append(tuple(sorted(v.items())))
         runs: list[RunSpec] = []
-        for entry in grid.get("regularizers", [{"kind": "none", "lam": 0.0}]):
-            kind = entry.get("kind")
-            if kind is None:
+        for entry in grid.get("regularizers", [{"kind": "none"}]):
+            _check_keys("[grid] regularizers entry", entry, {"kind", "lam", "seeds"})
+            if "kind" not in entry:
                 raise ValueError(f"regularizer entry {entry} has no 'kind'")
             lams = entry.get("lam", 0.0)
-            lams = lams if isinstance(lams, list) else [lams]
-            for variant, lam, seed in itertools.product(variants, lams, entry.get("seeds", default_seeds)):
-                runs.append(RunSpec(kind, float(lam), int(seed), variant))
+            for variant, lam, seed in itertools.product(
+                variants, lams if isinstance(lams, list) else [lams], entry.get("seeds", default_seeds)
+            ):
+                runs.append(RunSpec(entry["kind"], float(lam), int(seed), variant))
+        for spec in runs:  # every run's full training config must be valid (kinds, weights, variant keys)
+            TrainConfig.from_dict({**train, **spec.train_overrides()})
         comp = raw.get("compress", {})
-        rates = [float(r) for r in comp.get("rates", [0.5, 0.7, 0.9])]
+        _check_keys("[compress]", comp, {"rates", "methods"})
+        rates = tuple(float(r) for r in comp.get("rates", [0.5, 0.7, 0.9]))
         if any(not 0 < r < 1 for r in rates):
-            raise ValueError(f"compress.rates must lie in (0, 1), got {rates}")
-        methods = [MethodSpec(**m) for m in comp.get("methods", [{"method": "svd"}])]
+            raise ValueError(f"compress.rates must lie in (0, 1), got {list(rates)}")
+        report = raw.get("report", {})
+        _check_keys("[report]", report, {"spectra_layers"})
         return cls(
             out=Path(out or raw.get("out", "runs/sweep")),
             train=train,
-            runs=list(dict.fromkeys(runs)),
+            runs=tuple(dict.fromkeys(runs)),
             rates=rates,
-            methods=methods,
-            spectra_layers=int(raw.get("report", {}).get("spectra_layers", 3)),
+            methods=tuple(MethodSpec.from_dict(m) for m in comp.get("methods", [{"method": "svd"}])),
+            spectra_layers=int(report.get("spectra_layers", 3)),
         )
 
 
@@ -162,6 +203,7 @@ def resolve_config(name: str | os.PathLike) -> Path:
 
 
 def _cell_key(row: dict) -> tuple:
+    """What identifies a cell: the run, the method label and the requested rate."""
     return (row["run"], row["label"], float(row["rate_requested"]))
 
 
@@ -170,16 +212,17 @@ def _log(msg: str) -> None:
 
 
 def _dataset_for(config: TrainConfig, cache: dict) -> Dataset:
+    """The split a run is evaluated on: the test set, or exactly the validation split its trainer held out."""
     key = (config.dataset, config.data, config.val_fraction, config.val_seed if config.val_fraction else None)
     if key not in cache:
         ds = load_dataset_for(config)
-        if config.val_fraction:  # evaluate on exactly the validation split the trainer held out
+        if config.val_fraction:
             ds = split_validation(ds, config.val_fraction, seed=config.val_seed)
         cache[key] = ds
     return cache[key]
 
 
-def _spectra_row(tag: str, spec: RunSpec, model: nn.Module, n_layers: int) -> dict:
+def _spectra_row(base: dict, model: nn.Module, n_layers: int) -> dict:
     """Normalised singular values of a few layers and one weight slice, for the report's plots."""
     layers = [
         (name, m)
@@ -192,22 +235,13 @@ def _spectra_row(tag: str, spec: RunSpec, model: nn.Module, n_layers: int) -> di
         w = m.weight.detach().double()
         s = torch.linalg.svdvals(w.reshape(w.shape[0], -1))
         spectra[name] = (s / s[0]).tolist()
-    slice_name, weight_slice = None, None
+    row = {**base, "spectra": spectra, "slice_layer": None, "slice_is_conv": False, "slice": None}
     if picks:
-        slice_name, m = picks[len(picks) // 2]
-        w = m.weight.detach().float()
+        slice_name, layer = picks[len(picks) // 2]
+        w = layer.weight.detach().float()
         w2 = w[:, :, w.shape[2] // 2, w.shape[3] // 2] if w.dim() == 4 else w
-        weight_slice = w2[:64, :64].tolist()
-    return {
-        "run": tag,
-        "reg": spec.reg,
-        "lam": spec.lam,
-        "seed": spec.seed,
-        "spectra": spectra,
-        "slice_layer": slice_name,
-        "slice_is_conv": bool(picks) and isinstance(m, nn.Conv2d),
-        "slice": weight_slice,
-    }
+        row.update(slice_layer=slice_name, slice_is_conv=w.dim() == 4, slice=w2[:64, :64].tolist())
+    return row
 
 
 def _compressed(model: nn.Module, method: MethodSpec, rate: float) -> nn.Module:
@@ -216,12 +250,23 @@ def _compressed(model: nn.Module, method: MethodSpec, rate: float) -> nn.Module:
     return prune(model, rate=rate, method=method.method)
 
 
-def iter_cells(cfg: SweepConfig) -> Iterator[tuple[RunSpec, MethodSpec | None, float]]:
-    """Every (run, method, rate) cell; method ``None`` with rate 0 is the dense model itself."""
-    for spec in cfg.runs:
-        yield spec, None, 0.0
-        for method, rate in itertools.product(cfg.methods, cfg.rates):
-            yield spec, method, rate
+def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path) -> dict:
+    """Train the run unless its folder holds a finished model trained with the same settings.
+
+    Returns the provenance of the training (commit, device, wall time), kept in ``run_dir/provenance.json``.
+    """
+    stored, prov_path = run_dir / "config.toml", run_dir / "provenance.json"
+    if (run_dir / "model.safetensors").exists() and stored.exists():
+        check_same_settings(TrainConfig.from_toml(stored).to_dict(), tconf, stored)
+        _log(f"[{tag}] trained model found, skipping training")
+    else:
+        _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, lam={spec.lam:g}, seed={spec.seed})")
+        train_run(tconf)
+    if not prov_path.exists():
+        epochs = read_jsonl(run_dir / "metrics.jsonl")  # summed over epochs: a resumed run counts its first part
+        info = provenance(tconf.device, train_wall_s=float(sum(r.get("seconds", 0.0) for r in epochs)))
+        write_json(prov_path, {k: info[k] for k in ("commit", "device", "time", "train_wall_s")})
+    return json.loads(prov_path.read_text())
 
 
 def sweep(
@@ -238,41 +283,35 @@ def sweep(
     data : str, optional
         Overrides ``train.data``: where the dataset lives (e.g. an ImageFolder ``.tar.gz``).
     """
-    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
-    if out is not None:
-        cfg.out = Path(out)
-    if data is not None:
-        cfg.train["data"] = data
+    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config)
+    cfg = replace(
+        cfg,
+        out=Path(out) if out is not None else cfg.out,
+        train={**cfg.train, "data": data} if data is not None else cfg.train,
+    )
     cfg.out.mkdir(parents=True, exist_ok=True)
     results, spectra_path = cfg.out / "results.jsonl", cfg.out / "spectra.jsonl"
     done = {_cell_key(r) for r in read_jsonl(results)}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
+    cells = [(None, 0.0), *itertools.product(cfg.methods, cfg.rates)]
+    _log(f"sweep: {len(cfg.runs)} training runs, {len(cfg.runs) * len(cells)} cells, {len(done)} done -> {results}")
     datasets: dict = {}
-    n_cells = len(cfg.runs) * (1 + len(cfg.methods) * len(cfg.rates))
-    _log(f"sweep: {len(cfg.runs)} training runs, {n_cells} cells, {len(done)} already done -> {results}")
-
     for spec in cfg.runs:
         tag = spec.tag(cfg.train)
-        cells = [(m, r) for s, m, r in iter_cells(cfg) if s == spec]
         if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
             continue
         run_dir = cfg.out / "runs" / tag
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
-        if (run_dir / "model.safetensors").exists():
-            _log(f"[{tag}] trained model found, skipping training")
-        else:
-            _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, lam={spec.lam:g}, seed={spec.seed})")
-            train_run(tconf)
-        train_wall = _train_wall(run_dir)  # summed over epochs, so a resumed run counts its earlier part too
+        trained = _trained(spec, tag, tconf, run_dir)
+        device = resolve_device(tconf.device)
         model = io.load(run_dir / "model.safetensors").eval()
         ds = _dataset_for(tconf, datasets)
-        if tag not in spectra_done:
-            append_jsonl(spectra_path, _spectra_row(tag, spec, model, cfg.spectra_layers))
         input_shape = (1, *ds.input_shape)
         base = {
             "run": tag,
             "model": tconf.model,
-            "width": tconf.width,
+            "width": model.sc_arch["kwargs"].get("width") if hasattr(model, "sc_arch") else tconf.width,
+            "variant": spec.variant_name(),
             "dataset": ds.name,
             "dataset_sha256": ds.sha256,
             "split": "val" if tconf.val_fraction else "test",
@@ -280,48 +319,54 @@ def sweep(
             "lam": spec.lam,
             "seed": spec.seed,
             "epochs": tconf.epochs,
+        }
+        if tag not in spectra_done:
+            append_jsonl(spectra_path, _spectra_row(base, model, cfg.spectra_layers))
+        base |= {
             "params_dense": count_params(model),
             "flops_dense": count_flops(model, input_shape),
-            "train_wall_s": train_wall,
+            "train_commit": trained["commit"],
+            "train_device": trained["device"],
+            "train_wall_s": trained["train_wall_s"],
         }
-        dense_acc = evaluate(model, ds, device=tconf.device)
+        where = provenance(device)  # commit and device once per run, not per row
+        dense_acc = evaluate(model, ds, device=device)
         for method, rate in cells:
-            t0 = time.perf_counter()
-            name = method.method if method else "dense"
+            name, label = (method.method, method.label) if method else ("dense", "dense")
             row = {
                 **base,
                 "method": name,
-                "label": method.label if method else "dense",
-                "allocation": method.allocation if method and method.method == "svd" else None,
-                "scheme": method.scheme if method and method.method == "svd" else None,
+                "label": label,
+                "allocation": method.allocation if name == "svd" else None,
+                "scheme": method.scheme if name == "svd" else None,
                 "rate_requested": rate,
+                "dense_accuracy": dense_acc,
             }
             if _cell_key(row) in done:
                 continue
+            t0 = time.perf_counter()
             try:
                 small = model if method is None else _compressed(model, method, rate)
-            except ValueError as e:  # an unreachable rate is a result too: record it, do not stop the sweep
-                row.update(error=str(e), accuracy=None, dense_accuracy=dense_acc)
+            except RateUnreachable as e:  # a rate out of reach is a result too: record it, go on
+                row.update(error=str(e), accuracy=None)
             else:
                 nonzero = name.startswith("magnitude")
                 params = count_params(small, nonzero=nonzero)
-                acc = dense_acc if method is None else evaluate(small, ds, device=tconf.device)
                 row.update(
-                    accuracy=acc,
-                    dense_accuracy=dense_acc,
+                    accuracy=dense_acc if method is None else evaluate(small, ds, device=device),
                     params=params,
                     params_nonzero=nonzero,
                     rate_achieved=1 - params / base["params_dense"],
                     flops=count_flops(small, input_shape),
                 )
-            row.update(provenance(tconf.device, seed=spec.seed, wall_s=time.perf_counter() - t0))
+            row |= {
+                **where,
+                "seed": spec.seed,
+                "wall_s": time.perf_counter() - t0,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             append_jsonl(results, row)
             done.add(_cell_key(row))
-            acc_txt = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "n/a (" + row["error"] + ")"
-            _log(f"[{tag}] {row['label']:<22} rate {rate:.2f}: acc {acc_txt}")
+            acc = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "out of reach"
+            _log(f"[{tag}] {label:<22} rate {rate:.2f}: acc {acc}")
     return results
-
-
-def _train_wall(run_dir: Path) -> float | None:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    return float(sum(r.get("seconds", 0.0) for r in rows)) if rows else None

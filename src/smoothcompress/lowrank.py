@@ -74,7 +74,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from smoothcompress.accounting import Report, count_params, layer_report
+from smoothcompress.accounting import RateUnreachable, Report, count_params, layer_report
 
 __all__ = [
     "SCHEMES",
@@ -1001,7 +1001,7 @@ def _plan(
         need = target - pinned_saving
         reachable = pinned_saving + _max_saving(free, allocation)
         if need > 0 and reachable < target:
-            raise ValueError(
+            raise RateUnreachable(
                 f"rate {rate} is out of reach: with allocation={allocation!r} and scheme={scheme!r} the eligible "
                 f"layers can remove at most {reachable / total:.4f} of the parameters (every layer at rank 1; "
                 f"{len(notes)} weight layers skipped or excluded). Ask for a rate of at most "

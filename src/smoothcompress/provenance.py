@@ -36,7 +36,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 
 def device_name(device: str | torch.device | None = None) -> str:
     """Human-readable name of the device, e.g. ``"cpu: x86_64, 2 threads"`` or ``"cuda: NVIDIA H100"``."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if device is None or device == "auto":
+        device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     return f"cpu: {platform.machine()} {platform.processor() or ''}".strip() + f", {torch.get_num_threads()} threads"

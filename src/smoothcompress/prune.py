@@ -46,7 +46,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from smoothcompress.accounting import Report, count_params, layer_report
+from smoothcompress.accounting import RateUnreachable, Report, count_params, layer_report
 from smoothcompress.models import ARCH_ATTR, model_input_shape
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
@@ -103,7 +103,8 @@ def prune(
     _check_model(model)
     method = _check_method(method)
     rate = _check_rate(rate)
-    out = copy.deepcopy(model)
+    # torch.nn.utils.prune views weights as flat vectors: pack channels_last weights (same values) first
+    out = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     if rate == 0.0:
         return out
     layers = _prunable_layers(out, exclude)
@@ -185,8 +186,8 @@ def _check_rate(rate) -> float:
     return rate
 
 
-def _unreachable(rate: float, reachable: float, method: str, what: str) -> ValueError:
-    return ValueError(
+def _unreachable(rate: float, reachable: float, method: str, what: str) -> RateUnreachable:
+    return RateUnreachable(
         f"rate {rate:.4f} is out of reach for method {method!r}: the largest reachable rate is {reachable:.4f} "
         f"({what}). Ask for a smaller rate, or exclude fewer layers."
     )

@@ -7,10 +7,13 @@ row and every row to a command.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -27,10 +30,43 @@ SVD_PREFIX = "svd"
 CLAIM_MIN_RATE = 0.5
 # Two accuracies closer than this (in points) are "on par": about the seed-to-seed spread of short CPU runs.
 PAR_POINTS = 1.0
+_REQUIRED = ("run", "model", "reg", "lam", "label", "rate_requested", "dataset")
+
+
+class Setting(NamedTuple):
+    """What a training run was, seeds pooled: rows of one setting are averaged over seeds."""
+
+    model: str
+    width: int | None
+    variant: str
+    reg: str
+    lam: float
+
+    @classmethod
+    def of(cls, row: dict) -> Setting:
+        return cls(row["model"], row.get("width"), row.get("variant", ""), row["reg"], float(row["lam"]))
+
+    def sort_key(self) -> tuple:
+        return (self.model, self.width or 0, self.variant, self.reg != BASELINE, self.reg, self.lam)
+
+    def context(self) -> tuple:
+        """What a smooth run is compared within: the baseline of the same model, width and variant."""
+        return (self.model, self.width, self.variant)
+
+    def name(self, with_context: bool = False) -> str:
+        name = "baseline" if self.reg == BASELINE else f"{self.reg} λ={self.lam:g}"
+        if not with_context:
+            return name
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.model}-w{self.width}{variant} {name}"
 
 
 def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """Rows of a sweep: ``path`` is its folder or its ``results.jsonl``. Returns (results, spectra)."""
+    """Rows of ONE sweep: ``path`` is its folder or its ``results.jsonl``. Returns (results, spectra).
+
+    Raises ``ValueError`` for rows this version cannot read, or rows that mix datasets or splits (a report
+    compares settings on one dataset and one split).
+    """
     path = Path(path)
     results = path / "results.jsonl" if path.is_dir() else path
     if not results.exists():
@@ -38,18 +74,21 @@ def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     rows = read_jsonl(results)
     if not rows:
         raise ValueError(f"{results} holds no rows")
+    for i, r in enumerate(rows):
+        missing = [k for k in _REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"{results}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
+    for key in ("dataset_sha256", "split"):
+        values = {r.get(key) for r in rows}
+        if len(values) > 1:
+            raise ValueError(
+                f"{results} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time"
+            )
     return rows, read_jsonl(results.with_name("spectra.jsonl"))
 
 
-def _group(row: dict) -> tuple:
-    """The training setting of a row, seeds pooled: (model, width, reg, lam)."""
-    return (row["model"], row.get("width"), row["reg"], float(row["lam"]))
-
-
-def _group_name(group: tuple, with_model: bool) -> str:
-    model, width, reg, lam = group
-    name = "baseline" if reg == BASELINE else f"{reg} λ={lam:g}"
-    return f"{model}-w{width} {name}" if with_model else name
+def _multi(settings) -> bool:
+    return len({s.context() for s in settings}) > 1
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -57,19 +96,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Pool seeds: one entry per (setting, method label, rate) with accuracy mean, std and n."""
+    """Pool seeds: one entry per (setting, method label, rate) with accuracy mean, std, n and achieved rate."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        cells[(_group(r), r["label"], float(r["rate_requested"]))].append(r)
+        cells[(Setting.of(r), r["label"], float(r["rate_requested"]))].append(r)
     out = []
-    for (group, label, rate), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (group, label, rate), rs in sorted(cells.items(), key=lambda kv: (kv[0][0].sort_key(), *kv[0][1:])):
         accs = [r["accuracy"] for r in rs if r.get("accuracy") is not None]
         entry = {
             "group": group,
             "label": label,
             "rate": rate,
             "n": len(accs),
-            "errors": [r["error"] for r in rs if "error" in r],
+            "errors": sorted({r["error"] for r in rs if "error" in r}),
         }
         if accs:
             mean, std = _mean_std(accs)
@@ -80,51 +119,63 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _index(summary: list[dict]) -> dict[tuple, dict]:
-    return {(s["group"], s["label"], s["rate"]): s for s in summary if "acc" in s}
+    """(setting, label, rate) -> summary entry (with or without an accuracy)."""
+    return {(s["group"], s["label"], s["rate"]): s for s in summary}
 
 
-def select_weights(rows: list[dict], label: str | None = None) -> dict[str, dict]:
+def select_weights(rows: list[dict], label: str | None = None) -> dict[tuple, dict]:
     """Choose each regulariser's weight: the λ with the best mean of dense and SVD accuracies over all rates.
 
     Meant for sweeps on a validation split (``split == "val"``). The score averages the dense accuracy and the
     accuracy after SVD compression (``label``, default the first svd label present) at every swept rate, so a
-    weight wins by being accurate *and* compressible, which is the trade-off the method is about.
+    weight wins by being accurate *and* compressible, which is the trade-off the method is about. A rate out of
+    reach scores 0. Weights are compared only within one model, width and variant.
 
-    Returns ``{kind: {"lam": best, "score": ..., "scores": {lam: score}}}``.
+    Returns ``{(model, width, variant, kind): {"lam": best, "score": ..., "scores": {lam: score}}}``.
     """
-    summary = _index(summarize(rows))
-    labels = sorted({k[1] for k in summary if k[1].startswith(SVD_PREFIX)})
+    summary = summarize(rows)
+    labels = sorted({s["label"] for s in summary if s["label"].startswith(SVD_PREFIX)})
     label = label or (labels[0] if labels else "dense")
-    scores: dict[str, dict[float, float]] = defaultdict(dict)
-    for group in {k[0] for k in summary}:
-        accs = [s["acc"] for (g, lab, _), s in summary.items() if g == group and lab in (label, "dense")]
-        scores[group[2]][group[3]] = statistics.fmean(accs)
+    rates = sorted({s["rate"] for s in summary if s["label"] == label})
+    index = _index(summary)
+    scores: dict[tuple, dict[float, float]] = defaultdict(dict)
+    for group in sorted({s["group"] for s in summary}, key=Setting.sort_key):
+        cells = [index.get((group, "dense", 0.0))] + [index.get((group, label, r)) for r in rates]
+        scores[(*group.context(), group.reg)][group.lam] = statistics.fmean(
+            c.get("acc", 0.0) if c else 0.0 for c in cells
+        )
     return {
-        kind: {
-            "lam": max(by_lam, key=by_lam.get),
-            "score": max(by_lam.values()),
-            "scores": dict(sorted(by_lam.items())),
-        }
-        for kind, by_lam in scores.items()
+        key: {"lam": max(by_lam, key=by_lam.get), "score": max(by_lam.values()), "scores": dict(sorted(by_lam.items()))}
+        for key, by_lam in scores.items()
     }
 
 
-def _compare(index: dict, a: tuple, la: str, b: tuple, lb: str, rates: list[float]) -> list[tuple[float, float]]:
-    """(rate, acc_a - acc_b) in points at every rate where both exist."""
+def _compare(
+    index: dict, a: Setting, la: str, b: Setting, lb: str, rates: list[float]
+) -> list[tuple[float, float, str]]:
+    """(rate, acc_a - acc_b in points, note) at every rate where both were tried.
+
+    A side whose rate was out of reach loses that rate outright (difference -inf or +inf).
+    """
     out = []
     for rate in rates:
         x, y = index.get((a, la, rate)), index.get((b, lb, rate))
-        if x and y:
-            out.append((rate, 100 * (x["acc"] - y["acc"])))
+        if not x or not y or ("acc" not in x and "acc" not in y):
+            continue
+        if "acc" not in x or "acc" not in y:
+            out.append((rate, math.inf if "acc" in x else -math.inf, f"{lb if 'acc' in x else la} out of reach"))
+            continue
+        note = f"{100 * x['rate_achieved']:.1f} vs {100 * y['rate_achieved']:.1f}% removed"
+        out.append((rate, 100 * (x["acc"] - y["acc"]), note))
     return out
 
 
-def _verdict(diffs: list[tuple[float, float]]) -> str:
+def _verdict(diffs: list[tuple[float, float, str]]) -> str:
     """Differences within ``PAR_POINTS`` are ties: a claim is supported with at least one win and no loss."""
     if not diffs:
         return "no data"
-    wins = sum(d > PAR_POINTS for _, d in diffs)
-    losses = sum(d < -PAR_POINTS for _, d in diffs)
+    wins = sum(d > PAR_POINTS for _, d, _ in diffs)
+    losses = sum(d < -PAR_POINTS for _, d, _ in diffs)
     if wins and not losses:
         return "supported"
     if wins:
@@ -132,41 +183,47 @@ def _verdict(diffs: list[tuple[float, float]]) -> str:
     return "not supported" if losses else "no difference"
 
 
-def _fmt_diffs(diffs: list[tuple[float, float]]) -> str:
-    return ", ".join(f"{100 * r:.0f}%: {d:+.1f}" for r, d in diffs)
+def _fmt_diffs(diffs: list[tuple[float, float, str]], notes: bool = False) -> str:
+    def one(r, d, note):
+        value = f"{d:+.1f}" if math.isfinite(d) else f"({note})"
+        return f"{100 * r:.0f}%: {value}" + (f" ({note})" if notes and math.isfinite(d) else "")
+
+    return ", ".join(one(*x) for x in diffs)
 
 
 def assess_claims(rows: list[dict]) -> list[dict]:
-    """Judge the paper's four claims from the rows; each item has ``claim``, ``verdict`` and ``evidence``.
+    """Judge the paper's four claims from the rows; each item has ``claim``, ``setting``, ``verdict``, ``evidence``.
 
     Rules (stated in the report): accuracies are seed means; rates >= ``CLAIM_MIN_RATE`` count; differences within
     ``PAR_POINTS`` are ties; "supported" means at least one win and no loss over those rates (claim 1: dense
-    accuracy within ``PAR_POINTS`` of the baseline or better).
+    accuracy within ``PAR_POINTS`` of the baseline or better). Smooth runs are compared with the baseline of the
+    same model, width and variant. Claim 4 compares equal requested rates and lists the achieved ones.
     """
     summary = summarize(rows)
     index = _index(summary)
-    groups = sorted({s["group"] for s in summary})
+    groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     rates = sorted({s["rate"] for s in summary if s["rate"] >= CLAIM_MIN_RATE})
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     svd = [lab for lab in labels if lab.startswith(SVD_PREFIX)]
     pruning = [lab for lab in labels if not lab.startswith(SVD_PREFIX)]
+    multi = _multi(groups)
     claims = []
-    for base in (g for g in groups if g[2] == BASELINE):
-        smooth = [g for g in groups if g[2] != BASELINE and g[:2] == base[:2]]
-        multi = len({g[:2] for g in groups}) > 1
+
+    def add(claim: str, setting: str, verdict: str, evidence: str) -> None:
+        claims.append({"claim": claim, "setting": setting, "verdict": verdict, "evidence": evidence})
+
+    for base in (g for g in groups if g.reg == BASELINE):
+        smooth = [g for g in groups if g.reg != BASELINE and g.context() == base.context()]
         for g in smooth:
-            name = _group_name(g, multi)
-            d, b = index.get((g, "dense", 0.0)), index.get((base, "dense", 0.0))
-            if d and b:
+            name = g.name(multi)
+            d, b = index.get((g, "dense", 0.0), {}), index.get((base, "dense", 0.0), {})
+            if "acc" in d and "acc" in b:
                 diff = 100 * (d["acc"] - b["acc"])
-                evidence = f"dense {100 * d['acc']:.2f}% vs baseline {100 * b['acc']:.2f}% ({diff:+.2f} points)"
-                claims.append(
-                    {
-                        "claim": "1. smooth training matches baseline accuracy",
-                        "setting": name,
-                        "verdict": "supported" if diff >= -PAR_POINTS else "not supported",
-                        "evidence": evidence,
-                    }
+                add(
+                    "1. smooth training matches baseline accuracy",
+                    name,
+                    "supported" if diff >= -PAR_POINTS else "not supported",
+                    f"dense {100 * d['acc']:.2f}% vs baseline {100 * b['acc']:.2f}% ({diff:+.2f} points)",
                 )
             for claim, labs in (
                 ("2. smooth + SVD beats baseline + SVD", svd),
@@ -174,22 +231,16 @@ def assess_claims(rows: list[dict]) -> list[dict]:
             ):
                 for lab in labs:
                     diffs = _compare(index, g, lab, base, lab, rates)
-                    evidence = "points vs baseline at rate " + _fmt_diffs(diffs)
-                    claims.append(
-                        {"claim": claim, "setting": f"{name}, {lab}", "verdict": _verdict(diffs), "evidence": evidence}
-                    )
+                    add(claim, f"{name}, {lab}", _verdict(diffs), "points vs baseline at rate " + _fmt_diffs(diffs))
         for g in [base, *smooth]:
-            for lab_s in svd:
-                for lab_p in pruning:
-                    diffs = _compare(index, g, lab_s, g, lab_p, rates)
-                    claims.append(
-                        {
-                            "claim": "4. SVD beats pruning at equal parameters",
-                            "setting": f"{_group_name(g, multi)}, {lab_s} vs {lab_p}",
-                            "verdict": _verdict(diffs),
-                            "evidence": "points SVD minus pruning at rate " + _fmt_diffs(diffs),
-                        }
-                    )
+            for lab_s, lab_p in itertools.product(svd, pruning):
+                diffs = _compare(index, g, lab_s, g, lab_p, rates)
+                add(
+                    "4. SVD beats pruning at equal parameters",
+                    f"{g.name(multi)}, {lab_s} vs {lab_p}",
+                    _verdict(diffs),
+                    "points SVD minus pruning at rate " + _fmt_diffs(diffs, notes=True),
+                )
     return claims
 
 
@@ -199,21 +250,25 @@ def assess_claims(rows: list[dict]) -> list[dict]:
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
-def _colors(groups: list[tuple]) -> dict[tuple, str]:
-    smooth = [g for g in groups if g[2] != BASELINE]
+def _colors(groups: list[Setting]) -> dict[Setting, str]:
+    """Smooth settings get distinct colours; baselines are black (and drawn dashed)."""
+    smooth = [g for g in groups if g.reg != BASELINE]
     colors = {g: _COLORS[i % len(_COLORS)] for i, g in enumerate(smooth)}
-    colors.update({g: "black" for g in groups if g[2] == BASELINE})
+    colors.update({g: "black" for g in groups if g.reg == BASELINE})
     return colors
+
+
+def _style(g: Setting) -> str:
+    return "--" if g.reg == BASELINE else "-"
 
 
 def plot_accuracy(summary: list[dict], path: Path) -> Path:
     """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
-    groups = sorted({s["group"] for s in summary})
-    colors, multi = _colors(groups), len({g[:2] for g in groups}) > 1
-    fig, axes = plt.subplots(
-        1, max(1, len(labels)), figsize=(4.2 * max(1, len(labels)), 3.8), sharey=True, squeeze=False
-    )
+    groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
+    colors, multi = _colors(groups), _multi(groups)
+    n = max(1, len(labels))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), sharey=True, squeeze=False)
     for ax, label in zip(axes[0], labels, strict=False):
         for g in groups:
             pts = sorted(
@@ -226,7 +281,7 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
             x, y, e = zip(*pts, strict=True)
             ax.errorbar(
                 x, y, yerr=e if any(e) else None, color=colors[g], marker="o", ms=3.5, capsize=2, lw=1.4,
-                ls="--" if g[2] == BASELINE else "-", label=_group_name(g, multi),
+                ls=_style(g), label=g.name(multi),
             )  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("parameters removed (%)")
@@ -239,32 +294,29 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
     return path
 
 
-def _first_seed_per_group(spectra: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for r in sorted(spectra, key=lambda r: (r["reg"] != BASELINE, r["reg"], r["lam"], r["seed"])):
-        if (r["reg"], r["lam"]) not in seen:
-            seen.add((r["reg"], r["lam"]))
-            out.append(r)
-    return out
+def _spectra_runs(spectra: list[dict]) -> list[tuple[Setting, dict]]:
+    """The lowest-seed run of each setting in the first model/width/variant (pictures compare like with like)."""
+    runs: dict[Setting, dict] = {}
+    for r in sorted(spectra, key=lambda r: r["seed"]):
+        runs.setdefault(Setting.of({"model": "", **r}), r)
+    ordered = sorted(runs.items(), key=lambda kv: kv[0].sort_key())
+    first = ordered[0][0].context() if ordered else None
+    return [(g, r) for g, r in ordered if g.context() == first]
 
 
 def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
     """Normalised singular values of a few layers: smooth models against the baseline (dashed)."""
-    runs = _first_seed_per_group(spectra)
-    layers = list(runs[0]["spectra"]) if runs else []
+    runs = _spectra_runs(spectra)
+    layers = list(runs[0][1]["spectra"]) if runs else []
     if not layers:
         return None
-    groups = [(None, None, r["reg"], r["lam"]) for r in runs]
-    colors = _colors(groups)
+    colors = _colors([g for g, _ in runs])
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
-        for g, r in zip(groups, runs, strict=True):
+        for g, r in runs:
             s = r["spectra"].get(layer)
             if s:
-                ax.semilogy(
-                    range(1, len(s) + 1), s, color=colors[g], ls="--" if g[2] == BASELINE else "-",
-                    label=_group_name(g, False),
-                )  # fmt: skip
+                ax.semilogy(range(1, len(s) + 1), s, color=colors[g], ls=_style(g), label=g.name())
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("singular value index i")
         ax.grid(alpha=0.3, which="both")
@@ -278,20 +330,20 @@ def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
 
 def plot_weights(spectra: list[dict], path: Path) -> Path | None:
     """One weight slice per setting as an image (out channels x in channels, centre tap of the kernel)."""
-    runs = [r for r in _first_seed_per_group(spectra) if r.get("slice")]
+    runs = [(g, r) for g, r in _spectra_runs(spectra) if r.get("slice")]
     if not runs:
         return None
     fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], runs, strict=True):
+    for ax, (g, r) in zip(axes[0], runs, strict=True):
         w = r["slice"]
         vmax = max(abs(v) for row in w for v in row) or 1.0
         im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_title(_group_name((None, None, r["reg"], r["lam"]), False), fontsize=9)
+        ax.set_title(f"{g.name()}\nlayer {r['slice_layer']}", fontsize=9)
         ax.set_xlabel("in channel")
         ax.set_ylabel("out channel")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    tap = " (centre tap of the kernel)" if runs[0].get("slice_is_conv") else ""
-    fig.suptitle(f"weights of layer {runs[0]['slice_layer']}{tap}, first 64 x 64", fontsize=10)
+    tap = " (centre tap of each kernel)" if runs[0][1].get("slice_is_conv") else ""
+    fig.suptitle(f"weights{tap}, first 64 x 64 entries", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -310,11 +362,11 @@ def _pct(s: dict | None) -> str:
 
 def summary_table(summary: list[dict]) -> str:
     """Markdown table: one row per (setting, method), accuracy (%) at each rate; seeds pooled (mean ± std)."""
-    index = {(s["group"], s["label"], s["rate"]): s for s in summary}
+    index = _index(summary)
     rates = sorted({s["rate"] for s in summary if s["rate"] > 0})
-    groups = sorted({s["group"] for s in summary}, key=lambda g: (g[0], g[1] or 0, g[2] != BASELINE, g[2], g[3]))
+    groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
-    multi = len({g[:2] for g in groups}) > 1
+    multi = _multi(groups)
     head = "| setting | method | seeds | dense | " + " | ".join(f"{100 * r:.0f}%" for r in rates) + " |"
     lines = [head, "|" + "---|" * (4 + len(rates))]
     for g in groups:
@@ -322,7 +374,7 @@ def summary_table(summary: list[dict]) -> str:
         for lab in labels:
             cells = [_pct(index.get((g, lab, r))) for r in rates]
             n = dense["n"] if dense else 0
-            lines.append(f"| {_group_name(g, multi)} | {lab} | {n} | {_pct(dense)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {g.name(multi)} | {lab} | {n} | {_pct(dense)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -362,27 +414,34 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path
         table,
         "",
     ]
-    errors = sorted({(s["label"], s["rate"], e) for s in summary for e in s["errors"]})
+    multi = _multi(s["group"] for s in summary)
+    errors = [(s["group"].name(multi), s["label"], s["rate"], e) for s in summary for e in s["errors"]]
     if errors:
-        md += ["Cells that could not be computed:", ""]
-        md += [f"- {lab} at {100 * rate:.0f}%: {e}" for lab, rate, e in errors]
+        md += ["Cells out of reach (shown as —):", ""]
+        md += [f"- {name}, {lab} at {100 * rate:.0f}%: {e}" for name, lab, rate, e in errors]
         md.append("")
     if "val" in splits:
         md += [
             "## Weight selection (validation split)",
             "",
-            "| regulariser | λ | score | all scores |",
-            "|---|---|---|---|",
+            "| model | regulariser | chosen λ | score | all scores (λ: score) |",
+            "|---|---|---|---|---|",
         ]
-        for kind, sel in sorted(select_weights(rows).items()):
+        for (model, width, variant, kind), sel in select_weights(rows).items():
             scores = ", ".join(f"{lam:g}: {100 * sc:.2f}" for lam, sc in sel["scores"].items())
-            md.append(f"| {kind} | {sel['lam']:g} | {100 * sel['score']:.2f} | {scores} |")
+            where = f"{model}-w{width}" + (f" {variant}" if variant else "")
+            md.append(f"| {where} | {kind} | {sel['lam']:g} | {100 * sel['score']:.2f} | {scores} |")
         md += ["", "Score: mean of the dense accuracy and the SVD accuracies at every rate (see `select_weights`).", ""]
     claims = assess_claims(rows)
     if claims:
+        md += ["## The paper's claims, judged by these rows", ""]
+        if "val" in splits:
+            md += [
+                "*Indicative only: these rows are on the validation split that chose the weights; judge the claims "
+                "on a test-split sweep.*",
+                "",
+            ]
         md += [
-            "## The paper's claims, judged by these rows",
-            "",
             f"Rates from {100 * CLAIM_MIN_RATE:.0f}% count; differences are in accuracy points (seed means), and "
             f"differences within {PAR_POINTS:g} point are ties. 'supported': better by more than that at one rate "
             "at least and worse at none; 'partly supported': better at some rates, worse at others; 'no difference': "
