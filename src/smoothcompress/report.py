@@ -333,8 +333,12 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
     runs = [(g, r) for g, r in _spectra_runs(spectra) if r.get("slice")]
     if not runs:
         return None
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), squeeze=False)
-    for ax, (g, r) in zip(axes[0], runs, strict=True):
+    cols = min(4, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.axis("off")
+    for ax, (g, r) in zip(axes.flat, runs, strict=False):
         w = r["slice"]
         vmax = max(abs(v) for row in w for v in row) or 1.0
         im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
