@@ -47,7 +47,7 @@ from smoothcompress import io
 from smoothcompress.accounting import RateUnreachable, count_flops, count_params
 from smoothcompress.data import Dataset, split_validation
 from smoothcompress.lowrank import ALLOCATIONS, SCHEMES, compress
-from smoothcompress.provenance import append_jsonl, provenance, read_jsonl, write_json
+from smoothcompress.provenance import append_jsonl, git_commit, provenance, read_jsonl, write_json
 from smoothcompress.prune import PRUNE_METHODS, prune
 from smoothcompress.train import (
     TrainConfig,
@@ -250,7 +250,7 @@ def _compressed(model: nn.Module, method: MethodSpec, rate: float) -> nn.Module:
     return prune(model, rate=rate, method=method.method)
 
 
-def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path) -> dict:
+def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit: str) -> dict:
     """Train the run unless its folder holds a finished model trained with the same settings.
 
     Returns the provenance of the training (commit, device, wall time), kept in ``run_dir/provenance.json``.
@@ -264,7 +264,7 @@ def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path) -> dict
         train_run(tconf)
     if not prov_path.exists():
         epochs = read_jsonl(run_dir / "metrics.jsonl")  # summed over epochs: a resumed run counts its first part
-        info = provenance(tconf.device, train_wall_s=float(sum(r.get("seconds", 0.0) for r in epochs)))
+        info = provenance(tconf.device, commit=commit, train_wall_s=float(sum(r.get("seconds", 0.0) for r in epochs)))
         write_json(prov_path, {k: info[k] for k in ("commit", "device", "time", "train_wall_s")})
     return json.loads(prov_path.read_text())
 
@@ -296,13 +296,14 @@ def sweep(
     cells = [(None, 0.0), *itertools.product(cfg.methods, cfg.rates)]
     _log(f"sweep: {len(cfg.runs)} training runs, {len(cfg.runs) * len(cells)} cells, {len(done)} done -> {results}")
     datasets: dict = {}
+    commit = git_commit()  # the code this process loaded, even if the tree changes while it runs
     for spec in cfg.runs:
         tag = spec.tag(cfg.train)
         if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
             continue
         run_dir = cfg.out / "runs" / tag
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
-        trained = _trained(spec, tag, tconf, run_dir)
+        trained = _trained(spec, tag, tconf, run_dir, commit)
         device = resolve_device(tconf.device)
         model = io.load(run_dir / "model.safetensors").eval()
         ds = _dataset_for(tconf, datasets)
@@ -329,7 +330,7 @@ def sweep(
             "train_device": trained["device"],
             "train_wall_s": trained["train_wall_s"],
         }
-        where = provenance(device)  # commit and device once per run, not per row
+        where = provenance(device, commit=commit)  # once per run, not per row
         dense_acc = evaluate(model, ds, device=device)
         for method, rate in cells:
             name, label = (method.method, method.label) if method else ("dense", "dense")
