@@ -40,10 +40,11 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return int(sum(p.numel() for p in params))
 
 
-def _as_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:
+def example_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:
+    """A zero tensor of ``input_shape`` (batch included) on ``model``'s device, in its floating dtype."""
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+        raise ValueError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else "cpu"
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -60,7 +61,7 @@ def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, i
     input_shape : tuple of int
         Full input shape including the batch dimension, e.g. ``(1, 3, 32, 32)``.
     """
-    x = _as_input(model, input_shape)
+    x = example_input(model, input_shape)
     probe = copy.deepcopy(model).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:

@@ -403,6 +403,15 @@ class Factorized(nn.Module):
         self.full_rank = int(full_rank)
         self.energy = None if energy is None else float(energy)
 
+    def _copy_from(self, factors: Factors, bias: torch.Tensor | None) -> Factorized:
+        """Copy ``factors`` into the two layers and ``bias`` into the second; returns ``self``."""
+        with torch.no_grad():
+            self.first.weight.copy_(factors.first)
+            self.second.weight.copy_(factors.second)
+            if bias is not None:
+                self.second.bias.copy_(bias)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 
@@ -468,12 +477,7 @@ class FactorizedLinear(Factorized):
             cls, w.shape[1], w.shape[0], rank, linear.bias is not None, factors.full_rank, factors.energy,
             device=w.device, dtype=w.dtype,
         )  # fmt: skip
-        with torch.no_grad():
-            mod.first.weight.copy_(factors.first)
-            mod.second.weight.copy_(factors.second)
-            if linear.bias is not None:
-                mod.second.bias.copy_(linear.bias)
-        return mod
+        return mod._copy_from(factors, linear.bias)
 
     def config(self) -> dict:
         return {
@@ -592,12 +596,7 @@ class FactorizedConv2d(Factorized):
             conv.dilation, conv.bias is not None, conv.padding_mode, scheme, factors.full_rank, factors.energy,
             device=w.device, dtype=w.dtype,
         )  # fmt: skip
-        with torch.no_grad():
-            mod.first.weight.copy_(factors.first)
-            mod.second.weight.copy_(factors.second)
-            if conv.bias is not None:
-                mod.second.bias.copy_(conv.bias)
-        return mod
+        return mod._copy_from(factors, conv.bias)
 
     def config(self) -> dict:
         return {

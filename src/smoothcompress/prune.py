@@ -46,7 +46,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from smoothcompress.accounting import RateUnreachable, Report, count_params, layer_report
+from smoothcompress.accounting import RateUnreachable, Report, count_params, example_input, layer_report
 from smoothcompress.models import ARCH_ATTR, model_input_shape
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
@@ -232,13 +232,7 @@ def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch
         c, *hw = model_input_shape(arch["name"])
         c = int(arch.get("kwargs", {}).get("in_channels", c))
         input_shape = (1, c, *hw)
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
-    ref = next(iter(model.parameters()), None)
-    device = ref.device if ref is not None else "cpu"
-    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    return torch.zeros(shape, device=device, dtype=dtype)
+    return example_input(model, input_shape)
 
 
 # ---------------------------------------------------------------------------------------------------------
