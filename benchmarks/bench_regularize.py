@@ -139,14 +139,17 @@ def _sync(device: torch.device) -> None:
 
 
 def make_step(model, opt, reg: Smoothness | None, x, y, device: torch.device, lr: float):
-    """One training step: forward (bf16 autocast on CUDA), loss + penalty, backward, SGD step, after_step."""
+    """One training step as the trainer runs it: the penalty, then the forward pass (bf16 autocast on CUDA),
+    loss + penalty, backward, SGD step, after_step. (Built before the forward, the penalty's backward runs after
+    the network's; built after it, the step costs about 3 points more on CPU.)"""
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
+        pen = reg(model) if reg is not None else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = F.cross_entropy(model(x), y)
-            if reg is not None:
-                loss = loss + reg(model)
+        if pen is not None:
+            loss = loss + pen
         loss.backward()
         opt.step()
         if reg is not None:
