@@ -1,6 +1,10 @@
 """Sweep: grid expansion, results rows with provenance, resumability, bad configs."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -125,3 +129,24 @@ def test_changed_training_settings_are_refused(swept):
             sweep(SweepConfig.from_dict(changed, out=swept.parent))
     finally:
         (swept.parent / "results.bak").rename(swept.parent / "results.jsonl")
+
+
+def test_a_running_sweep_locks_its_folder(swept):
+    lock = swept.parent / ".lock"
+    assert not lock.exists()  # released when the sweep returned
+    lock.write_text(f"{os.getpid()}@{socket.gethostname()}")  # a live owner: this very process
+    try:
+        with pytest.raises(FileExistsError, match=r"another sweep \(\d+@.*\) is writing to .*delete .*\.lock"):
+            sweep(SweepConfig.from_dict(TINY, out=swept.parent))
+        assert lock.exists()  # someone else's lock is left alone
+    finally:
+        lock.unlink()
+
+
+def test_the_lock_of_a_killed_sweep_is_taken_over(swept):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid no longer runs
+    lock = swept.parent / ".lock"
+    lock.write_text(f"{dead.pid}@{socket.gethostname()}")
+    rows = read_jsonl(sweep(SweepConfig.from_dict(TINY, out=swept.parent)))  # all cells done: nothing retrained
+    assert rows and not lock.exists()

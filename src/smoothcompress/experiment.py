@@ -25,16 +25,19 @@ report. Every row carries its provenance (commit, device, dataset name and sha25
 The sweep is resumable at two levels: an interrupted training run resumes from its last checkpoint, and finished
 cells (rows already in ``results.jsonl``) are skipped. A run folder remembers the settings it was trained with
 (``config.toml``): rerunning with changed training settings is an error naming the differences (use a new
-``out``), never a silent reuse of models trained otherwise. Paths such as ``train.data`` are relative to the
-current directory.
+``out``), never a silent reuse of models trained otherwise. While a sweep runs it holds ``out/.lock``: a second
+sweep into the same folder is refused (a lock left by a killed sweep is taken over). Paths such as
+``train.data`` are relative to the current directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -269,6 +272,50 @@ def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit:
     return json.loads(prov_path.read_text())
 
 
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def _output_lock(folder: Path):
+    """Hold ``folder/.lock`` while a sweep writes to ``folder``: two sweeps into one folder would train the same
+    runs twice and interleave their rows. The lock names its owner (``pid@host``); a lock left by a process that
+    no longer runs on this host (a killed sweep) is taken over, so a killed sweep still resumes."""
+    lock, me = folder / LOCK_NAME, f"{os.getpid()}@{socket.gethostname()}"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.exists() else ""
+            if attempt == 0 and _is_stale(owner):
+                lock.unlink(missing_ok=True)
+                continue
+            raise FileExistsError(
+                f"another sweep ({owner or 'unknown owner'}) is writing to {folder}: wait for it to finish or pass "
+                f"another --out; if no such process runs any more, delete {lock}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _is_stale(owner: str) -> bool:
+    """Whether the lock owner ``pid@host`` is a process of this host that has ended."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process (shared folder), or an unreadable lock: do not guess
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
+
+
 def sweep(
     config: SweepConfig | str | os.PathLike, out: str | os.PathLike | None = None, data: str | None = None
 ) -> Path:
@@ -290,6 +337,12 @@ def sweep(
         train={**cfg.train, "data": data} if data is not None else cfg.train,
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
+    with _output_lock(cfg.out):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: SweepConfig) -> Path:
+    """The body of :func:`sweep`, run while holding the output folder's lock."""
     results, spectra_path = cfg.out / "results.jsonl", cfg.out / "spectra.jsonl"
     done = {_cell_key(r) for r in read_jsonl(results)}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
