@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: report/ beside the results)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="the embedded demo: digits, about a minute on 2 CPU cores")
+    p = sub.add_parser("demo", help="the embedded demo: digits, under a minute on 2 CPU cores")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
