@@ -887,7 +887,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
         if r.reg is not None:
             # The penalty is built before the forward pass, so that autograd runs its backward after the
             # network's rather than first, holding its gradients through the whole network backward: the
-            # ResNet-18 step with "first" costs 1.035x instead of 1.07x on CPU (benchmarks/bench_regularize.py).
+            # ResNet-18 step with "first" costs 1.046x instead of 1.090x on CPU (benchmarks/bench_regularize.py).
             r.reg.weight = r.lam * penalty_ramp(step, r.steps, cfg.reg_warmup_epochs)
             pen = r.reg(r.raw)
             stats[2] += pen.detach()
