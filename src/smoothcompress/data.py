@@ -20,7 +20,6 @@ ranks.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +27,6 @@ import math
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -39,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from smoothcompress.provenance import atomic_file
 
 __all__ = [
     "DataError",
@@ -531,7 +531,7 @@ def _download(spec: OfficialArchive, root: Path) -> None:
     md5 = hashlib.md5()
     try:
         # The partial download lives in a temporary file that is deleted unless its md5 is right.
-        with response, bar, _atomic_file(root / spec.filename) as out:
+        with response, bar, atomic_file(root / spec.filename) as out:
             while block := response.read(1 << 20):
                 out.write(block)
                 md5.update(block)
@@ -553,31 +553,12 @@ def _extract(spec: OfficialArchive, archive: Path, folder: Path) -> None:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 if member.name in wanted and member.isfile():
-                    with _atomic_file(folder / wanted.pop(member.name)) as out:
+                    with atomic_file(folder / wanted.pop(member.name)) as out:
                         out.write(tar.extractfile(member).read())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"cannot extract {archive}: {e}. Delete it and run again to download a fresh copy.") from None
     if wanted:
         raise DataError(f"{archive} lacks {', '.join(sorted(wanted))}: it is not the official {spec.title} archive")
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
-    """Write ``path`` through a temporary file beside it that replaces it on success and is deleted on failure.
-
-    Readers never see a partial file, and processes racing to write the same file (DDP ranks) are harmless.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -693,7 +674,7 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray], source_sha256: str) -
     meta = {"version": _CACHE_VERSION, "source_sha256": source_sha256, "digest": _arrays_digest(arrays, source_sha256)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic_file(path) as f:
+        with atomic_file(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
     except OSError as e:
         warnings.warn(

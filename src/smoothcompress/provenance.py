@@ -1,14 +1,20 @@
-"""Where and how a result was produced: attached to every result row and benchmark JSON."""
+"""Where and how a result was produced (attached to every result row and benchmark JSON), and the crash-safe
+file writes that results, metrics and checkpoints share: :func:`atomic_file`, :func:`write_json`,
+:func:`append_jsonl`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -69,14 +75,42 @@ def provenance(device: str | torch.device | None = None, **extra) -> dict:
     }
 
 
-def write_json(path: str | os.PathLike, obj: dict) -> Path:
-    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary file beside it, fsynced, that replaces it on success and is deleted on
+    failure.
+
+    A crash at any moment leaves the old file or the new one, never a partial file; processes racing to write
+    the same file (DDP ranks) are harmless. The rename is made durable too, where the OS allows it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> Path:
+    """Write ``obj`` as indented JSON atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write((json.dumps(obj, indent=2, default=str) + "\n").encode())
+    return Path(path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -105,10 +139,11 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """
     path = Path(path)
     if path.exists() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        with open(path, "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # torn: read the whole file only in this rare case
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
     with open(path, "a") as f:
         f.write(json.dumps(row, default=str) + "\n")
         f.flush()

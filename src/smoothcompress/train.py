@@ -70,6 +70,7 @@ from smoothcompress import io as sc_io
 from smoothcompress import models
 from smoothcompress.data import Dataset, Loader, load_dataset, split_validation
 from smoothcompress.io import CheckpointError
+from smoothcompress.provenance import append_jsonl, atomic_file
 from smoothcompress.regularize import Smoothness
 
 if sys.version_info >= (3, 11):
@@ -204,7 +205,9 @@ class TrainConfig:
         text = "# smoothcompress train config\n" + tomli_w.dumps(
             {k: v for k, v in self.to_dict().items() if v is not None}
         )
-        return _atomic_write_bytes(Path(path), text.encode())
+        with atomic_file(path) as f:
+            f.write(text.encode())
+        return Path(path)
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -425,37 +428,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # Files: atomic writes, checkpoints, metrics
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash at any moment leaves either the previous checkpoint or the new one, never a partial file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save({"format": _CHECKPOINT_FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable, where the OS allows it
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -489,14 +469,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_file(path) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | os.PathLike) -> None:
@@ -937,7 +911,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
     }
     if r.writes:
         save_checkpoint(r.ckpt_path, _checkpoint_state(r, epoch + 1, [*history, row]))
-        _append_jsonl(r.ckpt_path.parent / "metrics.jsonl", row)
+        append_jsonl(r.ckpt_path.parent / "metrics.jsonl", row)
     log.info(
         "epoch %d/%d  loss %.4f  train_acc %.4f  %s %.4f  %.0f img/s",
         epoch + 1, cfg.epochs, row["loss"], row["train_acc"], r.eval_key, row[r.eval_key], row["images_per_s"],
