@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import smoothcompress as sc
-from smoothcompress.provenance import provenance, sha256_file, write_json
+from smoothcompress.files import sha256_file, write_json
+from smoothcompress.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 CIFAR = ROOT.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -158,7 +159,7 @@ def evaluate(name: str, model, x_test, y_test, seed: int) -> list[dict]:
                     "seed": seed,
                     "rate": rate,
                     "variant": f"{allocation}{' bn-aware' if bn_aware else ''}",
-                    "achieved_rate": small.sc_compression["achieved_rate"],
+                    "achieved_rate": small.sc_compression.rate_achieved,
                     "acc": float((out.argmax(1) == y_test).float().mean()),
                     "logit_rel_err": float((out - ref).norm() / ref.norm()),
                 }

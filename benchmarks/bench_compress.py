@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress.provenance import provenance, write_json
+from smoothcompress.files import write_json
+from smoothcompress.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 SHAPE = (3, 32, 32)
@@ -193,12 +194,12 @@ def main() -> None:
                 "allocation": allocation,
                 "scheme": scheme,
                 "rank_multiple": multiple,
-                "achieved_rate": small.sc_compression["achieved_rate"],
+                "achieved_rate": small.sc_compression.rate_achieved,
                 "params": sc.count_params(small),
                 "flops": sc.count_flops(small, (1, *SHAPE)),
                 "flops_ratio": flops_dense / sc.count_flops(small, (1, *SHAPE)),
                 "compress_s": timing,
-                "ranks": {k: v[1] for k, v in small.sc_compression["ranks"].items()},
+                "ranks": {k: v[1] for k, v in small.sc_compression.details["ranks"].items()},
             }
         )
         t2, t1 = timing[f"{args.threads}threads"], timing["1thread"]

@@ -29,10 +29,17 @@ import torch
 import torch.nn.functional as F
 
 import smoothcompress as sc
-from smoothcompress.provenance import device_name, provenance, write_json
+from smoothcompress.files import write_json
+from smoothcompress.provenance import device_name, provenance
 
-RESULTS = Path(__file__).resolve().parent / "results" / "data.json"
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "data.json"
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository (``../shared/...`` for data beside it), so results name no machine."""
+    return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
 
 
 def _sync(device: torch.device) -> None:
@@ -186,7 +193,7 @@ def main() -> None:
                 threads=args.threads,
                 load_average=os.getloadavg(),  # other processes sharing the CPU inflate every figure here
             ),
-            "archive": str(args.archive),
+            "archive": repo_relative(args.archive),
             "images": n_images,
             "decode_s": decode_s,
             "decode_images_per_s": n_images / decode_s,

@@ -24,7 +24,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress.provenance import provenance, write_json
+from smoothcompress.files import write_json
+from smoothcompress.provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "prune.json"
 

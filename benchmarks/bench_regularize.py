@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 import smoothcompress as sc
-from smoothcompress.provenance import provenance, write_json
+from smoothcompress.files import write_json
+from smoothcompress.provenance import provenance
 from smoothcompress.regularize import KINDS, Smoothness, normalized_penalty, penalty, roughness
 
 RESULTS = Path(__file__).resolve().parent / "results" / "regularize.json"

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 import smoothcompress as sc
-from smoothcompress.provenance import device_name, provenance, write_json
-from smoothcompress.train import TrainConfig, load_dataset_for
+from smoothcompress.files import write_json
+from smoothcompress.provenance import device_name, provenance
+from smoothcompress.training import TrainConfig, load_dataset_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Run the paper's setting (configs/cifar10-paper.toml: full-width CIFAR ResNet-18) on one GPU in under 8 minutes.
 #
-# Made for a lent H100 (the `device` tool of this workplace), where the image already has torch and most
-# dependencies but no package registry. Prepare on the CPU machine, once:
-#   echo /.carry/ >> .git/info/exclude; mkdir -p .carry
-#   cp ../shared/data/cifar10-jpeg.tar.gz .carry/
-#   python3 -m pip download --no-deps --only-binary=:all: -d .carry torch-pruning==1.6.1 tomli-w==1.2.0
-# then run it with `carry: [".carry"]` and the command `bash scripts/gpu_paper.sh`.
-# Anywhere else: `bash scripts/gpu_paper.sh` with smoothcompress installed and DATA pointing at the archive.
+# With smoothcompress installed: `DATA=path/to/cifar10-jpeg.tar.gz bash scripts/gpu_paper.sh`.
+#
+# On a GPU machine without registry access (torch and most dependencies installed, pip cannot download),
+# prepare a folder of what it lacks on a machine that has access, from the repository root:
+#   mkdir -p wheels && python3 -m pip download --no-deps --only-binary=:all: -d wheels torch-pruning==1.6.1 tomli-w==1.2.0
+#   cp path/to/cifar10-jpeg.tar.gz wheels/
+# copy the repository with wheels/ to the GPU machine and run `WHEELS=wheels bash scripts/gpu_paper.sh` there:
+# the wheels are installed into a private folder and DATA defaults to the archive beside them.
+# Settings: OUT (default runs), DATA, WHEELS, BUDGET_S (default 470 s; the sweep is resumable, so a rerun continues),
+# SMOOTHCOMPRESS_DATA (where the decoded images are cached, default $OUT/data-cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
-DATA=${DATA:-.carry/cifar10-jpeg.tar.gz}
+WHEELS=${WHEELS:-}
+DATA=${DATA:-${WHEELS:+$WHEELS/}cifar10-jpeg.tar.gz}
 BUDGET_S=${BUDGET_S:-470}  # stop before 8 minutes; the sweep is resumable, so a rerun continues
 
-if ls .carry/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/*.whl
-  export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  SITE=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export SMOOTHCOMPRESS_DATA=/tmp/sc-cache PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+export SMOOTHCOMPRESS_DATA=${SMOOTHCOMPRESS_DATA:-$OUT/data-cache} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, smoothcompress; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 

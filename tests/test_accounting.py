@@ -1,9 +1,15 @@
-"""count_params, count_flops (FlopCounterMode) and the per-layer report."""
+"""count_params, count_flops (FlopCounterMode), the per-layer table, check_rate and bisect_boundary."""
 
+import math
+
+import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
+from smoothcompress.accounting import bisect_boundary, check_rate
 
 
 def test_count_params_includes_bn_and_bias():
@@ -42,3 +48,44 @@ def test_layer_report_identity():
     text = str(rep)
     assert "layers.0.0.conv1" in text and "total params" in text
     assert rep.to_dict()["rate"] == 0.0
+
+
+def test_layer_table_keeps_its_old_name():
+    assert sc.Report is sc.LayerTable
+    assert isinstance(sc.layer_report(nn.Linear(2, 2), nn.Linear(2, 2)), sc.LayerTable)
+
+
+@pytest.mark.parametrize("rate", [0, 0.0, 0.5, 0.999])
+def test_check_rate_accepts_and_returns_float(rate):
+    out = check_rate(rate)
+    assert out == rate and type(out) is float
+
+
+@pytest.mark.parametrize(
+    ("rate", "match"),
+    [
+        (True, "must be a number"),
+        ("0.5", "must be a number"),
+        (None, "must be a number"),
+        (float("nan"), "must be a number"),
+        (float("inf"), "must be a number"),
+        (1.0, r"must be in \[0, 1\)"),
+        (-0.1, r"must be in \[0, 1\)"),
+    ],
+)
+def test_check_rate_rejects(rate, match):
+    with pytest.raises(ValueError, match=match):
+        check_rate(rate)
+
+
+@given(t=st.floats(0.0, 1.0))
+def test_bisect_boundary_brackets_the_switch(t):
+    lo, hi = bisect_boundary(lambda x: x < t)
+    assert lo <= t <= hi and hi - lo <= max(2.0**-60, math.ulp(hi))
+    assert (lo < t or lo == 0.0) and (hi >= t)
+
+
+def test_bisect_boundary_on_a_step_function():
+    """A non-increasing step function, as the allocators use it: saving(x) >= need switches at x = 0.3."""
+    lo, hi = bisect_boundary(lambda x: math.floor(10 * (1 - x)) >= 7)
+    assert lo < 0.3 + 1e-12 and hi == pytest.approx(0.3, abs=1e-15) and lo == pytest.approx(0.3, abs=1e-15)

@@ -51,6 +51,36 @@ def test_prune_prints_the_same_table(trained, tmp_path, capsys, method):
     assert out.exists()
 
 
+def test_method_options_are_flags_and_reach_the_saved_record(trained, tmp_path, capsys):
+    out = tmp_path / "spatial.safetensors"
+    argv = ["compress", str(trained / "model.safetensors"), "--rate", "0.5", "--scheme", "spatial", "-o", str(out)]
+    assert main([*argv, "--rank-multiple", "2"]) == 0
+    record = sc.load(out).sc_compression
+    assert record.label == "svd-global-spatial-x2" and record.options["scheme"] == "spatial"
+    assert "allocation=global scheme=spatial" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    help_text = capsys.readouterr().out  # each option's description is its flag's help
+    assert "--rank-multiple" in help_text and "CPU speed" in help_text and "--method {svd}" in help_text
+
+
+def test_a_pruned_file_records_its_method(trained, tmp_path):
+    out = tmp_path / "filter.safetensors"
+    argv = ["prune", str(trained / "model.safetensors"), "--rate", "0.5", "--method", "filter", "-o", str(out)]
+    assert main(argv) == 0
+    record = sc.read_metadata(out)["compression"]
+    assert record["method"] == "filter" and record["rate_requested"] == 0.5
+
+
+def test_the_command_line_loads_no_plotting_or_pruning_library():
+    code = (
+        "import sys; from smoothcompress.cli import build_parser; build_parser().format_help(); "
+        "print('matplotlib' in sys.modules, 'torch_pruning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
 def test_evaluate_and_export(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained / "model.safetensors"), *DIGITS]) == 0
     assert "test accuracy on digits" in capsys.readouterr().out
@@ -72,6 +102,7 @@ def test_train_config_file_and_flag_override(tmp_path):
         (["compress", "missing.safetensors"], "missing.safetensors"),
         (["compress", "{model}", "--rate", "1.5"], "rate"),
         (["compress", "{model}", "--rank", "fc=abc"], "LAYER=RANK"),
+        (["compress", "{model}", "--allocation", "uniform", "--rate", "0.99"], "out of reach"),
         (["evaluate", "{model}"], "needs data"),
         (["sweep", "no-such-preset"], "preset name"),
         (["train", "--config", "{model}"], "TOML"),

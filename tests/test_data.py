@@ -13,6 +13,7 @@ import shutil
 import socket
 import tarfile
 import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from PIL import Image
 
 import smoothcompress as sc
 from smoothcompress import data as scd
+from smoothcompress.data import imagefolder, official
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SHARED_CIFAR_SHA256 = "d877bdec11f54282b92da36e9f045bd305d663b1223e3822baff39ca9ff6690a"
@@ -37,7 +39,7 @@ def toy(n=40, classes=4, shape=(3, 6, 5), seed=0) -> scd.Dataset:
     y = torch.arange(n) % classes
     xt = torch.randint(0, 256, (n // 2, *shape), generator=g, dtype=torch.uint8)
     yt = torch.arange(n // 2) % classes
-    return scd._make("toy", x, y, xt, yt, [f"c{i}" for i in range(classes)], "0" * 64, augment=True)
+    return scd.Dataset.from_arrays("toy", x, y, xt, yt, [f"c{i}" for i in range(classes)], "0" * 64, augment=True)
 
 
 def identified(n, shape=(3, 6, 5)):
@@ -121,7 +123,7 @@ def test_validation_split_is_disjoint_stratified_and_fixed():
     x, _ = identified(n)
     x[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)  # first pixel = index, so images are unique
     y = torch.arange(n) % 5
-    ds = scd._make("toy", x, y, x[:10], y[:10], list("abcde"), "f" * 64, augment=True)
+    ds = scd.Dataset.from_arrays("toy", x, y, x[:10], y[:10], list("abcde"), "f" * 64, augment=True)
     v = sc.split_validation(ds, fraction=0.2, seed=3)
     assert v.name == "toy+val" and v.classes == ds.classes and v.sha256 == ds.sha256
     train_ids = set(v.x_train[:, 0, 0, 0].tolist())
@@ -292,10 +294,13 @@ def test_ddp_shards_are_disjoint_equal_and_cover_the_epoch(world_size):
     assert sizes == {n // world_size}
     flat = [i for s in shards for i in s]
     assert len(set(flat)) == len(flat) == (n // world_size) * world_size
-    # the shards are slices of the same epoch permutation that one process uses
+    # the shards interleave to the epoch permutation that one process uses: rank r takes its positions r::N
     single = scd.Loader(x, ids, n, train=True, **kw)
     single.set_epoch(2)
-    assert set(flat) <= set(collect(single)[1].tolist())
+    order = collect(single)[1].tolist()
+    assert sorted(order) == list(range(n))  # a permutation of the whole split
+    used = (n // world_size) * world_size
+    assert [shards[k % world_size][k // world_size] for k in range(used)] == order[:used]
     # evaluation shards cover every image exactly once
     evals = [
         collect(scd.Loader(x, ids, bs, train=False, rank=r, world_size=world_size, mean=(0.5,) * 3, std=(0.25,) * 3))[1]
@@ -504,7 +509,7 @@ def test_stalled_server_times_out(tmp_path, monkeypatch):
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)
         monkeypatch.setenv("SMOOTHCOMPRESS_DATA_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/")
-        monkeypatch.setattr(scd, "DOWNLOAD_TIMEOUT", 0.5)
+        monkeypatch.setattr(official, "DOWNLOAD_TIMEOUT", 0.5)
         with pytest.raises(sc.DataError, match="could not be downloaded.*timed out"):
             sc.load_dataset("cifar100", root=tmp_path)
 
@@ -513,7 +518,7 @@ def test_download_false_does_not_touch_the_network(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("download=False must not open a connection")
 
-    monkeypatch.setattr(scd.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(sc.DataError, match="CIFAR-100 is not in .*download=False"):
         sc.load_dataset("cifar100", root=tmp_path, download=False)
 
@@ -604,7 +609,7 @@ def test_imagefolder_directory_and_archive_agree_and_cache(tmp_path, monkeypatch
     def no_decode(*args):
         raise AssertionError("decoded again although a cache exists")
 
-    monkeypatch.setattr(scd, "_decode_imagefolder", no_decode)
+    monkeypatch.setattr(imagefolder, "decode_imagefolder", no_decode)
     assert_matches(sc.load_dataset(str(archive), root=cache_root), expected)
     assert_matches(sc.load_dataset(str(src), root=cache_root), expected)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import smoothcompress as sc
-from smoothcompress.train import TrainConfig, run
+from smoothcompress.training import TrainConfig, run
 
 
 def torchrun(tmp_path, config: TrainConfig, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -24,8 +24,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # An MLP (no BatchNorm) with a penalty: with the global-batch semantics, 2 processes x 64 images per step
     # follow the 1-process run with 128 images per step, up to floating-point summation order.
     config = TrainConfig(
-        dataset="digits", model="mlp", width=16, epochs=2, batch_size=128, lr=0.2, device="cpu", reg="first", lam=0.01
+        dataset="digits", model="mlp", width=16, epochs=2, batch_size=128, lr=0.2, device="cpu", reg="first"
     )
+    config = dataclasses.replace(config, weight=0.01)
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     proc = torchrun(tmp_path, dataclasses.replace(config, out=str(ddp_out)))
     assert proc.returncode == 0, proc.stderr[-4000:]

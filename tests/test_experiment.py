@@ -9,13 +9,13 @@ import sys
 import pytest
 
 import smoothcompress as sc
-from smoothcompress.experiment import MethodSpec, SweepConfig, resolve_config, sweep
-from smoothcompress.provenance import read_jsonl
+from smoothcompress.experiment import SweepConfig, resolve_config, sweep
+from smoothcompress.files import read_jsonl
 
 TINY = {
     "out": "unused",
     "train": {"dataset": "digits", "model": "mlp", "width": 128, "epochs": 2, "batch_size": 128, "device": "cpu"},
-    "grid": {"seeds": [0], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "lam": 0.01}]},
+    "grid": {"seeds": [0], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "weight": 0.01}]},
     "compress": {"rates": [0.5, 0.8], "methods": [{"method": "svd"}, {"method": "magnitude"}]},
 }
 
@@ -38,6 +38,8 @@ def test_rows_cover_the_grid_with_provenance(swept):
         for key in ("commit", "device", "dataset", "dataset_sha256", "seed", "wall_s", "torch", "accuracy"):
             assert r[key] is not None, key
         assert r["dataset"] == "digits" and len(r["dataset_sha256"]) == 64
+        assert r["weight"] == (0.01 if r["reg"] == "nuclear" else 0.0) and "lam" not in r
+        assert (r["allocation"], r["scheme"]) == (("global", "channel") if r["method"] == "svd" else (None, None))
         if r["label"] != "dense":
             assert abs(r["rate_achieved"] - r["rate_requested"]) <= 0.01
     spectra = read_jsonl(swept.with_name("spectra.jsonl"))
@@ -66,7 +68,7 @@ def test_grid_expansion_and_tags():
         TINY,
         grid={
             "seeds": [0, 1],
-            "regularizers": [{"kind": "first", "lam": [1e-3, 1e-2]}],
+            "regularizers": [{"kind": "first", "weight": [1e-3, 1e-2]}],
             "variants": [{"width": 8}, {"width": 16}],
         },
     )
@@ -76,6 +78,23 @@ def test_grid_expansion_and_tags():
     assert "mlp-w8-first0.001-s1" in tags and len(tags) == 8
 
 
+def test_the_old_name_lam_still_reads_with_a_warning():
+    old = dict(TINY, grid={"regularizers": [{"kind": "nuclear", "lam": [1e-3, 1e-2]}]})
+    with pytest.warns(DeprecationWarning, match="'lam' is deprecated, write 'weight'"):
+        cfg = SweepConfig.from_dict(old)
+    assert [r.weight for r in cfg.runs] == [1e-3, 1e-2]
+    both = dict(TINY, grid={"regularizers": [{"kind": "nuclear", "lam": 1e-3, "weight": 1e-3}]})
+    with pytest.raises(ValueError, match="both 'weight' and its old name 'lam'"):
+        SweepConfig.from_dict(both)
+
+
+def test_methods_dispatch_through_the_registry():
+    entries = [{"method": "svd", "allocation": "uniform", "scheme": "spatial"}, {"method": "filter"}]
+    cfg = SweepConfig.from_dict(dict(TINY, compress={"methods": entries}))
+    assert cfg.methods == (sc.get_method("svd", allocation="uniform", scheme="spatial"), sc.get_method("filter"))
+    assert [m.label for m in cfg.methods] == ["svd-uniform-spatial", "filter"]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -83,7 +102,9 @@ def test_grid_expansion_and_tags():
         ({"train": {"nope": 1}}, "unknown config key"),
         ({"compress": {"rates": [1.5]}}, "rates must lie in"),
         ({"compress": {"methods": [{"method": "zip"}]}}, "unknown method 'zip'"),
-        ({"grid": {"regularizers": [{"lam": 1.0}]}}, "has no 'kind'"),
+        ({"compress": {"methods": [{"method": "magnitude", "scheme": "channel"}]}}, "'magnitude' has no option scheme"),
+        ({"compress": {"methods": [{"method": "svd", "scheme": "diag"}]}}, "scheme must be one of"),
+        ({"grid": {"regularizers": [{"weight": 1.0}]}}, "has no 'kind'"),
     ],
 )
 def test_bad_configs_are_named(change, message):
@@ -94,7 +115,7 @@ def test_bad_configs_are_named(change, message):
 def test_presets_resolve_and_parse():
     for name in ("demo", "cifar10-cpu-search", "cifar10-cpu", "cifar10-paper"):
         cfg = SweepConfig.from_toml(resolve_config(name))
-        assert cfg.runs and cfg.rates and all(isinstance(m, MethodSpec) for m in cfg.methods)
+        assert cfg.runs and cfg.rates and all(isinstance(m, sc.Method) for m in cfg.methods)
     with pytest.raises(ValueError, match="preset name"):
         resolve_config("no-such-preset")
 

@@ -1,6 +1,6 @@
 """save/load: round trips of dense, compressed and filter-pruned models, no pickle, and clear errors on bad files."""
 
-import json
+import os
 import pickle
 
 import pytest
@@ -50,9 +50,9 @@ def test_compressed_round_trip(resnet, scheme, tmp_path):
     before = {n: m.config() for n, m in small.named_modules() if isinstance(m, lr.Factorized)}
     after = {n: m.config() for n, m in loaded.named_modules() if isinstance(m, lr.Factorized)}
     assert before and after == before
-    assert loaded.sc_compression == json.loads(json.dumps(small.sc_compression))
+    assert loaded.sc_compression == small.sc_compression
     report = sc.compress_report(resnet, loaded, (1, 3, 32, 32))
-    assert report.rate == pytest.approx(small.sc_compression["achieved_rate"])
+    assert report.rate == pytest.approx(small.sc_compression.rate_achieved)
 
 
 def test_float64_model_keeps_its_dtype(tmp_path):
@@ -136,6 +136,20 @@ def test_metadata_is_plain_json(saved):
     assert meta["modules"]["conv1"]["type"] == "Conv2d"
     assert meta["modules"]["bn1"]["config"]["num_features"] == 4
     assert meta["compression"] is None
+
+
+def test_save_is_atomic_and_durable(resnet, saved, tmp_path, monkeypatch):
+    """save writes through files.atomic_file: fsynced, and a failed write leaves the old file and no debris."""
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    path = sc.save(resnet, tmp_path / "m.safetensors")
+    assert synced and sc.read_metadata(path) == sc.read_metadata(saved)
+    old = path.read_bytes()
+    monkeypatch.setattr(scio, "safetensors_bytes", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        sc.save(sc.compress(resnet, 0.5), path)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_extra_metadata(resnet, tmp_path):

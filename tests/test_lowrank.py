@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress import lowrank as lr
+from smoothcompress import factorized
+from smoothcompress import lowrank as lr  # the old import path of the moved names must keep working
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -117,9 +118,8 @@ def test_truncation_is_eckart_young_optimal(scheme, shape):
         if w.dim() == 2:
             w_r = f.second @ f.first
         else:
-            mod = sc.FactorizedConv2d(
-                w.shape[1], w.shape[0], w.shape[2:], r, scheme=lr._effective_scheme(shape, scheme)
-            )
+            effective = "channel" if shape[2:] == (1, 1) else scheme  # spatial on 1x1 is channel
+            mod = sc.FactorizedConv2d(w.shape[1], w.shape[0], w.shape[2:], r, scheme=effective)
             mod = mod.double()
             mod.first.weight.data, mod.second.weight.data = f.first, f.second
             w_r = mod.dense_weight()
@@ -168,7 +168,7 @@ def test_gram_decomposition_matches_svd_on_ill_conditioned_matrix():
     s = torch.logspace(0, -6, 40, dtype=torch.float64)
     m = u @ torch.diag(s) @ v.T
     for mat in (m, m.T):
-        dec = lr._decompose(mat)
+        dec = factorized._decompose(mat)  # white-box: the Gram-matrix route itself, no public equivalent
         # squaring the condition number costs absolute accuracy ~ eps * s_max: fine for truncation and energies
         assert torch.allclose(dec.s, s, rtol=1e-8, atol=1e-10)
 
@@ -238,3 +238,31 @@ def test_bn_scale():
     assert torch.allclose(lr.bn_scale(bn), expected)
     with pytest.raises(ValueError, match="running statistics"):
         lr.bn_scale(nn.BatchNorm2d(3, track_running_stats=False))
+
+
+def test_compress_leaves_torch_thread_settings_alone(monkeypatch):
+    """compress must not change process-wide thread settings, which other threads would see."""
+    threads = torch.get_num_threads()
+
+    def forbidden(*args):
+        raise AssertionError("compress changed torch's thread count")
+
+    monkeypatch.setattr(torch, "set_num_threads", forbidden)
+    torch.manual_seed(0)
+    sc.compress(sc.create_model("cnn", width=8), 0.3)
+    assert torch.get_num_threads() == threads
+
+
+def test_sequential_lapack_is_thread_local_and_restored():
+    setter = factorized._mkl_thread_local_setter()
+    if setter is None:
+        pytest.skip("torch is not built with oneMKL here")
+    before = setter(0)  # 0: follow the global setting
+    try:
+        with factorized._sequential_lapack(torch.zeros(8, 8)):
+            assert setter(1) == 1  # inside: this thread runs MKL single-threaded
+        assert setter(0) == 0  # restored on exit
+        with factorized._sequential_lapack(torch.zeros(2048, 2048)):
+            assert setter(0) == 0  # large problems keep the caller's threads
+    finally:
+        setter(before)

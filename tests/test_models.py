@@ -21,10 +21,15 @@ def test_forward_shape(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_arch_is_recorded_and_json(name):
-    model = sc.create_model(name, num_classes=3)
+    """The recorded arch survives JSON (as in a checkpoint) and rebuilds the same model."""
+    model = sc.create_model(name, num_classes=3, width=4)
     arch = getattr(model, ARCH_ATTR)
-    assert arch["name"] == name and arch["kwargs"]["num_classes"] == 3
-    json.dumps(arch)
+    assert arch == {"name": name, "kwargs": {"num_classes": 3, "width": 4}}
+    again = json.loads(json.dumps(arch))
+    assert again == arch
+    rebuilt = sc.create_model(again["name"], **again["kwargs"])
+    assert getattr(rebuilt, ARCH_ATTR) == arch
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -12,7 +12,7 @@ import torch
 import smoothcompress as sc
 from smoothcompress.data import load_dataset
 from smoothcompress.io import CheckpointError
-from smoothcompress.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run, train
+from smoothcompress.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run, train
 
 EPOCHS, BATCH = 2, 128
 CONFIG = dict(dataset="digits", model="mlp", width=16, epochs=EPOCHS, batch_size=BATCH, lr=0.2, device="cpu")
@@ -24,7 +24,7 @@ KILLED_RUN = textwrap.dedent(
     import os, signal, sys
     import smoothcompress as sc
     from smoothcompress.data import load_dataset
-    from smoothcompress.train import TrainConfig, seed_everything, train
+    from smoothcompress.training import TrainConfig, seed_everything, train
 
     config = TrainConfig.from_toml(sys.argv[1])
     kill_at = int(sys.argv[2])
@@ -55,15 +55,18 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     cfg_path = killed.to_toml(tmp_path / "killed.toml")
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(cfg_path), str(steps + steps // 2)], capture_output=True, text=True
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cfg_path), str(steps + steps // 2)], stderr=subprocess.PIPE, text=True
     )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, stderr
     assert load_checkpoint(tmp_path / "killed" / CHECKPOINT_NAME)["epoch"] == 1
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (tmp_path / "killed" / "model.safetensors").exists()
+    assert (tmp_path / "killed" / ".lock").read_text().startswith(f"{proc.pid}@")  # the killed run's lock is left
 
-    resumed = run(TrainConfig(**CONFIG, out=str(tmp_path / "killed"), resume=True))
+    resumed = run(TrainConfig(**CONFIG, out=str(tmp_path / "killed"), resume=True))  # and taken over
+    assert not (tmp_path / "killed" / ".lock").exists()
     straight = run(TrainConfig(**CONFIG, out=str(tmp_path / "straight")))
 
     assert resumed.resumed_from == 1 and straight.resumed_from is None
@@ -94,6 +97,21 @@ def test_resume_with_changed_settings_names_them(tmp_path):
     run(TrainConfig(**{**CONFIG, "epochs": 1}, out=str(tmp_path)))
     with pytest.raises(ValueError, match=r"different settings \(epochs: 1 -> 2; lr: 0.2 -> 0.3\)"):
         run(TrainConfig(**{**CONFIG, "lr": 0.3}, out=str(tmp_path), resume=True))
+
+
+def test_checkpoint_of_an_older_version_with_lam_resumes(tmp_path):
+    # Before `lam` was renamed `weight`, checkpoints and config.toml stored the penalty weight as `lam`.
+    cfg = TrainConfig(**{**CONFIG, "epochs": 1, "reg": "first", "weight": 0.01}, out=str(tmp_path))
+    first = run(cfg)
+    path = tmp_path / CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    state["config"]["lam"] = state["config"].pop("weight")
+    torch.save(state, path)
+    assert load_checkpoint(path)["config"]["weight"] == 0.01
+    again = run(TrainConfig(**{**cfg.to_dict(), "resume": True}))
+    assert again.resumed_from == 1 and again.history == first.history
+    with pytest.raises(ValueError, match=r"different settings \(weight: 0.01 -> 0.02\)"):
+        run(TrainConfig(**{**cfg.to_dict(), "weight": 0.02, "resume": True}))
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
@@ -147,7 +165,7 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
 
     import numpy as np
 
-    from smoothcompress.train import _rng_state, _set_rng_state, seed_everything
+    from smoothcompress.training import rng_state, seed_everything, set_rng_state
 
     def draws():
         return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(), random.random(), random.gauss()
@@ -155,7 +173,7 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     seed_everything(3)
     np.random.randn()  # leaves a cached Gaussian in both generators
     random.gauss()
-    torch.save({"rng": _rng_state()}, tmp_path / "rng.pt")
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
     first = draws()
-    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert draws() == first

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import re
+import socket
 
 import pytest
 import torch
@@ -11,8 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
+from smoothcompress.cli import main
 from smoothcompress.data import Loader, load_dataset
-from smoothcompress.train import (
+from smoothcompress.training import (
     CHECKPOINT_NAME,
     TrainConfig,
     TrainingDiverged,
@@ -123,7 +127,7 @@ class Custom(nn.Module):
 
 def test_any_module_trains_with_a_penalty(digits):
     torch.manual_seed(0)
-    cfg = TrainConfig(**{**FAST, "reg": "first", "lam": 0.05})
+    cfg = TrainConfig(**{**FAST, "reg": "first", "weight": 0.05})
     result = train(Custom(), digits, cfg)
     assert result.test_acc > 0.75
     assert all(row["penalty"] > 0 and row["reg_weight"] == 0.05 for row in result.history)
@@ -212,7 +216,7 @@ def test_compiled_training_matches_eager(digits):
 
 def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cfg = TrainConfig(**FAST, reg="second", lam=0.01, out=str(out))
+    cfg = TrainConfig(**FAST, reg="second", weight=0.01, out=str(out))
     result = run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == result.history and [r["epoch"] for r in rows] == [1, 2]
@@ -228,7 +232,7 @@ def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
 
 def test_run_adapts_the_model_to_the_data(tmp_path):
     # cnn defaults to 1 channel, mlp to 64 inputs: a 3-channel 8x8 ImageFolder-like set needs in_channels=3.
-    from smoothcompress.train import _model_kwargs
+    from smoothcompress.training.loop import _model_kwargs
 
     assert _model_kwargs(TrainConfig(model="cnn", width=4), (3, 8, 8)) == {"width": 4, "in_channels": 3}
     assert _model_kwargs(TrainConfig(model="mlp"), (3, 32, 32)) == {"in_features": 3072}
@@ -266,7 +270,7 @@ def test_evaluate_dataset_and_loader_agree_and_restore_mode(digits, trained):
 # Divergence
 
 
-@pytest.mark.parametrize("overrides", [{"lr": 1e8}, {"reg": "first", "lam": 1e12}])
+@pytest.mark.parametrize("overrides", [{"lr": 1e8}, {"reg": "first", "weight": 1e12}])
 def test_divergence_stops_with_a_clear_message(digits, overrides):
     with pytest.raises(TrainingDiverged, match="penalty weight is too large.*learning rate is too high"):
         train(tiny_mlp(), digits, TrainConfig(**{**FAST, **overrides}))
@@ -298,3 +302,50 @@ def test_divergence_keeps_the_last_good_checkpoint(digits, tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (tmp_path / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run per folder
+
+
+def test_a_second_run_into_the_same_folder_is_refused(digits, tmp_path):
+    # A second run into the folder, started while the first one trains (from inside its first step), fails.
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    model, other, refusals = tiny_mlp(), tiny_mlp(1), []
+
+    def second_run(module, args):
+        if module.training and not refusals:
+            with pytest.raises(FileExistsError) as info:
+                train(other, digits, cfg, out_dir=tmp_path)
+            refusals.append(str(info.value))
+
+    model.register_forward_pre_hook(second_run)
+    result = train(model, digits, cfg, out_dir=tmp_path)
+    (message,) = refusals
+    assert "\n" not in message
+    assert re.match(rf"another training run \({os.getpid()}@.+\) is writing to {re.escape(str(tmp_path))}", message)
+    assert len(result.history) == 1 and (tmp_path / "model.safetensors").exists()
+    assert not (tmp_path / ".lock").exists()  # released at the end
+
+
+def _cli_train(*flags: str) -> list[str]:
+    return ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "1", "--batch-size",
+            "128", "--device", "cpu", *flags]  # fmt: skip
+
+
+def test_cli_train_into_a_folder_in_use_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / ".lock").write_text(f"{os.getpid()}@{socket.gethostname()}")  # a live owner: this very process
+    assert main(_cli_train("--out", str(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothcompress train: error: another training run (") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written, the owner's lock kept
+
+
+def test_cli_lam_is_a_deprecated_spelling_of_weight(tmp_path, capsys):
+    assert main(_cli_train("--reg", "first", "--lam", "0.01", "--out", str(tmp_path / "r"))) == 0
+    err = capsys.readouterr().err
+    assert "smoothcompress train: warning: --lam is deprecated and will be removed; use --weight" in err
+    saved = (tmp_path / "r" / "config.toml").read_text()
+    assert re.search(r"^weight = 0.01$", saved, re.M) and not re.search(r"^lam\b", saved, re.M)
+    assert main(_cli_train("--reg", "first", "--lam", "0.01", "--weight", "0.01")) == 2
+    assert "give only --weight" in capsys.readouterr().err

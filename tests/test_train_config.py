@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothcompress.train import TrainConfig
+from smoothcompress.training import TrainConfig
 
 
 def test_defaults_are_the_paper_setting():
     c = TrainConfig()
-    assert (c.dataset, c.model, c.reg, c.lam, c.schedule) == ("cifar10", "resnet18", "none", 0.0, "onecycle")
+    assert (c.dataset, c.model, c.reg, c.weight, c.schedule) == ("cifar10", "resnet18", "none", 0.0, "onecycle")
     assert c.momentum > 0 and c.resume is False
 
 
@@ -26,7 +26,9 @@ def test_every_field_has_a_why_comment():
 
 
 def test_toml_round_trip(tmp_path):
-    c = TrainConfig(dataset="digits", model="mlp", width=8, reg="second", lam=1e-3, reg_axes=("out", "kh"), bf16=True)
+    c = TrainConfig(
+        dataset="digits", model="mlp", width=8, reg="second", weight=1e-3, reg_axes=("out", "kh"), bf16=True
+    )
     path = c.to_toml(tmp_path / "c.toml")
     assert TrainConfig.from_toml(path) == c
     assert "bf16 = true" in path.read_text()
@@ -35,7 +37,7 @@ def test_toml_round_trip(tmp_path):
 
 def test_flags_override_the_file_and_none_means_not_given(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('dataset = "digits"\nepochs = 7\nlr = 0.05\nreg = "first"\nlam = 0.01\n')
+    path.write_text('dataset = "digits"\nepochs = 7\nlr = 0.05\nreg = "first"\nweight = 0.01\n')
     c = TrainConfig.from_sources(path, epochs=2, lr=None, seed=3)
     assert (c.dataset, c.epochs, c.lr, c.seed, c.reg) == ("digits", 2, 0.05, 3, "first")
     assert TrainConfig.from_sources(epochs=2) == TrainConfig(epochs=2)
@@ -76,9 +78,9 @@ def test_bad_values_raise_value_error(key, value, match):
         TrainConfig.from_dict({key: value})
 
 
-def test_lam_without_a_penalty_is_an_error():
+def test_weight_without_a_penalty_is_an_error():
     with pytest.raises(ValueError, match="no effect with reg='none'"):
-        TrainConfig(lam=0.1)
+        TrainConfig(weight=0.1)
 
 
 def test_ints_become_floats_and_lists_tuples():
@@ -100,13 +102,52 @@ def test_bad_toml_files(tmp_path):
     epochs=st.integers(1, 500),
     lr=st.floats(1e-6, 10.0),
     reg=st.sampled_from(["nuclear", "first", "second"]),
-    lam=st.floats(0.0, 1.0),
+    weight=st.floats(0.0, 1.0),
     axes=st.lists(st.sampled_from(["out", "in", "kh", "kw"]), min_size=1, max_size=4, unique=True),
     width=st.one_of(st.none(), st.integers(1, 512)),
     augment=st.one_of(st.none(), st.booleans()),
 )
-def test_round_trip_property(tmp_path_factory, epochs, lr, reg, lam, axes, width, augment):
-    c = TrainConfig(epochs=epochs, lr=lr, reg=reg, lam=lam, reg_axes=tuple(axes), width=width, augment=augment)
+def test_round_trip_property(tmp_path_factory, epochs, lr, reg, weight, axes, width, augment):
+    c = TrainConfig(epochs=epochs, lr=lr, reg=reg, weight=weight, reg_axes=tuple(axes), width=width, augment=augment)
     path = c.to_toml(tmp_path_factory.mktemp("cfg") / "c.toml")
     assert TrainConfig.from_toml(path) == c
     assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `lam`, the deprecated name of `weight`
+
+
+def test_lam_is_a_deprecated_alias_of_weight(tmp_path):
+    want = TrainConfig(reg="first", weight=0.01)
+    with pytest.warns(DeprecationWarning, match="'lam' is deprecated.*use 'weight'"):
+        assert TrainConfig(reg="first", lam=0.01) == want
+    with pytest.warns(DeprecationWarning, match="'lam'"):
+        assert TrainConfig.from_dict({"reg": "first", "lam": 0.01}) == want
+    path = tmp_path / "old.toml"
+    path.write_text('reg = "first"\nlam = 0.01\n')
+    with pytest.warns(DeprecationWarning, match="'lam'"):
+        assert TrainConfig.from_toml(path) == want
+    with pytest.warns(DeprecationWarning, match="'lam'"):
+        assert TrainConfig.from_sources(path, weight=0.02) == TrainConfig(reg="first", weight=0.02)  # flags win
+    with pytest.warns(DeprecationWarning, match="TrainConfig.lam is deprecated"):
+        assert want.lam == 0.01
+    text = want.to_toml(tmp_path / "new.toml").read_text()
+    assert "weight = 0.01" in text and "lam" not in text
+
+
+def test_lam_and_weight_together_are_an_error():
+    with pytest.raises(ValueError, match="'lam' and 'weight' name the same setting"):
+        TrainConfig(reg="first", lam=0.01, weight=0.01)
+    with pytest.raises(ValueError, match="same setting"):
+        TrainConfig.from_dict({"reg": "first", "lam": 0.01, "weight": 0.02})
+
+
+def test_weight_needs_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = TrainConfig.from_dict({"reg": "nuclear", "weight": 3e-4})
+        assert TrainConfig.from_dict(c.to_dict()) == c
+        assert dataclasses.replace(c, weight=1e-3).weight == 1e-3

@@ -1,13 +1,17 @@
 """smoothcompress: smooth training and SVD compression of neural networks without fine-tuning.
 
 Implements Runkel et al., "Smooth Model Compression without Fine-Tuning" (arXiv 2505.24469, 2025).
+
+``import smoothcompress`` loads torch and the core only: models, penalties, compression, the method registry,
+accounting and checkpoints. Data, training, sweeps, reports (matplotlib) and the pruning baselines (Torch-Pruning)
+load on first use of one of their names (``sc.prune``, ``sc.train``, ``sc.sweep``, ...), as do the submodules
+``sc.data``, ``sc.training``, ``sc.pruning``, ``sc.experiment`` and ``sc.report``.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from smoothcompress.accounting import Report, count_flops, count_params, layer_report
-from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
-from smoothcompress.experiment import SweepConfig, sweep
+from smoothcompress.accounting import LayerTable, Report, count_flops, count_params, layer_report
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.lowrank import (
     FactorizedConv2d,
@@ -19,17 +23,47 @@ from smoothcompress.lowrank import (
     plan_ranks,
     spectrum,
 )
+from smoothcompress.methods import CompressionRecord, Method, get_method, list_methods, register_method
 from smoothcompress.models import create_model, list_models, register_model
-from smoothcompress.prune import PRUNE_METHODS, max_prune_rate, prune, prune_report
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
-from smoothcompress.report import write_report
-from smoothcompress.train import TrainConfig, TrainingDiverged, TrainResult, evaluate, train
+from smoothcompress.selection import Selection, select_layers
 
 try:
     __version__ = version("smoothcompress")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    # data
+    "DataError": "data",
+    "Dataset": "data",
+    "Loader": "data",
+    "load_dataset": "data",
+    "split_validation": "data",
+    # calibration data (reads batches from data)
+    "calibrate": "calibration",
+    "recalibrate_bn": "calibration",
+    # training
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "TrainingDiverged": "training",
+    "train": "training",
+    "evaluate": "training",
+    # pruning baselines (Torch-Pruning)
+    "prune": "pruning",
+    "prune_report": "pruning",
+    "max_prune_rate": "pruning",
+    "PRUNE_METHODS": "pruning",
+    # experiments (matplotlib for the report)
+    "sweep": "experiment",
+    "SweepConfig": "experiment",
+    "write_report": "report",
+}
+"""Public names loaded on first use, and the submodule of each."""
+
+_SUBMODULES = ("calibration", "data", "training", "pruning", "experiment", "report", "cli")
+"""Submodules that ``smoothcompress.<name>`` imports on first use."""
 
 __all__ = [
     "__version__",
@@ -41,7 +75,11 @@ __all__ = [
     "count_params",
     "count_flops",
     "layer_report",
+    "LayerTable",
     "Report",
+    # layer selection (include/exclude)
+    "select_layers",
+    "Selection",
     # compression (lowrank)
     "compress",
     "compress_report",
@@ -51,37 +89,62 @@ __all__ = [
     "find_bn_pairs",
     "FactorizedConv2d",
     "FactorizedLinear",
+    # compression methods (registry) and their record
+    "Method",
+    "CompressionRecord",
+    "register_method",
+    "get_method",
+    "list_methods",
     # persistence (io)
     "save",
     "load",
     "read_metadata",
     "export_onnx",
     "CheckpointError",
-    # pruning baselines
-    "prune",
-    "prune_report",
-    "max_prune_rate",
-    "PRUNE_METHODS",
     # smoothness penalties (regularize)
     "Smoothness",
     "penalty",
     "normalized_penalty",
     "roughness",
     "PENALTY_KINDS",
-    # data
+    # pruning baselines (lazy)
+    "prune",
+    "prune_report",
+    "max_prune_rate",
+    "PRUNE_METHODS",
+    # data (lazy)
     "DataError",
     "Dataset",
     "Loader",
     "load_dataset",
     "split_validation",
-    # training
+    # calibration (lazy)
+    "calibrate",
+    "recalibrate_bn",
+    # training (lazy)
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "train",
     "evaluate",
-    # experiments
+    # experiments (lazy)
     "sweep",
     "SweepConfig",
     "write_report",
 ]
+
+
+def __getattr__(name: str):
+    """Load a lazy public name (or submodule) on first use; later uses find it in the module's namespace."""
+    if name in _LAZY:
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

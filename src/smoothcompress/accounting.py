@@ -1,20 +1,32 @@
-"""Parameter and FLOP accounting, and the per-layer report shared by ``compress`` and ``prune``.
+"""Parameter and FLOP accounting, the per-layer table shared by ``compress`` and ``prune``, and the rate helpers.
 
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as 2 FLOPs), never
-from a hand-written counter.
+from a hand-written counter. :func:`check_rate` and :func:`bisect_boundary` serve both compression and pruning.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_flops", "flops_by_module", "LayerRow", "Report", "layer_report", "RateUnreachable"]
+__all__ = [
+    "count_params",
+    "count_flops",
+    "flops_by_module",
+    "LayerRow",
+    "LayerTable",
+    "Report",
+    "layer_report",
+    "RateUnreachable",
+    "check_rate",
+    "bisect_boundary",
+]
 
 
 class RateUnreachable(ValueError):
@@ -23,6 +35,44 @@ class RateUnreachable(ValueError):
     Raised by :func:`smoothcompress.compress` and :func:`smoothcompress.prune`; the message names the largest
     reachable rate. A sweep records such a cell as a result ("out of reach") instead of stopping.
     """
+
+
+def check_rate(rate) -> float:
+    """``rate`` as a float, checked to be a compression or pruning rate: a finite number in ``[0, 1)``.
+
+    Raises
+    ------
+    ValueError
+        ``rate`` is not a real number (bools are rejected), or lies outside ``[0, 1)`` (NaN and inf included).
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1) (the fraction of all parameters removed, e.g. 0.7), got {rate}")
+    return float(rate)
+
+
+def bisect_boundary(holds: Callable[[float], bool], lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
+    """Bracket, to float precision, where a predicate that is true then false on ``[lo, hi]`` changes.
+
+    Parameters
+    ----------
+    holds : callable float -> bool
+        Monotone on ``[lo, hi]``: true up to some point, false after it. ``holds(lo)`` is assumed true and
+        ``holds(hi)`` false; neither end is evaluated.
+    lo, hi : float
+        The interval.
+
+    Returns
+    -------
+    (float, float)
+        ``(a, b)`` with ``holds(a)`` true (or ``a == lo``) and ``holds(b)`` false (or ``b == hi``), after 60
+        halvings: ``b - a`` is ``(hi - lo) / 2**60`` or one float step, whichever is larger.
+    """
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo, hi
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -100,7 +150,7 @@ class LayerRow:
 
 
 @dataclass
-class Report:
+class LayerTable:
     """Per-layer and whole-model accounting of a compression or pruning.
 
     ``str(report)`` is a printable table; :meth:`to_dict` gives plain data (JSON-ready).
@@ -161,6 +211,10 @@ class Report:
         return "\n".join(out)
 
 
+Report = LayerTable
+"""Former name of :class:`LayerTable`, kept as an alias."""
+
+
 def _si(n: int | None) -> str:
     if n is None:
         return ""
@@ -186,7 +240,7 @@ def layer_report(
     notes: Mapping[str, str] | None = None,
     nonzero: bool = False,
     method: str = "",
-) -> Report:
+) -> LayerTable:
     """Compare two models layer by layer, matching modules by name.
 
     Parameters
@@ -239,7 +293,7 @@ def layer_report(
                 energy=getattr(new, "energy", None),
             )
         )
-    return Report(
+    return LayerTable(
         rows=rows,
         params_before=count_params(before),
         params_after=count_params(after, nonzero=nonzero),

@@ -1,6 +1,8 @@
 """Command-line interface: ``smoothcompress {train,compress,prune,evaluate,export,sweep,report,demo}``.
 
 It only parses arguments and calls the public Python API; every command has a one-call equivalent in Python.
+``compress`` and ``prune`` dispatch through the method registry (:mod:`smoothcompress.methods`): ``--method``
+takes any registered method of the command's family, and every option a method declares is a flag.
 User errors (missing data, corrupt files, impossible rates, diverged training) print one line and exit with
 status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
 """
@@ -8,19 +10,19 @@ status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import smoothcompress as sc
 from smoothcompress import models
 from smoothcompress.data import DataError
-from smoothcompress.experiment import sweep
 from smoothcompress.io import CheckpointError
-from smoothcompress.lowrank import ALLOCATIONS, SCHEMES, compress, compress_report
-from smoothcompress.prune import PRUNE_METHODS, prune, prune_report
-from smoothcompress.report import write_report
-from smoothcompress.train import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
+from smoothcompress.methods import get_method, list_methods
+from smoothcompress.selection import ENTRY_HELP
+from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
 
 USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError)
 
@@ -32,9 +34,20 @@ USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
-    config = TrainConfig.from_sources(args.config, **overrides)
+    speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
+    notes = []
+    if args.lam is not None:  # the deprecated spelling of --weight
+        if args.weight is not None:
+            raise ValueError("--lam is the deprecated name of --weight; give only --weight")
+        overrides["weight"] = args.lam
+        notes.append("--lam is deprecated and will be removed; use --weight")
+    with warnings.catch_warnings(record=True) as caught:  # e.g. `lam` in the --config file
+        warnings.simplefilter("always", DeprecationWarning)
+        config = TrainConfig.from_sources(args.config, **overrides)
+    for note in [*notes, *(str(w.message) for w in caught)] if speaks else []:
+        print(f"smoothcompress train: warning: {note}", file=sys.stderr)
     result = run(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+    if speaks:
         split, acc = ("validation", result.val_acc) if result.val_acc is not None else ("test", result.test_acc)
         print(f"{split} accuracy {100 * acc:.2f}% after {len(result.history)} epochs; run folder {result.out_dir}")
     return 0
@@ -58,27 +71,33 @@ def _compare(args: argparse.Namespace, model, small, rep) -> None:
         print(f"saved {sc.save(small, args.output)}")
 
 
+def _method(args: argparse.Namespace):
+    """The ``--method`` with the option flags given on the command line (a flag it does not declare is an error)."""
+    declared = {f.name for f in get_method(args.method).option_fields()}
+    options = {}
+    for name in args.option_names:
+        value = getattr(args, OPTION_DEST + name)
+        if value is None:
+            continue
+        if name not in declared:
+            raise ValueError(f"--{name.replace('_', '-')} is not an option of method {args.method!r}")
+        options[name] = value
+    return get_method(args.method, **options)
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    """``compress`` and ``prune``: apply the chosen method, print its per-layer table, evaluate, save."""
     model = sc.load(args.model)
-    ranks = dict(_parse_rank(r) for r in args.rank) or None
-    small = compress(
-        model,
-        rate=args.rate if args.rate is not None or ranks else 0.7,
-        allocation=args.allocation,
-        scheme=args.scheme,
-        ranks=ranks,
-        exclude=args.exclude,
-        bn_aware=args.bn_aware,
-        rank_multiple=args.rank_multiple,
-    )
-    _compare(args, model, small, compress_report(model, small, models.default_input_shape(model)))
-    return 0
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    model = sc.load(args.model)
-    small = prune(model, rate=args.rate, method=args.method, exclude=args.exclude)
-    _compare(args, model, small, prune_report(model, small, args.method, models.default_input_shape(model)))
+    method = _method(args)
+    extra = {}
+    ranks = dict(_parse_rank(r) for r in getattr(args, "rank", []))
+    if ranks:
+        if "ranks" not in inspect.signature(method.apply).parameters:
+            raise ValueError(f"--rank does not apply to method {method.name!r}")
+        extra["ranks"] = ranks
+    rate = args.rate if args.rate is not None or ranks else 0.7
+    small = method.apply(model, rate, exclude=args.exclude, **extra)
+    _compare(args, model, small, method.report(model, small, models.default_input_shape(model)))
     return 0
 
 
@@ -102,12 +121,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from smoothcompress.experiment import sweep
+
     results = sweep(args.config, out=args.out, data=args.data)
     print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
     return 0
 
 
 def _report(results: Path, out: Path) -> int:
+    from smoothcompress.report import write_report
+
     path = write_report(results, out)
     print((path.parent / "summary.md").read_text())
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(path.parent.glob('*.png')))}")
@@ -122,6 +145,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from smoothcompress.experiment import sweep
+
     results = sweep("demo", out=args.out)
     return _report(results, results.parent / "report")
 
@@ -129,7 +154,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # Parsing
 
-TRAIN_FLAGS = ("dataset", "data", "model", "width", "epochs", "batch_size", "lr", "reg", "lam", "seed", "device", "out")
+TRAIN_FLAGS = (
+    "dataset", "data", "model", "width", "epochs", "batch_size", "lr", "reg", "weight", "seed", "device", "out"
+)  # fmt: skip
+
+
+OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
+
+
+def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> None:
+    """``--method`` over the registered methods of ``family``, and one flag per option any of them declares."""
+    names = list_methods(family)
+    p.add_argument("--method", default=default, choices=names, help=f"default {default}")
+    options: dict[str, str] = {}
+    for name in names:
+        for f in get_method(name).option_fields():
+            if f.name in options:
+                continue
+            options[f.name] = name
+            flag, doc = "--" + f.name.replace("_", "-"), f.metadata["doc"]
+            if type(f.default) is bool:
+                p.add_argument(flag, dest=OPTION_DEST + f.name, action="store_true", default=None, help=doc)
+            else:
+                p.add_argument(flag, dest=OPTION_DEST + f.name, type=type(f.default), choices=f.metadata["choices"],
+                               default=None, help=f"{doc} (default {f.default})")  # fmt: skip
+    p.set_defaults(option_names=tuple(options))
 
 
 def _parse_rank(text: str) -> tuple[str, int]:
@@ -164,35 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--reg", choices=REG_KINDS, help="smoothness penalty")
-    p.add_argument("--lam", type=float, help="penalty weight")
+    p.add_argument("--weight", type=float, help="penalty weight (on weight decay's scale)")
+    p.add_argument("--lam", type=float, help="deprecated name of --weight")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--out", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    for name, helptext, fn in (
-        ("compress", "replace layers by truncated-SVD factors (no fine-tuning)", cmd_compress),
-        ("prune", "prune by magnitude or remove filters (no fine-tuning)", cmd_prune),
+    for name, helptext, family, default in (
+        ("compress", "replace layers by truncated-SVD factors (no fine-tuning)", "low-rank", "svd"),
+        ("prune", "prune by magnitude or remove filters (no fine-tuning)", "pruning", "magnitude"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("model", help="a model file written by smoothcompress (safetensors)")
         p.add_argument("--rate", type=float, default=None if name == "compress" else 0.7,
                        help="fraction of all parameters to remove (default 0.7)")  # fmt: skip
-        p.add_argument("--exclude", action="append", default=[], help="layer name pattern to leave alone (repeatable)")
+        p.add_argument(
+            "--exclude", action="append", default=[], help=f"layer to leave alone: {ENTRY_HELP} (repeatable)"
+        )
         p.add_argument("-o", "--output", help="write the result here (.safetensors)")
         _add_data_args(p)
+        _add_method_args(p, family, default)
         if name == "compress":
-            p.add_argument("--allocation", default="global", choices=ALLOCATIONS)
-            p.add_argument("--scheme", default="channel", choices=SCHEMES)
             p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
-            p.add_argument(
-                "--bn-aware", action="store_true", help="truncate the BN-scaled weight (off: measured worse)"
-            )
-            p.add_argument("--rank-multiple", type=int, default=1, help="round ranks to multiples (16: faster on CPU)")
-        else:
-            p.add_argument("--method", default="magnitude", choices=list(PRUNE_METHODS))
-        p.set_defaults(func=fn)
+        p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("evaluate", help="test accuracy of a saved model")
     p.add_argument("model")
@@ -216,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: report/ beside the results)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="the embedded demo: digits, under a minute on 2 CPU cores")
+    p = sub.add_parser("demo", help="the embedded demo: an MLP on digits, no download, CPU only")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser

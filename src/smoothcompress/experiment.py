@@ -9,14 +9,17 @@ A sweep is described by a TOML file (see ``configs/``)::
     epochs = 30
     [grid]
     seeds = [0]                            # default seeds of every regularizer entry
-    regularizers = [                       # kind x lam x seed; lam may be a list
-        { kind = "none", lam = 0.0, seeds = [0, 1] },
-        { kind = "nuclear", lam = [1e-3, 1e-2] },
+    regularizers = [                       # kind x weight x seed; weight may be a list
+        { kind = "none", weight = 0.0, seeds = [0, 1] },
+        { kind = "nuclear", weight = [1e-3, 1e-2] },
     ]
     variants = [{ width = 16 }, { width = 32 }]   # optional: other models or widths
     [compress]
     rates = [0.3, 0.5, 0.7, 0.9]
     methods = [{ method = "svd", allocation = "global", scheme = "channel" }, { method = "magnitude" }]
+
+A ``methods`` entry names a registered compression method and sets its options (see
+:mod:`smoothcompress.methods`); ``weight`` was once spelled ``lam``, which is still read, with a warning.
 
 Layout of ``out``: ``runs/<tag>/`` holds each training run (model, metrics, checkpoint), ``results.jsonl`` one row
 per (run, method, rate), ``spectra.jsonl`` one row per run with singular-value spectra and a weight slice for the
@@ -32,13 +35,12 @@ sweep into the same folder is refused (a lock left by a killed sweep is taken ov
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import re
-import socket
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,10 @@ from torch import nn
 from smoothcompress import io
 from smoothcompress.accounting import RateUnreachable, count_flops, count_params
 from smoothcompress.data import Dataset, split_validation
-from smoothcompress.lowrank import ALLOCATIONS, SCHEMES, compress
-from smoothcompress.provenance import append_jsonl, git_commit, provenance, read_jsonl, write_json
-from smoothcompress.prune import PRUNE_METHODS, prune
-from smoothcompress.train import (
+from smoothcompress.files import FolderLock, append_jsonl, read_jsonl, write_json
+from smoothcompress.methods import Method, method_from_dict
+from smoothcompress.provenance import git_commit, provenance
+from smoothcompress.training import (
     TrainConfig,
     check_same_settings,
     evaluate,
@@ -60,14 +62,15 @@ from smoothcompress.train import (
     read_toml,
     resolve_device,
 )
-from smoothcompress.train import run as train_run
+from smoothcompress.training import run as train_run
 
-__all__ = ["MethodSpec", "RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "resolve_config"]
+__all__ = ["RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "resolve_config"]
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 """Built-in sweep presets (``demo``, ``cifar10-cpu``, ...); ``configs/`` in the repository points here."""
 
-METHODS = ("svd", *PRUNE_METHODS)
+ROW_OPTIONS = ("allocation", "scheme")
+"""Method options every results row has a column for (``None`` where the method has no such option)."""
 _SECTIONS = {"out", "description", "train", "grid", "compress", "report"}
 
 
@@ -78,45 +81,17 @@ def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """One compression method of a sweep: ``svd`` (with allocation and scheme) or a pruning method."""
-
-    method: str
-    allocation: str = "global"  # svd only: see smoothcompress.lowrank.ALLOCATIONS
-    scheme: str = "channel"  # svd only: see smoothcompress.lowrank.SCHEMES
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.allocation not in ALLOCATIONS or self.scheme not in SCHEMES:
-            raise ValueError(
-                f"method {self.method!r}: allocation must be one of {ALLOCATIONS} and scheme one of {SCHEMES}, "
-                f"got {self.allocation!r} and {self.scheme!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, entry: dict) -> MethodSpec:
-        _check_keys("compress.methods entry", entry, {"method", "allocation", "scheme"})
-        return cls(**entry)
-
-    @property
-    def label(self) -> str:
-        """Name in rows and reports, e.g. ``"svd-global-channel"`` or ``"filter"``."""
-        return f"svd-{self.allocation}-{self.scheme}" if self.method == "svd" else self.method
-
-
-@dataclass(frozen=True)
 class RunSpec:
     """One training run of the grid: shared settings plus its regulariser, weight, seed and variant."""
 
     reg: str
-    lam: float
+    weight: float
     seed: int
     variant: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs overriding [train], e.g. (("width", 16),)
 
     def train_overrides(self) -> dict[str, Any]:
         """The TrainConfig fields this run sets on top of the sweep's ``[train]``."""
-        return {**dict(self.variant), "reg": self.reg, "lam": float(self.lam), "seed": int(self.seed)}
+        return {**dict(self.variant), "reg": self.reg, "weight": float(self.weight), "seed": int(self.seed)}
 
     def variant_name(self) -> str:
         """The variant as text, ``""`` for none, e.g. ``"lr=0.2"`` (model and width are named separately)."""
@@ -129,7 +104,7 @@ class RunSpec:
         if "width" in v:
             parts.append(f"w{v['width']}")
         parts += [f"{k}{val}" for k, val in self.variant if k not in ("model", "width")]
-        parts += [self.reg if self.reg == "none" else f"{self.reg}{self.lam:g}", f"s{self.seed}"]
+        parts += [self.reg if self.reg == "none" else f"{self.reg}{self.weight:g}", f"s{self.seed}"]
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
 
 
@@ -141,7 +116,7 @@ class SweepConfig:
     train: dict[str, Any]
     runs: tuple[RunSpec, ...]
     rates: tuple[float, ...]
-    methods: tuple[MethodSpec, ...]
+    methods: tuple[Method, ...]
     spectra_layers: int = 3
     source: str = ""
 
@@ -166,14 +141,14 @@ class SweepConfig:
             variants.append(tuple(sorted(v.items())))
         runs: list[RunSpec] = []
         for entry in grid.get("regularizers", [{"kind": "none"}]):
-            _check_keys("[grid] regularizers entry", entry, {"kind", "lam", "seeds"})
+            _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "lam", "seeds"})
             if "kind" not in entry:
                 raise ValueError(f"regularizer entry {entry} has no 'kind'")
-            lams = entry.get("lam", 0.0)
-            for variant, lam, seed in itertools.product(
-                variants, lams if isinstance(lams, list) else [lams], entry.get("seeds", default_seeds)
+            weights = _grid_weights(entry)
+            for variant, weight, seed in itertools.product(
+                variants, weights if isinstance(weights, list) else [weights], entry.get("seeds", default_seeds)
             ):
-                runs.append(RunSpec(entry["kind"], float(lam), int(seed), variant))
+                runs.append(RunSpec(entry["kind"], float(weight), int(seed), variant))
         for spec in runs:  # every run's full training config must be valid (kinds, weights, variant keys)
             TrainConfig.from_dict({**train, **spec.train_overrides()})
         comp = raw.get("compress", {})
@@ -188,9 +163,29 @@ class SweepConfig:
             train=train,
             runs=tuple(dict.fromkeys(runs)),
             rates=rates,
-            methods=tuple(MethodSpec.from_dict(m) for m in comp.get("methods", [{"method": "svd"}])),
+            methods=tuple(_method(m) for m in comp.get("methods", [{"method": "svd"}])),
             spectra_layers=int(report.get("spectra_layers", 3)),
         )
+
+
+def _grid_weights(entry: dict) -> float | list:
+    """The penalty weight(s) of a ``[grid] regularizers`` entry; the old spelling ``lam`` is read with a warning."""
+    if "lam" not in entry:
+        return entry.get("weight", 0.0)
+    if "weight" in entry:
+        raise ValueError(f"regularizer entry {entry} gives both 'weight' and its old name 'lam'; keep 'weight'")
+    warnings.warn(
+        "[grid] regularizers: 'lam' is deprecated, write 'weight' (same meaning)", DeprecationWarning, stacklevel=4
+    )
+    return entry["lam"]
+
+
+def _method(entry: dict) -> Method:
+    """A ``[compress] methods`` entry, e.g. ``{"method": "svd", "scheme": "spatial"}``, as a registered method."""
+    try:
+        return method_from_dict(entry)
+    except ValueError as e:
+        raise ValueError(f"[compress] methods entry {entry}: {e}") from None
 
 
 def resolve_config(name: str | os.PathLike) -> Path:
@@ -247,12 +242,6 @@ def _spectra_row(base: dict, model: nn.Module, n_layers: int) -> dict:
     return row
 
 
-def _compressed(model: nn.Module, method: MethodSpec, rate: float) -> nn.Module:
-    if method.method == "svd":
-        return compress(model, rate=rate, allocation=method.allocation, scheme=method.scheme)
-    return prune(model, rate=rate, method=method.method)
-
-
 def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit: str) -> dict:
     """Train the run unless its folder holds a finished model trained with the same settings.
 
@@ -263,57 +252,13 @@ def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit:
         check_same_settings(TrainConfig.from_toml(stored).to_dict(), tconf, stored)
         _log(f"[{tag}] trained model found, skipping training")
     else:
-        _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, lam={spec.lam:g}, seed={spec.seed})")
+        _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, weight={spec.weight:g}, seed={spec.seed})")
         train_run(tconf)
     if not prov_path.exists():
         epochs = read_jsonl(run_dir / "metrics.jsonl")  # summed over epochs: a resumed run counts its first part
         info = provenance(tconf.device, commit=commit, train_wall_s=float(sum(r.get("seconds", 0.0) for r in epochs)))
         write_json(prov_path, {k: info[k] for k in ("commit", "device", "time", "train_wall_s")})
     return json.loads(prov_path.read_text())
-
-
-LOCK_NAME = ".lock"
-
-
-@contextlib.contextmanager
-def _output_lock(folder: Path):
-    """Hold ``folder/.lock`` while a sweep writes to ``folder``: two sweeps into one folder would train the same
-    runs twice and interleave their rows. The lock names its owner (``pid@host``); a lock left by a process that
-    no longer runs on this host (a killed sweep) is taken over, so a killed sweep still resumes."""
-    lock, me = folder / LOCK_NAME, f"{os.getpid()}@{socket.gethostname()}"
-    for attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = lock.read_text().strip() if lock.exists() else ""
-            if attempt == 0 and _is_stale(owner):
-                lock.unlink(missing_ok=True)
-                continue
-            raise FileExistsError(
-                f"another sweep ({owner or 'unknown owner'}) is writing to {folder}: wait for it to finish or pass "
-                f"another --out; if no such process runs any more, delete {lock}"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _is_stale(owner: str) -> bool:
-    """Whether the lock owner ``pid@host`` is a process of this host that has ended."""
-    pid, _, host = owner.partition("@")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's process (shared folder), or an unreadable lock: do not guess
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by another user
-    return False
 
 
 def sweep(
@@ -337,7 +282,7 @@ def sweep(
         train={**cfg.train, "data": data} if data is not None else cfg.train,
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
-    with _output_lock(cfg.out):
+    with FolderLock(cfg.out, user="sweep"):  # two sweeps into one folder would train the same runs twice
         return _sweep(cfg)
 
 
@@ -370,7 +315,7 @@ def _sweep(cfg: SweepConfig) -> Path:
             "dataset_sha256": ds.sha256,
             "split": "val" if tconf.val_fraction else "test",
             "reg": spec.reg,
-            "lam": spec.lam,
+            "weight": spec.weight,
             "seed": spec.seed,
             "epochs": tconf.epochs,
         }
@@ -386,13 +331,13 @@ def _sweep(cfg: SweepConfig) -> Path:
         where = provenance(device, commit=commit)  # once per run, not per row
         dense_acc = evaluate(model, ds, device=device)
         for method, rate in cells:
-            name, label = (method.method, method.label) if method else ("dense", "dense")
+            name, label = (method.name, method.label) if method else ("dense", "dense")
+            options = method.options() if method else {}
             row = {
                 **base,
                 "method": name,
                 "label": label,
-                "allocation": method.allocation if name == "svd" else None,
-                "scheme": method.scheme if name == "svd" else None,
+                **{key: options.get(key) for key in ROW_OPTIONS},
                 "rate_requested": rate,
                 "dense_accuracy": dense_acc,
             }
@@ -400,11 +345,11 @@ def _sweep(cfg: SweepConfig) -> Path:
                 continue
             t0 = time.perf_counter()
             try:
-                small = model if method is None else _compressed(model, method, rate)
+                small = model if method is None else method.apply(model, rate)
             except RateUnreachable as e:  # a rate out of reach is a result too: record it, go on
                 row.update(error=str(e), accuracy=None)
             else:
-                nonzero = name.startswith("magnitude")
+                nonzero = bool(method and method.nonzero)
                 params = count_params(small, nonzero=nonzero)
                 row.update(
                     accuracy=dense_acc if method is None else evaluate(small, ds, device=device),

@@ -8,12 +8,14 @@ string-to-string map) holds everything needed to rebuild the module tree, as JSO
 * ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every leaf module of a known type (Conv2d, Linear,
   BatchNorm1d/2d, FactorizedConv2d, FactorizedLinear), with its constructor arguments read off its current
   tensors, so channel counts changed by filter pruning are captured;
-* ``compression``: the ``sc_compression`` record of :func:`smoothcompress.compress` (or ``null``);
+* ``compression``: the model's :class:`~smoothcompress.methods.CompressionRecord` (``sc_compression``, set by
+  :func:`smoothcompress.compress` and :func:`smoothcompress.prune`) as a JSON object, or ``null``;
 * ``weights_sha256``: a checksum of all tensors, so a corrupted file is detected instead of silently loaded.
 
 Loading runs no code from the file: (1) the base model is ``create_model(**arch)``, or a skeleton passed by the
 caller; (2) every recorded module is rebuilt from its config and set at its path; (3) the weights are loaded with
-``load_state_dict(strict=True)``.
+``load_state_dict(strict=True)``. The file is written through :func:`smoothcompress.files.atomic_file` (temporary
+file, fsync, rename), so a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from smoothcompress.lowrank import COMPRESSION_ATTR, Factorized, FactorizedConv2d, FactorizedLinear
+from smoothcompress.files import atomic_file
+from smoothcompress.lowrank import Factorized, FactorizedConv2d, FactorizedLinear
+from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.models import ARCH_ATTR, create_model
+from smoothcompress.selection import set_submodule
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save", "load", "read_metadata", "export_onnx"]
 
@@ -142,7 +146,8 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
         Any model. A registry-built model (see :func:`smoothcompress.create_model`) can later be loaded with
         ``load(path)`` alone; any other model needs a skeleton, ``load(path, model=MyNet())``.
     path : str or PathLike
-        Output file, conventionally ``*.safetensors``. Written atomically (temporary file, then rename).
+        Output file, conventionally ``*.safetensors``. Written atomically and durably (temporary file, fsync,
+        rename): a crash leaves the old file or the new one.
     metadata : mapping of str to str, optional
         Extra string entries to store, e.g. ``{"dataset": "cifar10"}``; keys must not clash with the reserved
         ones (``format``, ``format_version``, ``arch``, ``modules``, ``compression``, ``weights_sha256``).
@@ -169,7 +174,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
         "format_version": str(FORMAT_VERSION),
         "arch": json.dumps(getattr(model, ARCH_ATTR, None)),
         "modules": json.dumps(_module_records(model)),
-        "compression": json.dumps(getattr(model, COMPRESSION_ATTR, None)),
+        "compression": json.dumps(record.to_dict() if (record := compression_record(model)) else None),
         "weights_sha256": _checksum(tensors),
     }
     for k, v in (metadata or {}).items():
@@ -178,15 +183,8 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(safetensors_bytes(tensors, metadata=meta))
     return path
 
 
@@ -268,16 +266,24 @@ def _base_model(arch, path: Path) -> nn.Module:
         raise CheckpointError(f"{path}: cannot rebuild model {arch['name']!r} from the registry: {e}") from None
 
 
-def _set_module(model: nn.Module, path: str, new: nn.Module, file: Path) -> None:
-    parent_name, _, leaf = path.rpartition(".")
+def _record(raw, path: Path) -> CompressionRecord | None:
+    """The file's compression record; files written before the record was typed hold a plain dict."""
+    if raw is None:
+        return None
     try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-    except AttributeError:
+        return CompressionRecord.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata entry 'compression' is not a compression record: {e}") from None
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module, file: Path) -> None:
+    try:
+        set_submodule(model, path, new)
+    except (AttributeError, ValueError):
         raise CheckpointError(
-            f"{file}: module {path!r} of the checkpoint has no parent {parent_name!r} in the model; the model does "
-            "not match the file"
+            f"{file}: module {path!r} of the checkpoint has no parent {path.rpartition('.')[0]!r} in the model; "
+            "the model does not match the file"
         ) from None
-    setattr(parent, leaf, new)
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -297,7 +303,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     Returns
     -------
     nn.Module
-        The model in eval mode, in the saved dtype, with ``sc_arch`` and ``sc_compression`` restored.
+        The model in eval mode, in the saved dtype, with ``sc_arch`` and ``sc_compression`` (a
+        :class:`~smoothcompress.methods.CompressionRecord`) restored.
 
     Raises
     ------
@@ -310,6 +317,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     """
     path = Path(path)
     meta = read_metadata(path)
+    record = _record(meta["compression"], path)
     base = model if model is not None else _base_model(meta["arch"], path)
     current = dict(base.named_modules())
     for name, rec in meta["modules"].items():
@@ -335,8 +343,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     except RuntimeError as e:
         detail = " ".join(str(e).split())
         raise CheckpointError(f"{path}: the weights do not fit the model: {detail[:1500]}") from None
-    if meta["compression"] is not None:
-        setattr(base, COMPRESSION_ATTR, meta["compression"])
+    if record is not None:
+        setattr(base, COMPRESSION_ATTR, record)
     return base.eval()
 
 

@@ -19,101 +19,45 @@ A Conv2d weight ``W`` has shape ``(C_out, C_in, kh, kw)``; a Linear weight ``(ou
 
 Normalisation (what :class:`Smoothness` sums)
 ---------------------------------------------
-Each layer contributes ``||W||_F^2 * rho(W)``: its squared Frobenius norm, as in weight decay, times a
-dimensionless, scale-free roughness ``rho`` (:func:`roughness`):
+Each layer contributes ``||W||_F^2 * rho(W)`` (:func:`normalized_penalty`): its squared Frobenius norm, as in
+weight decay, times a dimensionless, scale-free roughness ``rho`` (:func:`roughness`):
 
-* derivative kinds: ``rho = sum |dW|^p / sum |W|^p``. It is 0 for a weight that is constant (``first``) or affine
-  (``second``) along the chosen axes; for i.i.d. random entries it is about 2 (``first``, p=2) or 6
-  (``second``, p=2) per axis of length >> 1, whatever the layer's size. For ``p = 2`` the layer term is therefore
-  exactly the raw :func:`penalty`, a Tikhonov "weight decay on the rough part" whose gradient
-  ``2 D^T D W`` leaves the smooth components of ``W`` alone.
+* derivative kinds: ``rho = sum |dW|^p / sum |W|^p``; 0 for a weight that is constant (``first``) or affine
+  (``second``) along the chosen axes. For ``p = 2`` the layer term equals the raw :func:`penalty`.
 * nuclear: ``rho = ||mat(W)||_* / (sqrt(min(m, n)) * ||W||_F)`` for ``mat(W)`` of shape ``(m, n)``, in
-  ``[1/sqrt(min(m, n)), 1]`` (1 for a flat spectrum, ``1/sqrt(min(m, n))`` at rank 1). The layer term is
-  ``||W||_F * ||mat(W)||_* / sqrt(min(m, n))``. At a flat spectrum it equals ``||W||_F^2`` and its gradient is
-  ``2 W``, exactly weight decay's; in general its gradient on singular value ``s_i`` is
-  ``(||s||_2 + ||s||_1 s_i / ||s||_2) / sqrt(k)``, whose first part is the same for all ``s_i``, as the nuclear
-  norm's is, so it drives small singular values to zero.
+  ``[1/sqrt(min(m, n)), 1]``; the layer term is ``||W||_F * ||mat(W)||_* / sqrt(min(m, n))``.
 
-Why weight-decay units. Every layer term is homogeneous of degree 2 in ``W``, like weight decay, so the
-penalty's relative pull on a layer per SGD step, ``lr * weight * ||grad|| / ||W||``, is ``lr * weight * O(1)``
-whatever the layer's size, and ``weight`` lives on weight decay's scale or below. What decides the right
-``weight`` is the balance between the penalty's gradient and the data loss's gradient in each layer; the loss's
-``||grad_W L|| / ||W||`` of a ResNet does not change with width (measured below), so a degree-2 penalty keeps
-the balance across widths too. The other natural choices do not:
-
-* the scale-free ``rho`` alone (degree 0: a mean over difference terms relative to the weight's scale, or
-  nuclear / (sqrt(min(m, n)) ||W||_F)) has a width-independent *value*, but its gradient is
-  ``O(1) / ||W||_F`` with ``||W||_F^2 ~ C_out / 3`` at initialisation, so its balance against the loss drops
-  by the width factor (4x from width 16 to 64);
-* a plain mean over terms or entries shrinks with both ``fan_in`` and the number of entries (16x);
-* the raw sum is the chosen term for p = 2, but with p = 1 its gradient (signs) does not scale with ``W`` and
-  its balance doubles from width 16 to 64; the raw nuclear norm (degree 1) happens to balance at
-  initialisation, but its gradient ``U V^T`` does not shrink with the weights, so the balance drifts as weight
-  decay shrinks them during training.
-
-No normalisation makes both the value and the gradient width-independent: for a penalty homogeneous of degree
-``d``, ``<grad P, W> = d P``, so ``P ~ (||grad P|| / ||W||) ||W||^2 / d`` and ``||W||^2`` grows with width.
-We keep the gradient (what trains) width-independent and report ``rho`` (:meth:`Smoothness.roughness`) where a
-size-free number is wanted.
-
-Check (``benchmarks/bench_regularize.py``, section "normalisation"; randomly initialised CIFAR ResNet-18 at
-width 16 and 64, one batch of 32 random images and labels; medians over the 21 layers). The loss's
-``||grad_W L|| / ||W||`` is 0.336 vs 0.331. The balance ``||grad_W P|| / ||grad_W L||`` with the chosen terms
-is 5.90 vs 5.92 (nuclear), 26.3 vs 26.7 (first), 84.7 vs 86.7 (second), 17.2 vs 17.5 (first, p=1); layer by
-layer the width-64 balance is 1.02-1.05x the width-16 one. With ``rho`` alone it is 0.25x, with plain means
-0.06x, with the raw p=1 sum 2.07x. Values: the summed ``rho`` is width-independent (nuclear 20.4 vs 20.5,
-first 80.7 vs 82.5), the summed penalty grows 4x (first 1574 vs 6369). ``||grad_W P|| / ||W||`` per unit
-weight is about 2 (nuclear), 9 (first) and 28 (second), against 1 for weight decay, at both widths. Across
-the layers of one model the balance still varies about 7x (deep convs high, 1x1 shortcuts higher), as the
-loss gradient itself does; ``exclude=("<first>", "<last>")`` leaves out the stem and the classifier.
+Every layer term is homogeneous of degree 2 in ``W``, like weight decay, so ``weight`` lives on weight decay's
+scale or below.
 
 Grouped and depthwise convs
 ---------------------------
 A conv with ``groups = g`` is penalised per group: its weight is read as ``g`` independent blocks of shape
-``(C_out/g, C_in/g, kh, kw)`` (differences never cross a group boundary, where neighbouring output channels see
-different inputs; the nuclear norm is that of each block's ``mat``), and the layer's term is the sum over its
-blocks, as weight decay sums over all entries. A depthwise conv's blocks are ``1 x 1 x kh x kw``: the
-``"out"``/``"in"`` differences have no terms, so only the kernel axes (``axes=("out", "in", "kh", "kw")``)
-smooth it, and its nuclear term reduces to weight decay (``rho = 1``). :func:`smoothcompress.compress` leaves
-grouped convs dense anyway.
+``(C_out/g, C_in/g, kh, kw)`` (differences never cross a group boundary; the nuclear norm is that of each block's
+``mat``), and the layer's term is the sum over its blocks. A depthwise conv's blocks are ``1 x 1 x kh x kw``: only
+the kernel axes smooth it, and its nuclear term reduces to weight decay (``rho = 1``).
 
-Efficiency
-----------
-No Python loop over channels: differences are ``torch.diff`` over whole tensors. For the nuclear norm, layers
-whose blocks have equal shape are concatenated into one batched SVD call; derivative kinds are batched the same
-way on GPUs (fewer kernel launches) but not on CPU, where the concatenation copy doubles their cost. The SVD
-runs in float32 (float64 for float64 weights) with autocast disabled, so bf16 autocast never reaches it. Its forward
-takes a QR of the long side first and an SVD of the small square factor (on CPU, for a ``512 x 4608`` matrix:
-3x faster than ``torch.linalg.svdvals``, 4x faster than ``torch.linalg.svd``), and its backward is
-``U diag(g) V^T`` (the backward of ``svdvals``, with no division by singular-value gaps, so it is stable at low
-rank).
-
-Cost on the full-width CIFAR ResNet-18, batch 128 (``benchmarks/bench_regularize.py``, one CPU thread, process
-CPU time): the penalty's forward + backward is 1.4% (first), 1.9% (second) and 15% (nuclear) of an
-unregularised training step; the proximal step 15%; nuclear with ``every=10`` 1.5%. Whole training steps on two
-threads (wall clock, three quiet runs): 1.03-1.05x (first), 1.05-1.07x (second), 1.23-1.29x (nuclear every step),
-1.01-1.02x (nuclear, ``every=10``).
+Precision
+---------
+Penalties are computed in float32 (float64 for float64 weights; float16/bfloat16 weights are upcast) with autocast
+disabled around the SVD. The nuclear term's backward is ``U diag(g) V^T`` (the backward of ``svdvals``, no division
+by singular-value gaps).
 
 Schedules for the nuclear norm
 ------------------------------
-The SVD is still the costly part (15% of a ResNet-18 step on CPU, above; relatively more on a GPU, where the
-network itself runs far faster than the SVD). Two cheaper schedules:
-
-* ``every=k``: the penalty is added on every k-th optimizer step only, scaled by ``k`` so that its average
-  push per step is unchanged; other steps return a free zero.
+* ``every=k``: the penalty is added on every k-th optimizer step only, scaled by ``k``; other steps return a zero.
 * ``proximal=True``: no term in the loss. After the optimizer step, :meth:`Smoothness.after_step` applies the
   proximal map of the nuclear term with its factors frozen at the current ``W``, which is
   ``alpha * ||W||_* + beta / 2 * ||W||_F^2`` with ``alpha = weight * ||W||_F / sqrt(k)`` and
-  ``beta = weight * ||W||_* / (||W||_F * sqrt(k))`` (``k = min(m, n)``): singular-value soft-thresholding then a
-  shrink, ``W <- U max(S - eta * alpha, 0) V^T / (1 + eta * beta)`` with ``eta = lr * every``, per block.
-  Repeated thresholding drives small singular values to exactly zero (exactly low-rank weights). Since
-  ``eta * alpha <= lr * every * weight * s_max``, a block is never thresholded to zero while
-  ``lr * every * weight < 1``. Combine with ``every=k`` to threshold every k-th step.
+  ``beta = weight * ||W||_* / (||W||_F * sqrt(k))`` (``k = min(m, n)``): per block,
+  ``W <- U max(S - eta * alpha, 0) V^T / (1 + eta * beta)`` with ``eta = lr * every``. A block is never
+  thresholded to zero while ``lr * every * weight < 1``. Combine with ``every=k`` to threshold every k-th step.
+
+Layer selection (``include``/``exclude``) follows :mod:`smoothcompress.selection`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import numbers
 from collections.abc import Iterable, Sequence
@@ -121,6 +65,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from smoothcompress.selection import Entries, as_entries, select_layers, unwrap
 
 __all__ = ["KINDS", "AXES", "penalty", "normalized_penalty", "roughness", "Smoothness"]
 
@@ -133,7 +79,6 @@ AXES: dict[str, int] = {"out": 0, "in": 1, "kh": 2, "kw": 3}
 
 _ORDER = {"first": 1, "second": 2}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_SPECIAL = ("<first>", "<last>")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -449,39 +394,8 @@ def _layer_type(module: nn.Module) -> LayerType | None:
     return next((t for t in LAYER_TYPES if isinstance(module, t.module_type)), None)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-Filter = str | type | Sequence[str | type]
-
-
-def _as_filter(spec: Filter | None, what: str) -> tuple[str | type, ...]:
-    if spec is None:
-        return ()
-    items = (spec,) if isinstance(spec, (str, type)) else tuple(spec) if isinstance(spec, Iterable) else (spec,)
-    for item in items:
-        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
-            raise ValueError(
-                f"{what} items must be module name patterns (str, fnmatch-style, or '<first>'/'<last>') "
-                f"or nn.Module subclasses, got {item!r}"
-            )
-    return items
-
-
-def _matches(item: str | type, name: str, module: nn.Module, first: str, last: str) -> bool:
-    if isinstance(item, type):
-        return isinstance(module, item)
-    if item in _SPECIAL:
-        return name == (first if item == "<first>" else last)
-    return fnmatch.fnmatchcase(name, item)
+def _penalised(name: str, module: nn.Module) -> bool:
+    return _layer_type(module) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -507,12 +421,12 @@ class Smoothness:
     p : float
         Exponent >= 1 on the differences: 2 (default) or 1 (total variation).
     include : str, type or sequence of them, optional
-        Penalise only the Conv2d/Linear layers that match one item: an ``fnmatch`` pattern on the module's
-        qualified name (``"layers.3.*"``, ``"*conv2"``), ``"<first>"`` or ``"<last>"`` (the first or last such
-        layer in module order, usually the stem and the classifier), or a module type (``nn.Conv2d``). Default:
-        every Conv2d and Linear.
+        Penalise only the Conv2d/Linear layers that match one entry: a dotted name, an ``fnmatch`` pattern
+        (``"layers.3.*"``, ``"*conv2"``), a container (``"layers.3"``: every layer inside), ``"<first>"`` or
+        ``"<last>"`` (the first or last Conv2d/Linear in module order, usually the stem and the classifier), or a
+        module type (``nn.Conv2d``); see :mod:`smoothcompress.selection`. Default: every Conv2d and Linear.
     exclude : str, type or sequence of them, optional
-        Leave out the layers that match one item, e.g. ``exclude=("<first>", "<last>")``.
+        Leave out the layers that match one entry, e.g. ``exclude=("<first>", "<last>")``.
     every : int
         Add the penalty on every ``every``-th optimizer step only, scaled by ``every`` (or threshold every
         ``every``-th step when ``proximal``). Steps are counted by :meth:`after_step`.
@@ -538,8 +452,8 @@ class Smoothness:
         weight: float,
         axes: str | Sequence[str] = ("out", "in"),
         p: float = 2,
-        include: Filter | None = None,
-        exclude: Filter | None = None,
+        include: Entries = None,
+        exclude: Entries = None,
         every: int = 1,
         proximal: bool = False,
     ):
@@ -548,8 +462,8 @@ class Smoothness:
         self._dims = _check_axes(axes)
         self.axes = (axes,) if isinstance(axes, str) else tuple(axes)
         self.p = _check_p(p)
-        self.include = _as_filter(include, "include")
-        self.exclude = _as_filter(exclude, "exclude")
+        self.include = as_entries(include, "include")
+        self.exclude = as_entries(exclude, "exclude")
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every must be an integer >= 1 (penalise every k-th step), got {every!r}")
         self.every = int(every)
@@ -592,25 +506,10 @@ class Smoothness:
             If the model has no Conv2d/Linear layer, an include or exclude item matches none of them, or the
             filters leave none.
         """
-        model = _unwrap(model)
-        candidates = [(n, m) for n, m in model.named_modules() if _layer_type(m) is not None]
-        if not candidates:
-            raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer with an initialised weight")
-        first, last = candidates[0][0], candidates[-1][0]
-        for what, items in (("include", self.include), ("exclude", self.exclude)):
-            for item in items:
-                if not any(_matches(item, n, m, first, last) for n, m in candidates):
-                    names = ", ".join(n for n, _ in candidates[:12]) + (", ..." if len(candidates) > 12 else "")
-                    raise ValueError(
-                        f"{what} item {getattr(item, '__name__', item)!r} matches no Conv2d/Linear layer; "
-                        f"the layers are: {names}"
-                    )
-        chosen = {
-            n: m
-            for n, m in candidates
-            if (not self.include or any(_matches(i, n, m, first, last) for i in self.include))
-            and not any(_matches(e, n, m, first, last) for e in self.exclude)
-        }
+        root = unwrap(model)
+        if not any(_layer_type(m) is not None for m in root.modules()):
+            raise ValueError(f"{type(root).__name__} has no Conv2d or Linear layer with an initialised weight")
+        chosen = select_layers(root, self.include, self.exclude, types=_penalised).chosen
         if not chosen:
             raise ValueError("the include/exclude filters leave no layer to penalise")
         return chosen
@@ -618,8 +517,8 @@ class Smoothness:
     def _blocks_by_shape(self, model: nn.Module) -> list[Tensor]:
         """The penalised layers' blocks ``(B, o, i, kh, kw)``, concatenated per (block shape, dtype, device).
 
-        Derivative kinds on CPU are not concatenated: there the copy costs more than the per-layer calls save
-        (2x the work, measured on ResNet-18); batching pays for the SVD and for kernel launches on GPUs.
+        Derivative kinds on CPU are not concatenated (the copy would cost more than the per-layer calls save);
+        batching pays for the SVD and for kernel launches on GPUs.
         """
         blocks = [_layer_type(m).blocks(m) for m in self.layers(model).values()]
         if self.kind != "nuclear" and all(b.device.type == "cpu" for b in blocks):

@@ -2,7 +2,10 @@
 
 Everything here is computed from the rows that :func:`smoothcompress.experiment.sweep` writes
 (``results.jsonl``, and ``spectra.jsonl`` for the spectra and weight pictures), so every figure traces back to a
-row and every row to a command.
+row and every row to a command. Rows written before the penalty weight was named ``weight`` carry it as ``lam``;
+both are read. A row's method is looked up in :mod:`smoothcompress.methods` to tell SVD (family ``"low-rank"``)
+from pruning (``"pruning"``) in the claims. Plots are drawn on :class:`matplotlib.figure.Figure` objects, so the
+pyplot state and backend of the caller (a notebook, say) are left alone.
 """
 
 from __future__ import annotations
@@ -15,22 +18,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from smoothcompress.provenance import read_jsonl  # noqa: E402
+from smoothcompress.files import read_jsonl
+from smoothcompress.methods import get_method
 
 __all__ = ["summarize", "select_weights", "assess_claims", "write_report", "load_results"]
 
 BASELINE = "none"
-SVD_PREFIX = "svd"
 # A claim is judged on the rates where compression bites; at 30% almost nothing loses accuracy.
 CLAIM_MIN_RATE = 0.5
 # Two accuracies closer than this (in points) are "on par": about the seed-to-seed spread of short CPU runs.
 PAR_POINTS = 1.0
-_REQUIRED = ("run", "model", "reg", "lam", "label", "rate_requested", "dataset")
+_REQUIRED = ("run", "model", "reg", "label", "rate_requested", "dataset")  # and "weight" (or its old name "lam")
 
 
 class Setting(NamedTuple):
@@ -40,25 +40,42 @@ class Setting(NamedTuple):
     width: int | None
     variant: str
     reg: str
-    lam: float
+    weight: float
 
     @classmethod
     def of(cls, row: dict) -> Setting:
-        return cls(row["model"], row.get("width"), row.get("variant", ""), row["reg"], float(row["lam"]))
+        return cls(row["model"], row.get("width"), row.get("variant", ""), row["reg"], _weight(row))
 
     def sort_key(self) -> tuple:
-        return (self.model, self.width or 0, self.variant, self.reg != BASELINE, self.reg, self.lam)
+        return (self.model, self.width or 0, self.variant, self.reg != BASELINE, self.reg, self.weight)
 
     def context(self) -> tuple:
         """What a smooth run is compared within: the baseline of the same model, width and variant."""
         return (self.model, self.width, self.variant)
 
     def name(self, with_context: bool = False) -> str:
-        name = "baseline" if self.reg == BASELINE else f"{self.reg} λ={self.lam:g}"
+        name = "baseline" if self.reg == BASELINE else f"{self.reg} λ={self.weight:g}"
         if not with_context:
             return name
         variant = f" {self.variant}" if self.variant else ""
         return f"{self.model}-w{self.width}{variant} {name}"
+
+
+def _weight(row: dict) -> float:
+    """The penalty weight of a row; rows written before it was named ``weight`` call it ``lam``."""
+    return float(row["weight"] if "weight" in row else row["lam"])
+
+
+def _families(rows: list[dict]) -> dict[str, str | None]:
+    """``{label: family}`` of the compressed rows' methods (``None`` for a method this version does not know)."""
+    families = {}
+    for r in rows:
+        if r["label"] != "dense" and r["label"] not in families:
+            try:
+                families[r["label"]] = get_method(r.get("method", "")).family
+            except ValueError:
+                families[r["label"]] = None
+    return families
 
 
 def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
@@ -75,7 +92,7 @@ def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     if not rows:
         raise ValueError(f"{results} holds no rows")
     for i, r in enumerate(rows):
-        missing = [k for k in _REQUIRED if k not in r]
+        missing = [k for k in _REQUIRED if k not in r] + ([] if "weight" in r or "lam" in r else ["weight"])
         if missing:
             raise ValueError(f"{results}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
     for key in ("dataset_sha256", "split"):
@@ -131,22 +148,22 @@ def select_weights(rows: list[dict], label: str | None = None) -> dict[tuple, di
     weight wins by being accurate *and* compressible, which is the trade-off the method is about. A rate out of
     reach scores 0. Weights are compared only within one model, width and variant.
 
-    Returns ``{(model, width, variant, kind): {"lam": best, "score": ..., "scores": {lam: score}}}``.
+    Returns ``{(model, width, variant, kind): {"weight": best, "score": ..., "scores": {weight: score}}}``.
     """
     summary = summarize(rows)
-    labels = sorted({s["label"] for s in summary if s["label"].startswith(SVD_PREFIX)})
+    labels = sorted(lab for lab, family in _families(rows).items() if family == "low-rank")
     label = label or (labels[0] if labels else "dense")
     rates = sorted({s["rate"] for s in summary if s["label"] == label})
     index = _index(summary)
     scores: dict[tuple, dict[float, float]] = defaultdict(dict)
     for group in sorted({s["group"] for s in summary}, key=Setting.sort_key):
         cells = [index.get((group, "dense", 0.0))] + [index.get((group, label, r)) for r in rates]
-        scores[(*group.context(), group.reg)][group.lam] = statistics.fmean(
+        scores[(*group.context(), group.reg)][group.weight] = statistics.fmean(
             c.get("acc", 0.0) if c else 0.0 for c in cells
         )
     return {
-        key: {"lam": max(by_lam, key=by_lam.get), "score": max(by_lam.values()), "scores": dict(sorted(by_lam.items()))}
-        for key, by_lam in scores.items()
+        key: {"weight": max(by_w, key=by_w.get), "score": max(by_w.values()), "scores": dict(sorted(by_w.items()))}
+        for key, by_w in scores.items()
     }
 
 
@@ -204,8 +221,9 @@ def assess_claims(rows: list[dict]) -> list[dict]:
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     rates = sorted({s["rate"] for s in summary if s["rate"] >= CLAIM_MIN_RATE})
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
-    svd = [lab for lab in labels if lab.startswith(SVD_PREFIX)]
-    pruning = [lab for lab in labels if not lab.startswith(SVD_PREFIX)]
+    families = _families(rows)
+    svd = [lab for lab in labels if families.get(lab) == "low-rank"]
+    pruning = [lab for lab in labels if families.get(lab) == "pruning"]
     multi = _multi(groups)
     claims = []
 
@@ -268,7 +286,8 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     colors, multi = _colors(groups), _multi(groups)
     n = max(1, len(labels))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), sharey=True, squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 3.8))
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)
     for ax, label in zip(axes[0], labels, strict=False):
         for g in groups:
             pts = sorted(
@@ -290,7 +309,6 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -311,7 +329,8 @@ def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
     if not layers:
         return None
     colors = _colors([g for g, _ in runs])
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(layers), 3.6))
+    axes = fig.subplots(1, len(layers), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         for g, r in runs:
             s = r["spectra"].get(layer)
@@ -324,7 +343,6 @@ def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -335,7 +353,8 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
         return None
     cols = min(4, len(runs))
     rows = math.ceil(len(runs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(3.3 * cols, 3.2 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(runs) :]:
         ax.axis("off")
     for ax, (g, r) in zip(axes.flat, runs, strict=False):
@@ -350,7 +369,6 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
     fig.suptitle(f"weights{tap}, first 64 x 64 entries", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -432,9 +450,9 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path
             "|---|---|---|---|---|",
         ]
         for (model, width, variant, kind), sel in select_weights(rows).items():
-            scores = ", ".join(f"{lam:g}: {100 * sc:.2f}" for lam, sc in sel["scores"].items())
+            scores = ", ".join(f"{weight:g}: {100 * sc:.2f}" for weight, sc in sel["scores"].items())
             where = f"{model}-w{width}" + (f" {variant}" if variant else "")
-            md.append(f"| {where} | {kind} | {sel['lam']:g} | {100 * sel['score']:.2f} | {scores} |")
+            md.append(f"| {where} | {kind} | {sel['weight']:g} | {100 * sel['score']:.2f} | {scores} |")
         md += ["", "Score: mean of the dense accuracy and the SVD accuracies at every rate (see `select_weights`).", ""]
     claims = assess_claims(rows)
     if claims:

@@ -36,9 +36,9 @@ Example
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
-import fnmatch
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -46,15 +46,23 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from smoothcompress.accounting import RateUnreachable, Report, count_params, example_input, layer_report
+from smoothcompress.accounting import (
+    LayerTable,
+    RateUnreachable,
+    bisect_boundary,
+    check_rate,
+    count_params,
+    example_input,
+    layer_report,
+)
+from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
 from smoothcompress.models import ARCH_ATTR, model_input_shape
+from smoothcompress.selection import Entries, select_layers, unwrap
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
 
 PRUNE_METHODS = ("magnitude", "magnitude-layerwise", "filter")
 """Names accepted by ``method``."""
-
-Exclude = Iterable[str | type]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ def prune(
     model: nn.Module,
     rate: float,
     method: str = "magnitude",
-    exclude: Exclude = (),
+    exclude: Entries = (),
     input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """Prune ``model`` so that a fraction ``rate`` of all its parameters is removed; the input is not modified.
@@ -74,16 +82,19 @@ def prune(
     ----------
     model : nn.Module
         A trained model. It is deep-copied (registry metadata such as ``sc_arch`` travels with the copy).
+        ``DataParallel``, ``DistributedDataParallel`` and ``torch.compile`` wrappers are looked through.
     rate : float
         Fraction of all parameters (weights, biases, BatchNorm affine) to remove, in ``[0, 1)``. For the
         magnitude methods the count after pruning is the number of non-zero entries, so zeros already in the
         weights count as pruned (a model already that sparse is returned unchanged). ``0`` returns an exact copy.
     method : {"magnitude", "magnitude-layerwise", "filter"}
         See the module docstring.
-    exclude : iterable of str or type
-        Layers to leave untouched: module-name patterns (``fnmatch`` style, e.g. ``"conv1"`` or ``"layers.0.*"``)
-        or module classes (e.g. ``nn.Linear``). For ``"filter"`` an excluded layer keeps its output channels
-        (its input channels still follow the layer before it). Each entry must match at least one layer.
+    exclude : str, type, or iterable of them
+        Layers to leave untouched: dotted names, ``fnmatch`` patterns (``"layers.0.*"``), containers
+        (``"layers.0"``: every layer inside), module classes (``nn.Linear``) or ``"<first>"``/``"<last>"``, as
+        defined in :mod:`smoothcompress.selection`. For ``"filter"`` an excluded layer keeps its output channels
+        (its input channels still follow the layer before it). Each entry must match at least one Conv/Linear
+        layer.
     input_shape : sequence of int, optional
         Shape of an example input, batch included, e.g. ``(1, 3, 32, 32)``; ``"filter"`` traces the network with
         it. Defaults to the registry shape of a model built by :func:`smoothcompress.create_model`.
@@ -92,7 +103,9 @@ def prune(
     -------
     nn.Module
         The pruned copy, in the same train/eval mode as ``model``. Magnitude methods keep every shape and
-        zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers.
+        zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers. The copy carries a
+        :class:`~smoothcompress.methods.CompressionRecord` as ``sc_compression``, which
+        :func:`smoothcompress.save` writes.
 
     Raises
     ------
@@ -101,20 +114,27 @@ def prune(
         the largest reachable rate), an ``exclude`` entry that matches nothing, or a missing ``input_shape``.
     """
     _check_model(model)
+    model = unwrap(model)
     method = _check_method(method)
-    rate = _check_rate(rate)
+    rate = check_rate(rate)
     # torch.nn.utils.prune views weights as flat vectors: pack channels_last weights (same values) first
     out = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     if rate == 0.0:
-        return out
+        return _recorded(model, out, method, rate)
     layers = _prunable_layers(out, exclude)
     if method == "filter":
-        return _prune_filters(out, rate, layers, _example_input(model, input_shape))
+        return _recorded(model, _prune_filters(out, rate, layers, _example_input(model, input_shape)), method, rate)
     if method == "magnitude":
         _prune_magnitude_global(out, rate, layers)
     else:
         _prune_magnitude_layerwise(out, rate, layers)
-    return out
+    return _recorded(model, out, method, rate)
+
+
+def _recorded(model: nn.Module, pruned: nn.Module, method: str, rate: float) -> nn.Module:
+    """``pruned`` with its :class:`~smoothcompress.methods.CompressionRecord` set as ``sc_compression``."""
+    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate))
+    return pruned
 
 
 def prune_report(
@@ -122,7 +142,7 @@ def prune_report(
     after: nn.Module,
     method: str,
     input_shape: Sequence[int] | None = None,
-) -> Report:
+) -> LayerTable:
     """Per-layer table of a pruning, the same report as ``compress`` gives (:func:`smoothcompress.layer_report`).
 
     Parameters
@@ -143,7 +163,7 @@ def prune_report(
 def max_prune_rate(
     model: nn.Module,
     method: str = "magnitude",
-    exclude: Exclude = (),
+    exclude: Entries = (),
     input_shape: Sequence[int] | None = None,
 ) -> float:
     """Largest ``rate`` that :func:`prune` can reach on ``model`` with these settings.
@@ -152,6 +172,7 @@ def max_prune_rate(
     at which every prunable channel group is down to one channel. Arguments as in :func:`prune`.
     """
     _check_model(model)
+    model = unwrap(model)
     method = _check_method(method)
     work = copy.deepcopy(model)
     layers = _prunable_layers(work, exclude)
@@ -177,15 +198,6 @@ def _check_method(method) -> str:
     return method
 
 
-def _check_rate(rate) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
-    rate = float(rate)
-    if not (0.0 <= rate < 1.0):  # also rejects NaN
-        raise ValueError(f"rate must be in [0, 1) (the fraction of parameters removed), got {rate}")
-    return rate
-
-
 def _unreachable(rate: float, reachable: float, method: str, what: str) -> RateUnreachable:
     return RateUnreachable(
         f"rate {rate:.4f} is out of reach for method {method!r}: the largest reachable rate is {reachable:.4f} "
@@ -193,31 +205,9 @@ def _unreachable(rate: float, reachable: float, method: str, what: str) -> RateU
     )
 
 
-def _prunable_layers(model: nn.Module, exclude: Exclude) -> dict[str, nn.Module]:
+def _prunable_layers(model: nn.Module, exclude: Entries) -> dict[str, nn.Module]:
     """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``."""
-    if isinstance(exclude, (str, type)):
-        exclude = [exclude]
-    exclude = list(exclude)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
-    named = dict(model.named_modules())
-    dropped: set[str] = set()
-    for rule in exclude:
-        if isinstance(rule, str):
-            hit = {n for n in named if n and fnmatch.fnmatchcase(n, rule)}
-        elif isinstance(rule, type) and issubclass(rule, nn.Module):
-            hit = {n for n, m in named.items() if isinstance(m, rule)}
-        else:
-            raise ValueError(f"exclude entries must be name patterns (str) or nn.Module classes, got {rule!r}")
-        if not hit:
-            raise ValueError(f"exclude entry {rule!r} matches no module; module names look like {_some_names(named)}")
-        # A pattern naming a container (e.g. "layers.0") excludes every layer inside it.
-        dropped |= {n for n in layers for h in hit if n == h or n.startswith(h + ".")}
-    return {n: m for n, m in layers.items() if n not in dropped}
-
-
-def _some_names(named: dict[str, nn.Module], k: int = 4) -> str:
-    names = [n for n in named if n][:k]
-    return ", ".join(map(repr, names)) + (", ..." if len(named) > k + 1 else "")
+    return select_layers(model, exclude=exclude, types=_ROOTS).chosen
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch.Tensor:
@@ -292,10 +282,7 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
     def removed(s: float) -> int:  # non-zeros removed when a fraction s of every layer's entries is zeroed
         return before - sum(min(nz, n - round(s * n)) for n, nz in sizes)
 
-    lo, hi = 0.0, 1.0  # removed(lo) < extra <= removed(hi)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if removed(mid) < extra else (lo, mid)
+    lo, hi = bisect_boundary(lambda s: removed(s) < extra)  # removed(lo) < extra <= removed(hi)
     s = min((lo, hi), key=lambda v: abs(removed(v) - extra))
     with _permanent(layers.values()):
         for m, (n, _) in zip(layers.values(), sizes, strict=True):
@@ -419,10 +406,8 @@ class _FilterPlan:
 
     def closest(self, target: float) -> int:
         """The prefix whose parameter count is nearest to ``target`` (bisection; counts grow with the prefix)."""
-        lo, hi = 0, len(self.order)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if self.params(mid) < target else (lo, mid)
+        n = len(self.order)
+        lo = bisect.bisect_left(range(n + 1), target, hi=n, key=self.params)  # first prefix with params >= target
         if lo > 0 and abs(self.params(lo - 1) - target) <= abs(self.params(lo) - target):
             lo -= 1
         return lo

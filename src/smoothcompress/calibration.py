@@ -1,0 +1,516 @@
+"""Calibration data: per-layer input statistics from forward passes on training images, no gradient step.
+
+:func:`calibrate` runs a few thousand training images through a model and keeps, for every Conv2d (``groups=1``)
+and Linear layer, the second moment of that layer's input: ``C = E[x x^T]`` over input patches ``x`` of
+dimension ``d = C_in * kh * kw`` (a conv's unfolded receptive field, in the order of ``W.reshape(C_out, d)``) or
+``d = in_features`` (a Linear's input vector). The moments are accumulated batch by batch in float64 by forward
+hooks, without storing activations; conv positions are subsampled at random (seeded) where a layer has more
+positions than its ``d`` needs. :func:`smoothcompress.compress` uses them (``calibration=``) to truncate each layer
+in the metric of its inputs, ``min ||(W - W_r) X||_F``, and to allocate ranks by output error.
+
+:func:`calibration_batches` is the one way calibration data comes in (also for
+:func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.data.Dataset` (its training split only, never
+the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batches, or a float tensor of inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smoothcompress.data import Dataset, Loader
+
+__all__ = ["Calibration", "CalibrationData", "calibrate", "calibration_batches", "input_dim", "recalibrate_bn"]
+
+CalibrationData = Dataset | Loader | Iterable | torch.Tensor
+
+# Input samples kept per layer: at least MIN_SAMPLES, and SAMPLES_PER_DIM per input dimension, so that the
+# moment of a d-dimensional input is estimated from several times d samples. Positions beyond that are skipped
+# (subsampled at random): the cost of a layer is d**2 per sample, and a 3x3 conv on 512 channels has d = 4608.
+MIN_SAMPLES = 8192
+SAMPLES_PER_DIM = 2
+# Relative ridge on the input moments (see Calibration.damping); chosen in benchmarks/bench_data_aware.py.
+DAMPING = 0.01
+
+
+def _is_calibratable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def input_dim(module: nn.Module) -> int:
+    """Input dimension ``d`` of a layer's matricized weight: ``C_in * kh * kw`` for a Conv2d, ``in_features`` for
+    a Linear."""
+    w = module.weight
+    return int(w.shape[1]) * (int(w.shape[2]) * int(w.shape[3]) if w.dim() == 4 else 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration data in any form -> batches of model inputs
+
+
+def calibration_batches(
+    data: CalibrationData,
+    images: int,
+    batch_size: int = 256,
+    *,
+    seed: int = 0,
+    augment: bool = False,
+    device: str | torch.device = "cpu",
+) -> Iterator[torch.Tensor]:
+    """Batches of at most ``images`` model inputs, from the training split only.
+
+    Parameters
+    ----------
+    data : Dataset, Loader, iterable or Tensor
+        A :class:`~smoothcompress.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
+        with the dataset's mean and std; its test split is never read. A Loader or any iterable of batches
+        ``x`` or ``(x, y, ...)``: its batches in order until ``images`` inputs were given. A float Tensor of
+        inputs ``(N, ...)``: its first ``images`` rows.
+    images : int
+        Number of inputs, at least 1. A source with fewer inputs gives all it has.
+    batch_size : int
+        Batch size for a Dataset or Tensor (an iterable keeps its own batching, cut at ``images``).
+    seed : int
+        Which training images a Dataset gives (and their augmentation).
+    augment : bool
+        Apply the dataset's training augmentation (random crop and flip) to a Dataset's images.
+    device : str or torch.device
+        Where the batches are made.
+
+    Yields
+    ------
+    Tensor
+        float inputs of shape (B, ...), B <= batch_size, together ``min(images, available)`` rows.
+    """
+    images, batch_size = int(images), int(batch_size)
+    if images < 1:
+        raise ValueError(f"images must be at least 1, got {images}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(data, Dataset):
+        n = data.x_train.shape[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        pick = torch.randperm(n, generator=gen)[: min(images, n)].sort().values
+        loader = Loader(
+            data.x_train[pick],
+            data.y_train[pick],
+            batch_size,
+            train=augment,
+            augment=augment and data.augment,
+            drop_last=False,
+            mean=data.mean,
+            std=data.std,
+            seed=seed,
+            device=device,
+        )
+        for x, _ in loader:
+            yield x
+        return
+    if isinstance(data, torch.Tensor):
+        if not data.is_floating_point() or data.dim() < 2:
+            raise ValueError(
+                f"calibration inputs must be a float tensor of shape (N, ...), got {data.dtype} {tuple(data.shape)}"
+            )
+        for start in range(0, min(images, data.shape[0]), batch_size):
+            yield data[start : min(start + batch_size, images)].to(device)
+        return
+    if not isinstance(data, Iterable):
+        raise ValueError(
+            f"calibration data must be a Dataset, a Loader, an iterable of batches or a tensor, got {data!r}"
+        )
+    given = 0
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(f"calibration batches must hold float input tensors, got {type(x).__name__}")
+        x = x[: images - given].to(device)
+        given += x.shape[0]
+        yield x
+        if given >= images:
+            return
+
+
+def run_batches(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Forward every batch through ``model`` without gradients; return the number of inputs.
+
+    A batch that does not fit the model raises a one-line ValueError naming its shape.
+    """
+    seen = 0
+    with torch.no_grad():
+        for x in batches:
+            try:
+                model(x)
+            except (RuntimeError, ValueError, TypeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"calibration inputs of shape {tuple(x.shape)} do not fit the model: {first}") from e
+            seen += x.shape[0]
+    if seen == 0:
+        raise ValueError("the calibration data gave no inputs")
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input moments
+
+
+@dataclass
+class Calibration:
+    """Second moments of the inputs of a model's layers, from training images.
+
+    Attributes
+    ----------
+    moments : dict of str to Tensor
+        Layer name -> ``E[x x^T]``, float64, shape (d, d), ``d`` from :func:`input_dim`; for a conv ``x`` is an
+        unfolded input patch ordered ``(c, i, j)`` like ``W.reshape(C_out, C_in*kh*kw)``.
+    samples : dict of str to int
+        Layer name -> number of input vectors (patches or rows) averaged.
+    shapes : dict of str to tuple of int
+        Layer name -> weight shape of the layer that was calibrated (to refuse another model's calibration).
+    images : int
+        Number of calibration inputs (images) passed forward.
+    split : str
+        Where they came from: ``"train"`` for a Dataset's training split; ``"given"`` for inputs passed directly.
+    augment : bool
+        Whether the training augmentation was applied.
+    seconds : float
+        Wall time of the calibration.
+    damping : float
+        Ridge added by :meth:`moment`: ``C + damping * mean(diag C) * I``. It makes a moment estimated from few
+        samples positive definite (full rank stays exact) and pulls directions the calibration inputs never excite
+        towards plain truncation. 0 gives the exact optimum on the calibration inputs.
+    """
+
+    moments: dict[str, torch.Tensor] = field(repr=False)
+    samples: dict[str, int]
+    shapes: dict[str, tuple[int, ...]]
+    images: int
+    split: str
+    augment: bool = False
+    seconds: float = 0.0
+    damping: float = DAMPING
+
+    def moment(self, name: str, scheme: str = "channel") -> torch.Tensor:
+        """The input moment of layer ``name`` in the metric a scheme's matricization needs.
+
+        Parameters
+        ----------
+        name : str
+            Layer name, as in ``model.named_modules()``.
+        scheme : {"channel", "spatial"}
+            ``"channel"``: the (d, d) moment of whole patches. ``"spatial"``: the (C_in*kh, C_in*kh) moment of
+            one column of the kernel window, averaged over the kw columns (the matricization's columns are
+            ``(c, i)``; the kw shifted copies of a column have the same statistics up to the image border).
+
+        Returns
+        -------
+        Tensor
+            float64, symmetric, positive definite when ``damping > 0`` (else semi-definite), damped as documented
+            under ``damping``.
+        """
+        if name not in self.moments:
+            raise KeyError(f"layer {name!r} was not calibrated")
+        c = self.moments[name]
+        shape = self.shapes[name]
+        if scheme != "channel" and len(shape) == 4 and tuple(shape[2:]) != (1, 1):
+            c_in, kh, kw = shape[1], shape[2], shape[3]
+            c5 = c.reshape(c_in, kh, kw, c_in, kh, kw)
+            c = c5.diagonal(dim1=2, dim2=5).mean(-1).reshape(c_in * kh, c_in * kh)
+        if self.damping > 0:
+            scale = float(c.diagonal().mean())
+            c = c + (self.damping * (scale if scale > 0 else 1.0)) * torch.eye(c.shape[0], dtype=c.dtype)
+        return c
+
+    def summary(self) -> dict:
+        """What a compression record and a results row say of this calibration: images, split, augmentation,
+        damping, seconds."""
+        return {
+            "images": self.images,
+            "split": self.split,
+            "augment": self.augment,
+            "damping": self.damping,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def check(self, model: nn.Module, names: Iterable[str]) -> None:
+        """Raise a one-line ValueError unless every layer in ``names`` was calibrated on a layer of its shape."""
+        modules = dict(model.named_modules())
+        for name in names:
+            shape = tuple(modules[name].weight.shape)
+            if name not in self.shapes:
+                raise ValueError(
+                    f"the calibration has no layer {name!r}: it was made for another model; run calibrate() on "
+                    "this model"
+                )
+            if self.shapes[name] != shape:
+                raise ValueError(
+                    f"the calibration was made for another model: layer {name!r} had weight shape "
+                    f"{self.shapes[name]}, this model's has {shape}; run calibrate() on this model"
+                )
+
+
+class _MomentHook:
+    """Forward pre-hook accumulating ``sum x x^T`` of a layer's (subsampled) inputs in float64."""
+
+    def __init__(self, module: nn.Module, quota: int, total_images: int, generator: torch.Generator):
+        self.module = module
+        d = input_dim(module)
+        self.sum = torch.zeros(d, d, dtype=torch.float64)
+        self.count = 0
+        self.quota = quota  # input vectors wanted over the whole calibration
+        self.total_images = total_images
+        self.images = 0
+        self.gen = generator
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return x.reshape(-1, x.shape[-1])
+        return _sample_patches(m, x, self._wanted(x), self.gen)
+
+    def _wanted(self, x: torch.Tensor) -> int:
+        """Vectors to take from this batch, so that the quota is spread evenly over the calibration images."""
+        after = self.images + x.shape[0]
+        return max(1, math.ceil(self.quota * after / self.total_images) - self.count)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        rows = self._rows(x)
+        if isinstance(self.module, nn.Linear) and rows.shape[0] > self._wanted(x):
+            keep = torch.randperm(rows.shape[0], generator=self.gen)[: self._wanted(x)]
+            rows = rows[keep.to(rows.device)]
+        rows = rows.float()
+        self.sum += (rows.T @ rows).to("cpu", torch.float64)
+        self.count += rows.shape[0]
+        self.images += x.shape[0]
+
+
+def _sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``k`` unfolded input patches of ``conv`` at random output positions of the batch ``x`` (B, C, H, W).
+
+    Returns shape (k', C*kh*kw), ``k' = min(k, B*Ho*Wo)``, ordered like ``F.unfold`` (channel, row, column).
+    """
+    kh, kw = conv.kernel_size
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    if isinstance(conv.padding, str):  # "same" / "valid": let unfold's arithmetic decide via explicit padding
+        ph = dh * (kh - 1) // 2 if conv.padding == "same" else 0
+        pw = dw * (kw - 1) // 2 if conv.padding == "same" else 0
+    else:
+        ph, pw = conv.padding
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if (ph or pw) else x
+    b, c, hp, wp = xp.shape
+    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    total = b * ho * wo
+    if k >= total:
+        cols = F.unfold(xp, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (B, C*kh*kw, Ho*Wo)
+        return cols.transpose(1, 2).reshape(-1, c * kh * kw)
+    flat = torch.randperm(total, generator=gen)[:k].to(x.device)
+    bi, pos = flat // (ho * wo), flat % (ho * wo)
+    oy, ox = pos // wo, pos % wo
+    rows = oy[:, None] * sh + torch.arange(kh, device=x.device) * dh  # (k, kh)
+    cols = ox[:, None] * sw + torch.arange(kw, device=x.device) * dw  # (k, kw)
+    patches = xp.permute(0, 2, 3, 1)[bi[:, None, None], rows[:, :, None], cols[:, None, :]]  # (k, kh, kw, C)
+    return patches.permute(0, 3, 1, 2).reshape(k, c * kh * kw)
+
+
+def calibrate(
+    model: nn.Module,
+    data: CalibrationData,
+    images: int = 2048,
+    *,
+    batch_size: int = 256,
+    layers: Iterable[str] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    augment: bool = False,
+    damping: float = DAMPING,
+    device: str | torch.device | None = None,
+) -> Calibration:
+    """Input second moments of a model's layers, from forward passes only (no gradient, no weight change).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run in eval mode (its mode is restored), on ``device``.
+    data : Dataset, Loader, iterable or Tensor
+        Calibration inputs, see :func:`calibration_batches`; a Dataset gives training images only.
+    images : int
+        Number of calibration inputs.
+    batch_size : int
+        Batch size for a Dataset or Tensor.
+    layers : iterable of str, optional
+        Names of the layers to calibrate. Default: every Conv2d with ``groups=1`` and every Linear.
+    samples : int, optional
+        Input vectors kept per layer. Default: ``max(MIN_SAMPLES, SAMPLES_PER_DIM * d)``; positions beyond it are
+        subsampled at random.
+    seed : int
+        Seeds the choice of images (Dataset) and of subsampled positions: the result is deterministic.
+    augment : bool
+        Apply the dataset's training augmentation.
+    damping : float
+        Relative ridge on the moments when they are used, see :class:`Calibration`.
+    device : str or torch.device, optional
+        Where to run. Default: where the model's parameters are.
+
+    Returns
+    -------
+    Calibration
+
+    Raises
+    ------
+    ValueError
+        Data that does not fit the model, or a layer name that is not a Conv2d/Linear of the model. A warning
+        says which layers saw fewer input vectors than their input dimension (their moment is singular and
+        :func:`smoothcompress.compress` damps it) and how many images would be needed.
+    """
+    start = time.perf_counter()
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = [n for n, m in modules.items() if _is_calibratable(m)]
+    else:
+        names = list(layers)
+        bad = [n for n in names if n not in modules or not _is_calibratable(modules[n])]
+        if bad:
+            raise ValueError(f"not a Conv2d (groups=1) or Linear layer of the model: {', '.join(map(repr, bad))}")
+    if not names:
+        raise ValueError("the model has no Conv2d or Linear layer to calibrate")
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    hooks = {}
+    for n in names:
+        d = input_dim(modules[n])
+        quota = int(samples) if samples is not None else max(MIN_SAMPLES, SAMPLES_PER_DIM * d)
+        hooks[n] = _MomentHook(modules[n], quota, int(images), gen)
+    handles = [modules[n].register_forward_pre_hook(h) for n, h in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        batches = calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device)
+        seen = run_batches(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    short = {n: h for n, h in hooks.items() if h.count < input_dim(h.module)}
+    if short:
+        worst = max(short, key=lambda n: input_dim(short[n].module) / max(short[n].count, 1))
+        h = short[worst]
+        per_image = max(h.count / max(seen, 1), 1e-9)
+        need = math.ceil(input_dim(h.module) / per_image)
+        warnings.warn(
+            f"{len(short)} layer(s) saw fewer input vectors than their input dimension (e.g. {worst!r}: "
+            f"{h.count} for d={input_dim(h.module)}); their moments are singular and will be damped. "
+            f"Pass images >= {need} for full-rank moments.",
+            stacklevel=2,
+        )
+    split = "train" if isinstance(data, Dataset) else "given"
+    return Calibration(
+        moments={n: h.sum / max(h.count, 1) for n, h in hooks.items()},
+        samples={n: h.count for n, h in hooks.items()},
+        shapes={n: tuple(modules[n].weight.shape) for n in names},
+        images=seen,
+        split=split,
+        augment=bool(augment),
+        seconds=time.perf_counter() - start,
+        damping=float(damping),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BatchNorm statistics
+
+
+def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    }
+
+
+def recalibrate_bn(
+    model: nn.Module,
+    data: CalibrationData,
+    images: int = 2048,
+    batch_size: int = 256,
+    *,
+    seed: int = 0,
+    augment: bool = False,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance by forward passes only.
+
+    Each BatchNorm's statistics are reset and then averaged cumulatively (equal weight per batch, as with
+    ``momentum=None``) over ``images`` calibration inputs, with the BatchNorms in training mode and every other
+    module in eval mode (no dropout). No parameter changes and no gradient is taken; only the buffers
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` do. The model's train/eval modes and each
+    BatchNorm's momentum are restored. Use it after :func:`smoothcompress.compress` or
+    :func:`smoothcompress.prune`, whose layers no longer produce the statistics the BatchNorms were trained with.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Changed in place and returned.
+    data : Dataset, Loader, iterable or Tensor
+        See :func:`calibration_batches`; a Dataset gives training images only, never its test split.
+    images, batch_size : int
+        Calibration inputs and the batch size for a Dataset or Tensor. Batches of one input are skipped (a
+        BatchNorm cannot estimate a variance from one value per channel).
+    seed : int
+        Which training images a Dataset gives: the result is deterministic given the data.
+    augment : bool
+        Apply the dataset's training augmentation.
+    device : str or torch.device, optional
+        Where to run. Default: where the model's parameters are.
+
+    Returns
+    -------
+    nn.Module
+        ``model``. A model without BatchNorm is returned unchanged, with a warning.
+    """
+    bns = _batchnorms(model)
+    if not bns:
+        warnings.warn("recalibrate_bn: the model has no BatchNorm with running statistics; nothing to do", stacklevel=2)
+        return model
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in bns.values()}
+    saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns.values()}
+    ok = False
+    try:
+        model.eval()
+        for m in bns.values():
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        batches = (
+            x
+            for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device)
+            if x.shape[0] > 1
+        )
+        run_batches(model, batches)
+        ok = True
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        if not ok:  # lose nothing: a failed recalibration leaves the statistics as they were
+            for m, (mean, var, n) in saved.items():
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(n)
+    return model

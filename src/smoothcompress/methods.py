@@ -1,0 +1,544 @@
+"""Compression methods: one registry, and one typed record of what a method did to a model.
+
+A method is a frozen dataclass whose fields are its options, each declared with :func:`option` (default, one-line
+description, allowed values). An instance applies itself (``method.apply(model, rate)`` returns a compressed copy
+and leaves ``model`` alone), names its results rows (``method.label``) and builds its per-layer table
+(``method.report(model, compressed)``). Registered methods:
+
+``"svd"``
+    Truncated SVD of every eligible Conv2d and Linear layer (:func:`smoothcompress.compress`); options
+    ``allocation``, ``scheme``, ``bn_aware``, ``rank_multiple``; label ``"svd-<allocation>-<scheme>"``.
+``"magnitude"``, ``"magnitude-layerwise"``, ``"filter"``
+    The pruning baselines (:func:`smoothcompress.prune`); no options; the label is the name.
+``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"magnitude+bn"``, ``"filter+bn"``
+    The same, using calibration data (training images, forward passes only, never a gradient step): ``-data``
+    truncates each layer in the metric of its inputs (:func:`smoothcompress.calibrate`), ``+bn`` re-estimates
+    the BatchNorm statistics afterwards (:func:`smoothcompress.recalibrate_bn`). Label ``"<name>-<allocation>-
+    <scheme>"`` for the SVD ones.
+
+Every compressed or pruned copy carries one :class:`CompressionRecord` as ``model.sc_compression``
+(:data:`COMPRESSION_ATTR`): the method and its options, the requested and achieved rate, the parameter counts
+before and after, and method-specific details. :func:`smoothcompress.save` writes it, :func:`smoothcompress.load`
+reads it back (files written before the record was typed hold a plain dict, which is converted).
+
+The sweep (``[compress] methods = [{ method = "svd", allocation = "global" }, ...]``), the command line
+(``smoothcompress compress --method``, ``smoothcompress prune --method``) and the report all dispatch through this
+registry, so adding a method is one :func:`register_method` subclass plus its tests; ``tests/test_methods.py``
+runs every registered method through apply, rate and save/load.
+
+>>> import smoothcompress as sc
+>>> sc.get_method("svd", scheme="spatial").label
+'svd-global-spatial'
+>>> sc.list_methods("low-rank")
+('svd', 'svd+bn', 'svd-data', 'svd-data+bn')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from smoothcompress.accounting import count_params
+from smoothcompress.allocation import ALLOCATIONS, SCHEMES
+
+__all__ = [
+    "COMPRESSION_ATTR",
+    "CompressionRecord",
+    "Method",
+    "SVD",
+    "Magnitude",
+    "MagnitudeLayerwise",
+    "Filter",
+    "option",
+    "register_method",
+    "get_method",
+    "list_methods",
+    "method_from_dict",
+    "compression_record",
+    "make_record",
+]
+
+COMPRESSION_ATTR = "sc_compression"
+"""Attribute of a compressed or pruned model that holds its :class:`CompressionRecord`."""
+
+FAMILIES = ("low-rank", "pruning")
+"""What a method does to the layers: factorizes them (``compress``) or removes weights (``prune``)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass(frozen=True)
+class CompressionRecord:
+    """What a compression method did to a model; JSON-able through :meth:`to_dict` / :meth:`from_dict`."""
+
+    method: str
+    """Registry name of the method, e.g. ``"svd"`` or ``"filter"``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The method's options, e.g. ``{"allocation": "global", "scheme": "channel", ...}``."""
+    rate_requested: float | None = None
+    """The ``rate`` asked for; ``None`` when only explicit SVD ranks were given."""
+    rate_achieved: float | None = None
+    """``1 - params_after / params_before``; ``None`` only in records of old files that did not store it."""
+    params_before: int | None = None
+    """All parameters of the model that was compressed (``None`` in records of old files)."""
+    params_after: int | None = None
+    """All parameters of the result, or its non-zero ones when ``nonzero`` (``None`` in records of old files)."""
+    nonzero: bool = False
+    """``params_after`` counts non-zero entries: the size of an unstructured-pruned model."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Why a layer was left alone, by layer name, e.g. ``{"conv0": "skipped: grouped conv (groups=4)"}``."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Method-specific results; svd: ``ranks`` (``{layer: [scheme, rank]}``), ``bn_pairs``, ``bn_note``."""
+
+    @property
+    def label(self) -> str:
+        """The method's row label, e.g. ``"svd-global-channel"`` (the name alone for an unregistered method)."""
+        try:
+            return get_method(self.method, **self.options).label
+        except ValueError:
+            return self.method
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CompressionRecord:
+        """Inverse of :meth:`to_dict`; also reads the flat dict that ``compress`` wrote before records were typed.
+
+        Raises ``ValueError`` for anything else.
+        """
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), str):
+            raise ValueError(f"a compression record is a JSON object with a 'method' name, got {raw!r}")
+        if "options" not in raw and "rate_requested" not in raw:
+            return cls._from_flat(raw)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"compression record has unknown key(s) {', '.join(unknown)}")
+        return cls(**{k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()})
+
+    @classmethod
+    def _from_flat(cls, raw: Mapping[str, Any]) -> CompressionRecord:
+        """The record of files written before the typed record: one flat dict of ``compress``'s arguments."""
+        option_keys = ("allocation", "scheme", "bn_aware", "rank_multiple")
+        detail_keys = ("ranks", "bn_pairs", "bn_note")
+        return cls(
+            method=raw["method"],
+            options={k: raw[k] for k in option_keys if k in raw},
+            rate_requested=raw.get("rate"),
+            rate_achieved=raw.get("achieved_rate"),
+            notes=dict(raw.get("notes") or {}),
+            details={k: raw[k] for k in detail_keys if k in raw},
+        )
+
+
+def compression_record(model: nn.Module) -> CompressionRecord | None:
+    """The :class:`CompressionRecord` a model carries (a plain dict set by older code is converted), or ``None``."""
+    record = getattr(model, COMPRESSION_ATTR, None)
+    if record is None or isinstance(record, CompressionRecord):
+        return record
+    return CompressionRecord.from_dict(record)
+
+
+def make_record(
+    method: Method,
+    model: nn.Module,
+    compressed: nn.Module,
+    rate: float | None,
+    notes: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> CompressionRecord:
+    """The record of ``compressed = method.apply(model, rate)``, counting the parameters of both models."""
+    before, after = count_params(model), count_params(compressed, nonzero=method.nonzero)
+    return CompressionRecord(
+        method=method.name,
+        options=method.options(),
+        rate_requested=rate,
+        rate_achieved=1.0 - after / before if before else 0.0,
+        params_before=before,
+        params_after=after,
+        nonzero=method.nonzero,
+        notes=dict(notes or {}),
+        details=dict(details or {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Methods and the registry
+
+
+def option(default: Any, doc: str, choices: Sequence[Any] | None = None) -> Any:
+    """Declare a method option: a dataclass field with its default, a one-line description and allowed values.
+
+    The description becomes the ``--flag`` help of the command line; ``choices`` (if given) are checked when the
+    method is built.
+    """
+    return field(default=default, metadata={"doc": doc, "choices": tuple(choices) if choices else None})
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base of every compression method; subclasses are frozen dataclasses whose fields are their options.
+
+    A subclass sets ``name`` (the registry key, also the ``method`` of rows and records), ``family`` (one of
+    :data:`FAMILIES`), ``nonzero`` (whether its result's size is its number of non-zero parameters) and implements
+    :meth:`apply` and :meth:`report`; it overrides :attr:`label` if its options should show in rows.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    nonzero: ClassVar[bool] = False
+    data_aware: ClassVar[bool] = False
+    """Truncates in the metric of calibration inputs (:func:`smoothcompress.calibrate`)."""
+    recalibrates_bn: ClassVar[bool] = False
+    """Re-estimates BatchNorm statistics on calibration inputs afterwards (:func:`smoothcompress.recalibrate_bn`)."""
+
+    @classmethod
+    def uses_data(cls) -> bool:
+        """Whether :meth:`apply` needs calibration data (training images, forward passes only, no gradient)."""
+        return cls.data_aware or cls.recalibrates_bn
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, kind, choices = getattr(self, f.name), type(f.default), f.metadata.get("choices")
+            if kind is float and type(value) is int:  # 1 for 1.0, as TOML and JSON may write it
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if type(value) is not kind:
+                raise ValueError(
+                    f"method {self.name!r}: option {f.name} must be of type {kind.__name__}, got {value!r}"
+                )
+            if choices and value not in choices:
+                raise ValueError(
+                    f"method {self.name!r}: {f.name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                )
+
+    @classmethod
+    def option_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The options: dataclass fields with ``metadata["doc"]`` and ``metadata["choices"]``."""
+        return dataclasses.fields(cls)
+
+    def options(self) -> dict[str, Any]:
+        """``{option: value}`` of this instance."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def label(self) -> str:
+        """The name of this method with these options in rows and reports (``"dense"`` is taken)."""
+        return self.name
+
+    def apply(
+        self,
+        model: nn.Module,
+        rate: float,
+        *,
+        exclude: Iterable[str | type] = (),
+        input_shape: Sequence[int] | None = None,
+        data: Any = None,
+        images: int = 2048,
+        calibration: Any = None,
+    ) -> nn.Module:
+        """A compressed copy of ``model`` with a fraction ``rate`` of all its parameters removed.
+
+        ``model`` is not modified. The copy carries a :class:`CompressionRecord` as ``sc_compression``.
+        ``exclude`` names layers to leave alone (module-name patterns or module types); ``input_shape`` (batch
+        included) is an example input for methods that trace the network. Methods that :meth:`uses_data` take
+        calibration ``data`` (a Dataset, whose training split is used, a Loader or a tensor of inputs; see
+        :func:`smoothcompress.calibration.calibration_batches`) and the number of ``images`` to use; a data-aware
+        method also takes a ready ``calibration`` of ``model`` (:func:`smoothcompress.calibrate`), so that one
+        calibration serves every rate. Raises :class:`smoothcompress.accounting.RateUnreachable` for a rate out
+        of reach, and ValueError when data is needed but not given.
+        """
+        raise NotImplementedError
+
+    def _calibration(self, model: nn.Module, data: Any, images: int, calibration: Any):
+        """The calibration a data-aware method truncates with: the one given, else one made from ``data``."""
+        if not self.data_aware:
+            return None
+        if calibration is None:
+            from smoothcompress.calibration import calibrate
+
+            calibration = calibrate(model, self._need_data(data), images)
+        return calibration
+
+    def _need_data(self, data: Any) -> Any:
+        if data is None:
+            raise ValueError(
+                f"method {self.name!r} needs calibration data (training images, forward passes only): pass data=..."
+                " (a Dataset, a Loader or a tensor of inputs), or --calibrate N with --data on the command line"
+            )
+        return data
+
+    def _finish(self, compressed: nn.Module, data: Any, images: int) -> nn.Module:
+        """Recalibrate BatchNorm statistics if this method does, and record it (and the calibration source)."""
+        record = compression_record(compressed)
+        details = dict(record.details) if record else {}
+        if self.recalibrates_bn:
+            from smoothcompress.calibration import recalibrate_bn
+
+            data = self._need_data(data)
+            recalibrate_bn(compressed, data, images)
+            details["bn_recalibration"] = {"images": _count_images(data, images), "split": _split_of(data)}
+        if record is not None:
+            setattr(compressed, COMPRESSION_ATTR, dataclasses.replace(record, method=self.name, details=details))
+        return compressed
+
+    def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
+        """The per-layer table of ``compressed`` against ``model`` (FLOPs only when ``input_shape`` is given)."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a :class:`Method` subclass to the registry under its ``name``.
+
+    Raises ``ValueError`` for a duplicate or missing name, an unknown family, or a class that is not a frozen
+    dataclass whose options all have defaults and descriptions (:func:`option`).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or not dataclasses.is_dataclass(cls):
+        raise ValueError(f"register_method takes a Method subclass decorated with @dataclass(frozen=True), got {cls!r}")
+    if not cls.name or cls.name == "dense":
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` (not 'dense', which names dense rows)")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    if cls.family not in FAMILIES:
+        raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}, got {cls.family!r}")
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING or "doc" not in f.metadata:
+            raise ValueError(f"{cls.__name__}: option {f.name!r} must be declared with option(default, doc)")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods(family: str | None = None) -> tuple[str, ...]:
+    """Names of the registered methods in registration order, optionally only those of one family."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return tuple(n for n, cls in _REGISTRY.items() if family is None or cls.family == family)
+
+
+def get_method(name: str, **options: Any) -> Method:
+    """The registered method ``name`` with the given options, e.g. ``get_method("svd", scheme="spatial")``.
+
+    Raises ``ValueError`` naming the registered methods for an unknown name, and the method's options for an
+    unknown option.
+    """
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        has = f"options {', '.join(known)}" if known else "no options"
+        raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; it has {has}")
+    return cls(**options)
+
+
+def method_from_dict(entry: Mapping[str, Any]) -> Method:
+    """A method from a config entry such as ``{"method": "svd", "allocation": "global", "scheme": "channel"}``."""
+    if not isinstance(entry, Mapping) or "method" not in entry:
+        raise ValueError(f"a method entry needs a 'method' name, e.g. {{ method = \"svd\" }}; got {entry!r}")
+    options = dict(entry)
+    return get_method(options.pop("method"), **options)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registered methods
+
+
+@register_method
+@dataclass(frozen=True)
+class SVD(Method):
+    """Truncated SVD of every eligible Conv2d and Linear layer, no fine-tuning (:func:`smoothcompress.compress`)."""
+
+    name: ClassVar[str] = "svd"
+    family: ClassVar[str] = "low-rank"
+
+    allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", ALLOCATIONS)
+    scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", SCHEMES)
+    bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
+    rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank_multiple < 1:
+            raise ValueError(f"method 'svd': rank_multiple must be a positive int, got {self.rank_multiple}")
+
+    @property
+    def label(self) -> str:
+        """``"svd-<allocation>-<scheme>"``, then ``"-bn"`` if ``bn_aware`` and ``"-x<k>"`` for a rank multiple."""
+        suffix = ("-bn" if self.bn_aware else "") + (f"-x{self.rank_multiple}" if self.rank_multiple != 1 else "")
+        return f"{self.name}-{self.allocation}-{self.scheme}{suffix}"
+
+    def apply(
+        self,
+        model: nn.Module,
+        rate: float | None,
+        *,
+        exclude: Iterable[str | type] = (),
+        input_shape: Sequence[int] | None = None,
+        data: Any = None,
+        images: int = 2048,
+        calibration: Any = None,
+        ranks: Mapping[str, int] | None = None,
+    ) -> nn.Module:
+        """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
+        only those). ``input_shape`` is not needed."""
+        from smoothcompress.lowrank import compress
+
+        small = compress(
+            model,
+            rate,
+            self.allocation,
+            self.scheme,
+            ranks=ranks,
+            exclude=exclude,
+            bn_aware=self.bn_aware,
+            rank_multiple=self.rank_multiple,
+            calibration=self._calibration(model, data, images, calibration),
+        )
+        return self._finish(small, data, images)
+
+    def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
+        """:func:`smoothcompress.compress_report`."""
+        from smoothcompress.lowrank import compress_report
+
+        return compress_report(model, compressed, input_shape)
+
+
+@dataclass(frozen=True)
+class _Pruning(Method):
+    """A pruning baseline of :mod:`smoothcompress.pruning` (loaded on first use: it imports Torch-Pruning)."""
+
+    family: ClassVar[str] = "pruning"
+
+    @property
+    def pruning_method(self) -> str:
+        """The :func:`smoothcompress.prune` method: the name without a ``"+bn"`` suffix."""
+        return self.name.removesuffix("+bn")
+
+    def apply(
+        self,
+        model: nn.Module,
+        rate: float,
+        *,
+        exclude: Iterable[str | type] = (),
+        input_shape: Sequence[int] | None = None,
+        data: Any = None,
+        images: int = 2048,
+        calibration: Any = None,
+    ) -> nn.Module:
+        """:func:`smoothcompress.prune` with this method's pruning criterion (``calibration`` is not used)."""
+        from smoothcompress.pruning import prune
+
+        pruned = prune(model, rate, method=self.pruning_method, exclude=exclude, input_shape=input_shape)
+        return self._finish(pruned, data, images)
+
+    def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
+        """:func:`smoothcompress.prune_report`."""
+        from smoothcompress.pruning import prune_report
+
+        return prune_report(model, compressed, self.pruning_method, input_shape)
+
+
+@register_method
+@dataclass(frozen=True)
+class Magnitude(_Pruning):
+    """Global unstructured magnitude pruning: the smallest ``|w|`` of all Conv/Linear weights are zeroed."""
+
+    name: ClassVar[str] = "magnitude"
+    nonzero: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class MagnitudeLayerwise(_Pruning):
+    """Unstructured magnitude pruning with the same fraction of entries zeroed in every Conv/Linear weight."""
+
+    name: ClassVar[str] = "magnitude-layerwise"
+    nonzero: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class Filter(_Pruning):
+    """Structured L1 filter pruning through Torch-Pruning: channels are physically removed."""
+
+    name: ClassVar[str] = "filter"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data-aware methods: calibration data (training images), forward passes only, no gradient step
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDRecalibrated(SVD):
+    """Plain SVD, then BatchNorm statistics re-estimated on calibration images (:func:`recalibrate_bn`)."""
+
+    name: ClassVar[str] = "svd+bn"
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDData(SVD):
+    """Whitened SVD: each layer truncated in the metric of its calibration inputs, ranks by output error."""
+
+    name: ClassVar[str] = "svd-data"
+    data_aware: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDDataRecalibrated(SVD):
+    """Whitened SVD (``svd-data``), then BatchNorm statistics re-estimated (``+bn``)."""
+
+    name: ClassVar[str] = "svd-data+bn"
+    data_aware: ClassVar[bool] = True
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class MagnitudeRecalibrated(Magnitude):
+    """Global magnitude pruning, then BatchNorm statistics re-estimated on calibration images."""
+
+    name: ClassVar[str] = "magnitude+bn"
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class FilterRecalibrated(Filter):
+    """L1 filter pruning, then BatchNorm statistics re-estimated on calibration images."""
+
+    name: ClassVar[str] = "filter+bn"
+    recalibrates_bn: ClassVar[bool] = True
+
+
+def _split_of(data: Any) -> str:
+    """``"train"`` for a Dataset (only its training split is ever read), ``"given"`` for inputs passed directly."""
+    from smoothcompress.data import Dataset
+
+    return "train" if isinstance(data, Dataset) else "given"
+
+
+def _count_images(data: Any, images: int) -> int:
+    """Calibration images actually used: ``images``, or fewer when the source holds fewer."""
+    from smoothcompress.data import Dataset
+
+    if isinstance(data, Dataset):
+        return min(images, int(data.x_train.shape[0]))
+    if hasattr(data, "shape"):
+        return min(images, int(data.shape[0]))
+    return images

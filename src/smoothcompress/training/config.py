@@ -1,0 +1,248 @@
+"""Every setting of a training run in one frozen :class:`TrainConfig`: defaults, TOML, type checks, validation.
+
+A config is built from defaults, then a flat TOML file of ``key = value`` lines, then keyword overrides
+(command-line flags) (:meth:`TrainConfig.from_sources`); every value is type-checked (ints are accepted for floats,
+lists for tuples) and validated, and a bad key or value raises ``ValueError`` naming it.
+
+The penalty strength is ``weight`` (as in :class:`~smoothcompress.Smoothness`). Its old name ``lam`` is still
+accepted, for one release, wherever a config is built (``TrainConfig(lam=...)``, :meth:`TrainConfig.from_dict`,
+TOML files, ``--lam``) with a ``DeprecationWarning``; configs stored by older versions (checkpoints, ``config.toml``)
+load unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import sys
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from smoothcompress.files import atomic_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["TrainConfig", "read_toml", "SCHEDULES", "REG_KINDS", "DEVICES", "RUNTIME_KEYS", "rename_deprecated"]
+
+SCHEDULES = ("onecycle", "cosine")
+REG_KINDS = ("none", "nuclear", "first", "second")
+DEVICES = ("cpu", "cuda", "auto")
+RUNTIME_KEYS = frozenset({"resume", "out", "data", "device", "bf16", "channels_last", "compile"})
+"""Settings that may change between a run and its resume: where and how fast it runs, not what it computes."""
+
+DEPRECATED_KEYS = {"lam": "weight"}
+"""Old config key -> its current name; the old one is accepted with a ``DeprecationWarning``."""
+
+
+def rename_deprecated(values: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """``values`` with every deprecated key (``lam``) renamed to its current name (``weight``).
+
+    Warns (``DeprecationWarning``) for each old key when ``warn``; raises ``ValueError`` when a mapping holds both
+    the old and the new name of one setting.
+    """
+    out = dict(values)
+    for old, new in DEPRECATED_KEYS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"config keys {old!r} and {new!r} name the same setting; give only {new!r}")
+        if warn:
+            warnings.warn(
+                f"config key {old!r} is deprecated and will be removed; use {new!r}", DeprecationWarning, stacklevel=3
+            )
+        out[new] = out.pop(old)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run, in one place. Each default says why it is the default.
+
+    The defaults train the paper's setting: CIFAR ResNet-18 on CIFAR-10, no penalty (the baseline). Build one
+    from a TOML file and command-line flags with :meth:`from_sources`; write it with :meth:`to_toml`.
+    :func:`train` reads only the optimisation, penalty and runtime settings; ``dataset``, ``data``, ``model``
+    and ``width`` are for :func:`run`.
+    """
+
+    # -- what to train
+    dataset: str = "cifar10"  # the paper's benchmark; also "cifar100", "digits", or an ImageFolder dir/.tar.gz
+    data: str | None = None  # ImageFolder dir/.tar.gz, or the root holding `dataset`; None: default root, download
+    model: str = "resnet18"  # the paper's model; smoothcompress.list_models() lists the others
+    width: int | None = None  # None: the model's own default width (64 for resnet18, the paper's)
+    # -- optimisation
+    epochs: int = 30  # a one-cycle schedule gets most of its accuracy in tens of epochs; raise for final numbers
+    batch_size: int = 512  # GLOBAL batch (see smoothcompress.training); large enough to keep a GPU busy on 32x32
+    lr: float = 0.4  # peak lr: 0.1 per 128 images (He et al. 2016), scaled linearly with the batch (Goyal 2017)
+    momentum: float = 0.9  # Nesterov momentum 0.9, the standard for CIFAR ResNets
+    weight_decay: float = 5e-4  # the standard for CIFAR ResNets; applied to weights only, not to BN or biases
+    label_smoothing: float = 0.1  # a cheap, reliable gain for cross-entropy classifiers (Szegedy et al. 2016)
+    schedule: str = "onecycle"  # "onecycle" (linear up, linear down) reaches a given accuracy in fewer epochs
+    warmup: float = 0.2  # fraction of all steps spent raising the lr; keeps the large peak lr stable early on
+    # -- smoothness penalty (smoothcompress.Smoothness)
+    reg: str = "none"  # "none" | "nuclear" | "first" | "second"; "none" trains the uncompressed baseline
+    weight: float = 0.0  # penalty weight, on weight decay's scale (see Smoothness); must be 0 with reg="none"
+    reg_warmup_epochs: float = 0.0  # weight rises linearly over these epochs; 0: full weight from the first step
+    reg_axes: tuple[str, ...] = ("out", "in")  # difference axes (first/second): the axes that SVD truncates
+    reg_p: float = 2.0  # exponent on the differences: 2 = squared (smooth), 1 = total variation
+    reg_every: int = 1  # add the penalty every k-th step (scaled by k): k > 1 makes "nuclear" cheaper
+    reg_proximal: bool = False  # "nuclear" only: singular-value soft-thresholding after each step, not a loss
+    reg_exclude: tuple[str, ...] = ()  # layers left unpenalised, e.g. ["<first>", "<last>"] (stem, classifier)
+    augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR, none for 8x8 digits)
+    val_fraction: float = 0.0  # > 0: hold out this fraction of train as validation to tune on, not the test set
+    val_seed: int = 0  # seed of the validation split, apart from `seed`: runs of all seeds tune on the same images
+    # -- reproducibility and runtime
+    seed: int = 0  # seeds the model init (in run), the data order, the augmentation and every RNG
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    bf16: bool | None = None  # None: on for CUDA (Tensor Cores), off on CPU (slow there, and not bit-exact)
+    channels_last: bool | None = None  # None: on; the fast conv layout on CUDA (cuDNN) and CPU (oneDNN)
+    compile: bool = False  # torch.compile: a long compile up front, worth it only for long GPU runs
+    out: str = "runs/train"  # run folder: metrics.jsonl, config.toml, checkpoint.pt, model.safetensors
+    resume: bool = False  # continue from OUT/checkpoint.pt; without it an existing checkpoint is an error
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        _validate(self)
+
+    # -- conversions
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys raise ``ValueError`` naming them. ``lam`` is read as ``weight``."""
+        values = rename_deprecated(values)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a flat TOML file of ``key = value`` lines (any subset of the fields)."""
+        return cls.from_dict(read_toml(path))
+
+    @classmethod
+    def from_sources(cls, toml_path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults, then the TOML file, then ``overrides`` (command-line flags): later sources win.
+
+        Parameters
+        ----------
+        toml_path : path, optional
+            A TOML file of config keys.
+        **overrides
+            Config keys. ``None`` values are ignored, so a CLI can pass every flag with ``None`` for "not given".
+        """
+        values = rename_deprecated(read_toml(toml_path)) if toml_path is not None else {}
+        values.update(rename_deprecated({k: v for k, v in overrides.items() if v is not None}))
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (tuples as lists), the form stored in TOML and checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_toml(self, path: str | os.PathLike) -> Path:
+        """Write atomically as TOML. ``None`` values (meaning "automatic") are omitted, as TOML has no null."""
+        text = "# smoothcompress train config\n" + tomli_w.dumps(
+            {k: v for k, v in self.to_dict().items() if v is not None}
+        )
+        with atomic_file(path) as f:
+            f.write(text.encode())
+        return Path(path)
+
+    @property
+    def lam(self) -> float:
+        """Deprecated name of :attr:`weight`."""
+        warnings.warn("TrainConfig.lam is deprecated; use TrainConfig.weight", DeprecationWarning, stacklevel=2)
+        return self.weight
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a TOML file; ``ValueError`` when it is missing or not valid TOML."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {str(path)!r} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type hint, converting int -> float and list -> tuple."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    ok = False
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        ok = isinstance(value, str)
+    elif typing.get_origin(hint) is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        want = _TYPE_WORDS.get(hint, "a list of strings")
+        raise ValueError(f"config key {name!r} must be {want}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _validate(c: TrainConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    for key, choices in (("schedule", SCHEDULES), ("reg", REG_KINDS), ("device", DEVICES)):
+        need(getattr(c, key) in choices, f"{key} must be one of {', '.join(choices)}; got {getattr(c, key)!r}")
+    need(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}")
+    need(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
+    need(math.isfinite(c.lr) and c.lr > 0, f"lr must be a finite number > 0, got {c.lr}")
+    need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum}")
+    need(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
+    need(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    need(0 <= c.warmup < 1, f"warmup (a fraction of all steps) must be in [0, 1), got {c.warmup}")
+    need(math.isfinite(c.weight) and c.weight >= 0, f"weight must be a finite number >= 0, got {c.weight}")
+    no_effect = f"weight={c.weight} has no effect with reg='none'; choose a reg kind or weight=0"
+    need(c.reg != "none" or c.weight == 0, no_effect)
+    need(c.reg_warmup_epochs >= 0, f"reg_warmup_epochs must be >= 0, got {c.reg_warmup_epochs}")
+    need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
+    need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")
+
+
+def _accept_deprecated_keywords(init):
+    """Wrap the dataclass ``__init__`` so that ``TrainConfig(lam=...)`` still works (see :func:`rename_deprecated`)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if any(old in kwargs for old in DEPRECATED_KEYS):
+            kwargs = rename_deprecated(kwargs)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+TrainConfig.__init__ = _accept_deprecated_keywords(TrainConfig.__init__)
