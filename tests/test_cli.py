@@ -61,7 +61,20 @@ def test_method_options_are_flags_and_reach_the_saved_record(trained, tmp_path, 
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     help_text = capsys.readouterr().out  # each option's description is its flag's help
-    assert "--rank-multiple" in help_text and "CPU speed" in help_text and "--method {svd}" in help_text
+    assert "--rank-multiple" in help_text and "CPU speed" in help_text and "--method {svd," in help_text
+    assert "--calibrate N" in help_text and "training split" in help_text
+
+
+@pytest.mark.parametrize(("command", "method"), [("compress", "svd-data+bn"), ("prune", "filter+bn")])
+def test_calibrate_uses_training_images_and_is_recorded(trained, tmp_path, capsys, command, method):
+    out = tmp_path / "small.safetensors"
+    argv = [command, str(trained / "model.safetensors"), "--rate", "0.5", "--method", method, "--calibrate", "96"]
+    assert main([*argv, "-o", str(out), *DIGITS]) == 0
+    assert "test accuracy on digits" in capsys.readouterr().out
+    details = sc.load(out).sc_compression.details
+    assert details["bn_recalibration"] == {"images": 96, "split": "train"}
+    if method.startswith("svd-data"):
+        assert details["calibration"]["images"] == 96 and details["calibration"]["split"] == "train"
 
 
 def test_a_pruned_file_records_its_method(trained, tmp_path):
@@ -104,6 +117,8 @@ def test_train_config_file_and_flag_override(tmp_path):
         (["compress", "{model}", "--rank", "fc=abc"], "LAYER=RANK"),
         (["compress", "{model}", "--allocation", "uniform", "--rate", "0.99"], "out of reach"),
         (["evaluate", "{model}"], "needs data"),
+        (["compress", "{model}", "--method", "svd-data"], "needs calibration data"),
+        (["compress", "{model}", "--calibrate", "64", *DIGITS], "--calibrate applies to the methods that use data"),
         (["sweep", "no-such-preset"], "preset name"),
         (["train", "--config", "{model}"], "TOML"),
     ],

@@ -46,6 +46,23 @@ def test_rows_cover_the_grid_with_provenance(swept):
     assert {s["reg"] for s in spectra} == {"none", "nuclear"}
 
 
+def test_data_methods_calibrate_once_on_training_images(tmp_path):
+    config = {
+        "train": {"dataset": "digits", "model": "cnn", "width": 8, "epochs": 1, "batch_size": 128, "device": "cpu"},
+        "grid": {"regularizers": [{"kind": "none"}]},
+        "compress": {
+            "rates": [0.4, 0.6],
+            "methods": [{"method": "svd-data+bn"}, {"method": "svd-data"}, {"method": "filter+bn"}],
+            "calibration_images": 64,
+        },
+    }
+    rows = [r for r in read_jsonl(sweep(SweepConfig.from_dict(config, out=tmp_path))) if r["label"] != "dense"]
+    assert {r["label"] for r in rows} == {"svd-data+bn-global-channel", "svd-data-global-channel", "filter+bn"}
+    assert all(r["calibration_images"] == 64 and r["calibration_split"] == "train" for r in rows)
+    assert sum("calibration_s" in r for r in rows) == 1  # one calibration serves every data-aware cell
+    assert all(r["accuracy"] is not None for r in rows)
+
+
 def test_rerun_skips_finished_cells_and_fills_missing_ones(swept, capsys):
     lines = swept.read_text().splitlines()
     swept.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])  # drop one row, leave a torn line

@@ -59,10 +59,9 @@ def _dataset(args: argparse.Namespace):
     return load_dataset_for(TrainConfig(dataset=args.dataset or "cifar10", data=args.data))
 
 
-def _compare(args: argparse.Namespace, model, small, rep) -> None:
+def _compare(args: argparse.Namespace, model, small, rep, ds) -> None:
     """Print the per-layer table, totals and, when data is given, the accuracy before and after."""
     print(rep)
-    ds = _dataset(args)
     if ds is not None:
         before = evaluate(model, ds, device=args.device)
         after = evaluate(small, ds, device=args.device)
@@ -96,8 +95,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise ValueError(f"--rank does not apply to method {method.name!r}")
         extra["ranks"] = ranks
     rate = args.rate if args.rate is not None or ranks else 0.7
+    ds = _dataset(args)
+    if args.calibrate is not None and not method.uses_data():
+        data_methods = [n for n in list_methods(method.family) if get_method(n).uses_data()]
+        raise ValueError(
+            f"--calibrate applies to the methods that use data ({', '.join(data_methods)}), not {method.name!r}"
+        )
+    if method.uses_data():  # training images only, forward passes only
+        extra |= {"data": ds, "images": args.calibrate if args.calibrate is not None else CALIBRATION_IMAGES}
     small = method.apply(model, rate, exclude=args.exclude, **extra)
-    _compare(args, model, small, method.report(model, small, models.default_input_shape(model)))
+    _compare(args, model, small, method.report(model, small, models.default_input_shape(model)), ds)
     return 0
 
 
@@ -160,6 +167,7 @@ TRAIN_FLAGS = (
 
 
 OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
+CALIBRATION_IMAGES = 2048  # default --calibrate of the methods that use data
 
 
 def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> None:
@@ -235,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", help="write the result here (.safetensors)")
         _add_data_args(p)
         _add_method_args(p, family, default)
+        p.add_argument(
+            "--calibrate",
+            type=int,
+            metavar="N",
+            help=f"calibration images from the training split of --data, for the methods that use data "
+            f"(default {CALIBRATION_IMAGES}); forward passes only, no gradient step",
+        )
         if name == "compress":
             p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
         p.set_defaults(func=cmd_compress)

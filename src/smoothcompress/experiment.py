@@ -16,10 +16,15 @@ A sweep is described by a TOML file (see ``configs/``)::
     variants = [{ width = 16 }, { width = 32 }]   # optional: other models or widths
     [compress]
     rates = [0.3, 0.5, 0.7, 0.9]
-    methods = [{ method = "svd", allocation = "global", scheme = "channel" }, { method = "magnitude" }]
+    methods = [{ method = "svd", allocation = "global", scheme = "channel" }, { method = "svd-data+bn" }]
+    calibration_images = 2048              # training images for the methods that use data (default 2048)
 
 A ``methods`` entry names a registered compression method and sets its options (see
-:mod:`smoothcompress.methods`); ``weight`` was once spelled ``lam``, which is still read, with a warning.
+:mod:`smoothcompress.methods`); ``weight`` was once spelled ``lam``, which is still read, with a warning. Methods
+that use data (``svd+bn``, ``svd-data``, ``svd-data+bn``, ``magnitude+bn``, ``filter+bn``) draw
+``calibration_images`` images from the training split (never the validation or test split; forward passes only,
+no gradient step); a data-aware run's calibration is computed once and reused at every rate, and their rows
+record ``calibration_images`` and ``calibration_split``.
 
 Layout of ``out``: ``runs/<tag>/`` holds each training run (model, metrics, checkpoint), ``results.jsonl`` one row
 per (run, method, rate), ``spectra.jsonl`` one row per run with singular-value spectra and a weight slice for the
@@ -70,6 +75,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 """Built-in sweep presets (``demo``, ``cifar10-cpu``, ...); ``configs/`` in the repository points here."""
 
 ROW_OPTIONS = ("allocation", "scheme")
+CALIBRATION_IMAGES = 2048  # default [compress] calibration_images: training images for the methods that use data
 """Method options every results row has a column for (``None`` where the method has no such option)."""
 _SECTIONS = {"out", "description", "train", "grid", "compress", "report"}
 
@@ -119,6 +125,7 @@ class SweepConfig:
     methods: tuple[Method, ...]
     spectra_layers: int = 3
     source: str = ""
+    calibration_images: int = 2048  # training images for the methods that use data (forward passes only)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
@@ -152,7 +159,7 @@ class SweepConfig:
         for spec in runs:  # every run's full training config must be valid (kinds, weights, variant keys)
             TrainConfig.from_dict({**train, **spec.train_overrides()})
         comp = raw.get("compress", {})
-        _check_keys("[compress]", comp, {"rates", "methods"})
+        _check_keys("[compress]", comp, {"rates", "methods", "calibration_images"})
         rates = tuple(float(r) for r in comp.get("rates", [0.5, 0.7, 0.9]))
         if any(not 0 < r < 1 for r in rates):
             raise ValueError(f"compress.rates must lie in (0, 1), got {list(rates)}")
@@ -164,6 +171,7 @@ class SweepConfig:
             runs=tuple(dict.fromkeys(runs)),
             rates=rates,
             methods=tuple(_method(m) for m in comp.get("methods", [{"method": "svd"}])),
+            calibration_images=int(comp.get("calibration_images", CALIBRATION_IMAGES)),
             spectra_layers=int(report.get("spectra_layers", 3)),
         )
 
@@ -330,6 +338,7 @@ def _sweep(cfg: SweepConfig) -> Path:
         }
         where = provenance(device, commit=commit)  # once per run, not per row
         dense_acc = evaluate(model, ds, device=device)
+        calibration = None  # input moments of this run's model: computed once, for every data-aware cell
         for method, rate in cells:
             name, label = (method.name, method.label) if method else ("dense", "dense")
             options = method.options() if method else {}
@@ -344,8 +353,22 @@ def _sweep(cfg: SweepConfig) -> Path:
             if _cell_key(row) in done:
                 continue
             t0 = time.perf_counter()
+            uses_data = bool(method and method.uses_data())
+            if uses_data:  # training split only (a validation split is carved out of it), forward passes only
+                images = min(cfg.calibration_images, int(ds.x_train.shape[0]))
+                row |= {"calibration_images": images, "calibration_split": "train"}
+                if method.data_aware and calibration is None:
+                    from smoothcompress.calibration import calibrate
+
+                    calibration = calibrate(model, ds, images)
+                    row["calibration_s"] = calibration.seconds
             try:
-                small = model if method is None else method.apply(model, rate)
+                if method is None:
+                    small = model
+                elif uses_data:
+                    small = method.apply(model, rate, data=ds, images=images, calibration=calibration)
+                else:
+                    small = method.apply(model, rate)
             except RateUnreachable as e:  # a rate out of reach is a result too: record it, go on
                 row.update(error=str(e), accuracy=None)
             else:
