@@ -19,6 +19,7 @@ Run: ``.venv/bin/python benchmarks/bench_allocation.py [--quick]``; writes ``ben
 from __future__ import annotations
 
 import argparse
+import os
 import io
 import tarfile
 import time
@@ -238,7 +239,7 @@ def main() -> None:
         )
 
     if not args.quick and CIFAR.is_file():
-        datasets["cifar10-jpeg"] = {"path": str(CIFAR), "sha256": sha256_file(CIFAR), "train": args.cifar_train,
+        datasets["cifar10-jpeg"] = {"path": os.path.relpath(CIFAR, ROOT.parent), "sha256": sha256_file(CIFAR), "train": args.cifar_train,
                                     "test": 2000}  # fmt: skip
         x, y, xt, yt = cifar_subset(args.cifar_train, 2000)
         torch.manual_seed(0)
