@@ -19,8 +19,8 @@ Run: ``.venv/bin/python benchmarks/bench_allocation.py [--quick]``; writes ``ben
 from __future__ import annotations
 
 import argparse
-import os
 import io
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -239,7 +239,8 @@ def main() -> None:
         )
 
     if not args.quick and CIFAR.is_file():
-        datasets["cifar10-jpeg"] = {"path": os.path.relpath(CIFAR, ROOT.parent), "sha256": sha256_file(CIFAR), "train": args.cifar_train,
+        where = os.path.relpath(CIFAR, ROOT.parent)  # relative to the repository: no machine paths in results
+        datasets["cifar10-jpeg"] = {"path": where, "sha256": sha256_file(CIFAR), "train": args.cifar_train,
                                     "test": 2000}  # fmt: skip
         x, y, xt, yt = cifar_subset(args.cifar_train, 2000)
         torch.manual_seed(0)
