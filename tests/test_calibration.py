@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -218,8 +219,16 @@ def test_data_aware_compression_has_smaller_output_error_than_plain():
 # recalibrate_bn
 
 
-def _bn_input_stats(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Exact per-channel mean and unbiased variance of every BatchNorm's input over all of ``x``."""
+def _bn_input_stats(
+    model: nn.Module, x: torch.Tensor, batch_statistics: bool = False
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Exact per-channel mean and unbiased variance of every BatchNorm's input over all of ``x``; with
+    ``batch_statistics`` the BatchNorms normalise by the statistics of ``x`` (training mode) on a copy."""
+    if batch_statistics:
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.forward = lambda a, m=m: nn.functional.batch_norm(a, None, None, m.weight, m.bias, True, 0.0, m.eps)
     stats, handles = {}, []
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -304,3 +313,42 @@ def test_recalibrate_bn_applies_to_pruned_models():
     bn = dict(pruned.named_modules())[bn_name]
     assert torch.isfinite(bn.running_var).all()
     assert bn.running_mean.shape == expect[bn_name][0].shape
+
+
+def test_recalibration_relative_to_an_identical_reference_changes_nothing():
+    model = _cnn()
+    for m in model.modules():  # trained-looking statistics that no calibration set reproduces
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = copy.deepcopy(model)
+    sc.recalibrate_bn(model, torch.randn(64, 3, 8, 8), images=64, batch_size=16, reference=twin)
+    for k, v in model.state_dict().items():
+        if "num_batches_tracked" not in k:
+            torch.testing.assert_close(v, before[k], rtol=1e-6, atol=1e-6)
+
+
+def test_relative_recalibration_moves_statistics_by_the_change_compression_made():
+    model = _cnn(c=8)
+    x = torch.randn(64, 3, 8, 8)
+    small = sc.compress(model, rate=0.5)
+    sc.recalibrate_bn(small, x, images=64, batch_size=64, reference=model)
+    got = _bn_input_stats(small, x, batch_statistics=True)  # what recalibration measures: one batch of x
+    ref = _bn_input_stats(model, x, batch_statistics=True)
+    for name, m in small.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            dense_bn = dict(model.named_modules())[name]
+            shift = got[name][0] - ref[name][0]
+            expect_mean = dense_bn.running_mean.double() + shift
+            expect_var = dense_bn.running_var.double() * got[name][1] / ref[name][1]
+            torch.testing.assert_close(m.running_mean.double(), expect_mean, rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(m.running_var.double(), expect_var, rtol=1e-3, atol=1e-4)
+
+
+def test_centered_moment_is_the_covariance():
+    x = torch.randn(300, 3, 8, 8) + 2.0
+    cal = sc.calibrate(_cnn(), x, images=300, damping=0.0, layers=["0"], samples=10**6)
+    patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27).double()
+    expect = torch.cov(patches.T, correction=0)
+    torch.testing.assert_close(cal.moment("0", centered=True), expect, rtol=1e-5, atol=1e-5)

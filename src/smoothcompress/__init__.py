@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import LayerTable, Report, count_flops, count_params, layer_report
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
+from smoothcompress.layers import LinearSpec, register_linear_like
 from smoothcompress.lowrank import (
     FactorizedConv2d,
     FactorizedLinear,
@@ -77,9 +78,11 @@ __all__ = [
     "layer_report",
     "LayerTable",
     "Report",
-    # layer selection (include/exclude)
+    # layer selection (include/exclude) and Linear-like layers
     "select_layers",
     "Selection",
+    "register_linear_like",
+    "LinearSpec",
     # compression (lowrank)
     "compress",
     "compress_report",

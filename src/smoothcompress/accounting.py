@@ -6,7 +6,6 @@ from a hand-written counter. :func:`check_rate` and :func:`bisect_boundary` serv
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,8 @@ __all__ = [
     "count_params",
     "count_flops",
     "flops_by_module",
+    "trace_flops",
+    "measure_latency",
     "LayerRow",
     "LayerTable",
     "Report",
@@ -107,15 +108,47 @@ def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, i
     Parameters
     ----------
     model : nn.Module
-        Counted in eval mode on a copy, so BatchNorm statistics are left untouched.
+        Counted in eval mode (each module's training flag is restored afterwards), so BatchNorm statistics are
+        left untouched.
     input_shape : tuple of int
         Full input shape including the batch dimension, e.g. ``(1, 3, 32, 32)``.
     """
+    return trace_flops(model, input_shape)[0]
+
+
+def trace_flops(
+    model: nn.Module, input_shape: Iterable[int], inputs_of: Iterable[str] = ()
+) -> tuple[dict[str, int], dict[str, list[tuple[int, ...]]]]:
+    """:func:`flops_by_module`, and the input shape of every call of the modules named in ``inputs_of``.
+
+    One forward pass (eval mode, no gradient, training flags restored afterwards; no copy of the model is made).
+    Returns ``(flops by module name, {name: [shape of the first tensor argument of each call]})``; a module that
+    the forward pass never calls has no shapes.
+    """
     x = example_input(model, input_shape)
-    probe = copy.deepcopy(model).eval()
+    named = dict(model.named_modules())
+    modes = {name: m.training for name, m in named.items()}
+    shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in inputs_of}
+
+    def record(name):
+        def hook(module, args, kwargs):
+            t = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            if t is not None:
+                shapes[name].append(tuple(t.shape))
+
+        return hook
+
+    handles = [named[name].register_forward_pre_hook(record(name), with_kwargs=True) for name in shapes]
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        probe(x)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for name, m in named.items():
+            m.training = modes[name]
     out: dict[str, int] = {}
     for key, by_op in counter.get_flop_counts().items():
         if key == "Global":
@@ -124,7 +157,74 @@ def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, i
         name = key.split(".", 1)[1] if "." in key else ""
         out[name] = int(sum(by_op.values()))
     out[""] = int(counter.get_total_flops())
-    return out
+    return out, shapes
+
+
+def measure_latency(
+    models: Mapping[str, nn.Module] | Iterable[nn.Module],
+    input_shape: Iterable[int],
+    reps: int = 20,
+    warmup: int = 3,
+) -> dict[str, float] | list[float]:
+    """Median wall-clock seconds of one forward pass of each model, timed in turns (eval mode, no gradient).
+
+    The models run one after the other in every repetition (dense, compressed, dense, ...), so a change of load
+    on the machine hits all of them alike; the median of ``reps`` timed passes is reported, after ``warmup``
+    untimed ones. Each model is timed as it is (device, dtype, memory format) and put back in its training mode.
+
+    Parameters
+    ----------
+    models : mapping of name to nn.Module, or iterable of nn.Module
+    input_shape : tuple of int
+        Full input shape with the batch dimension, e.g. ``(128, 3, 32, 32)``.
+    reps, warmup : int
+        Timed and untimed forward passes per model.
+
+    Returns
+    -------
+    dict or list of float
+        Seconds per forward pass, keyed like ``models``.
+    """
+    import statistics
+    import time
+
+    named = dict(models) if isinstance(models, Mapping) else dict(enumerate(models))
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    inputs = {k: _like_model(m, example_input(m, input_shape).normal_()) for k, m in named.items()}
+    modes = {k: m.training for k, m in named.items()}
+    times: dict = {k: [] for k in named}
+
+    def sync(x: torch.Tensor) -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    try:
+        for m in named.values():
+            m.eval()
+        with torch.no_grad():
+            for i in range(warmup + reps):
+                for k, m in named.items():
+                    x = inputs[k]
+                    sync(x)
+                    t0 = time.perf_counter()
+                    m(x)
+                    sync(x)
+                    if i >= warmup:
+                        times[k].append(time.perf_counter() - t0)
+    finally:
+        for k, m in named.items():
+            m.train(modes[k])
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return medians if isinstance(models, Mapping) else [medians[k] for k in named]
+
+
+def _like_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last memory format when ``model``'s first conv weight is (a 4-D input), else as is."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    if x.dim() == 4 and w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def count_flops(model: nn.Module, input_shape: Iterable[int]) -> int:
@@ -164,6 +264,9 @@ class LayerTable:
     nonzero: bool = False  # params_after counts non-zeros (unstructured pruning)
     method: str = ""
     extra: dict = field(default_factory=dict)
+    latency_before: float | None = None  # median seconds per forward pass (measure_latency), when measured
+    latency_after: float | None = None
+    latency_shape: tuple | None = None  # the input shape timed, batch included
 
     @property
     def rate(self) -> float:
@@ -208,6 +311,13 @@ class LayerTable:
         if self.flops_before is not None and self.flops_after is not None:
             ratio = self.flops_after / self.flops_before if self.flops_before else float("nan")
             out.append(f"total FLOPs: {_si(self.flops_before)} -> {_si(self.flops_after)} ({ratio:.2f}x)")
+        if self.latency_before is not None and self.latency_after is not None:
+            speedup = self.latency_before / self.latency_after if self.latency_after else float("nan")
+            shape = "x".join(map(str, self.latency_shape or ()))
+            out.append(
+                f"latency: {1e3 * self.latency_before:.3g} ms -> {1e3 * self.latency_after:.3g} ms "
+                f"({speedup:.2f}x faster; median forward pass, input {shape}, eval, no_grad)"
+            )
         return "\n".join(out)
 
 

@@ -3,8 +3,10 @@
 Inputs: a model, a ``rate`` (fraction of ALL parameters to remove, BatchNorm and biases included, in ``[0, 1)``)
 and/or explicit ``ranks``, an ``allocation`` and a ``scheme``. Output: a :class:`Plan` (:func:`plan_compression`)
 with a :class:`LayerPlan` per eligible layer; nothing is built. Eligible layers are plain ``nn.Conv2d`` with
-``groups == 1`` and ``nn.Linear``, minus ``exclude`` (see :mod:`smoothcompress.selection`); a layer is factorized
-only when that saves parameters, ``r * (rows + cols) < rows * cols``.
+``groups == 1``, ``nn.Linear`` and Linear-like modules such as ``transformers``' ``Conv1D`` (see
+:mod:`smoothcompress.layers`), minus ``exclude`` (see :mod:`smoothcompress.selection`) and minus layers whose weight
+is tied to another module's (factorizing one copy would add parameters); ``nn.MultiheadAttention`` is listed as
+skipped. A layer is factorized only when that saves parameters, ``r * (rows + cols) < rows * cols``.
 
 Let ``kept_l(r) = sum_{i<=r} s_i**2 / sum_i s_i**2`` be the fraction of layer ``l``'s spectral energy kept at
 rank ``r``. With a ``calibration`` (:func:`smoothcompress.calibrate`) the ``s_i`` are the singular values of
@@ -22,6 +24,27 @@ per layer, whichever of the two loses less spectral energy at the same parameter
 
 The achieved rate is never below the request and overshoots it by at most about one rank step of one layer; a
 rate the eligible layers cannot reach raises :class:`smoothcompress.accounting.RateUnreachable`.
+
+FLOPs budget. ``flops`` (in ``(0, 1]``) is the fraction of the model's FLOPs (multiply-adds) to KEEP, where ``rate``
+is the fraction of parameters to REMOVE. The FLOPs of every option are counted, never estimated by hand: one traced
+forward pass on an example input of ``input_shape`` (known for registry models,
+:func:`smoothcompress.models.default_input_shape`) gives each layer's dense FLOPs and its input shapes, and
+:class:`~torch.utils.flop_counter.FlopCounterMode` counts each scheme's factorized layer on those shapes (meta
+tensors). A factorized layer's FLOPs depend on its output size, so for the same parameters an early,
+high-resolution layer saves more FLOPs than a late one. The objective is the same (``sum_l -log kept_l`` for
+``"global"``); only the cost changes:
+
+* ``flops`` alone: the greedy walks each layer's lower convex hull of (FLOPs saved, loss) instead of (parameters
+  saved, loss), until the kept FLOPs are at most ``flops`` of the dense model's; ``"uniform"`` and ``"energy"``
+  move their shared fraction until the budget holds.
+* ``rate`` and ``flops``: the cost of an option is the weighted sum ``(1 - t) * params saved / all params +
+  t * FLOPs saved / all FLOPs`` (a Lagrangian mix); for each ``t`` in ``0, 0.1, ..., 1`` the greedy walks the hulls
+  of (cost, loss) and stops as soon as BOTH budgets hold, and the allocation with the least total loss is kept.
+  One of the two budgets is then usually met with room to spare.
+
+The kept FLOPs are never above the budget and undershoot it by about one rank step of one layer; a budget that
+the eligible layers cannot reach (every layer at its cheapest rank, a multiple of ``rank_multiple``) raises
+:class:`~smoothcompress.accounting.RateUnreachable` naming the smallest reachable fraction.
 """
 
 from __future__ import annotations
@@ -29,17 +52,20 @@ from __future__ import annotations
 import bisect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from smoothcompress.accounting import RateUnreachable, bisect_boundary, check_rate, count_params
+from smoothcompress.accounting import RateUnreachable, bisect_boundary, check_rate, count_params, trace_flops
 from smoothcompress.batchnorm import bn_scale, trace_bn_pairs
 from smoothcompress.factorized import (
     Factorized,
+    FactorizedConv2d,
+    FactorizedLinear,
     _check_rank,
     _decompose,
     _Decomposition,
@@ -47,12 +73,23 @@ from smoothcompress.factorized import (
     _row_weight,
     matricize,
 )
+from smoothcompress.layers import is_linear_like, layer_weight, linear_spec
+from smoothcompress.models import default_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
 
 if TYPE_CHECKING:
     from smoothcompress.calibration import Calibration
 
-__all__ = ["SCHEMES", "ALLOCATIONS", "LayerPlan", "Plan", "plan_compression", "plan_ranks"]
+__all__ = [
+    "SCHEMES",
+    "ALLOCATIONS",
+    "DEFAULT_RATE",
+    "LayerPlan",
+    "Plan",
+    "plan_compression",
+    "plan_ranks",
+    "check_flops",
+]
 
 SCHEMES = ("channel", "spatial", "auto")
 """Factorization schemes accepted by :func:`smoothcompress.compress`."""
@@ -61,6 +98,25 @@ ALLOCATIONS = ("global", "global-linear", "uniform", "energy")
 """Rank allocation strategies accepted by :func:`smoothcompress.compress`."""
 
 _RATE_TOLERANCE = 0.01
+_MIX_STEPS = 10  # rate and flops together: the weight t of the FLOPs in the cost goes 0, 1/10, ..., 1
+
+
+class _DefaultRate(float):
+    """The type of :data:`DEFAULT_RATE`: a float 0.7 that can be told apart from an explicit ``rate=0.7``."""
+
+
+DEFAULT_RATE = _DefaultRate(0.7)
+"""Default ``rate`` of :func:`plan_compression` and :func:`smoothcompress.compress`: 0.7, unless ``flops`` is given,
+in which case only the FLOPs budget applies (pass ``rate`` explicitly to have both)."""
+
+
+def check_flops(flops) -> float:
+    """``flops`` as a float, checked to be a FLOPs budget: the fraction of the dense FLOPs kept, in ``(0, 1]``."""
+    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops):
+        raise ValueError(f"flops must be a number in (0, 1], got {flops!r}")
+    if not 0.0 < flops <= 1.0:
+        raise ValueError(f"flops must be in (0, 1] (the fraction of the dense FLOPs kept, e.g. 0.5), got {flops}")
+    return float(flops)
 
 
 @dataclass(frozen=True)
@@ -69,6 +125,7 @@ class LayerPlan:
 
     ``scheme`` and ``rank`` are ``None`` when the layer stays dense. ``params_before``/``params_after`` count the
     layer's weight only (its bias is unchanged). ``energy`` is the kept fraction of spectral energy (1.0 if dense).
+    ``flops_before``/``flops_after`` are the layer's FLOPs on the example input, when FLOPs were counted.
     """
 
     name: str
@@ -78,6 +135,8 @@ class LayerPlan:
     energy: float
     params_before: int
     params_after: int
+    flops_before: int | None = None
+    flops_after: int | None = None
 
 
 @dataclass
@@ -96,6 +155,11 @@ class Plan:
         ``{layer: BatchNorm}`` used for BatchNorm-aware truncation (empty if ``bn_aware=False``).
     bn_note : str or None
         Why BatchNorm-aware truncation was not available, if it was not.
+    flops_before, flops_after : int or None
+        FLOPs of one forward pass of the whole model on the example input (``input_shape``) before and after;
+        ``None`` when FLOPs were not counted (no ``flops`` budget and no ``input_shape`` given).
+    input_shape : tuple of int or None
+        The example input the FLOPs were counted on, batch included.
     """
 
     layers: dict[str, LayerPlan]
@@ -104,11 +168,26 @@ class Plan:
     params_after: int
     bn_pairs: dict[str, str] = field(default_factory=dict)
     bn_note: str | None = None
+    flops_before: int | None = None
+    flops_after: int | None = None
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def rate(self) -> float:
         """Fraction of all parameters removed."""
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    @property
+    def flops_fraction(self) -> float | None:
+        """Fraction of the model's FLOPs kept, or ``None`` when FLOPs were not counted."""
+        if self.flops_before is None or self.flops_after is None:
+            return None
+        return self.flops_after / self.flops_before if self.flops_before else 1.0
+
+    def flops_details(self) -> dict:
+        """The FLOP counts for a record's ``details``: totals before and after, and the example input's shape."""
+        shape = None if self.input_shape is None else list(self.input_shape)
+        return {"before": self.flops_before, "after": self.flops_after, "input_shape": shape}
 
     def ranks(self) -> dict[str, int]:
         """``{name: rank}`` of the layers that get factorized."""
@@ -120,6 +199,22 @@ class _Option(NamedTuple):
     loss: float  # normalised energy lost, in [0, 1]
     scheme: str | None  # None: dense
     rank: int | None
+    flops_saving: int = 0  # FLOPs saved vs dense on the example input (0 when FLOPs are not counted)
+
+
+class _Flops(NamedTuple):
+    """A layer's FLOPs on the example input: dense, and ``base + per_rank * r`` factorized, by scheme."""
+
+    dense: int
+    linear: dict[str, tuple[int, int]]  # scheme -> (base, per_rank)
+
+
+def _params_key(o: _Option) -> float:
+    return o.saving
+
+
+def _flops_key(o: _Option) -> float:
+    return o.flops_saving
 
 
 @dataclass
@@ -132,17 +227,30 @@ class _Layer:
     log_loss: bool  # loss -log(kept) if True, else 1 - kept
     multiple: int  # allocated ranks are multiples of this
     options: list[_Option]  # dense first, then every allowed (scheme, rank) that saves params
+    flops: _Flops | None = None  # None: FLOPs not counted
 
     def unit(self, scheme: str) -> int:
         m, n = self.decs[scheme].matrix.shape
         return m + n
+
+    def flops_after(self, o: _Option) -> int | None:
+        if self.flops is None:
+            return None
+        if o.scheme is None:
+            return self.flops.dense
+        base, per_rank = self.flops.linear[o.scheme]
+        return base + per_rank * o.rank
 
     def option(self, scheme: str, rank: int) -> _Option:
         saving = self.dense - rank * self.unit(scheme)
         if saving <= 0:
             return self.options[0]
         kept = self.kept[scheme][rank - 1]
-        return _Option(saving, -math.log(max(kept, 1e-300)) if self.log_loss else 1.0 - kept, scheme, rank)
+        loss = -math.log(max(kept, 1e-300)) if self.log_loss else 1.0 - kept
+        if self.flops is None:
+            return _Option(saving, loss, scheme, rank)
+        base, per_rank = self.flops.linear[scheme]
+        return _Option(saving, loss, scheme, rank, self.flops.dense - base - per_rank * rank)
 
     def snap(self, scheme: str, rank: int, up: bool) -> int:
         """``rank`` moved to a multiple of ``self.multiple`` (nearest, or the next one up), within [1, full rank]."""
@@ -156,10 +264,17 @@ class _Layer:
         ok = [o for o in self.options if o.saving >= at_least]
         return min(ok, key=lambda o: (o.loss, o.saving)) if ok else max(self.options, key=lambda o: o.saving)
 
+    def best_meeting(self, params: float, flops: float, key) -> _Option | None:
+        """The least-loss option saving at least ``params`` parameters and ``flops`` FLOPs (ties: smaller key)."""
+        ok = [o for o in self.options if o.saving >= params and o.flops_saving >= flops]
+        return min(ok, key=lambda o: (o.loss, key(o))) if ok else None
 
-def _check_args(rate, allocation: str, scheme: str) -> None:
+
+def _check_args(rate, allocation: str, scheme: str, flops=None) -> None:
     if rate is not None:
         check_rate(rate)
+    if flops is not None:
+        check_flops(flops)
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(map(repr, ALLOCATIONS))}")
     if scheme not in SCHEMES:
@@ -167,27 +282,121 @@ def _check_args(rate, allocation: str, scheme: str) -> None:
 
 
 def _is_weight_layer(name: str, module: nn.Module) -> bool:
-    """A submodule (not the root) that owns a weight tensor of 2 or more dims: what a compression report lists."""
+    """A submodule (not the root) that owns a weight tensor of 2 or more dims, is Linear-like, or is an
+    ``nn.MultiheadAttention`` (its packed projections): what a compression report lists."""
     w = getattr(module, "weight", None)
-    return bool(name) and isinstance(w, torch.Tensor) and w.dim() >= 2
+    return bool(name) and (
+        (isinstance(w, torch.Tensor) and w.dim() >= 2)
+        or is_linear_like(module)
+        or isinstance(module, nn.MultiheadAttention)
+    )
+
+
+_MHA_NOTE = (
+    "nn.MultiheadAttention: its forward uses the packed in_proj_weight (q, k, v) and out_proj.weight directly, so "
+    "neither can be replaced by factors"
+)
+
+_READ_DIRECTLY: dict[type, tuple[str, ...]] = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),  # its eval-mode fast path passes their weights to a kernel
+}
+"""Parent classes whose forward reads these children's ``.weight`` itself: the children must stay dense."""
+
+
+def _tied(model: nn.Module) -> dict[int, list[str]]:
+    """``{id(parameter): [owner paths]}`` for parameters that more than one module path owns (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(name)
+    return {k: v for k, v in owners.items() if len(v) > 1}
 
 
 def _eligible(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Eligible layers by name, and a status note for every other weight layer."""
-    inside_factorized = [name + "." for name, m in model.named_modules() if isinstance(m, Factorized)]
+    named = list(model.named_modules())
+    inside_factorized = [name + "." for name, m in named if isinstance(m, Factorized)]
+    read_directly = {
+        f"{name}.{child}" if name else child: f"{type(m).__name__}'s forward reads {child}.weight directly"
+        for name, m in named
+        for parent, children in _READ_DIRECTLY.items()
+        if isinstance(m, parent)
+        for child in children
+    }
+    tied = _tied(model)
 
     def ineligible(name: str, m: nn.Module) -> str | None:
         if any(name.startswith(p) for p in inside_factorized):
             return "already factorized"
+        if isinstance(m, nn.MultiheadAttention):
+            return _MHA_NOTE
+        if name in read_directly:
+            return read_directly[name]
         if type(m) is nn.Conv2d and m.groups != 1:
             kind = "depthwise" if m.groups == m.in_channels else "grouped"
             return f"{kind} conv (groups={m.groups})"
-        if type(m) in (nn.Conv2d, nn.Linear):
+        if type(m) is nn.Conv2d or is_linear_like(m):
+            spec = linear_spec(m)
+            others = [o for o in tied.get(id(getattr(m, spec.weight if spec else "weight")), []) if o != name]
+            if others:
+                return f"weight tied to {others[0]} (factorizing it would add parameters)"
             return None
         return f"unsupported layer type {type(m).__name__}"
 
     sel = select_layers(model, exclude=exclude, types=_is_weight_layer, ineligible=ineligible)
     return sel.chosen, {name: f"skipped: {why}" for name, why in sel.skipped.items()}
+
+
+def _skeleton(module: nn.Module, scheme: str, rank: int) -> nn.Module:
+    """A factorized replacement of ``module`` at ``rank`` on the meta device (shapes only), for counting FLOPs.
+
+    Any rank is allowed (``full_rank=rank``): FLOPs are linear in the rank, ranks 1 and 2 give the line."""
+    w = layer_weight(module)
+    if is_linear_like(module):
+        return FactorizedLinear(w.shape[1], w.shape[0], rank, False, rank, device="meta", dtype=w.dtype)
+    return FactorizedConv2d(
+        w.shape[1], w.shape[0], module.kernel_size, rank, module.stride, module.padding, module.dilation,
+        bias=False, padding_mode=module.padding_mode, scheme=scheme, full_rank=rank, device="meta", dtype=w.dtype,
+    )  # fmt: skip
+
+
+def _count_meta(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        for shape in shapes:
+            module(torch.empty(shape, device="meta", dtype=dtype))
+    return int(counter.get_total_flops())
+
+
+def _flop_model(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> tuple[int, dict[str, _Flops]]:
+    """Total FLOPs of ``model`` on ``input_shape``, and each eligible layer's :class:`_Flops` by scheme.
+
+    One traced forward pass gives the dense FLOPs and the input shapes of every call of each layer; each scheme's
+    factorized layer is then counted at ranks 1 and 2 on those shapes (FLOPs are linear in the rank).
+    """
+    by_module, shapes = trace_flops(model, input_shape, modules)
+    out = {}
+    for name, m in modules.items():
+        linear = {}
+        for s in dict.fromkeys(_effective_scheme(layer_weight(m).shape, s) for s in ("channel", "spatial")):
+            one, two = (_count_meta(_skeleton(m, s, r), shapes[name], layer_weight(m).dtype) for r in (1, 2))
+            linear[s] = (2 * one - two, two - one)
+        out[name] = _Flops(by_module.get(name, 0), linear)
+    return by_module[""], out
+
+
+def _resolve_input_shape(model: nn.Module, input_shape, flops) -> tuple[int, ...] | None:
+    """The example input's shape (batch included): ``input_shape``, else the registry's; required for ``flops``."""
+    if input_shape is None:
+        input_shape = default_input_shape(model) if flops is not None else None
+        if input_shape is None and flops is not None:
+            raise ValueError(
+                "a FLOPs budget needs the model's input shape: pass input_shape=(1, C, H, W) (batch included); "
+                "only registry models (smoothcompress.create_model) know theirs"
+            )
+    return None if input_shape is None else tuple(int(d) for d in input_shape)
 
 
 def _analyse(
@@ -198,68 +407,117 @@ def _analyse(
     log_loss: bool,
     multiple: int,
     calibration: Calibration | None = None,
-) -> tuple[list[_Layer], dict[str, str], dict[str, str], str | None]:
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[list[_Layer], dict[str, str], dict[str, str], str | None, int | None]:
     modules, notes = _eligible(model, exclude)
+    centered: set[str] = set()  # layers truncated in the metric of their centered inputs (see Calibration.center)
     if calibration is not None:
         calibration.check(model, modules)
+        if calibration.center:
+            centered = set(trace_bn_pairs(model)[0])
+    total_flops, flop_models = _flop_model(model, modules, input_shape) if input_shape is not None else (None, {})
     bn_pairs, bn_note = trace_bn_pairs(model) if bn_aware and modules else ({}, None)
     bn_pairs = {k: v for k, v in bn_pairs.items() if k in modules}
     named = dict(model.named_modules())
     layers = []
     for name, m in modules.items():
-        w = m.weight.detach()
+        w = layer_weight(m).detach()
         out_scale = bn_scale(named[bn_pairs[name]]) if name in bn_pairs else None
         wanted = ("channel", "spatial") if scheme == "auto" else (scheme,)
         decs, kept = {}, {}
         for s in dict.fromkeys(_effective_scheme(w.shape, s) for s in wanted):  # in order: channel first
-            moment = calibration.moment(name, s) if calibration is not None else None
+            moment = calibration.moment(name, s, name in centered) if calibration is not None else None
             decs[s] = _decompose(matricize(w, s), _row_weight(out_scale, w, s), moment)
             kept[s] = decs[s].kept_energy().tolist()
-        layer = _Layer(name, m, w.numel(), decs, kept, log_loss, multiple, [_Option(0, 0.0, None, None)])
+        flop_model = flop_models.get(name)
+        dense = _Option(0, 0.0, None, None)
+        layer = _Layer(name, m, w.numel(), decs, kept, log_loss, multiple, [dense], flop_model)
         for s in decs:
             r_max = min(decs[s].full_rank, (layer.dense - 1) // layer.unit(s))
             layer.options += [layer.option(s, r) for r in range(multiple, r_max + 1, multiple)]
+            # a rank above r_max saves nothing (option() keeps the layer dense), so its basis columns are never
+            # used: keep only the first r_max (about half of a square layer's), which bounds compress's memory
+            if decs[s].basis.shape[1] > max(r_max, 1):
+                decs[s].basis = decs[s].basis[:, : max(r_max, 1)].clone()
         layers.append(layer)
-    return layers, notes, bn_pairs, bn_note
+    return layers, notes, bn_pairs, bn_note, total_flops
 
 
-def _lower_hull(options: list[_Option]) -> list[_Option]:
-    """Vertices of the lower convex hull of (saving, loss), from the dense option to the largest saving."""
-    best: dict[int, _Option] = {}
+def _lower_hull(options: list[_Option], key=_params_key) -> list[_Option]:
+    """Vertices of the lower convex hull of (key, loss), from the dense option (key 0) to the largest key.
+
+    ``key`` is the saving that the greedy spends: parameters saved (default), FLOPs saved, or a mix of the two.
+    Options with a negative key (e.g. a spatial factorization that costs more FLOPs than the dense layer) are left
+    out.
+    """
+    best: dict[float, _Option] = {}
     for o in options:
-        if o.saving not in best or o.loss < best[o.saving].loss:
-            best[o.saving] = o
+        k = key(o)
+        if k >= 0 and (k not in best or o.loss < best[k].loss):
+            best[k] = o
     hull: list[_Option] = []
-    for p in sorted(best.values()):
+    for p in sorted(best.values(), key=lambda o: (key(o), o)):
         while len(hull) >= 2:
             o, a = hull[-2], hull[-1]
-            if (a.saving - o.saving) * (p.loss - o.loss) - (a.loss - o.loss) * (p.saving - o.saving) > 0:
+            if (key(a) - key(o)) * (p.loss - o.loss) - (a.loss - o.loss) * (key(p) - key(o)) > 0:
                 break
             hull.pop()
         hull.append(p)
     return hull
 
 
-def _allocate_global(layers: list[_Layer], need: int) -> dict[str, _Option]:
+def _allocate_global(
+    layers: list[_Layer], need: float, need_flops: float = -math.inf, key=_params_key
+) -> dict[str, _Option] | None:
+    """Greedy along each layer's lower hull of (``key``, loss), least loss per unit of key first, until the choices
+    save at least ``need`` parameters and ``need_flops`` FLOPs; ``None`` if the hulls end first.
+
+    The step that meets both budgets is refined: its layer takes the least-loss option that still meets them.
+    """
     choice = {lay.name: lay.options[0] for lay in layers}
-    if need <= 0:
+    if need <= 0 and need_flops <= 0:
         return choice
     steps = []
     for i, lay in enumerate(layers):
-        hull = _lower_hull(lay.options)
+        hull = _lower_hull(lay.options, key)
         for j in range(1, len(hull)):
-            ds, dl = hull[j].saving - hull[j - 1].saving, hull[j].loss - hull[j - 1].loss
-            steps.append((dl / ds, i, j, hull[j], ds))
+            ds, dl = key(hull[j]) - key(hull[j - 1]), hull[j].loss - hull[j - 1].loss
+            steps.append((dl / ds, i, j, hull[j]))
     steps.sort(key=lambda t: t[:3])
-    saved = 0
-    for _, i, _, vertex, ds in steps:
+    saved = saved_flops = 0
+    for _, i, _, vertex in steps:
         lay = layers[i]
-        if saved + ds >= need:
-            choice[lay.name] = lay.best_with_saving(choice[lay.name].saving + need - saved)
+        old = choice[lay.name]
+        rest, rest_flops = saved - old.saving, saved_flops - old.flops_saving  # the other layers' savings
+        if rest + vertex.saving >= need and rest_flops + vertex.flops_saving >= need_flops:
+            choice[lay.name] = lay.best_meeting(need - rest, need_flops - rest_flops, key)
             return choice
         choice[lay.name] = vertex
-        saved += ds
-    return choice
+        saved, saved_flops = rest + vertex.saving, rest_flops + vertex.flops_saving
+    return None
+
+
+def _mixed_key(t: float, params_total: int, flops_total: int):
+    """The cost of an option when both budgets apply: ``(1 - t) * params saved / params + t * FLOPs saved / FLOPs``."""
+    if t == 0.0:
+        return _params_key
+    if t == 1.0:
+        return _flops_key
+    params_total, flops_total = max(params_total, 1), max(flops_total, 1)
+    return lambda o: (1.0 - t) * o.saving / params_total + t * o.flops_saving / flops_total
+
+
+def _allocate_both(
+    layers: list[_Layer], need: float, need_flops: float, params_total: int, flops_total: int
+) -> dict[str, _Option] | None:
+    """The least-loss :func:`_allocate_global` that meets both budgets over the mixes ``t = 0, 0.1, ..., 1``."""
+    best, best_loss = None, math.inf
+    for step in range(_MIX_STEPS + 1):
+        choice = _allocate_global(layers, need, need_flops, _mixed_key(step / _MIX_STEPS, params_total, flops_total))
+        loss = math.inf if choice is None else sum(o.loss for o in choice.values())
+        if loss < best_loss:
+            best, best_loss = choice, loss
+    return best
 
 
 def _uniform_choice(lay: _Layer, fraction: float) -> _Option:
@@ -275,37 +533,44 @@ def _energy_choice(lay: _Layer, keep: float) -> _Option:
     return max(opts, key=lambda o: (o.saving, -o.loss))
 
 
-def _allocate_by(layers: list[_Layer], need: int, rule) -> dict[str, _Option]:
-    """Choices of a one-parameter rule (a rank or energy fraction shared by all layers) that save ``need``.
+def _allocate_by(
+    layers: list[_Layer], need: float, rule, need_flops: float = -math.inf, key=_params_key
+) -> dict[str, _Option]:
+    """Choices of a one-parameter rule (a rank or energy fraction shared by all layers) that save ``need``
+    parameters and ``need_flops`` FLOPs.
 
     Layers of equal size change rank at the same parameter value, so the saving jumps there. Between the two sides
-    of the jump, layers are moved one by one (least loss per parameter first) and stop as soon as ``need`` is met:
-    every layer still follows the rule to within one step.
+    of the jump, layers are moved one by one (least loss per unit of ``key`` first) and stop as soon as both
+    budgets are met: every layer still follows the rule to within one step.
     """
-    if need <= 0:
+    if need <= 0 and need_flops <= 0:
         return {lay.name: lay.options[0] for lay in layers}
-    lo, hi = bisect_boundary(lambda x: sum(rule(lay, x).saving for lay in layers) >= need)
+
+    def met(choices) -> bool:
+        return sum(o.saving for o in choices) >= need and sum(o.flops_saving for o in choices) >= need_flops
+
+    lo, hi = bisect_boundary(lambda x: met([rule(lay, x) for lay in layers]))
     choice = {lay.name: rule(lay, hi) for lay in layers}
     moves = []
     for lay in layers:
         a, b = choice[lay.name], rule(lay, lo)
-        if b.saving > a.saving:
-            moves.append(((b.loss - a.loss) / (b.saving - a.saving), lay.name, b))
-    saved = sum(o.saving for o in choice.values())
+        if key(b) > key(a):
+            moves.append(((b.loss - a.loss) / (key(b) - key(a)), lay.name, b))
     for _, name, b in sorted(moves, key=lambda t: t[:2]):
-        if saved >= need:
+        if met(choice.values()):
             break
-        saved += b.saving - choice[name].saving
         choice[name] = b
+    if not met(choice.values()):  # a rule whose FLOPs saving is not monotone in its parameter (scheme="auto")
+        choice = {lay.name: rule(lay, lo) for lay in layers}
     return choice
 
 
-def _max_saving(layers: list[_Layer], allocation: str) -> int:
+def _max_saving(layers: list[_Layer], allocation: str, key=_params_key) -> int:
     if allocation == "uniform":
-        return sum(_uniform_choice(lay, 0.0).saving for lay in layers)
+        return sum(key(_uniform_choice(lay, 0.0)) for lay in layers)
     if allocation == "energy":
-        return sum(_energy_choice(lay, 0.0).saving for lay in layers)
-    return sum(max(o.saving for o in lay.options) for lay in layers)
+        return sum(key(_energy_choice(lay, 0.0)) for lay in layers)
+    return sum(max(key(o) for o in lay.options) for lay in layers)
 
 
 def _pinned_option(lay: _Layer, rank: int, scheme: str) -> _Option:
@@ -325,17 +590,24 @@ def _plan(
     bn_aware: bool,
     rank_multiple: int,
     calibration: Calibration | None = None,
+    flops: float | None = None,
+    input_shape=None,
 ) -> tuple[Plan, list[_Layer], dict[str, _Option]]:
-    _check_args(rate, allocation, scheme)
+    if rate is DEFAULT_RATE and flops is not None:
+        rate = None
+    _check_args(rate, allocation, scheme, flops)
     model = unwrap(model)
     if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
         raise ValueError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
     ranks = dict(ranks or {})
-    if rate is None and not ranks:
-        raise ValueError("pass a rate (fraction of parameters to remove) or explicit ranks per layer")
+    if rate is None and flops is None and not ranks:
+        raise ValueError(
+            "pass a rate (fraction of parameters to remove), flops (fraction of FLOPs to keep) or explicit ranks"
+        )
+    input_shape = _resolve_input_shape(model, input_shape, flops)
     log_loss = allocation != "global-linear"
-    layers, notes, bn_pairs, bn_note = _analyse(
-        model, scheme, exclude, bn_aware, log_loss, rank_multiple, calibration
+    layers, notes, bn_pairs, bn_note, flops_total = _analyse(
+        model, scheme, exclude, bn_aware, log_loss, rank_multiple, calibration, input_shape
     )
     by_name = {lay.name: lay for lay in layers}
     for name in ranks:
@@ -347,8 +619,26 @@ def _plan(
     choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
     pinned_saving = sum(o.saving for o in choice.values())
     free = [lay for lay in layers if lay.name not in ranks]
-    if rate is None:
+    need_flops = -math.inf
+    if flops is not None:
+        pinned_flops = sum(o.flops_saving for o in choice.values())
+        need_flops = flops_total - math.floor(flops * flops_total) - pinned_flops
+        best = flops_total - pinned_flops - _max_saving(free, allocation, _flops_key)  # least FLOPs reachable
+        if need_flops > 0 and best > math.floor(flops * flops_total):
+            raise RateUnreachable(
+                f"flops {flops} is out of reach: with allocation={allocation!r}, scheme={scheme!r} and "
+                f"rank_multiple={rank_multiple} the eligible layers keep at least {best / flops_total:.4f} of the "
+                f"FLOPs (every layer at its cheapest rank; {len(notes)} weight layers skipped or excluded). Ask for "
+                f"flops of at least {math.ceil(best / flops_total * 1000) / 1000:.3f}."
+            )
+    if rate is None and flops is None:
         choice.update({lay.name: lay.options[0] for lay in free})
+    elif rate is None:
+        if allocation in ("global", "global-linear"):
+            choice.update(_allocate_global(free, -math.inf, need_flops, _flops_key))
+        else:
+            rule = _uniform_choice if allocation == "uniform" else _energy_choice
+            choice.update(_allocate_by(free, -math.inf, rule, need_flops, _flops_key))
     else:
         target = math.ceil(rate * total)
         if pinned_saving > target + _RATE_TOLERANCE * total:
@@ -365,31 +655,56 @@ def _plan(
                 f"{len(notes)} weight layers skipped or excluded). Ask for a rate of at most "
                 f"{math.floor(reachable / total * 1000) / 1000:.3f}."
             )
-        if allocation in ("global", "global-linear"):
+        if flops is not None:
+            if allocation in ("global", "global-linear"):
+                both = _allocate_both(free, need, need_flops, total, flops_total)
+            else:
+                rule = _uniform_choice if allocation == "uniform" else _energy_choice
+                both = _allocate_by(free, need, rule, need_flops, _mixed_key(0.5, total, flops_total))
+            if both is None:
+                raise RateUnreachable(
+                    f"rate {rate} and flops {flops} together are out of reach with allocation={allocation!r} and "
+                    f"scheme={scheme!r} (each alone is reachable); relax one of them"
+                )
+            choice.update(both)
+        elif allocation in ("global", "global-linear"):
             choice.update(_allocate_global(free, need))
         else:
             rule = _uniform_choice if allocation == "uniform" else _energy_choice
             choice.update(_allocate_by(free, need, rule))
     saved = sum(o.saving for o in choice.values())
-    if rate is not None and abs(saved / total - rate) > _RATE_TOLERANCE:
+    if rate is not None and flops is None and abs(saved / total - rate) > _RATE_TOLERANCE:
         warnings.warn(
             f"achieved rate {saved / total:.4f} is more than {_RATE_TOLERANCE} away from the requested {rate} "
             f"(allocation={allocation!r}): the rank steps of this model's layers are coarse",
             stacklevel=3,
         )
+    flops_after = None
+    if flops_total is not None:
+        flops_after = flops_total - sum(o.flops_saving for o in choice.values())
+        coarse = need_flops > 0 and flops - flops_after / flops_total > _RATE_TOLERANCE  # not the explicit ranks
+        if rate is None and flops is not None and coarse:
+            warnings.warn(
+                f"achieved FLOPs fraction {flops_after / flops_total:.4f} is more than {_RATE_TOLERANCE} below the "
+                f"budget {flops} (allocation={allocation!r}): the rank steps of this model's layers are coarse",
+                stacklevel=3,
+            )
     plans = {}
     for lay in layers:
         o = choice[lay.name]
         full = lay.decs[o.scheme or next(iter(lay.decs))].full_rank
         energy = lay.kept[o.scheme][o.rank - 1] if o.scheme else 1.0
-        plans[lay.name] = LayerPlan(lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving)
-    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note)
+        fb = lay.flops.dense if lay.flops is not None else None
+        plans[lay.name] = LayerPlan(
+            lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o)
+        )
+    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, input_shape)
     return plan, layers, choice
 
 
 def plan_compression(
     model: nn.Module,
-    rate: float | None = 0.7,
+    rate: float | None = DEFAULT_RATE,
     allocation: str = "global",
     scheme: str = "channel",
     *,
@@ -398,6 +713,8 @@ def plan_compression(
     bn_aware: bool = False,
     rank_multiple: int = 1,
     calibration: Calibration | None = None,
+    flops: float | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Plan:
     """Decide, without building anything, which layers :func:`smoothcompress.compress` factorizes, and how.
 
@@ -405,20 +722,22 @@ def plan_compression(
 
     Parameters
     ----------
-    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration
+    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
         As in :func:`smoothcompress.compress`.
 
     Returns
     -------
     Plan
-        Per-layer decisions, notes on skipped layers and the parameter totals.
+        Per-layer decisions, notes on skipped layers and the parameter totals (and FLOP totals when counted).
     """
-    return _plan(model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration)[0]
+    return _plan(
+        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
+    )[0]
 
 
 def plan_ranks(
     model: nn.Module,
-    rate: float | None = 0.7,
+    rate: float | None = DEFAULT_RATE,
     allocation: str = "global",
     scheme: str = "channel",
     **kwargs,

@@ -15,6 +15,7 @@ the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batch
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcompress.data import Dataset, Loader
+from smoothcompress.layers import is_linear_like, layer_weight
 
 __all__ = ["Calibration", "CalibrationData", "calibrate", "calibration_batches", "input_dim", "recalibrate_bn"]
 
@@ -40,14 +42,18 @@ SAMPLES_PER_DIM = 2
 DAMPING = 0.01
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_linear_like(module)
+
+
 def _is_calibratable(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    return _is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def input_dim(module: nn.Module) -> int:
     """Input dimension ``d`` of a layer's matricized weight: ``C_in * kh * kw`` for a Conv2d, ``in_features`` for
-    a Linear."""
-    w = module.weight
+    a Linear or Linear-like layer (:mod:`smoothcompress.layers`)."""
+    w = layer_weight(module)
     return int(w.shape[1]) * (int(w.shape[2]) * int(w.shape[3]) if w.dim() == 4 else 1)
 
 
@@ -185,9 +191,16 @@ class Calibration:
         Ridge added by :meth:`moment`: ``C + damping * mean(diag C) * I``. It makes a moment estimated from few
         samples positive definite (full rank stays exact) and pulls directions the calibration inputs never excite
         towards plain truncation. 0 gives the exact optimum on the calibration inputs.
+    center : bool
+        Truncate layers that feed a BatchNorm in the metric of their *centered* inputs, ``C - mu mu^T``: the
+        error ``(W - W_r) mu`` is then a per-channel constant that :func:`recalibrate_bn` removes, so the rank goes
+        to what recalibration cannot fix. For compression followed by BatchNorm recalibration (``svd-data+bn``).
+    means : dict of str to Tensor
+        Layer name -> ``E[x]``, float64, shape (d,).
     """
 
     moments: dict[str, torch.Tensor] = field(repr=False)
+    means: dict[str, torch.Tensor] = field(repr=False)
     samples: dict[str, int]
     shapes: dict[str, tuple[int, ...]]
     images: int
@@ -195,8 +208,9 @@ class Calibration:
     augment: bool = False
     seconds: float = 0.0
     damping: float = DAMPING
+    center: bool = False
 
-    def moment(self, name: str, scheme: str = "channel") -> torch.Tensor:
+    def moment(self, name: str, scheme: str = "channel", centered: bool = False) -> torch.Tensor:
         """The input moment of layer ``name`` in the metric a scheme's matricization needs.
 
         Parameters
@@ -207,6 +221,8 @@ class Calibration:
             ``"channel"``: the (d, d) moment of whole patches. ``"spatial"``: the (C_in*kh, C_in*kh) moment of
             one column of the kernel window, averaged over the kw columns (the matricization's columns are
             ``(c, i)``; the kw shifted copies of a column have the same statistics up to the image border).
+        centered : bool
+            The covariance ``E[x x^T] - E[x] E[x]^T`` instead of the second moment.
 
         Returns
         -------
@@ -216,7 +232,9 @@ class Calibration:
         """
         if name not in self.moments:
             raise KeyError(f"layer {name!r} was not calibrated")
-        c = self.moments[name]
+        c, mu = self.moments[name], self.means[name]
+        if centered:
+            c = c - mu[:, None] * mu[None, :]
         shape = self.shapes[name]
         if scheme != "channel" and len(shape) == 4 and tuple(shape[2:]) != (1, 1):
             c_in, kh, kw = shape[1], shape[2], shape[3]
@@ -235,6 +253,7 @@ class Calibration:
             "split": self.split,
             "augment": self.augment,
             "damping": self.damping,
+            "center": self.center,
             "seconds": round(self.seconds, 3),
         }
 
@@ -242,7 +261,7 @@ class Calibration:
         """Raise a one-line ValueError unless every layer in ``names`` was calibrated on a layer of its shape."""
         modules = dict(model.named_modules())
         for name in names:
-            shape = tuple(modules[name].weight.shape)
+            shape = tuple(layer_weight(modules[name]).shape)
             if name not in self.shapes:
                 raise ValueError(
                     f"the calibration has no layer {name!r}: it was made for another model; run calibrate() on "
@@ -262,6 +281,7 @@ class _MomentHook:
         self.module = module
         d = input_dim(module)
         self.sum = torch.zeros(d, d, dtype=torch.float64)
+        self.vec = torch.zeros(d, dtype=torch.float64)
         self.count = 0
         self.quota = quota  # input vectors wanted over the whole calibration
         self.total_images = total_images
@@ -270,7 +290,7 @@ class _MomentHook:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        if isinstance(m, nn.Linear):
+        if _is_linear(m):
             return x.reshape(-1, x.shape[-1])
         return _sample_patches(m, x, self._wanted(x), self.gen)
 
@@ -282,11 +302,12 @@ class _MomentHook:
     def __call__(self, module: nn.Module, args: tuple) -> None:
         x = args[0].detach()
         rows = self._rows(x)
-        if isinstance(self.module, nn.Linear) and rows.shape[0] > self._wanted(x):
+        if _is_linear(self.module) and rows.shape[0] > self._wanted(x):
             keep = torch.randperm(rows.shape[0], generator=self.gen)[: self._wanted(x)]
             rows = rows[keep.to(rows.device)]
         rows = rows.float()
         self.sum += (rows.T @ rows).to("cpu", torch.float64)
+        self.vec += rows.sum(0).to("cpu", torch.float64)
         self.count += rows.shape[0]
         self.images += x.shape[0]
 
@@ -417,8 +438,9 @@ def calibrate(
     split = "train" if isinstance(data, Dataset) else "given"
     return Calibration(
         moments={n: h.sum / max(h.count, 1) for n, h in hooks.items()},
+        means={n: h.vec / max(h.count, 1) for n, h in hooks.items()},
         samples={n: h.count for n, h in hooks.items()},
-        shapes={n: tuple(modules[n].weight.shape) for n in names},
+        shapes={n: tuple(layer_weight(modules[n]).shape) for n in names},
         images=seen,
         split=split,
         augment=bool(augment),
@@ -445,18 +467,27 @@ def recalibrate_bn(
     images: int = 2048,
     batch_size: int = 256,
     *,
+    reference: nn.Module | None = None,
     seed: int = 0,
-    augment: bool = False,
+    augment: bool | None = None,
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running mean and variance by forward passes only.
 
-    Each BatchNorm's statistics are reset and then averaged cumulatively (equal weight per batch, as with
-    ``momentum=None``) over ``images`` calibration inputs, with the BatchNorms in training mode and every other
-    module in eval mode (no dropout). No parameter changes and no gradient is taken; only the buffers
-    ``running_mean``, ``running_var`` and ``num_batches_tracked`` do. The model's train/eval modes and each
-    BatchNorm's momentum are restored. Use it after :func:`smoothcompress.compress` or
-    :func:`smoothcompress.prune`, whose layers no longer produce the statistics the BatchNorms were trained with.
+    Each BatchNorm's statistics are averaged cumulatively (equal weight per batch, as with ``momentum=None``) over
+    ``images`` calibration inputs, with the BatchNorms in training mode and every other module in eval mode (no
+    dropout). No parameter changes and no gradient is taken; only the buffers ``running_mean``, ``running_var``
+    and ``num_batches_tracked`` do. The model's train/eval modes and each BatchNorm's momentum are restored. Use
+    it after :func:`smoothcompress.compress` or :func:`smoothcompress.prune`, whose layers no longer produce the
+    statistics the BatchNorms were trained with.
+
+    With a ``reference`` (the model before compression), only the *change* that compression made is estimated:
+    both models see the same batches, and a BatchNorm present in both with the same shape gets
+    ``mean = mean_ref + (m - m_ref)`` and ``var = var_ref * v / v_ref``, where ``mean_ref``/``var_ref`` are the
+    reference's running statistics and ``m, v`` / ``m_ref, v_ref`` the batch statistics of the two models on the
+    calibration images. What a few thousand images cannot tell (their sampling noise, and how the training-time
+    running averages differ from any fixed set of images) then cancels: a model identical to its reference is
+    left exactly as it is. Other BatchNorms (e.g. those that filter pruning narrowed) get the plain estimate.
 
     Parameters
     ----------
@@ -467,10 +498,13 @@ def recalibrate_bn(
     images, batch_size : int
         Calibration inputs and the batch size for a Dataset or Tensor. Batches of one input are skipped (a
         BatchNorm cannot estimate a variance from one value per channel).
+    reference : nn.Module, optional
+        The uncompressed model ``model`` was made from; it is not changed.
     seed : int
-        Which training images a Dataset gives: the result is deterministic given the data.
-    augment : bool
-        Apply the dataset's training augmentation.
+        Which training images a Dataset gives, and their augmentation: the result is deterministic given the data.
+    augment : bool, optional
+        Apply the dataset's training augmentation. Default: for a Dataset, whether it trains with augmentation
+        (the statistics the BatchNorms were trained to expect are those of augmented batches).
     device : str or torch.device, optional
         Where to run. Default: where the model's parameters are.
 
@@ -478,6 +512,11 @@ def recalibrate_bn(
     -------
     nn.Module
         ``model``. A model without BatchNorm is returned unchanged, with a warning.
+
+    Raises
+    ------
+    ValueError
+        Data that does not fit the model; the statistics are then left as they were.
     """
     bns = _batchnorms(model)
     if not bns:
@@ -486,6 +525,37 @@ def recalibrate_bn(
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    if augment is None:
+        augment = isinstance(data, Dataset) and data.augment
+
+    def batches():
+        for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device):
+            if x.shape[0] > 1:
+                yield x
+
+    _estimate_bn(model, bns, batches())
+    if reference is not None:
+        ref = _batchnorms(reference)
+        ref_copy = copy.deepcopy(reference)
+        ref_est = _batchnorms(ref_copy)
+        _estimate_bn(ref_copy, ref_est, batches())
+        with torch.no_grad():
+            for name, bn in bns.items():
+                r, e = ref.get(name), ref_est.get(name)
+                if r is None or r.running_mean.shape != bn.running_mean.shape:
+                    continue
+                bn.running_mean.copy_(r.running_mean + (bn.running_mean - e.running_mean))
+                bn.running_var.copy_(r.running_var * bn.running_var / e.running_var.clamp_min(bn.eps))
+    return model
+
+
+def _estimate_bn(
+    model: nn.Module, bns: dict[str, nn.modules.batchnorm._BatchNorm], batches: Iterable[torch.Tensor]
+) -> None:
+    """Set ``bns``' running statistics to their cumulative averages over ``batches``; restore modes and momenta.
+
+    On failure the statistics are left as they were and the error is raised.
+    """
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns.values()}
     saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns.values()}
@@ -496,11 +566,6 @@ def recalibrate_bn(
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches
             m.train()
-        batches = (
-            x
-            for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device)
-            if x.shape[0] > 1
-        )
         run_batches(model, batches)
         ok = True
     finally:
@@ -513,4 +578,3 @@ def recalibrate_bn(
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(n)
-    return model

@@ -94,7 +94,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if "ranks" not in inspect.signature(method.apply).parameters:
             raise ValueError(f"--rank does not apply to method {method.name!r}")
         extra["ranks"] = ranks
-    rate = args.rate if args.rate is not None or ranks else 0.7
+    flops = getattr(args, "flops", None)
+    if flops is not None:
+        if "flops" not in inspect.signature(method.apply).parameters:
+            raise ValueError(f"--flops does not apply to method {method.name!r}")
+        extra |= {"flops": flops, "input_shape": models.default_input_shape(model)}
+    rate = args.rate if args.rate is not None or ranks or flops is not None else 0.7
     ds = _dataset(args)
     if args.calibrate is not None and not method.uses_data():
         data_methods = [n for n in list_methods(method.family) if get_method(n).uses_data()]
@@ -236,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("model", help="a model file written by smoothcompress (safetensors)")
         p.add_argument("--rate", type=float, default=None if name == "compress" else 0.7,
-                       help="fraction of all parameters to remove (default 0.7)")  # fmt: skip
+                       help="fraction of all parameters to remove (default 0.7"
+                       + (", or none with --flops)" if name == "compress" else ")"))  # fmt: skip
+        if name == "compress":
+            p.add_argument("--flops", type=float, metavar="F", help="FLOPs budget: fraction of the model's FLOPs "
+                           "to keep, e.g. 0.5 (at most; with --rate, both budgets hold)")  # fmt: skip
         p.add_argument(
             "--exclude", action="append", default=[], help=f"layer to leave alone: {ENTRY_HELP} (repeatable)"
         )

@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from smoothcompress.layers import linear_bias, linear_weight
+
 __all__ = [
     "matricize",
     "spectrum",
@@ -370,6 +372,15 @@ class Factorized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 
+    def __getattr__(self, name: str):
+        if name == "weight":  # no such attribute: say why, for code that reads ``layer.weight`` directly
+            raise AttributeError(
+                f"{type(self).__name__} has no 'weight': it holds first.weight and second.weight (dense_weight() is "
+                "their product). Code that reads a layer's .weight directly (e.g. Hugging Face ViT reads "
+                "patch_embeddings.projection.weight.dtype) needs that layer kept dense: compress(..., exclude=[name])"
+            )
+        return super().__getattr__(name)
+
     def config(self) -> dict:
         """Constructor arguments as JSON-able data: ``type(self)(**self.config())`` rebuilds the structure."""
         raise NotImplementedError
@@ -384,7 +395,8 @@ class Factorized(nn.Module):
 
 
 class FactorizedLinear(Factorized):
-    """``Linear(in -> rank, bias=False)`` then ``Linear(rank -> out, bias)``.
+    """``Linear(in -> rank, bias=False)`` then ``Linear(rank -> out, bias)``; replaces an ``nn.Linear`` or any
+    Linear-like module (:mod:`smoothcompress.layers`).
 
     Parameters
     ----------
@@ -419,20 +431,21 @@ class FactorizedLinear(Factorized):
         self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: int, out_scale: torch.Tensor | None = None) -> FactorizedLinear:
-        """Factorize ``linear`` at ``rank`` (see :func:`factorize_weight` for ``out_scale``)."""
-        return cls.from_factors(linear, factorize_weight(linear.weight, rank, "channel", out_scale))
+    def from_dense(cls, linear: nn.Module, rank: int, out_scale: torch.Tensor | None = None) -> FactorizedLinear:
+        """Factorize ``linear`` (an ``nn.Linear`` or a Linear-like module, see :mod:`smoothcompress.layers`, e.g.
+        ``transformers``' ``Conv1D``) at ``rank`` (see :func:`factorize_weight` for ``out_scale``)."""
+        return cls.from_factors(linear, factorize_weight(linear_weight(linear), rank, "channel", out_scale))
 
     @classmethod
-    def from_factors(cls, linear: nn.Linear, factors: Factors) -> FactorizedLinear:
-        """Build from precomputed :class:`Factors` of ``linear.weight``, copying its bias."""
-        w = linear.weight
+    def from_factors(cls, linear: nn.Module, factors: Factors) -> FactorizedLinear:
+        """Build from precomputed :class:`Factors` of ``linear``'s ``(out, in)`` weight, copying its bias."""
+        w, bias = linear_weight(linear), linear_bias(linear)
         rank = factors.first.shape[0]
         mod = nn.utils.skip_init(
-            cls, w.shape[1], w.shape[0], rank, linear.bias is not None, factors.full_rank, factors.energy,
+            cls, w.shape[1], w.shape[0], rank, bias is not None, factors.full_rank, factors.energy,
             device=w.device, dtype=w.dtype,
         )  # fmt: skip
-        return mod._copy_from(factors, linear.bias)
+        return mod._copy_from(factors, bias)
 
     def config(self) -> dict:
         return {

@@ -355,9 +355,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    input_shape: Iterable[int],
+    input_shape: Iterable[int] | None = None,
     dynamic_batch: bool = True,
     opset_version: int | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
 ) -> Path:
     """Export a model to ONNX with the ``torch.export``-based exporter (``dynamo=True``, uses onnxscript).
 
@@ -367,13 +369,17 @@ def export_onnx(
         Dense, compressed or pruned. Exported in eval mode; its training flag is restored afterwards.
     path : str or PathLike
         Output ``.onnx`` file.
-    input_shape : tuple of int
-        Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``. The graph's input is named
-        ``"input"`` and its output ``"output"``.
+    input_shape : tuple of int, optional
+        Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``; the model is traced on a random
+        normal input of that shape in its dtype. The graph's input is named ``"input"`` and its output
+        ``"output"``. Needed unless ``example_input`` is given.
     dynamic_batch : bool
         Let the batch dimension vary at inference time (exported as the symbolic dimension ``"batch"``).
     opset_version : int, optional
         ONNX opset; default: the exporter's.
+    example_input : Tensor, optional
+        The input to trace with instead, e.g. int64 token ids ``(batch, seq)`` for a text model such as BERT; its
+        shape is the input shape (a batch of 1 is repeated to 2 for a dynamic batch).
 
     Returns
     -------
@@ -381,18 +387,27 @@ def export_onnx(
         The written file; ``onnxruntime.InferenceSession(path)`` runs it.
     """
     path = Path(path)
-    shape = tuple(int(s) for s in input_shape)
+    if input_shape is None and example_input is None:
+        raise ValueError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
+    shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(
             f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
         )
+    if example_input is not None and tuple(example_input.shape) != shape:
+        raise ValueError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
     ref = next(iter(model.parameters()), None)
-    x = torch.randn(
-        # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
-        (max(2, shape[0]) if dynamic_batch else shape[0], *shape[1:]),
-        dtype=ref.dtype if ref is not None else torch.float32,
-        device=ref.device if ref is not None else "cpu",
-    )
+    # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
+    batch = max(2, shape[0]) if dynamic_batch else shape[0]
+    if example_input is not None:
+        x = example_input.detach()
+        x = x.repeat(batch, *([1] * (x.dim() - 1))) if batch != shape[0] else x
+    else:
+        x = torch.randn(
+            (batch, *shape[1:]),
+            dtype=ref.dtype if ref is not None else torch.float32,
+            device=ref.device if ref is not None else "cpu",
+        )
     kwargs = {"input_names": ["input"], "output_names": ["output"], "dynamo": True, "verbose": False}
     if dynamic_batch:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)

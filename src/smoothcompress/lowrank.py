@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from smoothcompress.accounting import LayerTable, layer_report
-from smoothcompress.allocation import ALLOCATIONS, SCHEMES, LayerPlan, Plan, _plan, plan_compression, plan_ranks
+from smoothcompress.accounting import LayerTable, layer_report, measure_latency
+from smoothcompress.allocation import (
+    ALLOCATIONS,
+    DEFAULT_RATE,
+    SCHEMES,
+    LayerPlan,
+    Plan,
+    _plan,
+    plan_compression,
+    plan_ranks,
+)
 from smoothcompress.batchnorm import bn_scale, find_bn_pairs
 from smoothcompress.factorized import (
     Factorized,
@@ -31,6 +40,7 @@ from smoothcompress.factorized import (
     matricize,
     spectrum,
 )
+from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
 
@@ -61,7 +71,7 @@ __all__ = [
 
 def compress(
     model: nn.Module,
-    rate: float | None = 0.7,
+    rate: float | None = DEFAULT_RATE,
     allocation: str = "global",
     scheme: str = "channel",
     *,
@@ -70,21 +80,29 @@ def compress(
     bn_aware: bool = False,
     rank_multiple: int = 1,
     calibration: Calibration | None = None,
+    inplace: bool = False,
+    flops: float | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """A smaller copy of ``model`` with eligible Conv2d and Linear layers replaced by truncated-SVD factors.
 
-    Eligible: plain ``nn.Conv2d`` with ``groups == 1`` and ``nn.Linear``. Grouped and depthwise convs,
-    ConvTranspose, subclasses and any other weight layer are skipped and listed in the report. No fine-tuning.
+    Eligible: plain ``nn.Conv2d`` with ``groups == 1``, ``nn.Linear`` and Linear-like modules such as
+    ``transformers``' ``Conv1D`` (GPT-2), see :mod:`smoothcompress.layers`. Grouped and depthwise convs,
+    ConvTranspose, unregistered subclasses, ``nn.MultiheadAttention``'s projections, layers whose weight is tied to
+    another module's (a language model's head tied to its embedding) and any other weight layer are skipped and
+    listed in the report. No fine-tuning.
 
     Parameters
     ----------
     model : nn.Module
-        The model to compress; it is not modified. ``DataParallel``, ``DistributedDataParallel`` and
-        ``torch.compile`` wrappers are looked through: the result is a copy of the wrapped model.
+        The model to compress; it is not modified unless ``inplace``. ``DataParallel``,
+        ``DistributedDataParallel`` and ``torch.compile`` wrappers are looked through: the result is a copy of the
+        wrapped model (with ``inplace``, the wrapped model itself).
     rate : float or None
         Fraction of ALL parameters to remove (BatchNorm and biases included), in [0, 1); 0.7 means 70% fewer
         parameters. The achieved rate is at least ``rate`` and overshoots it by about one rank step of one layer.
-        ``None``: apply only the explicit ``ranks``.
+        ``None``: apply only the explicit ``ranks`` (and ``flops``). Defaults to 0.7 without ``flops`` and to
+        ``None`` with it; pass both to have both budgets met.
     allocation : {"global", "global-linear", "uniform", "energy"}
         How ranks are chosen, see :mod:`smoothcompress.allocation`.
     scheme : {"channel", "spatial", "auto"}
@@ -109,38 +127,62 @@ def compress(
         passes only). Each layer is then truncated in the metric of its inputs, ``min ||(W - W_r) X||_F``
         (whitened truncation), and ranks are allocated by output error instead of weight error. One calibration
         serves every rate. Without it, compression is data-free (the paper's method).
+    flops : float, optional
+        FLOPs budget: the fraction of the dense model's FLOPs (multiply-adds of one forward pass) to KEEP, in
+        (0, 1]; 0.5 means at most half the FLOPs (``rate`` counts parameters REMOVED). The same allocation
+        objective under a FLOPs constraint, or under both when ``rate`` is given too (see
+        :mod:`smoothcompress.allocation`). The kept fraction is at most ``flops`` and undershoots it by about one
+        rank step of one layer; ``flops=1.0`` returns an exact copy.
+    input_shape : sequence of int, optional
+        Example input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``, on which FLOPs are counted (one
+        forward pass). Needed with ``flops`` for models not built by :func:`smoothcompress.create_model` (registry
+        models know theirs). When given, the record also holds the achieved FLOPs fraction.
+    inplace : bool
+        Replace the layers in ``model`` itself, one by one, instead of in a deep copy: each dense weight is freed
+        as soon as its factors replace it, so peak memory stays near the model's own size (see
+        ``benchmarks/bench_scale.py``). The result is ``model``, equal to what the copy would have been. Every
+        check runs before the first layer is replaced, so a refused call leaves ``model`` as it was.
 
     Returns
     -------
     nn.Module
-        A deep copy of ``model`` in which factorized layers are :class:`FactorizedConv2d` /
-        :class:`FactorizedLinear` at the original module names. ``rate=0`` returns an exact copy. The copy carries
+        A deep copy of ``model`` (``model`` itself with ``inplace``) in which factorized layers are
+        :class:`FactorizedConv2d` / :class:`FactorizedLinear` at the original module names. ``rate=0`` returns an
+        exact copy. The result carries
         ``sc_compression`` (:data:`COMPRESSION_ATTR`): a :class:`~smoothcompress.methods.CompressionRecord` with
-        the request, the achieved rate and parameter counts, a status note for every skipped layer and, in
-        ``details``, the ranks and BatchNorm pairs; :func:`compress_report` and :func:`smoothcompress.save` use it.
+        the request, the achieved rate and parameter counts, the requested and achieved FLOPs fraction (when
+        FLOPs were counted), a status note for every skipped layer and, in ``details``, the ranks and BatchNorm
+        pairs; :func:`compress_report` and :func:`smoothcompress.save` use it.
 
     Raises
     ------
     ValueError
         On a rate outside [0, 1), an unknown allocation or scheme, a rank below 1 or above full rank, an unknown
         layer name, an exclude entry that matches nothing, a rate that the eligible layers cannot reach (the
-        message names the largest reachable rate), or a calibration made for another model.
+        message names the largest reachable rate), or a calibration made for another model; ``flops`` outside
+        (0, 1] or without a known input shape; a FLOPs budget out of reach
+        (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction).
     """
     model = unwrap(model)
     plan, layers, choice = _plan(
-        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration
+        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
     )
-    out = copy.deepcopy(model)
+    if rate is DEFAULT_RATE and flops is not None:
+        rate = None
+    out = model if inplace else copy.deepcopy(model)
     for lay in layers:
-        opt = choice[lay.name]
+        opt, decs, dense = choice[lay.name], lay.decs, lay.module
+        lay.decs, lay.module = {}, None  # hold no layer's decomposition or dense weight longer than needed
         if opt.scheme is None:
             continue
-        factors = _factors(lay.module.weight.detach(), lay.decs[opt.scheme], opt.rank, opt.scheme)
-        if isinstance(lay.module, nn.Linear):
-            new = FactorizedLinear.from_factors(lay.module, factors)
+        factors = _factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
+        del decs
+        if is_linear_like(dense):
+            new = FactorizedLinear.from_factors(dense, factors)
         else:
-            new = FactorizedConv2d.from_factors(lay.module, factors, opt.scheme)
-        new.train(lay.module.training)
+            new = FactorizedConv2d.from_factors(dense, factors, opt.scheme)
+        new.train(dense.training)
+        del factors, dense
         set_submodule(out, lay.name, new)
     if plan.bn_note:
         warnings.warn(plan.bn_note, stacklevel=2)
@@ -156,20 +198,33 @@ def compress(
         rate_achieved=plan.rate,
         params_before=plan.params_before,
         params_after=plan.params_after,
+        flops_requested=None if flops is None else float(flops),
+        flops_achieved=plan.flops_fraction,
         notes=dict(plan.notes),
         details={
             "ranks": {n: [p.scheme, p.rank] for n, p in plan.layers.items() if p.rank is not None},
             "bn_pairs": dict(plan.bn_pairs),
             "bn_note": plan.bn_note,
             **({"calibration": calibration.summary()} if calibration is not None else {}),
+            **({"flops": plan.flops_details()} if plan.flops_before is not None else {}),
         },
     )
     setattr(out, COMPRESSION_ATTR, record)
     return out
 
 
-def compress_report(model: nn.Module, compressed: nn.Module, input_shape: Iterable[int] | None = None) -> LayerTable:
+def compress_report(
+    model: nn.Module,
+    compressed: nn.Module,
+    input_shape: Iterable[int] | None = None,
+    *,
+    latency: bool = False,
+    reps: int = 20,
+) -> LayerTable:
     """Per-layer report of a compression: name, shape, status, rank, params and FLOPs before/after, kept energy.
+
+    The totals give parameters, FLOPs (dense vs compressed, and their ratio) and, with ``latency=True``, the
+    measured time of one forward pass of each model on ``input_shape``.
 
     Parameters
     ----------
@@ -179,7 +234,14 @@ def compress_report(model: nn.Module, compressed: nn.Module, input_shape: Iterab
         ``compress(model, ...)``, or the same model after :func:`smoothcompress.load`; the skip notes and the
         request are read from its ``sc_compression`` attribute when present.
     input_shape : tuple of int, optional
-        Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``, for FLOP counts; ``None`` skips FLOPs.
+        Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``, for FLOP counts and latency; ``None``
+        skips FLOPs.
+    latency : bool
+        Also time both models (:func:`smoothcompress.accounting.measure_latency`: eval mode, no gradient, 3
+        warm-up passes, then ``reps`` passes taken in turns, median) on an input of ``input_shape``; each model
+        runs on its own device and memory format. The totals then show both times and the speed-up.
+    reps : int
+        Timed forward passes per model when ``latency`` is set.
 
     Returns
     -------
@@ -187,9 +249,14 @@ def compress_report(model: nn.Module, compressed: nn.Module, input_shape: Iterab
         ``str(report)`` is the table with totals; ``report.to_dict()`` is JSON-ready data; ``report.extra`` holds
         the ``sc_compression`` record as a dict (:meth:`~smoothcompress.methods.CompressionRecord.to_dict`).
     """
+    if latency and input_shape is None:
+        raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32)")
     record = compression_record(compressed)
     options = record.options if record else {}
     label = f"svd allocation={options.get('allocation')} scheme={options.get('scheme')}" if record else ""
     rep = layer_report(model, compressed, input_shape, notes=record.notes if record else None, method=label)
     rep.extra = record.to_dict() if record else {}
+    if latency:
+        rep.latency_before, rep.latency_after = measure_latency([model, compressed], input_shape, reps=reps)
+        rep.latency_shape = tuple(int(d) for d in input_shape)
     return rep

@@ -89,6 +89,10 @@ class CompressionRecord:
     """All parameters of the model that was compressed (``None`` in records of old files)."""
     params_after: int | None = None
     """All parameters of the result, or its non-zero ones when ``nonzero`` (``None`` in records of old files)."""
+    flops_requested: float | None = None
+    """The FLOPs budget asked for: fraction of the dense model's FLOPs kept (svd ``flops=``); ``None`` if none."""
+    flops_achieved: float | None = None
+    """FLOPs of the result / FLOPs of the model on the example input; ``None`` when FLOPs were not counted."""
     nonzero: bool = False
     """``params_after`` counts non-zero entries: the size of an unstructured-pruned model."""
     notes: dict[str, str] = field(default_factory=dict)
@@ -259,14 +263,15 @@ class Method:
         raise NotImplementedError
 
     def _calibration(self, model: nn.Module, data: Any, images: int, calibration: Any):
-        """The calibration a data-aware method truncates with: the one given, else one made from ``data``."""
+        """The calibration a data-aware method truncates with: the one given, else one made from ``data``; with
+        BatchNorm recalibration to follow, in the metric of centered inputs (``Calibration.center``)."""
         if not self.data_aware:
             return None
         if calibration is None:
             from smoothcompress.calibration import calibrate
 
             calibration = calibrate(model, self._need_data(data), images)
-        return calibration
+        return dataclasses.replace(calibration, center=self.recalibrates_bn)
 
     def _need_data(self, data: Any) -> Any:
         if data is None:
@@ -276,15 +281,16 @@ class Method:
             )
         return data
 
-    def _finish(self, compressed: nn.Module, data: Any, images: int) -> nn.Module:
-        """Recalibrate BatchNorm statistics if this method does, and record it (and the calibration source)."""
+    def _finish(self, model: nn.Module, compressed: nn.Module, data: Any, images: int) -> nn.Module:
+        """Recalibrate BatchNorm statistics if this method does (relative to ``model``, the uncompressed one), and
+        record it (and the calibration source)."""
         record = compression_record(compressed)
         details = dict(record.details) if record else {}
         if self.recalibrates_bn:
             from smoothcompress.calibration import recalibrate_bn
 
             data = self._need_data(data)
-            recalibrate_bn(compressed, data, images)
+            recalibrate_bn(compressed, data, images, reference=model)
             details["bn_recalibration"] = {"images": _count_images(data, images), "split": _split_of(data)}
         if record is not None:
             setattr(compressed, COMPRESSION_ATTR, dataclasses.replace(record, method=self.name, details=details))
@@ -390,9 +396,11 @@ class SVD(Method):
         images: int = 2048,
         calibration: Any = None,
         ranks: Mapping[str, int] | None = None,
+        flops: float | None = None,
     ) -> nn.Module:
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
-        only those). ``input_shape`` is not needed."""
+        only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
+        alone), counted on ``input_shape`` (needed only with ``flops``, and only for non-registry models)."""
         from smoothcompress.lowrank import compress
 
         small = compress(
@@ -405,8 +413,10 @@ class SVD(Method):
             bn_aware=self.bn_aware,
             rank_multiple=self.rank_multiple,
             calibration=self._calibration(model, data, images, calibration),
+            flops=flops,
+            input_shape=input_shape if flops is not None else None,
         )
-        return self._finish(small, data, images)
+        return self._finish(model, small, data, images)
 
     def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
         """:func:`smoothcompress.compress_report`."""
@@ -441,7 +451,7 @@ class _Pruning(Method):
         from smoothcompress.pruning import prune
 
         pruned = prune(model, rate, method=self.pruning_method, exclude=exclude, input_shape=input_shape)
-        return self._finish(pruned, data, images)
+        return self._finish(model, pruned, data, images)
 
     def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
         """:func:`smoothcompress.prune_report`."""

@@ -6,7 +6,8 @@ fine-tuning (Runkel et al., "Smooth Model Compression without Fine-Tuning", arXi
 Definitions
 -----------
 A Conv2d weight ``W`` has shape ``(C_out, C_in, kh, kw)``; a Linear weight ``(out, in)`` is the case
-``kh = kw = 1``. The named axes are ``"out"``, ``"in"``, ``"kh"`` and ``"kw"``.
+``kh = kw = 1``. The named axes are ``"out"``, ``"in"``, ``"kh"`` and ``"kw"``. Linear-like modules that store
+their weight transposed (``transformers``' ``Conv1D``, see :mod:`smoothcompress.layers`) are read as ``(out, in)``.
 
 * ``"nuclear"``: ``||mat(W)||_*``, the sum of the singular values of ``mat(W) = W.reshape(C_out, -1)``, the
   same matricization that the SVD compression truncates.
@@ -66,6 +67,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from smoothcompress.layers import is_linear_like, linear_spec, linear_weight
 from smoothcompress.selection import Entries, as_entries, select_layers, unwrap
 
 __all__ = ["KINDS", "AXES", "penalty", "normalized_penalty", "roughness", "Smoothness"]
@@ -359,19 +361,34 @@ class LayerType:
 
     module_type: type[nn.Module] = nn.Module
 
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is of this layer type."""
+        return isinstance(module, self.module_type)
+
+    def weight(self, module: nn.Module) -> Tensor:
+        """The weight as ``(out, in, ...)``: the parameter, or a view of it (writing to it writes the parameter)."""
+        return module.weight
+
     def groups(self, module: nn.Module) -> int:
         """Number of independent blocks of the weight."""
         return 1
 
     def blocks(self, module: nn.Module) -> Tensor:
         """The weight as blocks ``(groups, out/groups, in_per_group, kh, kw)``; a view of the parameter."""
-        return _as_blocks(module.weight, self.groups(module))
+        return _as_blocks(self.weight(module), self.groups(module))
 
 
 class LinearType(LayerType):
-    """``nn.Linear``: weight ``(out, in)``, one block ``(1, out, in, 1, 1)``."""
+    """``nn.Linear`` (any subclass) and Linear-like modules (:mod:`smoothcompress.layers`, e.g. ``transformers``'
+    ``Conv1D``): weight read as ``(out, in)``, one block ``(1, out, in, 1, 1)``."""
 
     module_type = nn.Linear
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) or is_linear_like(module)
+
+    def weight(self, module: nn.Module) -> Tensor:
+        return linear_weight(module) if linear_spec(module) is not None else module.weight
 
 
 class Conv2dType(LayerType):
@@ -388,10 +405,12 @@ LAYER_TYPES: tuple[LayerType, ...] = (Conv2dType(), LinearType())
 
 
 def _layer_type(module: nn.Module) -> LayerType | None:
-    weight = getattr(module, "weight", None)
+    kind = next((t for t in LAYER_TYPES if t.matches(module)), None)
+    spec = linear_spec(module) if kind is not None else None
+    weight = getattr(module, spec.weight if spec is not None else "weight", None)
     if not isinstance(weight, nn.Parameter) or isinstance(weight, nn.parameter.UninitializedParameter):
         return None
-    return next((t for t in LAYER_TYPES if isinstance(module, t.module_type)), None)
+    return kind
 
 
 def _penalised(name: str, module: nn.Module) -> bool:
@@ -572,11 +591,12 @@ class Smoothness:
 
     def roughness(self, model: nn.Module) -> dict[str, float]:
         """The scale-free roughness (:func:`roughness`) of each penalised layer, without gradient, for reports."""
+        out = {}
         with torch.no_grad():
-            return {
-                name: float(roughness(m.weight, self.kind, self.axes, self.p, _layer_type(m).groups(m)))
-                for name, m in self.layers(model).items()
-            }
+            for name, m in self.layers(model).items():
+                kind = _layer_type(m)
+                out[name] = float(roughness(kind.weight(m), self.kind, self.axes, self.p, kind.groups(m)))
+        return out
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, lr: float) -> None:
@@ -597,7 +617,8 @@ class Smoothness:
         eta_weight = float(lr) * self.every * self.weight
         by_key: dict[tuple, list[Tensor]] = {}
         for module in self.layers(model).values():
-            weight, g = module.weight, _layer_type(module).groups(module)
+            kind = _layer_type(module)
+            weight, g = kind.weight(module), kind.groups(module)
             view = weight.view(g, weight.shape[0] // g, *weight.shape[1:])  # writing to it writes the weight
             by_key.setdefault((tuple(view.shape[1:]), weight.dtype, weight.device), []).append(view)
         for views in by_key.values():  # one batched SVD per block shape

@@ -1,0 +1,161 @@
+"""Which modules count as Linear layers: ``nn.Linear`` and the *Linear-like* modules registered or declared here.
+
+A Linear-like module computes ``y = x W^T + b`` on the last dimension of its input, like ``nn.Linear``, but may
+store its weight differently. :func:`smoothcompress.compress` replaces an eligible one by a
+:class:`~smoothcompress.factorized.FactorizedLinear` computing the same function, :class:`smoothcompress.Smoothness`
+penalises its weight read as ``(out, in)``, and :func:`smoothcompress.calibrate` records its inputs.
+
+Registered out of the box:
+
+* ``nn.Linear`` and ``torch.nn.modules.linear.NonDynamicallyQuantizableLinear`` (a plain Linear subclass; inside
+  ``nn.MultiheadAttention``, whose forward reads ``out_proj.weight`` directly, compression skips it);
+* ``transformers.pytorch_utils.Conv1D`` (GPT-2, GPT, ...): weight stored transposed, ``(in, out)``, so
+  ``y = x W + b``. Registered by qualified class name, so ``transformers`` is never imported here.
+
+Two ways to make another module Linear-like, both taking a :class:`LinearSpec`:
+
+* ``register_linear_like(MyProj, transposed=True)`` (or a ``"package.module.ClassName"`` string, matched without
+  importing the package);
+* a class attribute on your own module: ``class MyProj(nn.Module): sc_linear = LinearSpec(transposed=True)``.
+
+Matching is by exact class (a registered class's subclasses may change ``forward`` and must be registered
+themselves); the class attribute is inherited like any attribute. Other ``nn.Linear`` subclasses are penalised by
+:class:`~smoothcompress.Smoothness` and calibrated, but not factorized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LinearSpec",
+    "register_linear_like",
+    "linear_spec",
+    "is_linear_like",
+    "linear_weight",
+    "linear_bias",
+    "layer_weight",
+]
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """How a Linear-like module stores its parameters.
+
+    Attributes
+    ----------
+    transposed : bool
+        The weight parameter is stored ``(in, out)`` and the module computes ``x @ W + b`` (``Conv1D``); ``False``:
+        stored ``(out, in)`` like ``nn.Linear``.
+    weight : str
+        Attribute name of the 2-D weight parameter.
+    bias : str or None
+        Attribute name of the bias ``(out,)`` (the attribute may hold ``None``); ``None``: the module has no bias.
+    """
+
+    transposed: bool = False
+    weight: str = "weight"
+    bias: str | None = "bias"
+
+
+SPEC_ATTR = "sc_linear"
+"""Class attribute by which a module declares itself Linear-like (a :class:`LinearSpec`)."""
+
+_REGISTRY: dict[type | str, LinearSpec] = {
+    nn.Linear: LinearSpec(),
+    "torch.nn.modules.linear.NonDynamicallyQuantizableLinear": LinearSpec(),
+    "transformers.pytorch_utils.Conv1D": LinearSpec(transposed=True),
+}
+
+
+_BY_CLASS: dict[type, LinearSpec | None] = {}
+"""Lookups of :func:`linear_spec` by class (it runs on every module at every training step of a penalty)."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_linear_like(
+    cls: type[nn.Module] | str, *, transposed: bool = False, weight: str = "weight", bias: str | None = "bias"
+) -> LinearSpec:
+    """Declare the module class ``cls`` Linear-like: it computes ``y = x W^T + b`` on the last dimension.
+
+    Parameters
+    ----------
+    cls : nn.Module subclass or str
+        The class, or its qualified name ``"package.module.ClassName"`` (matched without importing the package).
+        Only this exact class matches, not its subclasses.
+    transposed, weight, bias
+        See :class:`LinearSpec`.
+
+    Returns
+    -------
+    LinearSpec
+        The registered spec (registering a class again replaces its spec).
+    """
+    if isinstance(cls, type):
+        if not issubclass(cls, nn.Module):
+            raise ValueError(f"register_linear_like needs an nn.Module subclass, got {cls!r}")
+        key: type | str = cls
+    elif isinstance(cls, str) and "." in cls:
+        key = cls
+    else:
+        raise ValueError(f"register_linear_like needs a class or a 'package.module.ClassName' string, got {cls!r}")
+    spec = LinearSpec(bool(transposed), weight, bias)
+    _REGISTRY[key] = spec
+    _BY_CLASS.clear()
+    return spec
+
+
+def linear_spec(module: nn.Module) -> LinearSpec | None:
+    """The :class:`LinearSpec` of ``module`` if it is ``nn.Linear`` or Linear-like, else ``None``."""
+    cls = type(module)
+    try:
+        return _BY_CLASS[cls]
+    except KeyError:
+        pass
+    declared = getattr(cls, SPEC_ATTR, None)
+    if isinstance(declared, LinearSpec):
+        spec = declared
+    else:
+        spec = _REGISTRY.get(cls)
+        spec = spec if spec is not None else _REGISTRY.get(_qualname(cls))
+    _BY_CLASS[cls] = spec
+    return spec
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """Whether ``module`` is ``nn.Linear`` or Linear-like (registered or declared), with a 2-D weight tensor."""
+    spec = linear_spec(module)
+    if spec is None:
+        return False
+    w = getattr(module, spec.weight, None)
+    return isinstance(w, torch.Tensor) and w.dim() == 2
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of a Linear-like ``module`` as ``(out, in)``: the parameter itself, or its transposed view
+    (differentiable; writing to it writes the parameter)."""
+    spec = linear_spec(module)
+    if spec is None:
+        raise ValueError(f"{type(module).__name__} is not a Linear-like layer; see register_linear_like")
+    w = getattr(module, spec.weight)
+    return w.T if spec.transposed else w
+
+
+def linear_bias(module: nn.Module) -> torch.Tensor | None:
+    """The bias ``(out,)`` of a Linear-like ``module``, or ``None``."""
+    spec = linear_spec(module)
+    if spec is None:
+        raise ValueError(f"{type(module).__name__} is not a Linear-like layer; see register_linear_like")
+    return getattr(module, spec.bias, None) if spec.bias else None
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """A layer's weight as the library reads it: ``(out, in)`` for a Linear-like module (see
+    :func:`linear_weight`), else ``module.weight`` (a Conv2d's ``(C_out, C_in/groups, kh, kw)``)."""
+    return linear_weight(module) if linear_spec(module) is not None else module.weight

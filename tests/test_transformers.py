@@ -1,0 +1,188 @@
+"""Hugging Face models from tiny configs (random init, nothing downloaded): GPT-2 (Conv1D projections), BERT, ViT.
+
+Each goes through compress (rate reached, full rank exact), save/load with a skeleton, Smoothness, and (BERT)
+ONNX export. Skipped when ``transformers`` is not installed (``pip install -e '.[dev]'`` installs it).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import smoothcompress as sc
+from smoothcompress.factorized import FactorizedLinear
+from smoothcompress.layers import is_linear_like, linear_weight
+from smoothcompress.selection import set_submodule
+
+transformers = pytest.importorskip("transformers", reason="the tests of Hugging Face models need `transformers`")
+transformers.logging.set_verbosity_error()
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+SEQ = 12
+VOCAB = 64
+
+
+def gpt2() -> nn.Module:
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=48, n_head=4, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def bert() -> nn.Module:
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        max_position_embeddings=32, num_labels=3, return_dict=False,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def vit() -> nn.Module:
+    cfg = transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, num_labels=5
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(cfg)
+
+
+BUILDERS = {"gpt2": gpt2, "bert": bert, "vit": vit}
+EXCLUDE = {"vit": "*patch_embeddings.projection"}  # ViTModel.forward reads projection.weight.dtype itself
+
+
+def example(name: str, batch: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    if name == "vit":
+        return torch.randn(batch, 3, 16, 16, generator=gen)
+    return torch.randint(0, VOCAB, (batch, SEQ), generator=gen)
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return BUILDERS[name]().eval()
+
+
+def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)[0]
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def case(request):
+    return request.param, build(request.param)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5])
+def test_compress_reaches_the_rate(case, rate):
+    name, model = case
+    small = sc.compress(model, rate, exclude=EXCLUDE.get(name, ()))
+    record = small.sc_compression
+    assert rate <= record.rate_achieved <= rate + 0.02
+    assert sc.count_params(small) == record.params_after
+    assert 1 - sc.count_params(small) / sc.count_params(model) == pytest.approx(record.rate_achieved)
+    out = run(small, example(name))
+    assert out.shape == run(model, example(name)).shape and torch.isfinite(out).all()
+    assert any(isinstance(m, FactorizedLinear) for m in small.modules())
+
+
+def test_gpt2_conv1d_layers_are_eligible_and_the_tied_head_is_skipped():
+    model = build("gpt2")
+    plan = sc.plan_compression(model, 0.5)
+    conv1d = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    assert conv1d and set(conv1d) <= set(plan.layers)
+    assert "tied to transformer.wte" in plan.notes["lm_head"]  # factorizing one copy would add parameters
+    small = sc.compress(model, 0.5)
+    assert small.lm_head.weight is small.transformer.wte.weight
+
+
+def test_a_layer_read_directly_fails_with_the_fix_in_the_message():
+    small = sc.compress(build("vit"), 0.5)
+    with pytest.raises(AttributeError, match=r"has no 'weight'.*exclude="):
+        run(small, example("vit"))
+
+
+def test_rate_zero_is_an_exact_copy(case):
+    name, model = case
+    same = sc.compress(model, 0.0)
+    assert torch.equal(run(same, example(name)), run(model, example(name)))
+
+
+def test_full_rank_factors_keep_the_function(case):
+    name, model = case
+    full = sc.compress(model, 0.0)
+    layers = {n: m for n, m in full.named_modules() if is_linear_like(m)}
+    assert layers
+    for n, m in layers.items():
+        set_submodule(full, n, FactorizedLinear.from_dense(m, min(linear_weight(m).shape)))
+    ref = run(model, example(name))
+    torch.testing.assert_close(run(full, example(name)), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_conv1d_factors_compute_the_same_function():
+    torch.manual_seed(0)
+    conv = Conv1D(24, 16)  # nf=24 outputs, nx=16 inputs: weight (16, 24)
+    nn.init.normal_(conv.bias)
+    x = torch.randn(3, 5, 16)
+    full = FactorizedLinear.from_dense(conv, 16)
+    torch.testing.assert_close(full(x), conv(x), rtol=1e-5, atol=1e-5)
+    low = FactorizedLinear.from_dense(conv, 4)
+    assert low.dense_weight().shape == (24, 16)
+    torch.testing.assert_close(low(x), x @ low.dense_weight().T + conv.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_save_then_load_into_a_skeleton(case, tmp_path):
+    name, model = case
+    small = sc.compress(model, 0.5, exclude=EXCLUDE.get(name, ()))
+    path = sc.save(small, tmp_path / f"{name}.safetensors")
+    loaded = sc.load(path, model=build(name))
+    assert torch.equal(run(loaded, example(name)), run(small, example(name)))
+    assert loaded.sc_compression == small.sc_compression
+    assert sc.count_params(loaded) == sc.count_params(small)
+
+
+@pytest.mark.parametrize("kind", ["nuclear", "first", "second"])
+def test_smoothness_is_a_finite_differentiable_scalar(case, kind):
+    name, model = case
+    reg = sc.Smoothness(kind, 1e-3)
+    assert set(reg.layers(model)) >= {n for n, m in model.named_modules() if is_linear_like(m)}
+    value = reg(model)
+    assert value.dim() == 0 and torch.isfinite(value) and value > 0
+    model.zero_grad()
+    value.backward()
+    grads = [m.weight.grad for m in model.modules() if isinstance(m, (Conv1D, nn.Linear))]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+
+
+def test_conv1d_is_penalised_as_its_out_by_in_matrix():
+    """A Conv1D and the nn.Linear with the transposed weight get the same penalty, on every axis choice."""
+    torch.manual_seed(0)
+    conv = Conv1D(12, 8)
+    linear = nn.Linear(8, 12)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+    for kind, axes in [("first", ("out",)), ("second", ("in",)), ("nuclear", ("out", "in"))]:
+        a = sc.Smoothness(kind, 1.0, axes=axes).unweighted(nn.Sequential(conv))
+        b = sc.Smoothness(kind, 1.0, axes=axes).unweighted(nn.Sequential(linear))
+        torch.testing.assert_close(a, b)
+
+
+def test_proximal_step_on_conv1d_matches_linear():
+    torch.manual_seed(0)
+    conv = Conv1D(12, 8)
+    linear = nn.Linear(8, 12)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+    for layer in (conv, linear):
+        sc.Smoothness("nuclear", 0.5, proximal=True).after_step(nn.Sequential(layer), lr=0.5)
+    torch.testing.assert_close(conv.weight.T, linear.weight)
+
+
+def test_bert_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    small = sc.compress(build("bert"), 0.5)
+    path = sc.export_onnx(small, tmp_path / "bert.onnx", example_input=example("bert", batch=1))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = example("bert", batch=3)  # exported with batch 1, run with batch 3
+    got = session.run(None, {"input": ids.numpy()})[0]
+    ref = run(small, ids).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
