@@ -329,16 +329,15 @@ def _sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generat
     b, c, hp, wp = xp.shape
     ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     total = b * ho * wo
-    if k >= total:
-        cols = F.unfold(xp, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (B, C*kh*kw, Ho*Wo)
-        return cols.transpose(1, 2).reshape(-1, c * kh * kw)
-    flat = torch.randperm(total, generator=gen)[:k].to(x.device)
+    every = k >= total
+    flat = torch.arange(total) if every else torch.randperm(total, generator=gen)[:k]
+    flat = flat.to(x.device)
     bi, pos = flat // (ho * wo), flat % (ho * wo)
     oy, ox = pos // wo, pos % wo
     rows = oy[:, None] * sh + torch.arange(kh, device=x.device) * dh  # (k, kh)
     cols = ox[:, None] * sw + torch.arange(kw, device=x.device) * dw  # (k, kw)
     patches = xp.permute(0, 2, 3, 1)[bi[:, None, None], rows[:, :, None], cols[:, None, :]]  # (k, kh, kw, C)
-    return patches.permute(0, 3, 1, 2).reshape(k, c * kh * kw)
+    return patches.permute(0, 3, 1, 2).reshape(flat.numel(), c * kh * kw)
 
 
 def calibrate(
