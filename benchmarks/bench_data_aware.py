@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "data_aware.json"
 METHODS = ("svd", "svd+bn", "svd-data", "svd-data+bn", "filter", "filter+bn", "magnitude", "magnitude+bn")
 RATES = (0.5, 0.7, 0.8, 0.9)
-DAMPINGS = (0.0, 1e-3, 1e-2, 1e-1)  # scanned at DAMPING_RATE on the first model
+DAMPINGS = (0.0, 1e-2, 1e-1)  # scanned at DAMPING_RATE on the first model
 DAMPING_RATE = 0.8
 BN_VARIANTS = (  # (variant, relative to the dense model, training augmentation), scanned on the first model
     ("absolute", False, False),
