@@ -184,6 +184,29 @@ def print_table(summary: list[dict]) -> None:
             print(f"{reg:<9} {method:<14} {100 * dense['mean'] if dense else float('nan'):7.2f} {text}")
 
 
+def markdown_table(summary: list[dict]) -> str:
+    """The README's table: mean (and spread over seeds) per regularizer, method and rate."""
+    rates = sorted({s["rate"] for s in summary if s["rate"] > 0})
+    by = {(s["reg"], s["method"], s["variant"], s["rate"]): s for s in summary}
+    head = "| model | method | seeds | dense | " + " | ".join(f"{int(100 * r)}%" for r in rates) + " |"
+    lines = [head, "|" + "---|" * (4 + len(rates))]
+    for reg in sorted({s["reg"] for s in summary}):
+        dense = by.get((reg, "dense", "", 0.0))
+        for method in METHODS:
+            cells = [by.get((reg, method, "", r)) for r in rates]
+            if not any(cells):
+                continue
+            seeds = max(c["seeds"] for c in cells if c)
+            text = " | ".join(
+                (f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" if c["seeds"] > 1 else f"{100 * c['mean']:.2f}")
+                if c else "-"
+                for c in cells
+            )  # fmt: skip
+            d = f"{100 * dense['mean']:.2f}" if dense else "-"
+            lines.append(f"| {'baseline' if reg == 'none' else reg} | {method} | {seeds} | {d} | {text} |")
+    return "\n".join(lines)
+
+
 def check_targets(summary: list[dict]) -> dict:
     """The issue's targets, judged from the summary (means over seeds)."""
     by = {(s["reg"], s["method"], s["variant"], s["rate"]): s["mean"] for s in summary}
@@ -224,7 +247,11 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     p.add_argument("--speed-reps", type=int, default=2, help="repetitions of the width-64 timing (0: skip)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--markdown", action="store_true", help="print the README table from --out and stop")
     args = p.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(args.out.read_text())["summary"]))
+        return
     ds = load_dataset(args.data)
     meta = provenance(
         "cpu",
