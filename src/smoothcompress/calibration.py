@@ -29,7 +29,15 @@ from torch import nn
 from smoothcompress.data import Dataset, Loader
 from smoothcompress.layers import is_linear_like, layer_weight
 
-__all__ = ["Calibration", "CalibrationData", "calibrate", "calibration_batches", "input_dim", "recalibrate_bn"]
+__all__ = [
+    "Calibration",
+    "CalibrationData",
+    "calibrate",
+    "calibration_batches",
+    "describe_source",
+    "input_dim",
+    "recalibrate_bn",
+]
 
 CalibrationData = Dataset | Loader | Iterable | torch.Tensor
 
@@ -141,6 +149,19 @@ def calibration_batches(
         yield x
         if given >= images:
             return
+
+
+def describe_source(data: CalibrationData, images: int) -> dict:
+    """What a row or record says of calibration data: ``{"images": n, "split": s}``.
+
+    ``n`` is ``images``, or fewer when a Dataset's training split or a tensor holds fewer (an iterable is taken at
+    its word); ``s`` is ``"train"`` for a Dataset (only its training split is ever read), ``"given"`` otherwise.
+    """
+    if isinstance(data, Dataset):
+        return {"images": min(int(images), int(data.x_train.shape[0])), "split": "train"}
+    if isinstance(data, torch.Tensor):
+        return {"images": min(int(images), int(data.shape[0])), "split": "given"}
+    return {"images": int(images), "split": "given"}
 
 
 def run_batches(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
@@ -434,7 +455,7 @@ def calibrate(
             f"Pass images >= {need} for full-rank moments.",
             stacklevel=2,
         )
-    split = "train" if isinstance(data, Dataset) else "given"
+    split = describe_source(data, images)["split"]
     return Calibration(
         moments={n: h.sum / max(h.count, 1) for n, h in hooks.items()},
         means={n: h.vec / max(h.count, 1) for n, h in hooks.items()},

@@ -355,11 +355,12 @@ def _sweep(cfg: SweepConfig) -> Path:
             t0 = time.perf_counter()
             uses_data = bool(method and method.uses_data())
             if uses_data:  # training split only (a validation split is carved out of it), forward passes only
-                images = min(cfg.calibration_images, int(ds.x_train.shape[0]))
-                row |= {"calibration_images": images, "calibration_split": "train"}
-                if method.data_aware and calibration is None:
-                    from smoothcompress.calibration import calibrate
+                from smoothcompress.calibration import calibrate, describe_source
 
+                source = describe_source(ds, cfg.calibration_images)
+                images = source["images"]
+                row |= {"calibration_images": images, "calibration_split": source["split"]}
+                if method.data_aware and calibration is None:
                     calibration = calibrate(model, ds, images)
                     row["calibration_s"] = calibration.seconds
             try:

@@ -287,11 +287,11 @@ class Method:
         record = compression_record(compressed)
         details = dict(record.details) if record else {}
         if self.recalibrates_bn:
-            from smoothcompress.calibration import recalibrate_bn
+            from smoothcompress.calibration import describe_source, recalibrate_bn
 
             data = self._need_data(data)
             recalibrate_bn(compressed, data, images, reference=model)
-            details["bn_recalibration"] = {"images": _count_images(data, images), "split": _split_of(data)}
+            details["bn_recalibration"] = describe_source(data, images)
         if record is not None:
             setattr(compressed, COMPRESSION_ATTR, dataclasses.replace(record, method=self.name, details=details))
         return compressed
@@ -534,21 +534,3 @@ class FilterRecalibrated(Filter):
 
     name: ClassVar[str] = "filter+bn"
     recalibrates_bn: ClassVar[bool] = True
-
-
-def _split_of(data: Any) -> str:
-    """``"train"`` for a Dataset (only its training split is ever read), ``"given"`` for inputs passed directly."""
-    from smoothcompress.data import Dataset
-
-    return "train" if isinstance(data, Dataset) else "given"
-
-
-def _count_images(data: Any, images: int) -> int:
-    """Calibration images actually used: ``images``, or fewer when the source holds fewer."""
-    from smoothcompress.data import Dataset
-
-    if isinstance(data, Dataset):
-        return min(images, int(data.x_train.shape[0]))
-    if hasattr(data, "shape"):
-        return min(images, int(data.shape[0]))
-    return images
