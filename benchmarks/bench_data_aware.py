@@ -128,8 +128,11 @@ def bench_run(bench: Bench, run: Path, ds, images: int, rates, scan_damping: boo
     for augment in (False, True):
         row("dense+bn", 0.0, lambda a=augment: recalibrate_bn(_copy(model), ds, images, augment=a),
             "augment" if augment else "")  # fmt: skip
-    cal = None
-    if any((name, m, r, "") not in bench.done for m in METHODS if "data" in m for r in rates) or scan_damping:
+    damping_keys = [(name, "svd-data", DAMPING_RATE, f"damping={d:g}") for d in DAMPINGS] if scan_damping else []
+    cal = None  # computed once per model, and only when a row still needs it (a resumed run skips it)
+    if any((name, m, r, "") not in bench.done for m in METHODS if "data" in m for r in rates) or any(
+        k not in bench.done for k in damping_keys
+    ):
         t0 = time.perf_counter()
         cal = calibrate(model, ds, images)
         bench.meta.setdefault("calibration_s", {})[name] = time.perf_counter() - t0
@@ -139,12 +142,18 @@ def bench_run(bench: Bench, run: Path, ds, images: int, rates, scan_damping: boo
             kwargs = {"data": ds, "images": images, "calibration": cal} if method.uses_data() else {}
             row(method_name, rate, lambda m=method, r=rate, k=kwargs: m.apply(model, r, **k))
     if scan_damping:  # how BatchNorm statistics are re-estimated: the default is relative to the dense model
-        compressed = {rate: sc.compress(model, rate) for rate in rates}
+        compressed: dict[float, torch.nn.Module] = {}  # plain SVD per rate, made on first use
+
+        def plain(rate: float) -> torch.nn.Module:
+            if rate not in compressed:
+                compressed[rate] = sc.compress(model, rate)
+            return _copy(compressed[rate])
+
         for variant, reference, augment in BN_VARIANTS:
             for rate in rates:
                 ref = model if reference else None
                 row("svd+bn", rate, lambda r=rate, ref=ref, a=augment: recalibrate_bn(
-                    _copy(compressed[r]), ds, images, reference=ref, augment=a), variant)  # fmt: skip
+                    plain(r), ds, images, reference=ref, augment=a), variant)  # fmt: skip
         svd_data = sc.get_method("svd-data")
         for damping in DAMPINGS:
             c = dataclasses.replace(cal, damping=damping)
