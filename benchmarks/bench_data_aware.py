@@ -156,9 +156,10 @@ def bench_run(bench: Bench, run: Path, ds, images: int, rates, scan_damping: boo
                     plain(r), ds, images, reference=ref, augment=a), variant)  # fmt: skip
         svd_data = sc.get_method("svd-data")
         for damping in DAMPINGS:
-            c = dataclasses.replace(cal, damping=damping)
-            row("svd-data", DAMPING_RATE, lambda c=c: svd_data.apply(model, DAMPING_RATE, calibration=c),
-                f"damping={damping:g}")  # fmt: skip
+            def damped(d: float = damping) -> torch.nn.Module:
+                return svd_data.apply(model, DAMPING_RATE, calibration=dataclasses.replace(cal, damping=d))
+
+            row("svd-data", DAMPING_RATE, damped, f"damping={damping:g}")
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:
