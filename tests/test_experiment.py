@@ -95,6 +95,34 @@ def test_grid_expansion_and_tags():
     assert "mlp-w8-first0.001-s1" in tags and len(tags) == 8
 
 
+def test_a_regularizer_entry_sets_its_own_penalty_options():
+    raw = dict(
+        TINY,
+        grid={
+            "regularizers": [
+                {"kind": "none"},
+                {"kind": "second", "weight": [1e-3, 1e-2], "reg_axes": ["out"]},
+                {"kind": "first", "weight": 1e-3, "reg_scale_free": True, "reg_delay_epochs": 1},
+            ]
+        },
+    )
+    cfg = SweepConfig.from_dict(raw)
+    by_tag = {r.tag(cfg.train): r for r in cfg.runs}
+    assert set(by_tag) == {
+        "mlp-w128-none-s0",
+        "mlp-w128-reg_axesout-second0.001-s0",
+        "mlp-w128-reg_axesout-second0.01-s0",
+        "mlp-w128-reg_delay_epochs1-reg_scale_freeTrue-first0.001-s0",
+    }
+    second = by_tag["mlp-w128-reg_axesout-second0.01-s0"]
+    assert second.train_overrides()["reg_axes"] == ("out",) and second.variant_name() == "reg_axes=out"
+    assert by_tag["mlp-w128-none-s0"].variant == ()  # options stay with their entry
+    with pytest.raises(ValueError, match="unknown key.*lr"):  # training settings belong in [train] or variants
+        SweepConfig.from_dict(dict(TINY, grid={"regularizers": [{"kind": "first", "weight": 1e-3, "lr": 0.1}]}))
+    with pytest.raises(ValueError, match="need kind='nuclear'"):
+        SweepConfig.from_dict(dict(TINY, grid={"regularizers": [{"kind": "first", "weight": 1, "reg_refresh": 5}]}))
+
+
 def test_the_old_name_lam_still_reads_with_a_warning():
     old = dict(TINY, grid={"regularizers": [{"kind": "nuclear", "lam": [1e-3, 1e-2]}]})
     with pytest.warns(DeprecationWarning, match="'lam' is deprecated, write 'weight'"):

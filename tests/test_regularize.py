@@ -412,3 +412,24 @@ def test_proximal_batches_equal_shapes_like_separate_calls():
     for one, layer in zip(singles, model, strict=True):
         sc.Smoothness("nuclear", 0.4, proximal=True).after_step(one, lr=0.5)
         torch.testing.assert_close(layer.weight, one[0].weight)
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["nuclear", "first", "second"]), scale=st.floats(0.01, 100), seed=st.integers(0, 99))
+def test_scale_free_penalty_ignores_the_scale_of_each_weight(kind, scale, seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3))
+    reg = sc.Smoothness(kind, 0.5, scale_free=True)
+    before = reg(model)
+    expected = 0.5 * sum(reg.roughness(model).values())
+    torch.testing.assert_close(before, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        model[0].weight.mul_(scale)
+    torch.testing.assert_close(reg(model), before, rtol=1e-4, atol=1e-6)
+    assert "scale_free=True" in repr(reg)
+
+
+def test_scale_free_needs_the_loss_term():
+    for kwargs in ({"proximal": True}, {"refresh": 2}):
+        with pytest.raises(ValueError, match="scale_free=True needs the loss-term penalty"):
+            sc.Smoothness("nuclear", 1e-3, scale_free=True, **kwargs)

@@ -1,5 +1,6 @@
 """Report: summary pooling, weight selection, claim verdicts and plots, from synthetic rows."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -190,3 +191,66 @@ def test_the_report_leaves_pyplot_and_the_backend_alone(tmp_path):
 def test_missing_results_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="smoothcompress sweep"):
         report.load_results(tmp_path)
+
+
+# The λ frontier: (dense, plain SVD, svd-data+bn) accuracy at 70%; 5 points less at 80%; two seeds, +0.2 for seed 1.
+FRONTIER = {
+    ("none", 0.0): (0.90, 0.40, 0.60),
+    ("nuclear", 1e-3): (0.895, 0.70, 0.88),
+    ("nuclear", 1e-2): (0.892, 0.80, 0.85),  # 0.8 points below the baseline: allowed
+    ("nuclear", 1e-1): (0.885, 0.90, 0.95),  # best compressed, but 1.5 points below the baseline
+}
+LABELS = {"dense": "dense", "svd-global-channel": "svd", "svd-data+bn-global-channel": "svd-data+bn"}
+
+
+def _frontier_rows(table=FRONTIER, split="val"):
+    rows = []
+    for (reg, weight), accs in table.items():
+        for seed, (label, method) in itertools.product((0, 1), LABELS.items()):
+            for rate in [0.0] if label == "dense" else [0.5, 0.7, 0.8]:
+                acc = accs[list(LABELS).index(label)] - (0.05 if rate == 0.8 else 0.0) + 0.002 * seed
+                rows.append(
+                    {"run": f"{reg}{weight:g}-s{seed}", "model": "mlp", "width": 32, "dataset": "digits",
+                     "dataset_sha256": "abc", "split": split, "reg": reg, "weight": weight, "seed": seed,
+                     "method": method, "label": label, "rate_requested": rate, "rate_achieved": rate,
+                     "accuracy": acc, "wall_s": 0.1, "train_wall_s": 1.0}
+                )  # fmt: skip
+    return rows
+
+
+def test_select_weights_keeps_dense_accuracy_within_a_point():
+    sel = report.select_weights(_frontier_rows())[("mlp", 32, "", "nuclear")]
+    assert sel["label"] == "svd-global-channel" and sel["feasible"] and sel["note"] == ""
+    assert sel["weight"] == 1e-2  # 1e-1 compresses better but costs 1.5 points of dense accuracy
+    assert sel["score"] == pytest.approx((0.80 + 0.75) / 2 + 0.001)  # mean at 70% and 80%, seeds pooled
+    assert sel["baseline_dense"] == pytest.approx(0.901) and set(sel["scores"]) == {1e-3, 1e-2, 1e-1}
+    data = sel["data_aware"]["svd-data+bn-global-channel"]
+    assert data["weight"] == 1e-3  # its own choice: the best data-aware accuracy within the point
+
+
+def test_select_weights_falls_back_to_the_best_dense_weight_and_says_so():
+    table = {k: (v[0] - 0.02, *v[1:]) if k[0] == "nuclear" else v for k, v in FRONTIER.items()}
+    sel = report.select_weights(_frontier_rows(table))[("mlp", 32, "", "nuclear")]
+    assert sel["weight"] == 1e-3 and not sel["feasible"]
+    assert sel["note"].startswith("no λ keeps dense accuracy within 1 point of the baseline's 90.10%")
+
+
+def test_select_weights_refuses_the_test_split():
+    with pytest.raises(ValueError, match="chooses on the validation split, but rows are on the test split"):
+        report.select_weights(_frontier_rows(split="test"))
+
+
+def test_the_frontier_table_and_plot(tmp_path):
+    sweep = _write_sweep(tmp_path / "sweep", _frontier_rows())
+    md = report.write_report(sweep, tmp_path / "out").read_text()
+    section = md[md.index("## The λ frontier") : md.index("## Weight selection")]
+    assert "| penalty | λ | seeds | dense | SVD 70% | SVD 80% | data-aware SVD | 70% | 80% |" in section
+    assert "| nuclear | 0.1 | 2 | 88.60 ± 0.14 | 90.10 ± 0.14 | 85.10 ± 0.14 | svd-data+bn-global-channel |" in section
+    assert "| baseline | — | 2 | 90.10 ± 0.14 |" in section
+    assert "| mlp-w32 | nuclear | 0.01 | svd-global-channel | 89.30 (90.10) | 77.60 |" in md
+    assert "| mlp-w32 | nuclear | 0.001 | svd-data+bn-global-channel |" in md
+    data = (tmp_path / "out" / "frontier.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000 and "![The λ frontier](frontier.png)" in md
+    # one weight per penalty: no frontier
+    md = report.write_report(_write_sweep(tmp_path / "one", _rows("test")), tmp_path / "out1").read_text()
+    assert "λ frontier" not in md and not (tmp_path / "out1" / "frontier.png").exists()

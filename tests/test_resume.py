@@ -49,9 +49,13 @@ def weights(path):
     return sc.load(path).state_dict()
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
+# The lagged nuclear gradient (refresh=7, not a divisor of the ~11 steps of an epoch) checks that the stored polar
+# factors travel in the checkpoint: recomputing them on resume would change the run.
+@pytest.mark.parametrize("penalty", [{}, {"reg": "nuclear", "weight": 1e-2, "reg_refresh": 7}], ids=["plain", "lagged"])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, penalty):
     steps = len(load_dataset("digits").y_train) // BATCH
-    killed = TrainConfig(**CONFIG, out=str(tmp_path / "killed"))
+    config = {**CONFIG, **penalty}
+    killed = TrainConfig(**config, out=str(tmp_path / "killed"))
     cfg_path = killed.to_toml(tmp_path / "killed.toml")
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
@@ -65,9 +69,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     assert (tmp_path / "killed" / ".lock").read_text().startswith(f"{proc.pid}@")  # the killed run's lock is left
 
-    resumed = run(TrainConfig(**CONFIG, out=str(tmp_path / "killed"), resume=True))  # and taken over
+    resumed = run(TrainConfig(**config, out=str(tmp_path / "killed"), resume=True))  # and taken over
     assert not (tmp_path / "killed" / ".lock").exists()
-    straight = run(TrainConfig(**CONFIG, out=str(tmp_path / "straight")))
+    straight = run(TrainConfig(**config, out=str(tmp_path / "straight")))
 
     assert resumed.resumed_from == 1 and straight.resumed_from is None
     a, b = weights(tmp_path / "killed" / "model.safetensors"), weights(tmp_path / "straight" / "model.safetensors")

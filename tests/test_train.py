@@ -80,6 +80,11 @@ def test_penalty_ramp_is_linear_over_the_warmup_epochs():
     assert penalty_ramp(0, 4, 0) == 1.0
 
 
+def test_a_delayed_penalty_is_off_then_ramps():
+    assert [penalty_ramp(s, 4, 1, delay_epochs=1.5) for s in range(12)] == [0] * 6 + [0.25, 0.5, 0.75, 1, 1, 1]
+    assert [penalty_ramp(s, 4, 0, delay_epochs=1) for s in range(6)] == [0, 0, 0, 0, 1, 1]
+
+
 def test_optimizer_is_nesterov_sgd_with_weight_decay_on_weights_only():
     model = sc.create_model("cnn", width=4)
     opt = make_optimizer(model, TrainConfig(weight_decay=1e-3, momentum=0.8, lr=0.3))

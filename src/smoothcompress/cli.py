@@ -133,10 +133,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from smoothcompress.experiment import sweep
+    from smoothcompress.experiment import parse_shard, sweep
 
-    results = sweep(args.config, out=args.out, data=args.data)
-    print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
+    i, n = parse_shard(args.shard)
+    results = sweep(args.config, out=args.out, data=args.data, shard=(i, n))
+    if n == 1:
+        print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
+    else:  # the shard's folder is out/shard-i-of-n: the report reads out, all shards merged
+        folder = results.parent.parent
+        print(f"results of shard {i}/{n}: {results}\nnext (all {n} shards done): smoothcompress report {folder}")
     return 0
 
 
@@ -150,10 +155,15 @@ def _report(results: Path, out: Path) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    results = Path(args.results)
-    return _report(
-        results, Path(args.output) if args.output else (results if results.is_dir() else results.parent) / "report"
-    )
+    paths = [Path(p) for p in args.results]
+    folders = [p if p.is_dir() else p.parent for p in paths]
+    out = Path(args.output) if args.output else Path(os.path.commonpath(folders)) / "report"
+    with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
+        warnings.simplefilter("always", UserWarning)
+        code = _report(paths[0] if len(paths) == 1 else paths, out)
+    for w in caught:
+        print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -278,11 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a sweep TOML file or a preset name: demo, cifar10-cpu, cifar10-paper, ...")
     p.add_argument("--out", help="output folder (default: the config's `out`)")
     p.add_argument("--data", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N disjoint slices of the training runs (numbered from 1, e.g. "
+        "$SLURM_ARRAY_TASK_ID/4 with --array=1-4), into OUT/shard-I-of-N/; `report OUT` merges the shards",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write report.md, a summary table and plots from a sweep's results")
-    p.add_argument("results", help="a results.jsonl file or the sweep folder holding it")
-    p.add_argument("-o", "--output", help="output folder (default: report/ beside the results)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        help="the sweep folder (its shards merged), a results.jsonl file, or several results files of one sweep",
+    )
+    p.add_argument("-o", "--output", help="output folder (default: report/ in the folder holding the results)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the embedded demo: an MLP on digits, no download, CPU only")

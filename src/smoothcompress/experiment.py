@@ -12,8 +12,9 @@ A sweep is described by a TOML file (see ``configs/``)::
     regularizers = [                       # kind x weight x seed; weight may be a list
         { kind = "none", weight = 0.0, seeds = [0, 1] },
         { kind = "nuclear", weight = [1e-3, 1e-2] },
+        { kind = "second", weight = 1e-3, reg_axes = ["out"] },   # any reg_* TrainConfig key, for this entry
     ]
-    variants = [{ width = 16 }, { width = 32 }]   # optional: other models or widths
+    variants = [{ width = 16 }, { width = 32 }]   # optional: other models or widths, for every entry
     [compress]
     rates = [0.3, 0.5, 0.7, 0.9]
     methods = [{ method = "svd", allocation = "global", scheme = "channel" }, { method = "svd-data+bn" }]
@@ -36,10 +37,25 @@ cells (rows already in ``results.jsonl``) are skipped. A run folder remembers th
 ``out``), never a silent reuse of models trained otherwise. While a sweep runs it holds ``out/.lock``: a second
 sweep into the same folder is refused (a lock left by a killed sweep is taken over). Paths such as
 ``train.data`` are relative to the current directory.
+
+Sharded sweeps: ``sweep(config, shard=(i, n))`` (``smoothcompress sweep CONFIG --shard i/n``) runs the i-th of n
+disjoint slices of the grid, so that an array job (``--shard $SLURM_ARRAY_TASK_ID/4`` with ``--array=1-4``, a loop
+over hosts) splits the work. Shards are numbered from 1. The unit is the training run (every compression row
+belongs to one trained model): the runs, sorted by tag, are dealt round-robin, so the slices depend only on the
+grid and ``n``, never on what is already done. Shard i of n is a sweep folder of its own, ``out/shard-i-of-n/``
+(its ``results.jsonl``, ``spectra.jsonl``, ``runs/`` and lock), so shards on several hosts can share ``out``
+and each resumes exactly as an unsharded sweep does; ``--shard 1/1`` is the unsharded sweep. Keep ``n`` and
+the grid fixed for a sharded sweep's life: a shard refuses to resume when the grid has changed so much that its
+folder holds runs another shard now owns. :func:`smoothcompress.report.load_results` merges the shards of
+``out``. Every row records its ``shard`` and ``shards`` (i and n; 1 and 1 unsharded) and the
+``sweep_fingerprint`` of :meth:`SweepConfig.fingerprint`, by which the report refuses to merge shards of
+different configs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -68,8 +84,18 @@ from smoothcompress.training import (
     resolve_device,
 )
 from smoothcompress.training import run as train_run
+from smoothcompress.training.config import RUNTIME_KEYS
 
-__all__ = ["RunSpec", "SweepConfig", "sweep", "PRESETS_DIR", "resolve_config"]
+__all__ = [
+    "RunSpec",
+    "SweepConfig",
+    "sweep",
+    "PRESETS_DIR",
+    "PENALTY_OPTIONS",
+    "resolve_config",
+    "parse_shard",
+    "results_files",
+]
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 """Built-in sweep presets (``demo``, ``cifar10-cpu``, ...); ``configs/`` in the repository points here."""
@@ -79,11 +105,18 @@ CALIBRATION_IMAGES = 2048  # default [compress] calibration_images: training ima
 """Method options every results row has a column for (``None`` where the method has no such option)."""
 _SECTIONS = {"out", "description", "train", "grid", "compress", "report"}
 
+PENALTY_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("reg_"))
+"""TrainConfig keys a ``[grid] regularizers`` entry may set for its own runs (e.g. ``reg_axes = ["out"]``)."""
+
 
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+
+
+def _text(value: Any) -> str:
+    return "+".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 
 
 @dataclass(frozen=True)
@@ -100,8 +133,9 @@ class RunSpec:
         return {**dict(self.variant), "reg": self.reg, "weight": float(self.weight), "seed": int(self.seed)}
 
     def variant_name(self) -> str:
-        """The variant as text, ``""`` for none, e.g. ``"lr=0.2"`` (model and width are named separately)."""
-        return ",".join(f"{k}={v}" for k, v in self.variant if k not in ("model", "width"))
+        """The variant as text, ``""`` for none, e.g. ``"lr=0.2"`` or ``"reg_axes=out"`` (model and width are named
+        separately; a list value is joined by ``+``)."""
+        return ",".join(f"{k}={_text(v)}" for k, v in self.variant if k not in ("model", "width"))
 
     def tag(self, train: dict[str, Any]) -> str:
         """Folder name of the run, e.g. ``"resnet18-w16-nuclear0.001-s0"``."""
@@ -109,7 +143,7 @@ class RunSpec:
         parts = [str(v.get("model", "model"))]
         if "width" in v:
             parts.append(f"w{v['width']}")
-        parts += [f"{k}{val}" for k, val in self.variant if k not in ("model", "width")]
+        parts += [f"{k}{_text(val)}" for k, val in self.variant if k not in ("model", "width")]
         parts += [self.reg if self.reg == "none" else f"{self.reg}{self.weight:g}", f"s{self.seed}"]
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
 
@@ -148,14 +182,17 @@ class SweepConfig:
             variants.append(tuple(sorted(v.items())))
         runs: list[RunSpec] = []
         for entry in grid.get("regularizers", [{"kind": "none"}]):
-            _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "lam", "seeds"})
+            _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "lam", "seeds", *PENALTY_OPTIONS})
             if "kind" not in entry:
                 raise ValueError(f"regularizer entry {entry} has no 'kind'")
             weights = _grid_weights(entry)
+            options = tuple(
+                (k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in PENALTY_OPTIONS
+            )
             for variant, weight, seed in itertools.product(
                 variants, weights if isinstance(weights, list) else [weights], entry.get("seeds", default_seeds)
             ):
-                runs.append(RunSpec(entry["kind"], float(weight), int(seed), variant))
+                runs.append(RunSpec(entry["kind"], float(weight), int(seed), tuple(sorted(variant + options))))
         for spec in runs:  # every run's full training config must be valid (kinds, weights, variant keys)
             TrainConfig.from_dict({**train, **spec.train_overrides()})
         comp = raw.get("compress", {})
@@ -174,6 +211,88 @@ class SweepConfig:
             calibration_images=int(comp.get("calibration_images", CALIBRATION_IMAGES)),
             spectra_layers=int(report.get("spectra_layers", 3)),
         )
+
+    def fingerprint(self) -> str:
+        """A short hash of the parsed config; equal for configs that differ only in where or how fast they run.
+
+        It covers the training settings each run is given (``[train]`` plus its regulariser, weight, seed and
+        variant; values as :class:`TrainConfig` reads them, so ``lr = 1`` equals ``lr = 1.0``; defaults left
+        unwritten are not hashed), the rates, the methods and their options, ``calibration_images`` and
+        ``spectra_layers``. It leaves out ``out``, ``source`` and the runtime training keys (``data``,
+        ``device``, ... see ``training.config.RUNTIME_KEYS``). The order of the runs, rates and methods in the
+        file does not matter. Returns 16 hex digits of a sha256.
+        """
+
+        def train(spec: RunSpec) -> dict[str, Any]:
+            given = {**self.train, **spec.train_overrides()}
+            resolved = TrainConfig.from_dict(given).to_dict()
+            return {k: resolved[k] for k in given if k in resolved and k not in RUNTIME_KEYS}
+
+        canonical = {
+            "runs": sorted(json.dumps(train(s), sort_keys=True) for s in self.runs),
+            "rates": sorted(set(self.rates)),
+            "methods": sorted(json.dumps({"method": m.name, **m.options()}, sort_keys=True) for m in self.methods),
+            "calibration_images": self.calibration_images,
+            "spectra_layers": self.spectra_layers,
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+    def shard_runs(self, shard: tuple[int, int]) -> tuple[RunSpec, ...]:
+        """The runs of shard ``(i, n)`` (1-based), in the file's order: runs sorted by tag, dealt round-robin.
+
+        The n slices are disjoint and cover the grid. Raises ``ValueError`` when ``n`` exceeds the number of runs.
+        """
+        i, n = parse_shard(shard)
+        if n > len(self.runs):
+            raise ValueError(
+                f"shard {i}/{n}: the grid has only {len(self.runs)} training run(s), the unit of a shard; "
+                f"use at most {len(self.runs)} shards"
+            )
+        owned = set(sorted(self.runs, key=lambda s: s.tag(self.train))[i - 1 :: n])
+        return tuple(s for s in self.runs if s in owned)
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``(i, n)`` from ``"i/n"`` or a pair, checked: shards are numbered 1 to n; ``None`` is the whole grid, (1, 1).
+
+    Raises ``ValueError`` with a one-line message for anything else (``"3/2"``, ``"0/0"``, ``"a/b"``).
+    """
+    if shard is None:
+        return 1, 1
+    if isinstance(shard, str):
+        i, sep, n = shard.strip().partition("/")
+        if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+            raise ValueError(f"shard {shard!r}: write I/N with whole numbers, e.g. 1/4 for the first of 4 shards")
+        pair = int(i), int(n)
+    else:
+        pair = tuple(shard)
+        if len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
+            raise ValueError(f"shard {shard!r}: give (i, n), two whole numbers, e.g. (1, 4) for the first of 4")
+    i, n = pair
+    if n < 1 or not 1 <= i <= n:
+        raise ValueError(f"shard {i}/{n}: need 1 <= I <= N (shards are numbered from 1), e.g. 1/{max(n, 2)}")
+    return i, n
+
+
+def _shard_folder(out: Path, shard: tuple[int, int]) -> Path:
+    """Where shard ``(i, n)`` writes: ``out`` itself for the whole grid, else ``out/shard-i-of-n``."""
+    i, n = shard
+    return out if n == 1 else out / f"shard-{i}-of-{n}"
+
+
+def results_files(folder: str | os.PathLike) -> list[Path]:
+    """The results files of the sweep in ``folder``: its own ``results.jsonl``, then each shard's, by (n, i).
+
+    Shard folders without results yet are left out; ``[]`` when there are none.
+    """
+    folder = Path(folder)
+    shards = []
+    for sub in folder.glob("shard-*-of-*"):
+        m = re.fullmatch(r"shard-(\d+)-of-(\d+)", sub.name)
+        if m and (sub / "results.jsonl").is_file():
+            shards.append(((int(m[2]), int(m[1])), sub / "results.jsonl"))
+    own = [folder / "results.jsonl"] if (folder / "results.jsonl").is_file() else []
+    return own + [path for _, path in sorted(shards)]
 
 
 def _grid_weights(entry: dict) -> float | list:
@@ -206,6 +325,19 @@ def resolve_config(name: str | os.PathLike) -> Path:
         return preset
     presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
     raise ValueError(f"sweep config {str(name)!r} not found; give a TOML file or a preset name ({presets})")
+
+
+def _check_owned(
+    rows: list[dict], cfg: SweepConfig, runs: tuple[RunSpec, ...], shard: tuple[int, int], path: Path
+) -> None:
+    """Refuse to resume a shard whose folder holds rows of runs that the grid now deals to another shard."""
+    tags = {s.tag(cfg.train) for s in cfg.runs} - {s.tag(cfg.train) for s in runs}
+    foreign = sorted({r["run"] for r in rows} & tags)
+    if foreign:
+        raise ValueError(
+            f"{path} holds rows of {', '.join(foreign)}, which shard {shard[0]}/{shard[1]} of this grid no longer "
+            "runs (the grid changed and was dealt anew); sweep into a new out folder"
+        )
 
 
 def _cell_key(row: dict) -> tuple:
@@ -270,9 +402,12 @@ def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit:
 
 
 def sweep(
-    config: SweepConfig | str | os.PathLike, out: str | os.PathLike | None = None, data: str | None = None
+    config: SweepConfig | str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    data: str | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> Path:
-    """Run a sweep (resumably) and return the path of its ``results.jsonl``.
+    """Run a sweep, or one shard of it, (resumably) and return the path of the ``results.jsonl`` it wrote.
 
     Parameters
     ----------
@@ -282,6 +417,9 @@ def sweep(
         Overrides the config's output folder.
     data : str, optional
         Overrides ``train.data``: where the dataset lives (e.g. an ImageFolder ``.tar.gz``).
+    shard : "i/n" or (i, n), optional
+        Run only the i-th of n disjoint slices of the training runs (numbered from 1; see the module
+        docstring), into ``out/shard-i-of-n/``. Default: the whole grid, into ``out``.
     """
     cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config)
     cfg = replace(
@@ -289,25 +427,32 @@ def sweep(
         out=Path(out) if out is not None else cfg.out,
         train={**cfg.train, "data": data} if data is not None else cfg.train,
     )
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(cfg.out, user="sweep"):  # two sweeps into one folder would train the same runs twice
-        return _sweep(cfg)
+    shard = parse_shard(shard)
+    runs = cfg.shard_runs(shard)
+    folder = _shard_folder(cfg.out, shard)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FolderLock(folder, user="sweep"):  # two sweeps into one folder would train the same runs twice
+        return _sweep(cfg, runs, folder, shard)
 
 
-def _sweep(cfg: SweepConfig) -> Path:
-    """The body of :func:`sweep`, run while holding the output folder's lock."""
-    results, spectra_path = cfg.out / "results.jsonl", cfg.out / "spectra.jsonl"
-    done = {_cell_key(r) for r in read_jsonl(results)}
+def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tuple[int, int]) -> Path:
+    """The body of :func:`sweep`: ``runs`` (shard ``shard`` of the grid) into ``folder``, holding its lock."""
+    results, spectra_path = folder / "results.jsonl", folder / "spectra.jsonl"
+    rows = read_jsonl(results)
+    _check_owned(rows, cfg, runs, shard, results)
+    done = {_cell_key(r) for r in rows}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
     cells = [(None, 0.0), *itertools.product(cfg.methods, cfg.rates)]
-    _log(f"sweep: {len(cfg.runs)} training runs, {len(cfg.runs) * len(cells)} cells, {len(done)} done -> {results}")
+    where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+    _log(f"sweep: {where}{len(runs)} training runs, {len(runs) * len(cells)} cells, {len(done)} done -> {results}")
+    stamp = {"shard": shard[0], "shards": shard[1], "sweep_fingerprint": cfg.fingerprint()}
     datasets: dict = {}
     commit = git_commit()  # the code this process loaded, even if the tree changes while it runs
-    for spec in cfg.runs:
+    for spec in runs:
         tag = spec.tag(cfg.train)
         if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
             continue
-        run_dir = cfg.out / "runs" / tag
+        run_dir = folder / "runs" / tag
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
         trained = _trained(spec, tag, tconf, run_dir, commit)
         device = resolve_device(tconf.device)
@@ -326,6 +471,7 @@ def _sweep(cfg: SweepConfig) -> Path:
             "weight": spec.weight,
             "seed": spec.seed,
             "epochs": tconf.epochs,
+            **stamp,
         }
         if tag not in spectra_done:
             append_jsonl(spectra_path, _spectra_row(base, model, cfg.spectra_layers))

@@ -31,6 +31,10 @@ weight decay, times a dimensionless, scale-free roughness ``rho`` (:func:`roughn
 Every layer term is homogeneous of degree 2 in ``W``, like weight decay, so ``weight`` lives on weight decay's
 scale or below.
 
+``scale_free=True`` sums the roughness ``rho`` alone instead (``||dW||^2 / ||W||^2`` for ``p = 2``): invariant
+to the scale of each weight, as a conv followed by BatchNorm is, so the penalty cannot be lowered by shrinking a
+weight that BatchNorm rescales anyway. Its gradient is orthogonal to ``W`` and scales as ``1 / ||W||``.
+
 Grouped and depthwise convs
 ---------------------------
 A conv with ``groups = g`` is penalised per group: its weight is read as ``g`` independent blocks of shape
@@ -53,6 +57,19 @@ Schedules for the nuclear norm
   ``beta = weight * ||W||_* / (||W||_F * sqrt(k))`` (``k = min(m, n)``): per block,
   ``W <- U max(S - eta * alpha, 0) V^T / (1 + eta * beta)`` with ``eta = lr * every``. A block is never
   thresholded to zero while ``lr * every * weight < 1``. Combine with ``every=k`` to threshold every k-th step.
+* ``refresh=k`` (lagged polar factor): the gradient of ``||mat(W)||_*`` is the polar factor ``P = U V^T``. It is
+  computed every k-th step and reused in between as a fixed linear term: the layer term becomes
+  ``||W||_F * <P, mat(W)> / sqrt(min(m, n))``. ``<P, mat(W)> <= ||mat(W)||_*`` (``||P||_2 <= 1``), with equality
+  on the steps where ``P`` is fresh, so the value and the gradient are exact there; between refreshes a step costs
+  one elementwise product per weight. Trained Rank Pruning's "decouple period" is the same idea.
+* ``polar="newton-schulz"``: ``P`` from five quintic Newton-Schulz iterations on ``mat(W) / ||W||_F``
+  (matrix products only, no SVD; the coefficients of the Muon optimizer). Inexact: ``P = U f(S) V^T`` with
+  ``f`` in about ``[0.68, 1.2]`` for singular values above ``2e-3 ||W||_F``, and smaller below that (``f = 0.47``
+  at ``1e-3``, ``0.05`` at ``1e-4``): the smallest singular values, the ones truncation removes, are pushed less
+  than by the exact gradient. Combines with ``refresh``.
+
+Which schedule trains to the same model as the every-step SVD, and what each costs, is measured by
+``benchmarks/bench_nuclear_schedule.py`` and ``benchmarks/bench_regularize.py`` (see ``docs/design.md``).
 
 Layer selection (``include``/``exclude``) follows :mod:`smoothcompress.selection`.
 """
@@ -70,7 +87,7 @@ from torch import Tensor, nn
 from smoothcompress.layers import is_linear_like, linear_spec, linear_weight
 from smoothcompress.selection import Entries, as_entries, select_layers, unwrap
 
-__all__ = ["KINDS", "AXES", "penalty", "normalized_penalty", "roughness", "Smoothness"]
+__all__ = ["KINDS", "AXES", "POLARS", "penalty", "normalized_penalty", "roughness", "polar_factor", "Smoothness"]
 
 Kind = Literal["nuclear", "first", "second"]
 KINDS: tuple[str, ...] = ("nuclear", "first", "second")
@@ -78,6 +95,14 @@ KINDS: tuple[str, ...] = ("nuclear", "first", "second")
 
 AXES: dict[str, int] = {"out": 0, "in": 1, "kh": 2, "kw": 3}
 """Axis names and their position in a ``(C_out, C_in, kh, kw)`` weight."""
+
+POLARS: tuple[str, ...] = ("svd", "newton-schulz")
+"""How the nuclear norm's gradient direction ``U V^T`` is computed: exactly, or by Newton-Schulz iterations."""
+
+# Quintic Newton-Schulz coefficients and step count of the Muon optimizer (Jordan et al. 2024): chosen to raise
+# small singular values fast (slope 3.4 at 0) rather than to converge, so 5 steps suffice from ``W / ||W||_F``.
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+_NS_STEPS = 5
 
 _ORDER = {"first": 1, "second": 2}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -111,6 +136,12 @@ def _check_p(p: float) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p < 1:
         raise ValueError(f"p must be a real number >= 1 (2: squared differences, 1: total variation), got {p!r}")
     return float(p)
+
+
+def _check_count(value: int, name: str, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 ({meaning}), got {value!r}")
+    return int(value)
 
 
 def _check_weight(weight: float) -> float:
@@ -222,6 +253,60 @@ def _svdvals(blocks: Tensor) -> Tensor:
         if mats.requires_grad and torch.is_grad_enabled():
             return _SingularValues.apply(mats)
         return _singular_values_only(mats)
+
+
+def _newton_schulz(mats: Tensor) -> Tensor:
+    """Approximate polar factor of each ``(m, n)`` matrix of ``(B, m, n)`` by quintic Newton-Schulz iterations."""
+    a, b, c = _NS_COEFFS
+    wide = mats.shape[-2] <= mats.shape[-1]
+    x = mats if wide else mats.mT  # iterate on the (small x large) side: x @ x^T is the smaller Gram matrix
+    x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    for _ in range(_NS_STEPS):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.mT
+
+
+def polar_factor(mats: Tensor, method: str = "svd") -> Tensor:
+    """The polar factor ``U V^T`` of each matrix: the gradient of the nuclear norm.
+
+    Parameters
+    ----------
+    mats : Tensor
+        ``(B, m, n)``; float16/bfloat16 is computed in float32.
+    method : {"svd", "newton-schulz"}
+        Exact (thin SVD), or five quintic Newton-Schulz iterations (matrix products only; inexact, see the module
+        docstring).
+
+    Returns
+    -------
+    Tensor
+        ``(B, m, n)``, float32 or wider, without gradient.
+
+    Raises
+    ------
+    ValueError
+        An unknown method or a tensor that is not 3-dimensional.
+    """
+    if method not in POLARS:
+        raise ValueError(f"unknown polar method {method!r}; choose one of {', '.join(POLARS)}")
+    if mats.ndim != 3:
+        raise ValueError(f"mats must be (B, m, n), got shape {tuple(mats.shape)}")
+    with torch.no_grad(), torch.autocast(device_type=mats.device.type, enabled=False):
+        mats = mats.detach().float() if mats.dtype in _LOW_PRECISION else mats.detach()
+        if method == "newton-schulz":
+            return _newton_schulz(mats)
+        u, _, vh = _thin_svd(mats)
+        return u @ vh
+
+
+def _lagged_terms(blocks: Tensor, polar: Tensor) -> Tensor:
+    """Each block's nuclear term with a fixed polar factor: ``||W||_F * <P, mat W> / sqrt(k)``, ``(B,)``."""
+    mats = blocks.flatten(2)
+    with torch.autocast(device_type=mats.device.type, enabled=False):
+        mats = mats.float() if mats.dtype in _LOW_PRECISION else mats
+        fro = torch.linalg.vector_norm(mats, dim=(1, 2))
+        return fro * (polar * mats).sum((1, 2)) / math.sqrt(min(mats.shape[-2:]))
 
 
 def _raw_blocks(blocks: Tensor, kind: str, dims: Sequence[int], p: float) -> Tensor:
@@ -451,12 +536,22 @@ class Smoothness:
         ``every``-th step when ``proximal``). Steps are counted by :meth:`after_step`.
     proximal : bool
         "nuclear" only: instead of a loss term, apply singular-value soft-thresholding in :meth:`after_step`.
+    refresh : int
+        "nuclear" only, not with ``proximal``: recompute the polar factor ``U V^T`` of each weight every
+        ``refresh``-th step and reuse it in between as a fixed linear term (module docstring). 1: every step.
+    polar : {"svd", "newton-schulz"}
+        "nuclear" only, not with ``proximal``: how ``U V^T`` is computed. "svd" with ``refresh=1`` is the exact
+        penalty.
+    scale_free : bool
+        Sum each layer's scale-free roughness ``rho`` instead of ``||W||_F^2 * rho`` (module docstring). Not with
+        ``proximal``, ``refresh > 1`` or an inexact ``polar``.
 
     Raises
     ------
     ValueError
-        An unknown kind or axis, ``p < 1``, a negative weight, ``every < 1``, ``proximal`` with a derivative
-        kind; and, when called on a model, a filter item that matches no layer or a filter that leaves none.
+        An unknown kind, axis or polar method, ``p < 1``, a negative weight, ``every < 1``, ``refresh < 1``,
+        ``proximal``, ``refresh > 1`` or ``polar`` other than "svd" with a derivative kind (or ``proximal`` with
+        either); and, when called on a model, a filter item that matches no layer or a filter that leaves none.
 
     Examples
     --------
@@ -475,6 +570,9 @@ class Smoothness:
         exclude: Entries = None,
         every: int = 1,
         proximal: bool = False,
+        refresh: int = 1,
+        polar: str = "svd",
+        scale_free: bool = False,
     ):
         self.kind = _check_kind(kind)
         self.weight = weight
@@ -483,12 +581,23 @@ class Smoothness:
         self.p = _check_p(p)
         self.include = as_entries(include, "include")
         self.exclude = as_entries(exclude, "exclude")
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"every must be an integer >= 1 (penalise every k-th step), got {every!r}")
-        self.every = int(every)
+        self.every = _check_count(every, "every", "penalise every k-th step")
         if proximal and self.kind != "nuclear":
             raise ValueError(f"proximal=True is only available for kind='nuclear', not {self.kind!r}")
         self.proximal = bool(proximal)
+        self.refresh = _check_count(refresh, "refresh", "recompute the polar factor every k-th step")
+        if polar not in POLARS:
+            raise ValueError(f"unknown polar method {polar!r}; choose one of {', '.join(POLARS)}")
+        self.polar = polar
+        if (self.refresh > 1 or polar != "svd") and (self.kind != "nuclear" or self.proximal):
+            raise ValueError(
+                "refresh and polar shape the nuclear penalty's gradient; they need kind='nuclear' without proximal"
+            )
+        self.scale_free = bool(scale_free)
+        if self.scale_free and (self.proximal or self.lagged):
+            raise ValueError("scale_free=True needs the loss-term penalty: not proximal, refresh=1, polar='svd'")
+        self._polars: list[Tensor] = []  # the lagged polar factors, one per block group (_blocks_by_shape order)
+        self._polar_step = 0  # the step they were computed at
         self.step = 0  # optimizer steps seen by after_step(); restored by load_state_dict() on resume
         self._checked: set[int] = set()
 
@@ -509,6 +618,9 @@ class Smoothness:
                 ("exclude", self.exclude, ()),
                 ("every", self.every, 1),
                 ("proximal", self.proximal, False),
+                ("refresh", self.refresh, 1),
+                ("polar", self.polar, "svd"),
+                ("scale_free", self.scale_free, False),
             ]
             if v != default
         )
@@ -566,8 +678,29 @@ class Smoothness:
         Tensor
             0-dim, differentiable, float32 (float64 if the weights are).
         """
-        parts = [_terms(blocks, self.kind, self._dims, self.p).sum() for blocks in self._blocks_by_shape(model)]
+        groups = self._blocks_by_shape(model)
+        if self.lagged:
+            polars = self._current_polars(groups)
+            parts = [_lagged_terms(blocks, polar).sum() for blocks, polar in zip(groups, polars, strict=True)]
+        else:
+            parts = [_terms(blocks, self.kind, self._dims, self.p, self.scale_free).sum() for blocks in groups]
         return sum(parts[1:], parts[0])
+
+    @property
+    def lagged(self) -> bool:
+        """Whether the nuclear term uses a stored polar factor (``refresh > 1`` or an inexact ``polar``)."""
+        return self.refresh > 1 or self.polar != "svd"
+
+    def _current_polars(self, groups: list[Tensor]) -> list[Tensor]:
+        """The polar factors of ``groups`` ``(B, m, n)`` each: the stored ones while fresh, else recomputed."""
+        shapes = [g.flatten(2).shape for g in groups]
+        stale = self.step - self._polar_step >= self.refresh or self.step < self._polar_step
+        if stale or [p.shape for p in self._polars] != shapes:
+            self._polars = [polar_factor(g.flatten(2), self.polar) for g in groups]
+            self._polar_step = self.step
+        elif any(p.device != g.device for p, g in zip(self._polars, groups, strict=True)):  # restored on the CPU
+            self._polars = [p.to(g.device) for p, g in zip(self._polars, groups, strict=True)]
+        return self._polars
 
     def __call__(self, model: nn.Module) -> Tensor:
         """``weight * sum of layer terms`` (times ``every`` on the scheduled steps), or a free zero.
@@ -630,11 +763,16 @@ class Smoothness:
             for view, new in zip(views, stacked.split([v.shape[0] for v in views]), strict=True):
                 view.copy_(new)
 
-    def state_dict(self) -> dict[str, int | float]:
-        """The mutable state to checkpoint: the step counter and the current weight."""
-        return {"step": self.step, "weight": self.weight}
+    def state_dict(self) -> dict:
+        """The mutable state to checkpoint: the step counter, the current weight and any lagged polar factors."""
+        state: dict = {"step": self.step, "weight": self.weight}
+        if self._polars:
+            state |= {"polars": [p.detach().cpu() for p in self._polars], "polar_step": self._polar_step}
+        return state
 
-    def load_state_dict(self, state: dict[str, int | float]) -> None:
-        """Restore :meth:`state_dict` (e.g. on ``--resume``)."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (e.g. on ``--resume``); polar factors move to the model's device on use."""
         self.step = int(state["step"])
         self.weight = state["weight"]
+        self._polars = list(state.get("polars", []))
+        self._polar_step = int(state.get("polar_step", 0))

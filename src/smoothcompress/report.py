@@ -4,8 +4,12 @@ Everything here is computed from the rows that :func:`smoothcompress.experiment.
 (``results.jsonl``, and ``spectra.jsonl`` for the spectra and weight pictures), so every figure traces back to a
 row and every row to a command. Rows written before the penalty weight was named ``weight`` carry it as ``lam``;
 both are read. A row's method is looked up in :mod:`smoothcompress.methods` to tell SVD (family ``"low-rank"``)
-from pruning (``"pruning"``) in the claims. Plots are drawn on :class:`matplotlib.figure.Figure` objects, so the
-pyplot state and backend of the caller (a notebook, say) are left alone.
+from pruning (``"pruning"``) in the claims, and plain SVD (``"svd"``) from the SVD methods that use calibration
+data (``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``). Plots are drawn on :class:`matplotlib.figure.Figure`
+objects, so the pyplot state and backend of the caller (a notebook, say) are left alone.
+
+A sharded sweep (``smoothcompress sweep CONFIG --shard i/n``) is read whole from its folder: :func:`load_results`
+merges the shards' results files, refuses shards of different sweep configs, and warns when a shard is missing.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import itertools
 import math
 import os
 import statistics
+import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,13 +29,27 @@ from matplotlib.figure import Figure
 from smoothcompress.files import read_jsonl
 from smoothcompress.methods import get_method
 
-__all__ = ["summarize", "select_weights", "assess_claims", "write_report", "load_results"]
+__all__ = [
+    "summarize",
+    "select_weights",
+    "frontier",
+    "assess_claims",
+    "write_report",
+    "load_results",
+    "missing_shards",
+]
 
 BASELINE = "none"
 # A claim is judged on the rates where compression bites; at 30% almost nothing loses accuracy.
 CLAIM_MIN_RATE = 0.5
 # Two accuracies closer than this (in points) are "on par": about the seed-to-seed spread of short CPU runs.
 PAR_POINTS = 1.0
+# A weight is chosen on its accuracy after SVD at these rates: where compression bites and smoothness pays.
+SELECT_RATES = (0.7, 0.8)
+# ... among the weights whose dense accuracy is at most this far (1 point) below the baseline's.
+DENSE_TOLERANCE = 0.01
+# The frontier plot: dense accuracy against the accuracy at this rate.
+FRONTIER_RATE = 0.8
 _REQUIRED = ("run", "model", "reg", "label", "rate_requested", "dataset")  # and "weight" (or its old name "lam")
 
 
@@ -53,12 +73,13 @@ class Setting(NamedTuple):
         """What a smooth run is compared within: the baseline of the same model, width and variant."""
         return (self.model, self.width, self.variant)
 
+    def context_name(self) -> str:
+        """The model, width and variant, e.g. ``"mlp-w32 lr=0.2"``."""
+        return f"{self.model}-w{self.width}" + (f" {self.variant}" if self.variant else "")
+
     def name(self, with_context: bool = False) -> str:
         name = "baseline" if self.reg == BASELINE else f"{self.reg} λ={self.weight:g}"
-        if not with_context:
-            return name
-        variant = f" {self.variant}" if self.variant else ""
-        return f"{self.model}-w{self.width}{variant} {name}"
+        return f"{self.context_name()} {name}" if with_context else name
 
 
 def _weight(row: dict) -> float:
@@ -78,30 +99,117 @@ def _families(rows: list[dict]) -> dict[str, str | None]:
     return families
 
 
-def load_results(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """Rows of ONE sweep: ``path`` is its folder or its ``results.jsonl``. Returns (results, spectra).
+def load_results(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+) -> tuple[list[dict], list[dict]]:
+    """Rows of ONE sweep, its shards merged. Returns (results, spectra).
 
-    Raises ``ValueError`` for rows this version cannot read, or rows that mix datasets or splits (a report
-    compares settings on one dataset and one split).
+    Parameters
+    ----------
+    path : path or sequence of paths
+        The sweep folder (its ``results.jsonl`` and every ``shard-i-of-n/results.jsonl`` in it), a results file,
+        or several of either. Each results file's ``spectra.jsonl`` beside it is read too.
+
+    Raises ``FileNotFoundError`` when there is no results file, and ``ValueError`` for rows this version cannot
+    read, rows that mix datasets or splits (a report compares settings on one dataset and one split), or files
+    that cannot be one sweep: rows of different sweep configs (the ``sweep_fingerprint`` of each file's last row
+    differs), of different shard counts, written before fingerprints, or one cell in two files. Warns
+    (``UserWarning``) when shards are missing (see :func:`missing_shards`).
     """
-    path = Path(path)
-    results = path / "results.jsonl" if path.is_dir() else path
-    if not results.exists():
-        raise FileNotFoundError(f"no results file at {results}; run `smoothcompress sweep CONFIG` first")
-    rows = read_jsonl(results)
-    if not rows:
-        raise ValueError(f"{results} holds no rows")
-    for i, r in enumerate(rows):
-        missing = [k for k in _REQUIRED if k not in r] + ([] if "weight" in r or "lam" in r else ["weight"])
-        if missing:
-            raise ValueError(f"{results}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
+    files = _results_files(path)
+    per_file = [(f, _read_results(f)) for f in files]
+    if len(per_file) > 1:
+        _check_one_sweep(per_file)
+    rows = [r for _, rs in per_file for r in rs]
     for key in ("dataset_sha256", "split"):
         values = {r.get(key) for r in rows}
         if len(values) > 1:
-            raise ValueError(
-                f"{results} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time"
-            )
-    return rows, read_jsonl(results.with_name("spectra.jsonl"))
+            where = files[0] if len(files) == 1 else f"{len(files)} results files"
+            raise ValueError(f"{where} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time")
+    gaps = missing_shards(rows)
+    if gaps:
+        warnings.warn(f"{_shards_note(rows)}: the report covers only the shards found", UserWarning, stacklevel=2)
+    return rows, [s for f in files for s in read_jsonl(f.with_name("spectra.jsonl"))]
+
+
+def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Every results file that ``path`` (a sweep folder, a file, or several of either) names."""
+    from smoothcompress.experiment import results_files
+
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    files = []
+    for p in map(Path, paths):
+        found = results_files(p) if p.is_dir() else [p] if p.exists() else []
+        if not found:
+            where = p / "results.jsonl" if p.is_dir() else p
+            raise FileNotFoundError(f"no results file at {where}; run `smoothcompress sweep CONFIG` first")
+        files += [f for f in found if f not in files]
+    return files
+
+
+def _read_results(path: Path) -> list[dict]:
+    """The rows of one results file, each checked to be a sweep row this version reads."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    for i, r in enumerate(rows):
+        missing = [k for k in _REQUIRED if k not in r] + ([] if "weight" in r or "lam" in r else ["weight"])
+        if missing:
+            raise ValueError(f"{path}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
+    return rows
+
+
+def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
+    """Refuse results files that are not shards of one sweep: see :func:`load_results`.
+
+    A file's config is that of its last row: a sweep resumed with a grown grid appends rows of the new config.
+    """
+    (first, rows), *others = per_file
+    for path, rs in per_file:
+        if rs[-1].get("sweep_fingerprint") is None:
+            raise ValueError(f"{path} has no sweep fingerprint (written before sharded sweeps): report it on its own")
+    for path, rs in others:
+        for key, what in (
+            ("sweep_fingerprint", "different sweep configs (fingerprints {} and {})"),
+            ("shards", "sweeps split into {} and {} shards"),
+        ):
+            a, b = rows[-1].get(key, 1), rs[-1].get(key, 1)
+            if a != b:
+                raise ValueError(
+                    f"{first} and {path} come from {what.format(a, b)}: not one sweep; report them apart, or rerun "
+                    "the stale shards with one config into a new out folder"
+                )
+    seen: dict[tuple, Path] = {}
+    for path, rs in per_file:
+        for r in rs:
+            key = (r["run"], r["label"], float(r["rate_requested"]))
+            if seen.setdefault(key, path) != path:
+                raise ValueError(
+                    f"{seen[key]} and {path} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: the files overlap "
+                    "(the same shard twice, or a grid changed between shards); report them apart"
+                )
+
+
+def _shards(rows: list[dict]) -> tuple[int, list[int]]:
+    """(shard count, shards present) of the rows; rows written before sharded sweeps count as unsharded (1, [1])."""
+    n = max((r.get("shards") or 1 for r in rows), default=1)
+    return n, sorted({r.get("shard") or 1 for r in rows})
+
+
+def missing_shards(rows: list[dict]) -> list[int]:
+    """The shards (numbered from 1) of the rows' sharded sweep that no row comes from; ``[]`` when unsharded.
+
+    The shard count is read from the rows (``shards``). A shard that has started but not finished is not missing.
+    """
+    n, present = _shards(rows)
+    return sorted(set(range(1, n + 1)) - set(present))
+
+
+def _shards_note(rows: list[dict]) -> str:
+    """``"shards 1, 3 of 3 (missing: 2)"``, for the report's header and the missing-shard warning."""
+    (n, present), gaps = _shards(rows), missing_shards(rows)
+    missing = f" (missing: {', '.join(map(str, gaps))})" if gaps else ""
+    return f"shards {', '.join(map(str, present))} of {n}{missing}"
 
 
 def _multi(settings) -> bool:
@@ -140,31 +248,186 @@ def _index(summary: list[dict]) -> dict[tuple, dict]:
     return {(s["group"], s["label"], s["rate"]): s for s in summary}
 
 
-def select_weights(rows: list[dict], label: str | None = None) -> dict[tuple, dict]:
-    """Choose each regulariser's weight: the λ with the best mean of dense and SVD accuracies over all rates.
+def _acc(index: dict, group: Setting, label: str | None, rate: float) -> float | None:
+    """Seed-mean accuracy of a cell; ``None`` when it was not run or was out of reach."""
+    cell = index.get((group, label, rate))
+    return cell.get("acc") if cell else None
 
-    Meant for sweeps on a validation split (``split == "val"``). The score averages the dense accuracy and the
-    accuracy after SVD compression (``label``, default the first svd label present) at every swept rate, so a
-    weight wins by being accurate *and* compressible, which is the trade-off the method is about. A rate out of
-    reach scores 0. Weights are compared only within one model, width and variant.
 
-    Returns ``{(model, width, variant, kind): {"weight": best, "score": ..., "scores": {weight: score}}}``.
+def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float]) -> float:
+    """Mean accuracy of a setting after ``label`` over ``rates``; a cell out of reach or not run scores 0."""
+    return statistics.fmean(_acc(index, group, label, r) or 0.0 for r in rates)
+
+
+def _svd_labels(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...)."""
+    plain, data = set(), set()
+    for label, name in {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}:
+        try:
+            method = get_method(name)
+        except ValueError:
+            continue
+        if method.family == "low-rank":
+            (data if method.uses_data() else plain).add(label)
+    return sorted(plain), sorted(data)
+
+
+def _baseline_of(group: Setting, baselines: dict[tuple, Setting]) -> Setting | None:
+    """The baseline a setting is held to: the one of its model, width and variant, else of its model and width."""
+    return baselines.get(group.context()) or baselines.get((group.model, group.width, ""))
+
+
+def select_weights(
+    rows: list[dict],
+    label: str | None = None,
+    *,
+    rates: Sequence[float] = SELECT_RATES,
+    tolerance: float = DENSE_TOLERANCE,
+) -> dict[tuple, dict]:
+    """Choose each penalty's weight on a validation split: the best λ after SVD that keeps dense accuracy.
+
+    Per model, width, variant and penalty kind, the chosen λ maximises the seed-mean accuracy after plain SVD
+    (``label``, default the first label of method ``"svd"``) averaged over ``rates`` (70% and 80% fewer
+    parameters; a cell out of reach scores 0; rates not swept are left out), among the λ whose seed-mean dense
+    accuracy is at least the baseline's minus ``tolerance`` (1 point). The baseline (kind ``"none"``) is the one
+    of the same model, width and variant, else of the same model and width. When no λ meets the constraint (or
+    no SVD rows exist at ``rates``), the λ with the best dense accuracy is chosen and the choice's note says so;
+    without a baseline, dense accuracy is not constrained. Each SVD method that uses calibration data
+    (``svd+bn``, ``svd-data``, ``svd-data+bn``) present in the rows gets its own choice by the same rule.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Results rows, all on the validation split (``split == "val"``).
+    label : str, optional
+        The SVD label to choose on.
+    rates, tolerance
+        The rates averaged over and the dense-accuracy tolerance (a fraction: 0.01 is one point).
+
+    Returns
+    -------
+    dict
+        ``{(model, width, variant, kind): choice}`` for every penalty kind but the baseline. A choice is
+        ``{"label", "weight", "score", "scores": {weight: score}, "dense": {weight: dense accuracy},
+        "baseline_dense", "feasible", "note", "data_aware": {label: choice}}``; ``feasible`` is whether a λ met
+        the constraint, ``note`` is ``""`` or why the rule fell back.
+
+    Raises
+    ------
+    ValueError
+        When rows are not on the validation split: choosing weights on the test split would overstate them.
+    """
+    test = sorted({str(r.get("split", "test")) for r in rows} - {"val"})
+    if test:
+        raise ValueError(
+            f"select_weights chooses on the validation split, but rows are on the {', '.join(test)} split; "
+            "sweep with [train] val_fraction > 0 (as the cifar10-cpu-search preset does)"
+        )
+    summary = summarize(rows)
+    index = _index(summary)
+    plain, data = _svd_labels(rows)
+    label = label or (plain[0] if plain else None)
+    groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
+    baselines = {g.context(): g for g in groups if g.reg == BASELINE}
+    kinds: dict[tuple, list[Setting]] = defaultdict(list)
+    for g in groups:
+        if g.reg != BASELINE:
+            kinds[(*g.context(), g.reg)].append(g)
+    choices = {}
+    for key, candidates in kinds.items():
+        base = _baseline_of(candidates[0], baselines)
+        base_dense = _acc(index, base, "dense", 0.0) if base else None
+        choice = _choose(index, candidates, label, base_dense, rates, tolerance)
+        choice["data_aware"] = {lab: _choose(index, candidates, lab, base_dense, rates, tolerance) for lab in data}
+        choices[key] = choice
+    return choices
+
+
+def _choose(
+    index: dict,
+    candidates: list[Setting],
+    label: str | None,
+    baseline: float | None,
+    rates: Sequence[float],
+    tolerance: float,
+) -> dict:
+    """The rule of :func:`select_weights` for one penalty kind and one SVD label."""
+    dense = {g.weight: _acc(index, g, "dense", 0.0) for g in candidates}
+    swept = [r for r in rates if any((g, label, r) in index for g in candidates)]
+    scores = {g.weight: _score(index, g, label, swept) for g in candidates} if swept else {}
+    floor = -math.inf if baseline is None else baseline - tolerance - 1e-9  # 1e-9: float noise is no violation
+    feasible = [w for w, acc in dense.items() if acc is not None and acc >= floor]
+    if not swept:
+        note = f"no {label or 'SVD'} rows at {_pcts(rates)}: chose the most accurate dense λ"
+    elif not feasible:
+        note = (
+            f"no λ keeps dense accuracy within {100 * tolerance:g} point of the baseline's {100 * baseline:.2f}%: "
+            "chose the most accurate dense λ"
+        )
+    else:
+        note = "" if baseline is not None else "no baseline rows: dense accuracy not constrained"
+    if swept and feasible:
+        weight = max(feasible, key=scores.__getitem__)
+    else:
+        weight = max(dense, key=lambda w: -math.inf if dense[w] is None else dense[w])
+    return {
+        "label": label,
+        "weight": weight,
+        "score": scores.get(weight),
+        "scores": dict(sorted(scores.items())),
+        "dense": dict(sorted(dense.items())),
+        "baseline_dense": baseline,
+        "feasible": bool(feasible),
+        "note": note,
+    }
+
+
+def _pcts(rates: Sequence[float]) -> str:
+    """``"70/80%"``."""
+    return "/".join(f"{100 * r:.0f}" for r in rates) + "%"
+
+
+def frontier(rows: list[dict], rates: Sequence[float] = SELECT_RATES) -> list[dict]:
+    """The λ frontier: dense accuracy against accuracy after SVD, per penalty and weight.
+
+    Per setting (model, width, variant, penalty, λ; seeds pooled): the dense accuracy and the accuracy after plain
+    SVD and after the best SVD method that uses calibration data, at ``rates``. Plain SVD is the first label of
+    method ``"svd"``; a setting's data-aware label is the one with the best mean accuracy over ``rates`` (out of
+    reach: 0), ``None`` when the rows have none.
+
+    Returns one entry per setting, in report order: ``{"group": Setting, "dense": summary entry or None,
+    "svd_label": str or None, "svd": {rate: summary entry or None}, "data_label": str or None, "data": {rate:
+    summary entry or None}}``. A summary entry holds ``acc``, ``std`` and ``n`` (see :func:`summarize`).
     """
     summary = summarize(rows)
-    labels = sorted(lab for lab, family in _families(rows).items() if family == "low-rank")
-    label = label or (labels[0] if labels else "dense")
-    rates = sorted({s["rate"] for s in summary if s["label"] == label})
     index = _index(summary)
-    scores: dict[tuple, dict[float, float]] = defaultdict(dict)
-    for group in sorted({s["group"] for s in summary}, key=Setting.sort_key):
-        cells = [index.get((group, "dense", 0.0))] + [index.get((group, label, r)) for r in rates]
-        scores[(*group.context(), group.reg)][group.weight] = statistics.fmean(
-            c.get("acc", 0.0) if c else 0.0 for c in cells
+    plain, data = _svd_labels(rows)
+    svd = plain[0] if plain else None
+    entries = []
+    for g in sorted({s["group"] for s in summary}, key=Setting.sort_key):
+        tried = [lab for lab in data if any((g, lab, r) in index for r in rates)]
+        best = max(tried, key=lambda lab: _score(index, g, lab, rates), default=None)
+        entries.append(
+            {
+                "group": g,
+                "dense": index.get((g, "dense", 0.0)),
+                "svd_label": svd,
+                "svd": {r: index.get((g, svd, r)) for r in rates},
+                "data_label": best,
+                "data": {r: index.get((g, best, r)) for r in rates},
+            }
         )
-    return {
-        key: {"weight": max(by_w, key=by_w.get), "score": max(by_w.values()), "scores": dict(sorted(by_w.items()))}
-        for key, by_w in scores.items()
-    }
+    return entries
+
+
+def _has_frontier(entries: list[dict]) -> bool:
+    """Whether some penalty kind was trained at more than one weight (within one model, width and variant)."""
+    weights = defaultdict(set)
+    for e in entries:
+        g = e["group"]
+        if g.reg != BASELINE:
+            weights[(*g.context(), g.reg)].add(g.weight)
+    return any(len(ws) > 1 for ws in weights.values())
 
 
 def _compare(
@@ -312,6 +575,67 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
     return path
 
 
+_MARKERS = "osD^v<>ph"
+
+
+def plot_frontier(entries: list[dict], path: Path, rate: float = FRONTIER_RATE) -> Path | None:
+    """Dense accuracy (x) against accuracy at ``rate`` (y): plain SVD, and the best data-aware SVD if any.
+
+    One point per setting of :func:`frontier` (seeds pooled, error bars: std over seeds), one line per penalty
+    kind through its weights (each point labelled with its λ), the baseline a black star, and a dotted line one
+    tolerance (``DENSE_TOLERANCE``) below the baseline's dense accuracy: the weight selection's constraint.
+    Returns ``None`` (and writes nothing) when no setting has both accuracies.
+    """
+    svd = entries[0]["svd_label"] if entries else None
+    panels = [("svd", f"plain SVD ({svd})")] if svd else []
+    if any(e["data_label"] for e in entries):
+        panels.append(("data", "best data-aware SVD of each point (see the table)"))
+    if not panels:
+        return None
+    groups = [e["group"] for e in entries]
+    contexts = list(dict.fromkeys(g.context() for g in groups))
+    kinds = list(dict.fromkeys(g.reg for g in groups if g.reg != BASELINE))
+    colors = {k: _COLORS[i % len(_COLORS)] for i, k in enumerate(kinds)} | {BASELINE: "black"}
+    multi = _multi(groups)
+    fig = Figure(figsize=(5.2 * len(panels), 4.4))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
+    drawn = False
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        series: dict[tuple, list] = defaultdict(list)  # (context, kind) -> points, in weight order
+        for e in entries:
+            d, c = e["dense"] or {}, e[key].get(rate) or {}
+            if "acc" in d and "acc" in c:
+                series[(e["group"].context(), e["group"].reg)].append((e["group"], d, c))
+        for (context, kind), pts in series.items():
+            x, y = [100 * d["acc"] for _, d, _ in pts], [100 * c["acc"] for _, _, c in pts]
+            xerr, yerr = [100 * d["std"] for _, d, _ in pts], [100 * c["std"] for _, _, c in pts]
+            where = f" ({pts[0][0].context_name()})" if multi else ""
+            baseline = kind == BASELINE
+            ax.errorbar(
+                x, y, xerr=xerr if any(xerr) else None, yerr=yerr if any(yerr) else None, color=colors[kind],
+                marker="*" if baseline else _MARKERS[contexts.index(context) % len(_MARKERS)],
+                ms=12 if baseline else 5, lw=1.2, capsize=2, ls="none" if baseline else "-",
+                label=("baseline" if baseline else kind) + where, zorder=3 if baseline else 2,
+            )  # fmt: skip
+            if baseline:
+                ax.axvline(x[0] - 100 * DENSE_TOLERANCE, color="grey", ls=":", lw=1)
+            else:
+                for (g, _, _), xi, yi in zip(pts, x, y, strict=True):
+                    ax.annotate(f"{g.weight:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            drawn = True
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"dense accuracy (%); dotted: baseline - {100 * DENSE_TOLERANCE:g} point")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7, loc="best")
+    if not drawn:
+        return None
+    axes[0][0].set_ylabel(f"accuracy at {100 * rate:.0f}% fewer parameters (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    return path
+
+
 def _spectra_runs(spectra: list[dict]) -> list[tuple[Setting, dict]]:
     """The lowest-seed run of each setting in the first model/width/variant (pictures compare like with like)."""
     runs: dict[Setting, dict] = {}
@@ -400,16 +724,75 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``report.md``, ``summary.md`` and the PNG plots of a sweep into ``out_dir``; return report.md."""
+def frontier_table(entries: list[dict], rates: Sequence[float] = SELECT_RATES) -> str:
+    """Markdown table of :func:`frontier`: one row per setting, accuracies (%) as mean ± std over seeds."""
+    groups = [e["group"] for e in entries]
+    multi, variants = _multi(groups), any(g.variant for g in groups)
+    data = any(e["data_label"] for e in entries)
+    head = (["model"] if multi else []) + ["penalty", "λ"] + (["variant"] if variants else []) + ["seeds", "dense"]
+    head += [f"SVD {100 * r:.0f}%" for r in rates]
+    head += (["data-aware SVD"] + [f"{100 * r:.0f}%" for r in rates]) if data else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        g = e["group"]
+        cells = ([f"{g.model}-w{g.width}"] if multi else []) + (
+            ["baseline", "—"] if g.reg == BASELINE else [g.reg, f"{g.weight:g}"]
+        )
+        cells += ([g.variant or "—"] if variants else []) + [str(e["dense"]["n"] if e["dense"] else 0)]
+        cells += [_pct(e["dense"])] + [_pct(e["svd"][r]) for r in rates]
+        cells += ([e["data_label"] or "—"] + [_pct(e["data"][r]) for r in rates]) if data else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _selection_lines(rows: list[dict]) -> list[str]:
+    """The report's weight-selection section (validation split): one table row per penalty and SVD method."""
+    md = [
+        "## Weight selection (validation split)",
+        "",
+        f"Per model and penalty, the chosen λ has the best mean accuracy after SVD at {_pcts(SELECT_RATES)} fewer "
+        f"parameters among the λ whose dense accuracy is within {100 * DENSE_TOLERANCE:g} point of the "
+        "baseline's (seed means; `select_weights`); when none is, the most accurate dense λ is chosen. Each SVD "
+        "method that uses calibration data chooses on its own accuracies.",
+        "",
+        f"| model | penalty | chosen λ | method | dense (baseline) | score {_pcts(SELECT_RATES)} "
+        "| all λ: dense / score | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.2f}"
+
+    for (model, width, variant, kind), sel in select_weights(rows).items():
+        where = Setting(model, width, variant, kind, 0.0).context_name()
+        for c in [sel, *sel["data_aware"].values()]:
+            dense = f"{pct(c['dense'][c['weight']])} ({pct(c['baseline_dense'])})"
+            every = ", ".join(f"{w:g}: {pct(d)} / {pct(c['scores'].get(w))}" for w, d in c["dense"].items())
+            md.append(
+                f"| {where} | {kind} | {c['weight']:g} | {c['label'] or '—'} | {dense} | {pct(c['score'])} "
+                f"| {every} | {c['note']} |"
+            )
+    return [*md, ""]
+
+
+def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Write ``report.md``, ``summary.md`` and the PNG plots of a sweep into ``out_dir``; return report.md.
+
+    ``results`` is what :func:`load_results` reads: a sweep folder (its shards merged), a results file, or
+    several. When some penalty was trained at more than one weight, the report has a frontier section (table
+    and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`).
+    """
     rows, spectra = load_results(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     table = summary_table(summary)
     (out / "summary.md").write_text(table + "\n")
+    entries = frontier(rows)
+    has_frontier = _has_frontier(entries)
     plots = {
         "Accuracy against parameter reduction": plot_accuracy(summary, out / "accuracy.png"),
+        "The λ frontier": plot_frontier(entries, out / "frontier.png") if has_frontier else None,
         "Singular-value spectra": plot_spectra(spectra, out / "spectra.png"),
         "Weight smoothness": plot_weights(spectra, out / "weights.png"),
     }
@@ -421,8 +804,11 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     eval_wall = sum(r.get("wall_s") or 0.0 for r in rows)
     md = ["# smoothcompress report", ""]
     md += [f"- dataset: {name} (sha256 `{sha}`)" for name, sha in datasets]
+    fingerprints = sorted({r["sweep_fingerprint"] for r in rows if r.get("sweep_fingerprint")})
     md += [
         f"- split evaluated: {', '.join(splits)}",
+        *([f"- sweep config fingerprint: {', '.join(f'`{f}`' for f in fingerprints)}"] if fingerprints else []),
+        *([f"- {_shards_note(rows)}"] if _shards(rows)[0] > 1 else []),
         f"- commits: {', '.join(commits)}",
         f"- devices: {', '.join(devices)}",
         f"- rows: {len(rows)} from {len({r['run'] for r in rows})} training runs; "
@@ -442,18 +828,21 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path
         md += ["Cells out of reach (shown as —):", ""]
         md += [f"- {name}, {lab} at {100 * rate:.0f}%: {e}" for name, lab, rate, e in errors]
         md.append("")
-    if "val" in splits:
+    if has_frontier:
+        labels = sorted({e["data_label"] for e in entries if e["data_label"]})
+        data = f"; data-aware SVD: per row the best of {', '.join(labels)} at {_pcts(SELECT_RATES)}" if labels else ""
         md += [
-            "## Weight selection (validation split)",
+            "## The λ frontier: dense accuracy against accuracy after compression",
             "",
-            "| model | regulariser | chosen λ | score | all scores (λ: score) |",
-            "|---|---|---|---|---|",
+            f"One row per penalty and λ; mean ± std over seeds. SVD: {entries[0]['svd_label'] or '—'}{data}. "
+            "`frontier.png` plots the dense accuracy against the accuracy at "
+            f"{100 * FRONTIER_RATE:.0f}% fewer parameters.",
+            "",
+            frontier_table(entries),
+            "",
         ]
-        for (model, width, variant, kind), sel in select_weights(rows).items():
-            scores = ", ".join(f"{weight:g}: {100 * sc:.2f}" for weight, sc in sel["scores"].items())
-            where = f"{model}-w{width}" + (f" {variant}" if variant else "")
-            md.append(f"| {where} | {kind} | {sel['weight']:g} | {100 * sel['score']:.2f} | {scores} |")
-        md += ["", "Score: mean of the dense accuracy and the SVD accuracies at every rate (see `select_weights`).", ""]
+    if "val" in splits:
+        md += _selection_lines(rows)
     claims = assess_claims(rows)
     if claims:
         md += ["## The paper's claims, judged by these rows", ""]

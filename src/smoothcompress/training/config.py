@@ -28,6 +28,7 @@ from typing import Any
 import tomli_w
 
 from smoothcompress.files import atomic_file
+from smoothcompress.regularize import Smoothness
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,10 +95,14 @@ class TrainConfig:
     reg: str = "none"  # "none" | "nuclear" | "first" | "second"; "none" trains the uncompressed baseline
     weight: float = 0.0  # penalty weight, on weight decay's scale (see Smoothness); must be 0 with reg="none"
     reg_warmup_epochs: float = 0.0  # weight rises linearly over these epochs; 0: full weight from the first step
+    reg_delay_epochs: float = 0.0  # weight 0 for these epochs first (features form), then the warm-up ramp
     reg_axes: tuple[str, ...] = ("out", "in")  # difference axes (first/second): the axes that SVD truncates
     reg_p: float = 2.0  # exponent on the differences: 2 = squared (smooth), 1 = total variation
     reg_every: int = 1  # add the penalty every k-th step (scaled by k): k > 1 makes "nuclear" cheaper
     reg_proximal: bool = False  # "nuclear" only: singular-value soft-thresholding after each step, not a loss
+    reg_refresh: int = 1  # "nuclear" only: recompute U V^T every k-th step, reuse it between (lagged gradient)
+    reg_polar: str = "svd"  # "nuclear" only: U V^T by "svd" (exact) or "newton-schulz" (matmuls, inexact)
+    reg_scale_free: bool = False  # sum the scale-free roughness ||dW||^2/||W||^2: BatchNorm makes convs scale-free
     reg_exclude: tuple[str, ...] = ()  # layers left unpenalised, e.g. ["<first>", "<last>"] (stem, classifier)
     augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR, none for 8x8 digits)
     val_fraction: float = 0.0  # > 0: hold out this fraction of train as validation to tune on, not the test set
@@ -229,6 +234,21 @@ def _validate(c: TrainConfig) -> None:
     no_effect = f"weight={c.weight} has no effect with reg='none'; choose a reg kind or weight=0"
     need(c.reg != "none" or c.weight == 0, no_effect)
     need(c.reg_warmup_epochs >= 0, f"reg_warmup_epochs must be >= 0, got {c.reg_warmup_epochs}")
+    need(
+        0 <= c.reg_delay_epochs < c.epochs,
+        f"reg_delay_epochs must be in [0, epochs={c.epochs}) (the penalty must start), got {c.reg_delay_epochs}",
+    )
+    if c.reg != "none":  # the penalty's own checks (axes, p, every, refresh, polar, proximal), one message each
+        Smoothness(
+            c.reg,
+            c.weight,
+            c.reg_axes,
+            c.reg_p,
+            every=c.reg_every,
+            proximal=c.reg_proximal,
+            refresh=c.reg_refresh,
+            polar=c.reg_polar,
+        )
     need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")
 

@@ -84,8 +84,12 @@ def lr_factor(step: int, total_steps: int, schedule: str = "onecycle", warmup: f
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
 
 
-def penalty_ramp(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
-    """Fraction of the full penalty weight at optimizer step ``step`` (0-based): linear over ``warmup_epochs``."""
+def penalty_ramp(step: int, steps_per_epoch: int, warmup_epochs: float, delay_epochs: float = 0.0) -> float:
+    """Fraction of the full penalty weight at optimizer step ``step`` (0-based): 0 for the first ``delay_epochs``,
+    then linear over ``warmup_epochs`` (the first step after the delay gets ``1 / warmup steps``)."""
+    step -= round(delay_epochs * steps_per_epoch)
+    if step < 0:
+        return 0.0
     if warmup_epochs <= 0:
         return 1.0
     return min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
@@ -116,6 +120,9 @@ def make_regularizer(config: TrainConfig) -> Smoothness | None:
         exclude=config.reg_exclude or None,
         every=config.reg_every,
         proximal=config.reg_proximal,
+        refresh=config.reg_refresh,
+        polar=config.reg_polar,
+        scale_free=config.reg_scale_free,
     )
 
 
@@ -418,7 +425,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
         if r.reg is not None:
             # The penalty is built before the forward pass, so that autograd runs its backward after the
             # network's rather than first, instead of holding its gradients through the whole network backward.
-            r.reg.weight = r.full_weight * penalty_ramp(step, r.steps, cfg.reg_warmup_epochs)
+            r.reg.weight = r.full_weight * penalty_ramp(step, r.steps, cfg.reg_warmup_epochs, cfg.reg_delay_epochs)
             pen = r.reg(r.raw)
             stats[2] += pen.detach()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16):
