@@ -158,7 +158,14 @@ def test_bad_configs_are_named(change, message):
 
 
 def test_presets_resolve_and_parse():
-    for name in ("demo", "cifar10-cpu-search", "cifar10-cpu", "cifar10-paper"):
+    for name in (
+        "demo",
+        "cifar10-cpu-search",
+        "cifar10-cpu-frontier",
+        "cifar10-cpu-5ep",
+        "cifar10-cpu",
+        "cifar10-paper",
+    ):
         cfg = SweepConfig.from_toml(resolve_config(name))
         assert cfg.runs and cfg.rates and all(isinstance(m, sc.Method) for m in cfg.methods)
     with pytest.raises(ValueError, match="preset name"):

@@ -181,3 +181,13 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     first = draws()
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert draws() == first
+
+
+def test_settings_added_since_a_checkpoint_count_as_their_defaults():
+    from smoothcompress.training import check_same_settings
+
+    config = TrainConfig(**CONFIG, reg="nuclear", weight=1e-3)
+    older = {k: v for k, v in config.to_dict().items() if k not in ("reg_refresh", "reg_axes", "reg_scale_free")}
+    check_same_settings(older, config, "run/checkpoint.pt")  # trained the default way: the same settings
+    with pytest.raises(ValueError, match=r"reg_refresh: 1 -> 10"):
+        check_same_settings(older, TrainConfig(**CONFIG, reg="nuclear", weight=1e-3, reg_refresh=10), "run/c.pt")

@@ -76,9 +76,12 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | 
 
     ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``), in this version's
     keys or an older version's; continuing or reusing that run under other settings would silently mix two
-    experiments.
+    experiments. A key the saved config lacks (a setting added since) counts as its default: that run was trained
+    the default's way.
     """
     saved = rename_deprecated(saved, warn=False)  # configs stored before the rename of lam to weight
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     now = config.to_dict()
     changed = [k for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
     if changed:
