@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: report/ in the folder holding the results)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="the embedded demo: an MLP on digits, no download, CPU only")
+    p = sub.add_parser("demo", help="the embedded demo: a small CNN on 8x8 digits; no download, CPU only")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
