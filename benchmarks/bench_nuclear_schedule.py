@@ -52,12 +52,12 @@ WEIGHT = 3e-4  # the cifar10-cpu nuclear weight: every candidate is judged at th
 TRAIN = dict(  # the cifar10-cpu 5-epoch settings (configs/cifar10-cpu.toml before v2)
     dataset="cifar10", model="resnet18", width=16, epochs=5, batch_size=512, lr=0.4, device="cpu", reg="nuclear"
 )
-CANDIDATES: dict[str, dict] = {
-    "every-step": {},
-    "every10": {"reg_every": 10},
-    "refresh10": {"reg_refresh": 10},
-    "prox-every10": {"reg_proximal": True, "reg_every": 10},
-    "newton-schulz": {"reg_polar": "newton-schulz"},
+CANDIDATES: dict[str, dict] = {  # every option spelled out, so that no trainer default changes a candidate
+    "every-step": {"reg_every": 1, "reg_refresh": 1},
+    "every10": {"reg_every": 10, "reg_refresh": 1},
+    "refresh10": {"reg_every": 1, "reg_refresh": 10},
+    "prox-every10": {"reg_proximal": True, "reg_every": 10, "reg_refresh": 1},
+    "newton-schulz": {"reg_polar": "newton-schulz", "reg_every": 1, "reg_refresh": 1},
 }
 # The name of each candidate's step in bench_regularize's rows.
 STEP_ROW = {

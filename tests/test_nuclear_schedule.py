@@ -137,3 +137,24 @@ def test_train_config_checks_the_schedule():
         TrainConfig(reg="first", weight=1e-3, reg_refresh=10)
     with pytest.raises(ValueError, match="unknown polar method"):
         TrainConfig(reg="nuclear", weight=1e-3, reg_polar="lanczos")
+
+
+def test_the_trainer_default_schedule_applies_to_the_plain_nuclear_penalty_only():
+    from smoothcompress.training.config import NUCLEAR_SCHEDULE
+
+    plain = TrainConfig(reg="nuclear", weight=1e-3)
+    assert (plain.reg_every, plain.reg_refresh) == (
+        NUCLEAR_SCHEDULE.get("reg_every", 1),
+        NUCLEAR_SCHEDULE.get("reg_refresh", 1),
+    )
+    assert TrainConfig.from_dict(plain.to_dict()) == plain  # stored resolved: a saved run reads back the same
+    chosen = TrainConfig(reg="nuclear", weight=1e-3, reg_refresh=5)  # a schedule the user chose is kept alone
+    assert (chosen.reg_every, chosen.reg_refresh) == (1, 5)
+    for other in (
+        dict(reg="first", weight=1e-3),
+        dict(reg="nuclear", weight=1e-3, reg_proximal=True),
+        dict(reg="nuclear", weight=1e-3, reg_polar="newton-schulz"),
+        dict(),
+    ):
+        config = TrainConfig(**other)
+        assert (config.reg_every, config.reg_refresh) == (1, 1), other
