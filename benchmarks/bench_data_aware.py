@@ -156,6 +156,7 @@ def bench_run(bench: Bench, run: Path, ds, images: int, rates, scan_damping: boo
                     plain(r), ds, images, reference=ref, augment=a), variant)  # fmt: skip
         svd_data = sc.get_method("svd-data")
         for damping in DAMPINGS:
+
             def damped(d: float = damping) -> torch.nn.Module:
                 return svd_data.apply(model, DAMPING_RATE, calibration=dataclasses.replace(cal, damping=d))
 
