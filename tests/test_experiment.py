@@ -121,6 +121,9 @@ def test_a_regularizer_entry_sets_its_own_penalty_options():
         SweepConfig.from_dict(dict(TINY, grid={"regularizers": [{"kind": "first", "weight": 1e-3, "lr": 0.1}]}))
     with pytest.raises(ValueError, match="need kind='nuclear'"):
         SweepConfig.from_dict(dict(TINY, grid={"regularizers": [{"kind": "first", "weight": 1, "reg_refresh": 5}]}))
+    clash = {"regularizers": [{"kind": "first", "weight": 1e-3, "reg_p": 2.0}], "variants": [{"reg_p": 1.0}]}
+    with pytest.raises(ValueError, match="reg_p is set both by a variant and by the first entry"):
+        SweepConfig.from_dict(dict(TINY, grid=clash))
 
 
 def test_the_old_name_lam_still_reads_with_a_warning():

@@ -1,5 +1,7 @@
 """Cheap schedules of the nuclear penalty: the polar factor (exact and Newton-Schulz) and the lagged gradient."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -140,21 +142,43 @@ def test_train_config_checks_the_schedule():
 
 
 def test_the_trainer_default_schedule_applies_to_the_plain_nuclear_penalty_only():
-    from smoothcompress.training.config import NUCLEAR_SCHEDULE
+    from smoothcompress.training.config import NUCLEAR_SCHEDULE, effective_schedule
+    from smoothcompress.training.loop import make_regularizer
 
+    default = {"reg_every": NUCLEAR_SCHEDULE.get("reg_every", 1), "reg_refresh": NUCLEAR_SCHEDULE.get("reg_refresh", 1)}
     plain = TrainConfig(reg="nuclear", weight=1e-3)
-    assert (plain.reg_every, plain.reg_refresh) == (
-        NUCLEAR_SCHEDULE.get("reg_every", 1),
-        NUCLEAR_SCHEDULE.get("reg_refresh", 1),
-    )
-    assert TrainConfig.from_dict(plain.to_dict()) == plain  # stored resolved: a saved run reads back the same
-    chosen = TrainConfig(reg="nuclear", weight=1e-3, reg_refresh=5)  # a schedule the user chose is kept alone
-    assert (chosen.reg_every, chosen.reg_refresh) == (1, 5)
+    assert plain.reg_every is None and effective_schedule(plain) == default  # stored as given, resolved on use
+    reg = make_regularizer(plain)
+    assert (reg.every, reg.refresh) == (default["reg_every"], default["reg_refresh"])
+    assert effective_schedule(TrainConfig.from_dict(plain.to_dict())) == default
+    # a schedule the user chose is kept as it is, the other option at 1
+    assert effective_schedule(TrainConfig(reg="nuclear", weight=1e-3, reg_refresh=5)) == {
+        "reg_every": 1,
+        "reg_refresh": 5,
+    }
+    # a config derived from another one follows its own penalty, not the other's resolved schedule
+    second = dataclasses.replace(plain, reg="second")
+    assert effective_schedule(second) == {"reg_every": 1, "reg_refresh": 1}
     for other in (
         dict(reg="first", weight=1e-3),
         dict(reg="nuclear", weight=1e-3, reg_proximal=True),
         dict(reg="nuclear", weight=1e-3, reg_polar="newton-schulz"),
         dict(),
     ):
-        config = TrainConfig(**other)
-        assert (config.reg_every, config.reg_refresh) == (1, 1), other
+        assert effective_schedule(TrainConfig(**other)) == {"reg_every": 1, "reg_refresh": 1}, other
+
+
+def test_a_resume_compares_the_schedules_trained_with():
+    from smoothcompress.training import check_same_settings
+
+    every_step = TrainConfig(reg="nuclear", weight=1e-3, reg_every=1, reg_refresh=1).to_dict()
+    check_same_settings(every_step, TrainConfig(reg="nuclear", weight=1e-3, reg_every=1, reg_refresh=1), "r/c.pt")
+    with pytest.raises(ValueError, match="reg_every: 1 -> 10"):  # a run trained every step is not continued
+        check_same_settings(every_step, TrainConfig(reg="nuclear", weight=1e-3, reg_every=10), "r/c.pt")
+
+
+def test_lagged_factors_are_not_shared_between_models():
+    a, b = small_model(0), small_model(1)
+    reg = sc.Smoothness("nuclear", 0.1, refresh=100)
+    reg(a)
+    torch.testing.assert_close(reg(b), nuclear_terms(b, reg))  # fresh factors for b, not a's

@@ -156,7 +156,7 @@ def _report(results: Path, out: Path) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.results]
-    folders = [p if p.is_dir() else p.parent for p in paths]
+    folders = [(p if p.is_dir() else p.parent).resolve() for p in paths]
     out = Path(args.output) if args.output else Path(os.path.commonpath(folders)) / "report"
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)

@@ -189,6 +189,13 @@ class SweepConfig:
             options = tuple(
                 (k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in PENALTY_OPTIONS
             )
+            for variant in variants:
+                both = sorted({k for k, _ in variant} & {k for k, _ in options})
+                if both:
+                    raise ValueError(
+                        f"[grid] {', '.join(both)} is set both by a variant and by the {entry['kind']} entry; "
+                        "set it in one place"
+                    )
             for variant, weight, seed in itertools.product(
                 variants, weights if isinstance(weights, list) else [weights], entry.get("seeds", default_seeds)
             ):

@@ -34,6 +34,8 @@ scale or below.
 ``scale_free=True`` sums the roughness ``rho`` alone instead (``||dW||^2 / ||W||^2`` for ``p = 2``): invariant
 to the scale of each weight, as a conv followed by BatchNorm is, so the penalty cannot be lowered by shrinking a
 weight that BatchNorm rescales anyway. Its gradient is orthogonal to ``W`` and scales as ``1 / ||W||``.
+A grouped conv then contributes the roughness of each of its ``g`` blocks (``g`` terms, where the default sums
+``||W_b||^2 rho_b`` over blocks, i.e. the layer's own term).
 
 Grouped and depthwise convs
 ---------------------------
@@ -598,6 +600,7 @@ class Smoothness:
             raise ValueError("scale_free=True needs the loss-term penalty: not proximal, refresh=1, polar='svd'")
         self._polars: list[Tensor] = []  # the lagged polar factors, one per block group (_blocks_by_shape order)
         self._polar_step = 0  # the step they were computed at
+        self._polar_owner: list[int] | None = None  # storages of the weights they belong to (None: not yet known)
         self.step = 0  # optimizer steps seen by after_step(); restored by load_state_dict() on resume
         self._checked: set[int] = set()
 
@@ -680,7 +683,7 @@ class Smoothness:
         """
         groups = self._blocks_by_shape(model)
         if self.lagged:
-            polars = self._current_polars(groups)
+            polars = self._current_polars(model, groups)
             parts = [_lagged_terms(blocks, polar).sum() for blocks, polar in zip(groups, polars, strict=True)]
         else:
             parts = [_terms(blocks, self.kind, self._dims, self.p, self.scale_free).sum() for blocks in groups]
@@ -691,10 +694,18 @@ class Smoothness:
         """Whether the nuclear term uses a stored polar factor (``refresh > 1`` or an inexact ``polar``)."""
         return self.refresh > 1 or self.polar != "svd"
 
-    def _current_polars(self, groups: list[Tensor]) -> list[Tensor]:
-        """The polar factors of ``groups`` ``(B, m, n)`` each: the stored ones while fresh, else recomputed."""
+    def _current_polars(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
+        """The polar factors of ``groups`` ``(B, m, n)`` each: the stored ones while fresh, else recomputed.
+
+        Stored factors belong to the model they came from: another model (other parameter tensors, even of the
+        same shapes) gets fresh ones. Factors restored by :meth:`load_state_dict` are kept for the first model.
+        """
         shapes = [g.flatten(2).shape for g in groups]
         stale = self.step - self._polar_step >= self.refresh or self.step < self._polar_step
+        owner = [p.data_ptr() for p in model.parameters()]
+        if self._polar_owner is not None and owner != self._polar_owner:
+            stale = True
+        self._polar_owner = owner
         if stale or [p.shape for p in self._polars] != shapes:
             self._polars = [polar_factor(g.flatten(2), self.polar) for g in groups]
             self._polar_step = self.step
@@ -776,3 +787,4 @@ class Smoothness:
         self.weight = state["weight"]
         self._polars = list(state.get("polars", []))
         self._polar_step = int(state.get("polar_step", 0))
+        self._polar_owner = None

@@ -69,16 +69,29 @@ class Setting(NamedTuple):
     def sort_key(self) -> tuple:
         return (self.model, self.width or 0, self.variant, self.reg != BASELINE, self.reg, self.weight)
 
+    def _parts(self) -> tuple[str, str]:
+        """The variant split into its training part and its penalty options (``reg_*`` keys of a grid entry)."""
+        parts = [p for p in self.variant.split(",") if p]
+        options = [p for p in parts if p.startswith("reg_")]
+        return ",".join(p for p in parts if p not in options), ",".join(options)
+
     def context(self) -> tuple:
-        """What a smooth run is compared within: the baseline of the same model, width and variant."""
-        return (self.model, self.width, self.variant)
+        """What a smooth run is compared within: the baseline of the same model, width and training variant.
+
+        A penalty's own options (``reg_refresh=10``, ``reg_axes=out``) are part of the penalty, not of the
+        context: a run with them is compared with the same baseline as one without."""
+        return (self.model, self.width, self._parts()[0])
 
     def context_name(self) -> str:
-        """The model, width and variant, e.g. ``"mlp-w32 lr=0.2"``."""
-        return f"{self.model}-w{self.width}" + (f" {self.variant}" if self.variant else "")
+        """The model, width and training variant, e.g. ``"mlp-w32 lr=0.2"``."""
+        variant = self._parts()[0]
+        return f"{self.model}-w{self.width}" + (f" {variant}" if variant else "")
 
     def name(self, with_context: bool = False) -> str:
+        """E.g. ``"baseline"``, ``"nuclear λ=0.002"``, ``"second λ=0.001 [reg_axes=out]"``."""
+        options = self._parts()[1]
         name = "baseline" if self.reg == BASELINE else f"{self.reg} λ={self.weight:g}"
+        name += f" [{options}]" if options else ""
         return f"{self.context_name()} {name}" if with_context else name
 
 
@@ -254,8 +267,11 @@ def _acc(index: dict, group: Setting, label: str | None, rate: float) -> float |
     return cell.get("acc") if cell else None
 
 
-def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float]) -> float:
-    """Mean accuracy of a setting after ``label`` over ``rates``; a cell out of reach or not run scores 0."""
+def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float]) -> float | None:
+    """Mean accuracy of a setting after ``label`` over ``rates``; a cell out of reach scores 0; ``None`` when a
+    cell has not run (yet): a λ is never judged on cells a sweep still owes."""
+    if any((group, label, r) not in index for r in rates):
+        return None
     return statistics.fmean(_acc(index, group, label, r) or 0.0 for r in rates)
 
 
@@ -331,8 +347,9 @@ def select_weights(
     baselines = {g.context(): g for g in groups if g.reg == BASELINE}
     kinds: dict[tuple, list[Setting]] = defaultdict(list)
     for g in groups:
-        if g.reg != BASELINE:
-            kinds[(*g.context(), g.reg)].append(g)
+        if g.reg != BASELINE:  # a penalty with its own options (reg_axes=out, ...) is a penalty of its own
+            options = g._parts()[1]
+            kinds[(*g.context(), g.reg + (f" [{options}]" if options else ""))].append(g)
     choices = {}
     for key, candidates in kinds.items():
         base = _baseline_of(candidates[0], baselines)
@@ -366,8 +383,14 @@ def _choose(
         )
     else:
         note = "" if baseline is not None else "no baseline rows: dense accuracy not constrained"
-    if swept and feasible:
-        weight = max(feasible, key=scores.__getitem__)
+    scored = [w for w in feasible if scores.get(w) is not None]
+    pending = [w for w in feasible if swept and scores.get(w) is None]
+    if pending:  # cells a sweep (or a shard) has not written yet: never read as zeros
+        note = (
+            (note + "; " if note else "") + "not scored yet (cells missing): λ " + ", ".join(f"{w:g}" for w in pending)
+        )
+    if swept and scored:
+        weight = max(scored, key=scores.__getitem__)
     else:
         weight = max(dense, key=lambda w: -math.inf if dense[w] is None else dense[w])
     return {
@@ -406,7 +429,7 @@ def frontier(rows: list[dict], rates: Sequence[float] = SELECT_RATES) -> list[di
     entries = []
     for g in sorted({s["group"] for s in summary}, key=Setting.sort_key):
         tried = [lab for lab in data if any((g, lab, r) in index for r in rates)]
-        best = max(tried, key=lambda lab: _score(index, g, lab, rates), default=None)
+        best = max(tried, key=lambda lab: _score(index, g, lab, rates) or -1.0, default=None)
         entries.append(
             {
                 "group": g,

@@ -17,7 +17,7 @@ import torch
 
 from smoothcompress.files import atomic_file
 from smoothcompress.io import CheckpointError
-from smoothcompress.training.config import RUNTIME_KEYS, TrainConfig, rename_deprecated
+from smoothcompress.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule, rename_deprecated
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "check_same_settings"]
 
@@ -77,12 +77,13 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | 
     ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``), in this version's
     keys or an older version's; continuing or reusing that run under other settings would silently mix two
     experiments. A key the saved config lacks (a setting added since) counts as its default: that run was trained
-    the default's way.
+    the default's way. Penalty schedules compare as trained (``training.config.effective_schedule``).
     """
     saved = rename_deprecated(saved, warn=False)  # configs stored before the rename of lam to weight
     defaults = TrainConfig().to_dict()
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    now = config.to_dict()
+    saved |= effective_schedule(saved)  # compare the schedules trained with, not how they were spelled
+    now = config.to_dict() | effective_schedule(config)
     changed = [k for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
     if changed:
         diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)

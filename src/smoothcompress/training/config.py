@@ -43,7 +43,7 @@ __all__ = [
     "DEVICES",
     "RUNTIME_KEYS",
     "NUCLEAR_SCHEDULE",
-    "schedule_defaults",
+    "effective_schedule",
     "rename_deprecated",
 ]
 
@@ -130,8 +130,6 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        for key, value in schedule_defaults(self).items():
-            object.__setattr__(self, key, value)
         _validate(self)
 
     # -- conversions
@@ -207,13 +205,21 @@ beyond the seed spread; its measurements: ``benchmarks/results/nuclear_schedule.
 ``benchmarks/results/regularize.json`` (step cost)."""
 
 
-def schedule_defaults(c: TrainConfig) -> dict[str, int]:
-    """Values for ``reg_every`` and ``reg_refresh`` left ``None``: :data:`NUCLEAR_SCHEDULE` when both are ``None``
-    and the penalty is the plain nuclear loss term (not proximal, exact polar factor); 1 otherwise."""
-    unset = [k for k in ("reg_every", "reg_refresh") if getattr(c, k) is None]
-    plain_nuclear = c.reg == "nuclear" and not c.reg_proximal and c.reg_polar == "svd"
+def effective_schedule(values: Mapping[str, Any] | TrainConfig) -> dict[str, int]:
+    """The ``reg_every`` and ``reg_refresh`` a run trains with: the values given, and for those left ``None``,
+    :data:`NUCLEAR_SCHEDULE` when both are ``None`` and the penalty is the plain nuclear loss term (not proximal,
+    exact polar factor), else 1. The config keeps ``None``: a changed default reaches configs that never chose.
+
+    Parameters
+    ----------
+    values : TrainConfig or mapping
+        A config, or its stored dict (``config.toml`` or a checkpoint's); missing keys count as ``None``.
+    """
+    v = values.to_dict() if isinstance(values, TrainConfig) else values
+    unset = [k for k in ("reg_every", "reg_refresh") if v.get(k) is None]
+    plain_nuclear = v.get("reg") == "nuclear" and not v.get("reg_proximal") and v.get("reg_polar", "svd") == "svd"
     schedule = NUCLEAR_SCHEDULE if plain_nuclear and len(unset) == 2 else {}
-    return {k: schedule.get(k, 1) for k in unset}
+    return {k: int(v[k]) if k not in unset else schedule.get(k, 1) for k in ("reg_every", "reg_refresh")}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -267,15 +273,17 @@ def _validate(c: TrainConfig) -> None:
         f"reg_delay_epochs must be in [0, epochs={c.epochs}) (the penalty must start), got {c.reg_delay_epochs}",
     )
     if c.reg != "none":  # the penalty's own checks (axes, p, every, refresh, polar, proximal), one message each
+        schedule = effective_schedule(c)
         Smoothness(
             c.reg,
             c.weight,
             c.reg_axes,
             c.reg_p,
-            every=c.reg_every,
+            every=schedule["reg_every"],
             proximal=c.reg_proximal,
-            refresh=c.reg_refresh,
+            refresh=schedule["reg_refresh"],
             polar=c.reg_polar,
+            scale_free=c.reg_scale_free,
         )
     need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")
