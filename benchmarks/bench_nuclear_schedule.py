@@ -212,8 +212,9 @@ def print_table(summary: dict[str, dict], verdict: dict) -> None:
 
 def markdown_table(data: dict) -> str:
     """The README table: step cost and mean ± half-spread accuracies per candidate, from a results JSON."""
-    summary, verdict = data["summary"], data["verdict"]["candidates"]
     ratios = step_ratios()
+    summary = summarize(data["rows"])
+    verdict = judge(summary, ratios)["candidates"]
     keys = [f"{m}@{r:g}" for m, r in METRICS]
     head = ["schedule", "step cost", "seeds", "dense", "SVD 70%", "SVD 80%", "SVD+bn 70%", "SVD+bn 80%", "kept"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
