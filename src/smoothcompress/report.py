@@ -8,8 +8,7 @@ from pruning (``"pruning"``) in the claims, and plain SVD (``"svd"``) from the S
 data (``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``). Plots are drawn on :class:`matplotlib.figure.Figure`
 objects, so the pyplot state and backend of the caller (a notebook, say) are left alone.
 
-A sharded sweep (``smoothcompress sweep CONFIG --shard i/n``) is read whole from its folder: :func:`load_results`
-merges the shards' results files, refuses shards of different sweep configs, and warns when a shard is missing.
+Rows are read by :mod:`smoothcompress.results` (a sharded sweep whole, from its folder, its shards merged).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import itertools
 import math
 import os
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +24,8 @@ from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
-from smoothcompress.files import read_jsonl
 from smoothcompress.methods import get_method
+from smoothcompress.results import load_results, missing_shards, shards_note
 
 __all__ = [
     "summarize",
@@ -50,7 +48,6 @@ SELECT_RATES = (0.7, 0.8)
 DENSE_TOLERANCE = 0.01
 # The frontier plot: dense accuracy against the accuracy at this rate.
 FRONTIER_RATE = 0.8
-_REQUIRED = ("run", "model", "reg", "label", "rate_requested", "dataset")  # and "weight" (or its old name "lam")
 
 
 class Setting(NamedTuple):
@@ -110,119 +107,6 @@ def _families(rows: list[dict]) -> dict[str, str | None]:
             except ValueError:
                 families[r["label"]] = None
     return families
-
-
-def load_results(
-    path: str | os.PathLike | Sequence[str | os.PathLike],
-) -> tuple[list[dict], list[dict]]:
-    """Rows of ONE sweep, its shards merged. Returns (results, spectra).
-
-    Parameters
-    ----------
-    path : path or sequence of paths
-        The sweep folder (its ``results.jsonl`` and every ``shard-i-of-n/results.jsonl`` in it), a results file,
-        or several of either. Each results file's ``spectra.jsonl`` beside it is read too.
-
-    Raises ``FileNotFoundError`` when there is no results file, and ``ValueError`` for rows this version cannot
-    read, rows that mix datasets or splits (a report compares settings on one dataset and one split), or files
-    that cannot be one sweep: rows of different sweep configs (the ``sweep_fingerprint`` of each file's last row
-    differs), of different shard counts, written before fingerprints, or one cell in two files. Warns
-    (``UserWarning``) when shards are missing (see :func:`missing_shards`).
-    """
-    files = _results_files(path)
-    per_file = [(f, _read_results(f)) for f in files]
-    if len(per_file) > 1:
-        _check_one_sweep(per_file)
-    rows = [r for _, rs in per_file for r in rs]
-    for key in ("dataset_sha256", "split"):
-        values = {r.get(key) for r in rows}
-        if len(values) > 1:
-            where = files[0] if len(files) == 1 else f"{len(files)} results files"
-            raise ValueError(f"{where} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time")
-    gaps = missing_shards(rows)
-    if gaps:
-        warnings.warn(f"{_shards_note(rows)}: the report covers only the shards found", UserWarning, stacklevel=2)
-    return rows, [s for f in files for s in read_jsonl(f.with_name("spectra.jsonl"))]
-
-
-def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Every results file that ``path`` (a sweep folder, a file, or several of either) names."""
-    from smoothcompress.experiment import results_files
-
-    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    files = []
-    for p in map(Path, paths):
-        found = results_files(p) if p.is_dir() else [p] if p.exists() else []
-        if not found:
-            where = p / "results.jsonl" if p.is_dir() else p
-            raise FileNotFoundError(f"no results file at {where}; run `smoothcompress sweep CONFIG` first")
-        files += [f for f in found if f not in files]
-    return files
-
-
-def _read_results(path: Path) -> list[dict]:
-    """The rows of one results file, each checked to be a sweep row this version reads."""
-    rows = read_jsonl(path)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    for i, r in enumerate(rows):
-        missing = [k for k in _REQUIRED if k not in r] + ([] if "weight" in r or "lam" in r else ["weight"])
-        if missing:
-            raise ValueError(f"{path}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
-    return rows
-
-
-def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
-    """Refuse results files that are not shards of one sweep: see :func:`load_results`.
-
-    A file's config is that of its last row: a sweep resumed with a grown grid appends rows of the new config.
-    """
-    (first, rows), *others = per_file
-    for path, rs in per_file:
-        if rs[-1].get("sweep_fingerprint") is None:
-            raise ValueError(f"{path} has no sweep fingerprint (written before sharded sweeps): report it on its own")
-    for path, rs in others:
-        for key, what in (
-            ("sweep_fingerprint", "different sweep configs (fingerprints {} and {})"),
-            ("shards", "sweeps split into {} and {} shards"),
-        ):
-            a, b = rows[-1].get(key, 1), rs[-1].get(key, 1)
-            if a != b:
-                raise ValueError(
-                    f"{first} and {path} come from {what.format(a, b)}: not one sweep; report them apart, or rerun "
-                    "the stale shards with one config into a new out folder"
-                )
-    seen: dict[tuple, Path] = {}
-    for path, rs in per_file:
-        for r in rs:
-            key = (r["run"], r["label"], float(r["rate_requested"]))
-            if seen.setdefault(key, path) != path:
-                raise ValueError(
-                    f"{seen[key]} and {path} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: the files overlap "
-                    "(the same shard twice, or a grid changed between shards); report them apart"
-                )
-
-
-def _shards(rows: list[dict]) -> tuple[int, list[int]]:
-    """(shard count, shards present) of the rows; rows written before sharded sweeps count as unsharded (1, [1])."""
-    n = max((r.get("shards") or 1 for r in rows), default=1)
-    return n, sorted({r.get("shard") or 1 for r in rows})
-
-
-def missing_shards(rows: list[dict]) -> list[int]:
-    """The shards (numbered from 1) of the rows' sharded sweep that no row comes from; ``[]`` when unsharded.
-
-    The shard count is read from the rows (``shards``). A shard that has started but not finished is not missing.
-    """
-    n, present = _shards(rows)
-    return sorted(set(range(1, n + 1)) - set(present))
-
-
-def _shards_note(rows: list[dict]) -> str:
-    """``"shards 1, 3 of 3 (missing: 2)"``, for the report's header and the missing-shard warning."""
-    (n, present), gaps = _shards(rows), missing_shards(rows)
-    missing = f" (missing: {', '.join(map(str, gaps))})" if gaps else ""
-    return f"shards {', '.join(map(str, present))} of {n}{missing}"
 
 
 def _multi(settings) -> bool:
@@ -831,7 +715,7 @@ def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_d
     md += [
         f"- split evaluated: {', '.join(splits)}",
         *([f"- sweep config fingerprint: {', '.join(f'`{f}`' for f in fingerprints)}"] if fingerprints else []),
-        *([f"- {_shards_note(rows)}"] if _shards(rows)[0] > 1 else []),
+        *([f"- {shards_note(rows)}"] if shards_note(rows) else []),
         f"- commits: {', '.join(commits)}",
         f"- devices: {', '.join(devices)}",
         f"- rows: {len(rows)} from {len({r['run'] for r in rows})} training runs; "
