@@ -109,7 +109,7 @@ def normalisation_check(widths=(16, 64), batch: int = 32, seed: int = 0) -> dict
                     "grad_over_loss_grad_by_layer": ratio,
                 }
         out[f"width{width}"] = res
-    a, b = (out[f"width{w}"] for w in widths)
+    a, b = out[f"width{widths[0]}"], out[f"width{widths[-1]}"]
     out["drift"] = {  # median over layers of (ratio at the larger width / ratio at the smaller width)
         key: statistics.median(
             b[key]["grad_over_loss_grad_by_layer"][n] / a[key]["grad_over_loss_grad_by_layer"][n]
@@ -320,6 +320,12 @@ def main() -> None:
         "(meaningful with --threads 1, where no thread spin-waits)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 64], help="widths of the normalisation check")
+    ap.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only the normalisation check (seconds), into results/regularize-check-w<widths>.json",
+    )
     ap.add_argument(
         "--out",
         type=Path,
@@ -341,8 +347,20 @@ def main() -> None:
     t0 = time.perf_counter()
     load_start = _loadavg()
 
-    check = normalisation_check(seed=args.seed)
+    check = normalisation_check(widths=tuple(args.widths), seed=args.seed)
     print_normalisation(check)
+    if args.check_only:
+        out = args.out or RESULTS.with_name(f"regularize-check-w{'-'.join(map(str, args.widths))}.json")
+        write_json(
+            out,
+            {
+                "benchmark": "regularize (normalisation check)",
+                "normalisation_check": check,
+                "provenance": provenance("cpu", seed=args.seed, wall_time_s=round(time.perf_counter() - t0, 1)),
+            },
+        )
+        print(f"\nwrote {out}")
+        return
 
     print(f"\nTraining step, CIFAR ResNet-18 (width 64), batch {args.batch}, {device}, {args.clock} clock:")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
