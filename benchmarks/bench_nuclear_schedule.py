@@ -218,7 +218,7 @@ def markdown_table(data: dict) -> str:
     keys = [f"{m}@{r:g}" for m, r in METRICS]
     head = ["schedule", "step cost", "seeds", "dense", "SVD 70%", "SVD 80%", "SVD+bn 70%", "SVD+bn 80%", "kept"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for cand, metrics in summary.items():
+    for cand, metrics in sorted(summary.items(), key=lambda item: list(CANDIDATES).index(item[0])):
         ratio = ratios.get(cand)
         seeds = min(m["seeds"] for m in metrics.values())
         cells = [
