@@ -84,6 +84,11 @@ class Setting(NamedTuple):
         variant = self._parts()[0]
         return f"{self.model}-w{self.width}" + (f" {variant}" if variant else "")
 
+    def penalty(self) -> str:
+        """The penalty with its own options, without λ: ``"nuclear"``, ``"second [reg_axes=out]"``."""
+        options = self._parts()[1]
+        return self.reg + (f" [{options}]" if options else "")
+
     def name(self, with_context: bool = False) -> str:
         """E.g. ``"baseline"``, ``"nuclear λ=0.002"``, ``"second λ=0.001 [reg_axes=out]"``."""
         options = self._parts()[1]
@@ -232,8 +237,7 @@ def select_weights(
     kinds: dict[tuple, list[Setting]] = defaultdict(list)
     for g in groups:
         if g.reg != BASELINE:  # a penalty with its own options (reg_axes=out, ...) is a penalty of its own
-            options = g._parts()[1]
-            kinds[(*g.context(), g.reg + (f" [{options}]" if options else ""))].append(g)
+            kinds[(*g.context(), g.penalty())].append(g)
     choices = {}
     for key, candidates in kinds.items():
         base = _baseline_of(candidates[0], baselines)
@@ -501,7 +505,7 @@ def plot_frontier(entries: list[dict], path: Path, rate: float = FRONTIER_RATE) 
         return None
     groups = [e["group"] for e in entries]
     contexts = list(dict.fromkeys(g.context() for g in groups))
-    kinds = list(dict.fromkeys(g.reg for g in groups if g.reg != BASELINE))
+    kinds = list(dict.fromkeys(g.penalty() for g in groups if g.reg != BASELINE))  # options make a penalty of its own
     colors = {k: _COLORS[i % len(_COLORS)] for i, k in enumerate(kinds)} | {BASELINE: "black"}
     multi = _multi(groups)
     fig = Figure(figsize=(5.2 * len(panels), 4.4))
@@ -512,7 +516,7 @@ def plot_frontier(entries: list[dict], path: Path, rate: float = FRONTIER_RATE) 
         for e in entries:
             d, c = e["dense"] or {}, e[key].get(rate) or {}
             if "acc" in d and "acc" in c:
-                series[(e["group"].context(), e["group"].reg)].append((e["group"], d, c))
+                series[(e["group"].context(), e["group"].penalty())].append((e["group"], d, c))
         for (context, kind), pts in series.items():
             x, y = [100 * d["acc"] for _, d, _ in pts], [100 * c["acc"] for _, _, c in pts]
             xerr, yerr = [100 * d["std"] for _, d, _ in pts], [100 * c["std"] for _, _, c in pts]
