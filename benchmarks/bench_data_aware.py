@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from _common import data_provenance, rel  # noqa: E402  (benchmarks/, the script's folder)
 
 import smoothcompress as sc
 from smoothcompress.accounting import RateUnreachable
 from smoothcompress.calibration import calibrate, recalibrate_bn
 from smoothcompress.data import load_dataset
 from smoothcompress.files import write_json
-from smoothcompress.provenance import provenance
 from smoothcompress.training import TrainConfig, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,14 +47,6 @@ BN_VARIANTS = (  # (variant, relative to the dense model, training augmentation)
     ("absolute+augment", False, True),
     ("relative", True, False),
 )
-
-
-def _rel(path: Path | str) -> str:
-    """A path relative to the repository (no machine paths in results)."""
-    try:
-        return os.path.relpath(Path(path).resolve(), REPO)
-    except ValueError:
-        return str(path)
 
 
 def _key(row: dict) -> tuple:
@@ -108,7 +100,7 @@ def bench_run(bench: Bench, run: Path, ds, images: int, rates, scan_damping: boo
     config = TrainConfig.from_toml(run / "config.toml")
     model = sc.load(run / "model.safetensors").eval()
     name = f"{config.reg}-s{config.seed}"
-    base = {"run": name, "run_dir": _rel(run), "reg": config.reg, "weight": config.weight, "seed": config.seed}
+    base = {"run": name, "run_dir": rel(run), "reg": config.reg, "weight": config.weight, "seed": config.seed}
     base |= {"epochs": config.epochs, "width": config.width, "images": images, "calibration_split": "train"}
 
     def row(method: str, rate: float, fn, variant: str = "") -> None:
@@ -264,16 +256,13 @@ def main() -> None:
         print(markdown_table(json.loads(args.out.read_text())["summary"]))
         return
     ds = load_dataset(args.data)
-    meta = provenance(
-        "cpu",
-        dataset=ds.name,
-        dataset_sha256=ds.sha256,
-        data=_rel(args.data),
+    meta = data_provenance(
+        ds,
+        args.data,
         images=args.images,
         split="test",
         threads=torch.get_num_threads(),
-        loadavg=os.getloadavg(),
-        command="benchmarks/bench_data_aware.py " + " ".join(_rel(r) for r in args.runs),
+        command="benchmarks/bench_data_aware.py " + " ".join(rel(r) for r in args.runs),
     )
     bench = Bench(args.out, meta)
     start = time.perf_counter()
@@ -291,7 +280,7 @@ def main() -> None:
     print_table(summary)
     for k, v in bench.extra["targets"].items():
         print(k, v)
-    print(f"wrote {_rel(args.out)}")
+    print(f"wrote {rel(args.out)}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import rel  # noqa: E402  (benchmarks/, the script's folder)
 from torch import nn
 
 import smoothcompress as sc
@@ -55,14 +56,6 @@ SHAPE = (3, 32, 32)
 BUDGETS = (0.7, 0.5, 0.35)
 MULTIPLES = (1, 8, 16)
 TARGET = 0.8  # a variant meets the target when speedup >= TARGET * FLOP ratio
-
-
-def _rel(path: Path | str) -> str:
-    """A path relative to the repository (no machine paths in results)."""
-    try:
-        return os.path.relpath(Path(path).resolve(), REPO)
-    except ValueError:
-        return str(path)
 
 
 def _load() -> list[float] | None:
@@ -262,14 +255,14 @@ def accuracy(args) -> dict:
     for run in args.accuracy:
         path = Path(run) / "model.safetensors"
         if not path.exists():
-            missing.append(_rel(run))
+            missing.append(rel(run))
             continue
         model = sc.load(path).eval()
         shape = (1, *ds.x_test.shape[1:])
         t = time.perf_counter()
         dense_acc = evaluate(model, ds, device="cpu")
-        print(f"{_rel(run)}: dense {100 * dense_acc:.2f}% ({time.perf_counter() - t:.0f} s)", flush=True)
-        rows.append({"run": _rel(run), "variant": "dense", "accuracy": dense_acc, "flops_fraction": 1.0, "rate": 0.0})
+        print(f"{rel(run)}: dense {100 * dense_acc:.2f}% ({time.perf_counter() - t:.0f} s)", flush=True)
+        rows.append({"run": rel(run), "variant": "dense", "accuracy": dense_acc, "flops_fraction": 1.0, "rate": 0.0})
         for budget in args.budgets:
             variants = [(f"flops={budget}/x{k}", {"flops": budget, "rank_multiple": k}) for k in args.acc_multiples]
             rate = rate_for_flops(model, budget, shape)
@@ -281,13 +274,13 @@ def accuracy(args) -> dict:
                         warnings.simplefilter("ignore")
                         small = sc.compress(model, **kwargs)
                 except RateUnreachable as e:
-                    rows.append({"run": _rel(run), "variant": name, "budget": budget, "error": str(e)})
+                    rows.append({"run": rel(run), "variant": name, "budget": budget, "error": str(e)})
                     continue
                 record = small.sc_compression
                 acc = evaluate(small, ds, device="cpu")
                 rows.append(
                     {
-                        "run": _rel(run),
+                        "run": rel(run),
                         "variant": name,
                         "budget": budget,
                         "accuracy": acc,
@@ -299,7 +292,7 @@ def accuracy(args) -> dict:
                       f"{record.rate_achieved:.3f})", flush=True)  # fmt: skip
     return {
         "dataset": {
-            "path": _rel(args.data),
+            "path": rel(args.data),
             "name": ds.name,
             "sha256": ds.sha256,
             "split": "test",
@@ -365,7 +358,7 @@ def main() -> None:
             section["earlier_provenance"] = [*old.get("earlier_provenance", []), old.get("provenance")]
         result["accuracy"] = section
         write_json(out, result)
-    print(f"wrote {_rel(out)}")
+    print(f"wrote {rel(out)}")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import data_provenance, rel  # noqa: E402  (benchmarks/, the script's folder)
 
 from smoothcompress.data import load_dataset
 from smoothcompress.files import write_json
 from smoothcompress.methods import get_method
-from smoothcompress.provenance import provenance
 from smoothcompress.training import TrainConfig, evaluate, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,13 +75,6 @@ JUDGED = METRICS[:3]  # the accuracies the issue judges a schedule by: dense, pl
 IMAGES = 2048  # calibration images of svd+bn
 
 
-def _rel(path: Path | str) -> str:
-    try:
-        return os.path.relpath(Path(path).resolve(), REPO)
-    except ValueError:
-        return str(path)
-
-
 def reference_rows() -> list[dict]:
     """The every-step rows (nuclear, weight 3e-4) of the data-aware benchmark, in this benchmark's row format."""
     if not REFERENCE.exists():
@@ -98,7 +91,7 @@ def reference_rows() -> list[dict]:
                 "method": r["method"],
                 "rate": r["rate"],
                 "accuracy": r["accuracy"],
-                "source": f"{_rel(REFERENCE)} (commit {data['commit'][:10]})",
+                "source": f"{rel(REFERENCE)} (commit {data['commit'][:10]})",
             }
         )
     return rows
@@ -143,7 +136,7 @@ def train_and_measure(name: str, seed: int, ds, data: str, threads: int) -> list
                 "accuracy": acc,
                 "train_s": train_s,
                 "eval_s": time.perf_counter() - t0,
-                "run_dir": _rel(out),
+                "run_dir": rel(out),
             }
         )
         print(f"{name:<14} s{seed} {method:<7} {rate:.1f}  {100 * acc:.2f}", flush=True)
@@ -255,14 +248,11 @@ def main() -> None:
         rows = [r for r in rows if r["candidate"] != "every-step"] + reference_rows()
     done = {(r["candidate"], r["seed"]) for r in rows}
     ds = load_dataset(args.data)
-    meta = provenance(
-        "cpu",
-        dataset=ds.name,
-        dataset_sha256=ds.sha256,
-        data=_rel(args.data),
+    meta = data_provenance(
+        ds,
+        args.data,
         split="test",
         threads=args.threads,
-        loadavg=os.getloadavg(),
         command="benchmarks/bench_nuclear_schedule.py",
         settings={**TRAIN, "weight": WEIGHT, "calibration_images": IMAGES},
         candidates=CANDIDATES,
@@ -285,7 +275,7 @@ def main() -> None:
             save()
     verdict = save()
     print_table(summarize(rows), verdict)
-    print(f"wrote {_rel(args.out)}")
+    print(f"wrote {rel(args.out)}")
 
 
 if __name__ == "__main__":
