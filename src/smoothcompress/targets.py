@@ -1,0 +1,109 @@
+"""The project's accuracy targets: how far the best smooth model, compressed, sits below the dense baseline.
+
+The bar (``TARGETS``): at 70% fewer parameters the best smooth model, compressed without any gradient step, is
+at most 0.5 points below the dense, unregularized model of the same schedule; at 80% fewer, at most 2 points.
+"Best" ranges over every penalty and λ of a sweep and every low-rank method (plain SVD and the variants that use
+calibration data); the row that wins is named, so that a reader sees which method and weight it took. Pruning
+rows are not candidates: the targets are about the low-rank method. Accuracies are seed means; the number of
+seeds is reported next to them, since the bar is stated for 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from smoothcompress.summary import BASELINE, Setting, _families, _index, summarize
+
+__all__ = ["TARGETS", "assess_targets", "targets_table"]
+
+# {rate: points}: the largest drop below the dense baseline that meets the bar at that fraction of parameters
+# removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart.
+TARGETS: Mapping[float, float] = {0.7: 0.5, 0.8: 2.0}
+
+
+def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -> list[dict]:
+    """Judge a sweep's rows against ``targets``: one entry per model context (model, width, variant) and rate.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Results rows of one sweep (``smoothcompress.results.load_results``), on any split; the caller says which.
+    targets : mapping of float to float
+        ``{rate: points}``, the largest allowed drop (in accuracy points) below the baseline's dense accuracy at
+        each requested rate.
+
+    Returns
+    -------
+    list of dict
+        Per context and rate (contexts without baseline dense rows, or without low-rank rows at the rate from a
+        penalised setting, are left out): ``{"context", "rate", "allowed", "baseline_dense", "baseline_n",
+        "best_baseline": entry or None, "best": entry, "gap", "met"}``. An entry is ``{"setting", "label", "acc",
+        "std", "n"}`` (accuracies as fractions; ``setting`` is a display name); ``gap`` is
+        ``100 * (best acc - baseline dense)`` in points and ``met`` whether ``gap >= -allowed``.
+    """
+    summary = summarize(rows)
+    index = _index(summary)
+    families = _families(rows)
+    low_rank = {lab for lab, fam in families.items() if fam == "low-rank"}
+    groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
+    out = []
+    for context in sorted({g.context() for g in groups}, key=str):
+        members = [g for g in groups if g.context() == context]
+        base = next((g for g in members if g.reg == BASELINE), None)
+        dense = index.get((base, "dense", 0.0)) if base else None
+        if dense is None or dense.get("acc") is None:
+            continue
+        for rate, allowed in sorted(targets.items()):
+            best = _best(index, [g for g in members if g.reg != BASELINE], low_rank, rate)
+            if best is None:
+                continue
+            gap = 100 * (best["acc"] - dense["acc"])
+            out.append(
+                {
+                    "context": base.context_name(),
+                    "rate": rate,
+                    "allowed": allowed,
+                    "baseline_dense": dense["acc"],
+                    "baseline_n": dense["n"],
+                    "best_baseline": _best(index, [base], low_rank, rate),
+                    "best": best,
+                    "gap": gap,
+                    "met": gap >= -allowed - 1e-9,  # 1e-9: float noise is no miss
+                }
+            )
+    return out
+
+
+def _best(index: dict, groups: list[Setting], labels: set[str], rate: float) -> dict | None:
+    """The most accurate (setting, low-rank label) cell at ``rate`` among ``groups``, or ``None``."""
+    cells = [index.get((g, lab, rate)) for g in groups for lab in sorted(labels)]
+    cells = [c for c in cells if c is not None and c.get("acc") is not None]
+    if not cells:
+        return None
+    c = max(cells, key=lambda c: c["acc"])
+    return {"setting": c["group"].name(), "label": c["label"], "acc": c["acc"], "std": c["std"], "n": c["n"]}
+
+
+def _cell(entry: dict | None) -> str:
+    if entry is None:
+        return "—"
+    n = entry["n"]
+    spread = f" ± {100 * entry['std']:.2f}" if n > 1 else ""
+    seeds = f"{n} seed" + ("s" if n != 1 else "")
+    return f"{100 * entry['acc']:.2f}{spread} ({entry['setting']}, {entry['label']}; {seeds})"
+
+
+def targets_table(verdicts: list[dict]) -> str:
+    """A markdown table of :func:`assess_targets`' entries."""
+    lines = [
+        "| model | rate | baseline dense | best smooth, compressed | gap (points) | bar | met | baseline compressed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        n = v["baseline_n"]
+        lines.append(
+            f"| {v['context']} | {100 * v['rate']:.0f}% | {100 * v['baseline_dense']:.2f} ({n} seeds) "
+            f"| {_cell(v['best'])} | {v['gap']:+.2f} | ≥ -{v['allowed']:g} | {'yes' if v['met'] else '**no**'} "
+            f"| {_cell(v['best_baseline'])} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""assess_targets: the best smooth model, compressed, against the dense baseline."""
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smoothcompress import report
+from smoothcompress.files import append_jsonl
+from smoothcompress.targets import TARGETS, assess_targets, targets_table
+
+SETTINGS = [("none", 0.0), ("nuclear", 1e-3), ("second", 1e-4)]
+LABELS = {"svd-global-channel": "svd", "svd+bn-global-channel": "svd+bn", "magnitude": "magnitude"}
+RATES = (0.7, 0.8)
+
+
+def _row(reg, weight, seed, label, method, rate, acc):
+    return {"run": f"{reg}{weight:g}-s{seed}", "model": "resnet18", "width": 16, "dataset": "digits",
+            "dataset_sha256": "abc", "split": "test", "reg": reg, "weight": weight, "seed": seed,
+            "method": method, "label": label, "rate_requested": rate, "rate_achieved": rate,
+            "accuracy": acc, "wall_s": 0.1, "train_wall_s": 1.0}  # fmt: skip
+
+
+def _rows(acc, seeds=(0, 1, 2)):
+    """``acc[(reg, label, rate)]`` (label "dense" at rate 0) for every seed, seed s adding 0.001 * s."""
+    rows = []
+    for (reg, weight), seed in itertools.product(SETTINGS, seeds):
+        rows.append(_row(reg, weight, seed, "dense", "dense", 0.0, acc[(reg, "dense", 0.0)] + 0.001 * seed))
+        for (label, method), rate in itertools.product(LABELS.items(), RATES):
+            rows.append(_row(reg, weight, seed, label, method, rate, acc[(reg, label, rate)] + 0.001 * seed))
+    return rows
+
+
+accuracy = st.floats(0.1, 0.95, allow_nan=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_the_gap_is_the_best_smooth_low_rank_cell_against_the_baseline_dense(data):
+    keys = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
+    keys += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
+    acc = {k: data.draw(accuracy, label=str(k)) for k in keys}
+    verdicts = assess_targets(_rows(acc))
+    assert [v["rate"] for v in verdicts] == sorted(TARGETS)
+    for v in verdicts:
+        rate = v["rate"]
+        # seed means add 0.001 (seeds 0, 1, 2) to every cell alike; pruning and the baseline are no candidates
+        best = max(acc[(reg, lab, rate)] for (reg, _), lab in itertools.product(SETTINGS[1:], LABELS) if "svd" in lab)
+        assert v["gap"] == pytest.approx(100 * (best - acc[("none", "dense", 0.0)]), abs=1e-9)
+        assert v["met"] == (v["gap"] >= -TARGETS[rate] - 1e-9)
+        assert v["best"]["n"] == 3 and v["best"]["label"] != "magnitude"
+        assert v["best_baseline"]["setting"] == "baseline"
+
+
+def _fixed():
+    acc = {(reg, "dense", 0.0): 0.80 for reg, _ in SETTINGS}
+    for (reg, _), lab, rate in itertools.product(SETTINGS, LABELS, RATES):
+        acc[(reg, lab, rate)] = 0.30
+    acc[("nuclear", "svd+bn-global-channel", 0.7)] = 0.797  # 0.3 points below: met
+    acc[("second", "svd-global-channel", 0.8)] = 0.70  # 10 points below: missed
+    acc[("nuclear", "magnitude", 0.8)] = 0.80  # pruning: never the best smooth low-rank model
+    acc[("none", "svd-global-channel", 0.8)] = 0.79  # the baseline: never a candidate
+    return acc
+
+
+def test_the_winner_is_named_and_judged():
+    at70, at80 = assess_targets(_rows(_fixed()))
+    assert (at70["best"]["setting"], at70["best"]["label"], at70["met"]) == (
+        "nuclear λ=0.001",
+        "svd+bn-global-channel",
+        True,
+    )
+    assert at70["gap"] == pytest.approx(-0.3)
+    assert (at80["best"]["setting"], at80["best"]["label"], at80["met"]) == (
+        "second λ=0.0001",
+        "svd-global-channel",
+        False,
+    )
+    assert at80["gap"] == pytest.approx(-10.0)
+    table = targets_table([at70, at80])
+    assert "| yes |" in table and "| **no** |" in table and "-10.00" in table and "3 seeds" in table
+
+
+def test_no_baseline_or_no_rate_means_no_verdict():
+    rows = [r for r in _rows(_fixed()) if r["reg"] != "none"]
+    assert assess_targets(rows) == []
+    assert assess_targets(_rows(_fixed()), {0.9: 1.0}) == []
+
+
+def test_the_report_has_a_targets_section(tmp_path):
+    for row in _rows(_fixed(), seeds=(0,)):
+        append_jsonl(tmp_path / "results.jsonl", row)
+    text = report.write_report(tmp_path / "results.jsonl", tmp_path / "out").read_text()
+    assert "## Targets" in text and "1 seed)" in text
