@@ -9,12 +9,14 @@ and optimizer state stay float32 in both. Each repetition builds a fresh model p
 ``--steps`` steps of each, the precisions interleaved (order alternating); the first step of each run (oneDNN
 primitive creation) is left out. Reported: the median step time per precision and their ratio
 ``float32 / bf16`` (above 1: bf16 is faster), and whether the CPU reports AVX512-BF16 (without it, oneDNN emulates
-bf16 and the ratio falls below 1). Other processes on the machine slow both alike; the ratio is what to read.
+bf16 and the ratio falls below 1). Other processes on the machine slow both alike (``loadavg`` at the end is
+recorded); the ratio is what to read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         "median_step_s": median,
         "images_per_s": {k: args.batch / v for k, v in median.items()},
         "ratio_float32_over_bf16": median["float32"] / median["bf16"],
-        **provenance("cpu", wall_s=time.perf_counter() - t0),
+        **provenance("cpu", wall_s=time.perf_counter() - t0, loadavg=os.getloadavg()),
     }
     write_json(RESULTS, result)
     print(f"resnet18 w{args.width}, batch {args.batch}, {args.threads} thread(s), AVX512-BF16: {result['avx512_bf16']}")
