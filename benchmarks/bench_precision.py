@@ -8,8 +8,9 @@ cross-entropy, backward, SGD step, channels_last images and weights (the trainer
 and optimizer state stay float32 in both. Each repetition builds a fresh model per precision and runs
 ``--steps`` steps of each, the precisions interleaved (order alternating); the first step of each run (oneDNN
 primitive creation) is left out. Reported: the median step time per precision and their ratio
-``float32 / bf16`` (above 1: bf16 is faster), and whether the CPU reports AVX512-BF16 (without it, oneDNN emulates
-bf16 and the ratio falls below 1). Other processes on the machine slow both alike (``loadavg`` at the end is
+``float32 / bf16`` (above 1: bf16 is faster), and whether the CPU reports AVX512-BF16 (without it, bf16 is
+expected to gain little or lose; not measured here). The step has no penalty and no data loading: a penalised
+run, whose penalty stays float32, gains less. Other processes on the machine slow both alike (``loadavg`` at the end is
 recorded); the ratio is what to read.
 """
 

@@ -22,35 +22,50 @@ def _row(reg, weight, seed, label, method, rate, acc):
             "accuracy": acc, "wall_s": 0.1, "train_wall_s": 1.0}  # fmt: skip
 
 
-def _rows(acc, seeds=(0, 1, 2)):
-    """``acc[(reg, label, rate)]`` (label "dense" at rate 0) for every seed, seed s adding 0.001 * s."""
+def _rows(acc, seeds=(0, 1, 2), offset=lambda key, seed: 0.001 * seed):
+    """``acc[(reg, label, rate)]`` (label "dense" at rate 0) plus ``offset(key, seed)`` for every seed."""
     rows = []
     for (reg, weight), seed in itertools.product(SETTINGS, seeds):
-        rows.append(_row(reg, weight, seed, "dense", "dense", 0.0, acc[(reg, "dense", 0.0)] + 0.001 * seed))
+        key = (reg, "dense", 0.0)
+        rows.append(_row(reg, weight, seed, "dense", "dense", 0.0, acc[key] + offset(key, seed)))
         for (label, method), rate in itertools.product(LABELS.items(), RATES):
-            rows.append(_row(reg, weight, seed, label, method, rate, acc[(reg, label, rate)] + 0.001 * seed))
+            key = (reg, label, rate)
+            if key in acc:
+                rows.append(_row(reg, weight, seed, label, method, rate, acc[key] + offset(key, seed)))
     return rows
 
 
 accuracy = st.floats(0.1, 0.95, allow_nan=False)
+offsets = st.floats(-0.02, 0.02, allow_nan=False)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
-def test_the_gap_is_the_best_smooth_low_rank_cell_against_the_baseline_dense(data):
+def test_the_gap_is_the_best_smooth_low_rank_seed_mean_against_the_baseline_dense(data):
     keys = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
     keys += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
     acc = {k: data.draw(accuracy, label=str(k)) for k in keys}
-    verdicts = assess_targets(_rows(acc))
-    assert [v["rate"] for v in verdicts] == sorted(TARGETS)
+    for k in data.draw(st.lists(st.sampled_from(keys[len(SETTINGS) :]), max_size=4), label="missing cells"):
+        acc.pop(k, None)  # a cell not run: never a candidate
+    seeds = (0, 1, 2)
+    shift = {(k, s): data.draw(offsets, label=f"{k} seed {s}") for k in keys for s in seeds}
+    verdicts = assess_targets(_rows(acc, seeds, lambda key, seed: shift[(key, seed)]))
+
+    def mean(key):
+        return acc[key] + sum(shift[(key, s)] for s in seeds) / len(seeds)
+
+    expected = {}
+    for rate in sorted(TARGETS):
+        # pruning and the baseline are no candidates
+        cells = [(reg, lab, rate) for (reg, _), lab in itertools.product(SETTINGS[1:], LABELS) if "svd" in lab]
+        cells = [k for k in cells if k in acc]
+        if cells:
+            expected[rate] = max(mean(k) for k in cells) - mean(("none", "dense", 0.0))
+    assert [v["rate"] for v in verdicts] == list(expected)
     for v in verdicts:
-        rate = v["rate"]
-        # seed means add 0.001 (seeds 0, 1, 2) to every cell alike; pruning and the baseline are no candidates
-        best = max(acc[(reg, lab, rate)] for (reg, _), lab in itertools.product(SETTINGS[1:], LABELS) if "svd" in lab)
-        assert v["gap"] == pytest.approx(100 * (best - acc[("none", "dense", 0.0)]), abs=1e-9)
-        assert v["met"] == (v["gap"] >= -TARGETS[rate] - 1e-9)
+        assert v["gap"] == pytest.approx(100 * expected[v["rate"]], abs=1e-9)
+        assert v["met"] == (100 * expected[v["rate"]] >= -TARGETS[v["rate"]] - 1e-9)
         assert v["best"]["n"] == 3 and v["best"]["label"] != "magnitude"
-        assert v["best_baseline"]["setting"] == "baseline"
 
 
 def _fixed():

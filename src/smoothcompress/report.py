@@ -8,7 +8,7 @@ and backend of the caller (a notebook, say) are left alone.
 Rows are read by :mod:`smoothcompress.results` (a sharded sweep whole, from its folder, its shards merged), pooled
 over seeds by :mod:`smoothcompress.summary`; the weight choice and the λ frontier are in
 :mod:`smoothcompress.frontier`, the paper's claims in :mod:`smoothcompress.claims`. Their public names are
-re-exported here.
+re-exported here; the targets (:mod:`smoothcompress.targets`) are a section of the report.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_d
 
     ``results`` is what :func:`load_results` reads: a sweep folder (its shards merged), a results file, or
     several. When some penalty was trained at more than one weight, the report has a frontier section (table
-    and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`).
+    and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`); with
+    baseline and penalised low-rank rows at the target rates, a targets section (:func:`assess_targets`).
     """
     rows, spectra = load_results(results)
     out = Path(out_dir)
@@ -254,9 +255,13 @@ def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_d
             "",
             f"The bar: {bars} fewer parameters, the best of every penalty, λ and low-rank method (plain SVD or a "
             "data-aware variant, no gradient step) against the unregularized model's dense accuracy; seed means, "
-            f"split: {', '.join(splits)}. The last column is the baseline's own best after the same methods.",
+            f"split: {', '.join(splits)}. The best is picked on this split among the candidates counted below: on "
+            "the test split an optimistic figure (choose weights on a validation split first). The last column is "
+            "the baseline's own best after the same methods.",
             "",
             targets_table(verdicts),
+            "",
+            "Candidates per row: " + ", ".join(f"{100 * v['rate']:.0f}%: {v['candidates']}" for v in verdicts) + ".",
             "",
         ]
     claims = assess_claims(rows)
