@@ -64,15 +64,23 @@ def _style(g: Setting) -> str:
     return "--" if g.reg == BASELINE else "-"
 
 
+# More methods than this wrap onto further rows: a row of 7 panels is too wide to read on a page.
+PANELS_PER_ROW = 4
+
+
 def plot_accuracy(summary: list[dict], path: Path) -> Path:
     """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     colors, multi = _colors(groups), _multi(groups)
     n = max(1, len(labels))
-    fig = Figure(figsize=(4.2 * n, 3.8))
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)
-    for ax, label in zip(axes[0], labels, strict=False):
+    cols = min(n, PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.8 * rows))
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+    for ax in axes.flat[n:]:  # a last row's empty panels
+        ax.set_visible(False)
+    for ax, label in zip(axes.flat, labels, strict=False):
         for g in groups:
             pts = sorted(
                 (100 * s["rate_achieved"], 100 * s["acc"], 100 * s["std"])
@@ -89,8 +97,9 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
         ax.set_title(label)
         ax.set_xlabel("parameters removed (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%), no fine-tuning")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    for row in axes:
+        row[0].set_ylabel("accuracy (%), no fine-tuning")
+    axes.flat[n - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     return path
