@@ -56,10 +56,12 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
         dense = index.get((base, "dense", 0.0)) if base else None
         if dense is None or dense.get("acc") is None:
             continue
+        smooth = [g for g in members if g.reg != BASELINE]
         for rate, allowed in sorted(targets.items()):
-            best = _best(index, [g for g in members if g.reg != BASELINE], low_rank, rate)
-            if best is None:
+            candidates = _cells(index, smooth, low_rank, rate)
+            if not candidates:
                 continue
+            best = _best(candidates)
             gap = 100 * (best["acc"] - dense["acc"])
             out.append(
                 {
@@ -68,9 +70,9 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
                     "allowed": allowed,
                     "baseline_dense": dense["acc"],
                     "baseline_n": dense["n"],
-                    "best_baseline": _best(index, [base], low_rank, rate),
+                    "best_baseline": _best(_cells(index, [base], low_rank, rate)),
                     "best": best,
-                    "candidates": _count(index, [g for g in members if g.reg != BASELINE], low_rank, rate),
+                    "candidates": len(candidates),
                     "gap": gap,
                     "met": gap >= -allowed - 1e-9,  # 1e-9: float noise is no miss
                 }
@@ -78,19 +80,18 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
     return out
 
 
-def _best(index: dict, groups: list[Setting], labels: set[str], rate: float) -> dict | None:
-    """The most accurate (setting, low-rank label) cell at ``rate`` among ``groups``, or ``None``."""
+def _cells(index: dict, groups: list[Setting], labels: set[str], rate: float) -> list[dict]:
+    """The summary cells at ``rate`` of ``groups`` after the low-rank ``labels`` that have a finite accuracy."""
     cells = [index.get((g, lab, rate)) for g in groups for lab in sorted(labels)]
-    cells = [c for c in cells if c is not None and c.get("acc") is not None and math.isfinite(c["acc"])]
+    return [c for c in cells if c is not None and c.get("acc") is not None and math.isfinite(c["acc"])]
+
+
+def _best(cells: list[dict]) -> dict | None:
+    """The most accurate of ``cells`` as ``{"setting", "label", "acc", "std", "n"}``, or ``None`` when empty."""
     if not cells:
         return None
     c = max(cells, key=lambda c: c["acc"])
     return {"setting": c["group"].name(), "label": c["label"], "acc": c["acc"], "std": c["std"], "n": c["n"]}
-
-
-def _count(index: dict, groups: list[Setting], labels: set[str], rate: float) -> int:
-    """How many (setting, low-rank label) cells at ``rate`` the best was picked from."""
-    return sum(1 for g in groups for lab in labels if (index.get((g, lab, rate)) or {}).get("acc") is not None)
 
 
 def _cell(entry: dict | None) -> str:
