@@ -9,26 +9,16 @@ objects, so the pyplot state and backend of the caller are left alone.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from smoothcompress.methods import get_method
 from smoothcompress.plotstyle import COLORS
-from smoothcompress.summary import (
-    BASELINE,
-    Setting,
-    _acc,
-    _baseline_of,
-    _index,
-    _multi,
-    _pct,
-    _pcts,
-    _score,
-    _svd_labels,
-    summarize,
-)
+from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
 
 __all__ = [
     "SELECT_RATES",
@@ -46,6 +36,38 @@ SELECT_RATES = (0.7, 0.8)
 DENSE_TOLERANCE = 0.01
 # The frontier plot: dense accuracy against the accuracy at this rate.
 FRONTIER_RATE = 0.8
+
+
+def _acc(index: dict, group: Setting, label: str | None, rate: float) -> float | None:
+    """Seed-mean accuracy of a cell; ``None`` when it was not run or was out of reach."""
+    cell = index.get((group, label, rate))
+    return cell.get("acc") if cell else None
+
+
+def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float]) -> float | None:
+    """Mean accuracy of a setting after ``label`` over ``rates``; a cell out of reach scores 0; ``None`` when a
+    cell has not run (yet): a λ is never judged on cells a sweep still owes."""
+    if any((group, label, r) not in index for r in rates):
+        return None
+    return statistics.fmean(_acc(index, group, label, r) or 0.0 for r in rates)
+
+
+def _svd_labels(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...)."""
+    plain, data = set(), set()
+    for label, name in {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}:
+        try:
+            method = get_method(name)
+        except ValueError:
+            continue
+        if method.family == "low-rank":
+            (data if method.uses_data() else plain).add(label)
+    return sorted(plain), sorted(data)
+
+
+def _baseline_of(group: Setting, baselines: dict[tuple, Setting]) -> Setting | None:
+    """The baseline a setting is held to: the one of its model, width and variant, else of its model and width."""
+    return baselines.get(group.context()) or baselines.get((group.model, group.width, ""))
 
 
 def select_weights(

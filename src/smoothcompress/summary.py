@@ -123,38 +123,6 @@ def _index(summary: list[dict]) -> dict[tuple, dict]:
     return {(s["group"], s["label"], s["rate"]): s for s in summary}
 
 
-def _acc(index: dict, group: Setting, label: str | None, rate: float) -> float | None:
-    """Seed-mean accuracy of a cell; ``None`` when it was not run or was out of reach."""
-    cell = index.get((group, label, rate))
-    return cell.get("acc") if cell else None
-
-
-def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float]) -> float | None:
-    """Mean accuracy of a setting after ``label`` over ``rates``; a cell out of reach scores 0; ``None`` when a
-    cell has not run (yet): a λ is never judged on cells a sweep still owes."""
-    if any((group, label, r) not in index for r in rates):
-        return None
-    return statistics.fmean(_acc(index, group, label, r) or 0.0 for r in rates)
-
-
-def _svd_labels(rows: list[dict]) -> tuple[list[str], list[str]]:
-    """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...)."""
-    plain, data = set(), set()
-    for label, name in {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}:
-        try:
-            method = get_method(name)
-        except ValueError:
-            continue
-        if method.family == "low-rank":
-            (data if method.uses_data() else plain).add(label)
-    return sorted(plain), sorted(data)
-
-
-def _baseline_of(group: Setting, baselines: dict[tuple, Setting]) -> Setting | None:
-    """The baseline a setting is held to: the one of its model, width and variant, else of its model and width."""
-    return baselines.get(group.context()) or baselines.get((group.model, group.width, ""))
-
-
 def _pcts(rates: Sequence[float]) -> str:
     """``"70/80%"``."""
     return "/".join(f"{100 * r:.0f}" for r in rates) + "%"
