@@ -182,3 +182,26 @@ def test_lagged_factors_are_not_shared_between_models():
     reg = sc.Smoothness("nuclear", 0.1, refresh=100)
     reg(a)
     torch.testing.assert_close(reg(b), nuclear_terms(b, reg))  # fresh factors for b, not a's
+
+
+def test_every_is_right_in_a_loop_that_never_calls_after_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    every = sc.Smoothness("nuclear", 1e-3, every=10)
+    plain = float(sc.Smoothness("nuclear", 1e-3)(model))
+    values = [float(every(model)) for _ in range(20)]  # a user's loop: loss + reg(model), no after_step
+    assert sum(values) / len(values) == pytest.approx(plain, rel=1e-5)
+    assert sum(v > 0 for v in values) == 2
+
+
+def test_a_step_counted_by_the_call_is_not_counted_again_by_after_step():
+    model = nn.Sequential(nn.Linear(8, 8))
+    reg = sc.Smoothness("nuclear", 1e-3, every=3)
+    for _ in range(6):
+        reg(model)
+        reg.after_step(model, 0.1)
+    assert reg.step == 6
+    prox = sc.Smoothness("nuclear", 1e-3, proximal=True)
+    for _ in range(4):
+        prox.after_step(model, 0.1)  # a proximal penalty needs no call: after_step counts
+    assert prox.step == 4

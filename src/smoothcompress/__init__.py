@@ -45,6 +45,7 @@ _LAZY = {
     # calibration data (reads batches from data)
     "calibrate": "calibration",
     "recalibrate_bn": "calibration",
+    "reconstruct": "reconstruction",
     # training
     "TrainConfig": "training",
     "TrainResult": "training",
@@ -63,7 +64,7 @@ _LAZY = {
 }
 """Public names loaded on first use, and the submodule of each."""
 
-_SUBMODULES = ("calibration", "data", "training", "pruning", "experiment", "report", "cli")
+_SUBMODULES = ("calibration", "reconstruction", "data", "training", "pruning", "experiment", "report", "cli")
 """Submodules that ``smoothcompress.<name>`` imports on first use."""
 
 __all__ = [
@@ -124,6 +125,7 @@ __all__ = [
     # calibration (lazy)
     "calibrate",
     "recalibrate_bn",
+    "reconstruct",
     # training (lazy)
     "TrainConfig",
     "TrainResult",

@@ -36,6 +36,7 @@ __all__ = [
     "calibration_batches",
     "describe_source",
     "input_dim",
+    "sample_patches",
     "recalibrate_bn",
 ]
 
@@ -313,7 +314,7 @@ class _MomentHook:
         m = self.module
         if _is_linear(m):
             return x.reshape(-1, x.shape[-1])
-        return _sample_patches(m, x, self._wanted(x), self.gen)
+        return sample_patches(m, x, self._wanted(x), self.gen)
 
     def _wanted(self, x: torch.Tensor) -> int:
         """Vectors to take from this batch, so that the quota is spread evenly over the calibration images."""
@@ -333,7 +334,7 @@ class _MomentHook:
         self.images += x.shape[0]
 
 
-def _sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """``k`` unfolded input patches of ``conv`` at random output positions of the batch ``x`` (B, C, H, W).
 
     Returns shape (k', C*kh*kw), ``k' = min(k, B*Ho*Wo)``, ordered like ``F.unfold`` (channel, row, column).

@@ -10,11 +10,12 @@ and leaves ``model`` alone), names its results rows (``method.label``) and build
     ``allocation``, ``scheme``, ``bn_aware``, ``rank_multiple``; label ``"svd-<allocation>-<scheme>"``.
 ``"magnitude"``, ``"magnitude-layerwise"``, ``"filter"``
     The pruning baselines (:func:`smoothcompress.prune`); no options; the label is the name.
-``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"magnitude+bn"``, ``"filter+bn"``
+``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"svd-seq"``, ``"svd-seq+bn"``, ``"magnitude+bn"``, ``"filter+bn"``
     The same, using calibration data (training images, forward passes only, never a gradient step): ``-data``
-    truncates each layer in the metric of its inputs (:func:`smoothcompress.calibrate`), ``+bn`` re-estimates
-    the BatchNorm statistics afterwards (:func:`smoothcompress.recalibrate_bn`). Label ``"<name>-<allocation>-
-    <scheme>"`` for the SVD ones.
+    truncates each layer in the metric of its inputs (:func:`smoothcompress.calibrate`), ``-seq`` re-solves the
+    factorized layers in forward order against the dense model's outputs (:func:`smoothcompress.reconstruct`),
+    ``+bn`` re-estimates the BatchNorm statistics afterwards (:func:`smoothcompress.recalibrate_bn`). Label
+    ``"<name>-<allocation>-<scheme>"`` for the SVD ones.
 
 Every compressed or pruned copy carries one :class:`CompressionRecord` as ``model.sc_compression``
 (:data:`COMPRESSION_ATTR`): the method and its options, the requested and achieved rate, the parameter counts
@@ -30,7 +31,7 @@ runs every registered method through apply, rate and save/load.
 >>> sc.get_method("svd", scheme="spatial").label
 'svd-global-spatial'
 >>> sc.list_methods("low-rank")
-('svd', 'svd+bn', 'svd-data', 'svd-data+bn')
+('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn')
 """
 
 from __future__ import annotations
@@ -201,13 +202,15 @@ class Method:
     nonzero: ClassVar[bool] = False
     data_aware: ClassVar[bool] = False
     """Truncates in the metric of calibration inputs (:func:`smoothcompress.calibrate`)."""
+    reconstructs: ClassVar[bool] = False
+    """Re-solves the factorized layers in forward order against the dense model (:func:`smoothcompress.reconstruct`)."""
     recalibrates_bn: ClassVar[bool] = False
     """Re-estimates BatchNorm statistics on calibration inputs afterwards (:func:`smoothcompress.recalibrate_bn`)."""
 
     @classmethod
     def uses_data(cls) -> bool:
         """Whether :meth:`apply` needs calibration data (training images, forward passes only, no gradient)."""
-        return cls.data_aware or cls.recalibrates_bn
+        return cls.data_aware or cls.reconstructs or cls.recalibrates_bn
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -282,10 +285,15 @@ class Method:
         return data
 
     def _finish(self, model: nn.Module, compressed: nn.Module, data: Any, images: int) -> nn.Module:
-        """Recalibrate BatchNorm statistics if this method does (relative to ``model``, the uncompressed one), and
-        record it (and the calibration source)."""
+        """Reconstruct the factorized layers and recalibrate BatchNorm statistics if this method does (relative to
+        ``model``, the uncompressed one), and record both (and the calibration source)."""
         record = compression_record(compressed)
         details = dict(record.details) if record else {}
+        if self.reconstructs:
+            from smoothcompress.reconstruction import reconstruct
+
+            done = reconstruct(model, compressed, self._need_data(data), images)
+            details["reconstruction"] = done.summary()
         if self.recalibrates_bn:
             from smoothcompress.calibration import describe_source, recalibrate_bn
 
@@ -515,6 +523,26 @@ class SVDDataRecalibrated(SVD):
 
     name: ClassVar[str] = "svd-data+bn"
     data_aware: ClassVar[bool] = True
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDSequential(SVD):
+    """Truncated SVD at the allocated ranks, then every factorized layer re-solved in forward order against the
+    dense model's outputs, in closed form (:func:`smoothcompress.reconstruct`)."""
+
+    name: ClassVar[str] = "svd-seq"
+    reconstructs: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDSequentialRecalibrated(SVD):
+    """``svd-seq``, then BatchNorm statistics re-estimated (``+bn``)."""
+
+    name: ClassVar[str] = "svd-seq+bn"
+    reconstructs: ClassVar[bool] = True
     recalibrates_bn: ClassVar[bool] = True
 
 

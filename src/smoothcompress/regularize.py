@@ -64,6 +64,12 @@ Schedules for the nuclear norm
   ``||W||_F * <P, mat(W)> / sqrt(min(m, n))``. ``<P, mat(W)> <= ||mat(W)||_*`` (``||P||_2 <= 1``), with equality
   on the steps where ``P`` is fresh, so the value and the gradient are exact there; between refreshes a step costs
   one elementwise product per weight. Trained Rank Pruning's "decouple period" is the same idea.
+* ``target_rate=q`` (rank-targeted, "tail" nuclear norm): only the singular values that truncation at the
+  parameter rate ``q`` would drop are penalised. Every ``refresh``-th step the ranks ``r_l`` that
+  :func:`smoothcompress.compress` would give each layer at rate ``q`` (global allocation, channel scheme) are
+  recomputed on the current weights, and ``P`` becomes the tail polar factor ``sum_{i > r_l} u_i v_i^T``, so the
+  layer term is ``||W||_F * sum_{i > r_l} s_i / sqrt(min(m, n))`` on refresh steps. Layers the allocation keeps
+  dense (or cannot factorize) are not penalised. Always uses the lagged form; needs ``polar="svd"``.
 * ``polar="newton-schulz"``: ``P`` from five quintic Newton-Schulz iterations on ``mat(W) / ||W||_F``
   (matrix products only, no SVD; the coefficients of the Muon optimizer). Inexact: ``P = U f(S) V^T`` with
   ``f`` in about ``[0.68, 1.2]`` for singular values above ``2e-3 ||W||_F``, and smaller below that (``f = 0.47``
@@ -80,6 +86,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -535,7 +542,8 @@ class Smoothness:
         Leave out the layers that match one entry, e.g. ``exclude=("<first>", "<last>")``.
     every : int
         Add the penalty on every ``every``-th optimizer step only, scaled by ``every`` (or threshold every
-        ``every``-th step when ``proximal``). Steps are counted by :meth:`after_step`.
+        ``every``-th step when ``proximal``). Each call counts one optimizer step (call it once per step), and so
+        does :meth:`after_step` when no call came before it (a proximal penalty in a loop that never calls it).
     proximal : bool
         "nuclear" only: instead of a loss term, apply singular-value soft-thresholding in :meth:`after_step`.
     refresh : int
@@ -547,6 +555,10 @@ class Smoothness:
     scale_free : bool
         Sum each layer's scale-free roughness ``rho`` instead of ``||W||_F^2 * rho`` (module docstring). Not with
         ``proximal``, ``refresh > 1`` or an inexact ``polar``.
+    target_rate : float, optional
+        "nuclear" only, not with ``proximal`` or an inexact ``polar``: penalise only the singular values that
+        truncation at this parameter rate (fraction of all parameters removed, in (0, 1)) would drop, with the
+        ranks re-allocated on the current weights every ``refresh``-th step (module docstring).
 
     Raises
     ------
@@ -575,6 +587,7 @@ class Smoothness:
         refresh: int = 1,
         polar: str = "svd",
         scale_free: bool = False,
+        target_rate: float | None = None,
     ):
         self.kind = _check_kind(kind)
         self.weight = weight
@@ -595,14 +608,22 @@ class Smoothness:
             raise ValueError(
                 "refresh and polar shape the nuclear penalty's gradient; they need kind='nuclear' without proximal"
             )
+        if target_rate is not None:
+            if isinstance(target_rate, bool) or not isinstance(target_rate, numbers.Real) or not 0 < target_rate < 1:
+                raise ValueError(f"target_rate must be a fraction of parameters removed in (0, 1), got {target_rate!r}")
+            if self.kind != "nuclear" or self.proximal or polar != "svd":
+                raise ValueError("target_rate needs kind='nuclear' without proximal, with polar='svd'")
+        self.target_rate = None if target_rate is None else float(target_rate)
         self.scale_free = bool(scale_free)
         if self.scale_free and (self.proximal or self.lagged):
             raise ValueError("scale_free=True needs the loss-term penalty: not proximal, refresh=1, polar='svd'")
         self._polars: list[Tensor] = []  # the lagged polar factors, one per block group (_blocks_by_shape order)
         self._polar_step = 0  # the step they were computed at
         self._polar_owner: list[int] | None = None  # storages of the weights they belong to (None: not yet known)
-        self.step = 0  # optimizer steps seen by after_step(); restored by load_state_dict() on resume
+        self.step = 0  # optimizer steps counted (calls, or after_step alone); restored by load_state_dict()
+        self._called = False  # a call counted the current step (after_step then does not count it again)
         self._checked: set[int] = set()
+        self.tail_ranks: dict[str, int] = {}  # with target_rate: the ranks the current tail factors keep
 
     @property
     def weight(self) -> float:
@@ -624,6 +645,7 @@ class Smoothness:
                 ("refresh", self.refresh, 1),
                 ("polar", self.polar, "svd"),
                 ("scale_free", self.scale_free, False),
+                ("target_rate", self.target_rate, None),
             ]
             if v != default
         )
@@ -648,19 +670,21 @@ class Smoothness:
             raise ValueError("the include/exclude filters leave no layer to penalise")
         return chosen
 
-    def _blocks_by_shape(self, model: nn.Module) -> list[Tensor]:
-        """The penalised layers' blocks ``(B, o, i, kh, kw)``, concatenated per (block shape, dtype, device).
+    def _blocks_by_shape(self, model: nn.Module) -> tuple[list[Tensor], list[list[str]]]:
+        """The penalised layers' blocks ``(B, o, i, kh, kw)``, concatenated per (block shape, dtype, device), and
+        for each group the layer name of every block.
 
         Derivative kinds on CPU are not concatenated (the copy would cost more than the per-layer calls save);
         batching pays for the SVD and for kernel launches on GPUs.
         """
-        blocks = [_layer_type(m).blocks(m) for m in self.layers(model).values()]
-        if self.kind != "nuclear" and all(b.device.type == "cpu" for b in blocks):
-            return blocks
-        by_key: dict[tuple, list[Tensor]] = {}
-        for b in blocks:
-            by_key.setdefault((tuple(b.shape[1:]), b.dtype, b.device), []).append(b)
-        return [torch.cat(group) if len(group) > 1 else group[0] for group in by_key.values()]
+        named = [(n, _layer_type(m).blocks(m)) for n, m in self.layers(model).items()]
+        if self.kind != "nuclear" and all(b.device.type == "cpu" for _, b in named):
+            return [b for _, b in named], [[n] * b.shape[0] for n, b in named]
+        by_key: dict[tuple, list[tuple[str, Tensor]]] = {}
+        for n, b in named:
+            by_key.setdefault((tuple(b.shape[1:]), b.dtype, b.device), []).append((n, b))
+        groups = [torch.cat([b for _, b in g]) if len(g) > 1 else g[0][1] for g in by_key.values()]
+        return groups, [[n for n, b in g for _ in range(b.shape[0])] for g in by_key.values()]
 
     @staticmethod
     def _device(model: nn.Module) -> torch.device:
@@ -681,9 +705,9 @@ class Smoothness:
         Tensor
             0-dim, differentiable, float32 (float64 if the weights are).
         """
-        groups = self._blocks_by_shape(model)
+        groups, names = self._blocks_by_shape(model)
         if self.lagged:
-            polars = self._current_polars(model, groups)
+            polars = self._current_polars(model, groups, names)
             parts = [_lagged_terms(blocks, polar).sum() for blocks, polar in zip(groups, polars, strict=True)]
         else:
             parts = [_terms(blocks, self.kind, self._dims, self.p, self.scale_free).sum() for blocks in groups]
@@ -691,10 +715,30 @@ class Smoothness:
 
     @property
     def lagged(self) -> bool:
-        """Whether the nuclear term uses a stored polar factor (``refresh > 1`` or an inexact ``polar``)."""
-        return self.refresh > 1 or self.polar != "svd"
+        """Whether the nuclear term uses a stored polar factor (``refresh > 1``, an inexact ``polar`` or a
+        ``target_rate``)."""
+        return self.refresh > 1 or self.polar != "svd" or self.target_rate is not None
 
-    def _current_polars(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
+    def _tail_polars(self, model: nn.Module, groups: list[Tensor], names: list[list[str]]) -> list[Tensor]:
+        """Tail polar factors ``sum_{i > r} u_i v_i^T`` per block, ``r`` from the allocation at ``target_rate``."""
+        from smoothcompress.allocation import plan_ranks  # the allocation imports the factorization: load on use
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "coarse rank steps" on every refresh says nothing to a training run
+            self.tail_ranks = plan_ranks(unwrap(model), self.target_rate, "global", "channel")
+        polars = []
+        with torch.no_grad(), torch.autocast(device_type=groups[0].device.type, enabled=False):
+            for g, block_names in zip(groups, names, strict=True):
+                mats = g.detach().flatten(2)
+                mats = mats.float() if mats.dtype in _LOW_PRECISION else mats
+                u, _, vh = _thin_svd(mats)
+                k = u.shape[-1]
+                keep = torch.tensor([self.tail_ranks.get(n, k) for n in block_names], device=u.device)
+                mask = (torch.arange(k, device=u.device)[None, :] >= keep[:, None]).to(u.dtype)
+                polars.append((u * mask[:, None, :]) @ vh)
+        return polars
+
+    def _current_polars(self, model: nn.Module, groups: list[Tensor], names: list[list[str]]) -> list[Tensor]:
         """The polar factors of ``groups`` ``(B, m, n)`` each: the stored ones while fresh, else recomputed.
 
         Stored factors belong to the model they came from: another model (other parameter tensors, even of the
@@ -707,7 +751,10 @@ class Smoothness:
             stale = True
         self._polar_owner = owner
         if stale or [p.shape for p in self._polars] != shapes:
-            self._polars = [polar_factor(g.flatten(2), self.polar) for g in groups]
+            if self.target_rate is not None:
+                self._polars = self._tail_polars(model, groups, names)
+            else:
+                self._polars = [polar_factor(g.flatten(2), self.polar) for g in groups]
             self._polar_step = self.step
         elif any(p.device != g.device for p, g in zip(self._polars, groups, strict=True)):  # restored on the CPU
             self._polars = [p.to(g.device) for p, g in zip(self._polars, groups, strict=True)]
@@ -725,13 +772,19 @@ class Smoothness:
         -------
         Tensor
             0-dim on the model's device, float32 (float64 for a float64 model); differentiable when active.
+
+        Each call counts one optimizer step (for ``every`` and ``refresh``): call it once per step.
         """
-        if not self.active():
-            if (self.include or self.exclude) and id(model) not in self._checked:
-                self.layers(model)  # a filter typo must fail on the first step, not when the weight warms up
-                self._checked.add(id(model))
-            return torch.zeros((), device=self._device(model))
-        return (self.weight * self.every) * self.unweighted(model)
+        try:
+            if not self.active():
+                if (self.include or self.exclude) and id(model) not in self._checked:
+                    self.layers(model)  # a filter typo must fail on the first step, not when the weight warms up
+                    self._checked.add(id(model))
+                return torch.zeros((), device=self._device(model))
+            return (self.weight * self.every) * self.unweighted(model)
+        finally:
+            self.step += 1
+            self._called = True
 
     def roughness(self, model: nn.Module) -> dict[str, float]:
         """The scale-free roughness (:func:`roughness`) of each penalised layer, without gradient, for reports."""
@@ -744,7 +797,9 @@ class Smoothness:
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, lr: float) -> None:
-        """Call after each ``optimizer.step()``: counts the step; with ``proximal``, applies the nuclear prox.
+        """Call after each ``optimizer.step()``: with ``proximal``, applies the nuclear prox.
+
+        It counts the step only when no call of the penalty counted it (a proximal penalty needs no call).
 
         Parameters
         ----------
@@ -753,7 +808,9 @@ class Smoothness:
         lr : float
             The learning rate of the step just taken; the prox uses ``eta = lr * every``.
         """
-        self.step += 1
+        if not self._called:
+            self.step += 1
+        self._called = False
         if not self.proximal or self.weight == 0 or self.step % self.every:
             return
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:

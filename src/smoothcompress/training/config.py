@@ -44,6 +44,7 @@ __all__ = [
     "RUNTIME_KEYS",
     "NUCLEAR_SCHEDULE",
     "effective_schedule",
+    "make_regularizer",
     "rename_deprecated",
 ]
 
@@ -114,6 +115,7 @@ class TrainConfig:
     reg_polar: str = "svd"  # "nuclear" only: U V^T by "svd" (exact) or "newton-schulz" (matmuls, inexact)
     reg_scale_free: bool = False  # sum the scale-free roughness ||dW||^2/||W||^2: BatchNorm makes convs scale-free
     reg_exclude: tuple[str, ...] = ()  # layers left unpenalised, e.g. ["<first>", "<last>"] (stem, classifier)
+    reg_target_rate: float | None = None  # "nuclear": penalise only what truncation at this rate drops (tail)
     augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR, none for 8x8 digits)
     val_fraction: float = 0.0  # > 0: hold out this fraction of train as validation to tune on, not the test set
     val_seed: int = 0  # seed of the validation split, apart from `seed`: runs of all seeds tune on the same images
@@ -207,6 +209,29 @@ beyond the seed spread; its measurements: ``benchmarks/results/nuclear_schedule.
 ``benchmarks/results/regularize.json`` (step cost)."""
 
 
+def make_regularizer(config: TrainConfig) -> Smoothness | None:
+    """The :class:`~smoothcompress.Smoothness` penalty named by the config, or ``None`` for ``reg="none"``.
+
+    Raises ValueError (one line) for penalty settings that do not go together.
+    """
+    if config.reg == "none":
+        return None
+    schedule = effective_schedule(config)
+    return Smoothness(
+        config.reg,
+        config.weight,
+        axes=config.reg_axes,
+        p=config.reg_p,
+        exclude=config.reg_exclude or None,
+        every=schedule["reg_every"],
+        proximal=config.reg_proximal,
+        refresh=schedule["reg_refresh"],
+        polar=config.reg_polar,
+        scale_free=config.reg_scale_free,
+        target_rate=config.reg_target_rate,
+    )
+
+
 def effective_schedule(values: Mapping[str, Any] | TrainConfig) -> dict[str, int]:
     """The ``reg_every`` and ``reg_refresh`` a run trains with: the values given, and for those left ``None``,
     :data:`NUCLEAR_SCHEDULE` when both are ``None`` and the penalty is the plain nuclear loss term (not proximal,
@@ -274,19 +299,7 @@ def _validate(c: TrainConfig) -> None:
         0 <= c.reg_delay_epochs < c.epochs,
         f"reg_delay_epochs must be in [0, epochs={c.epochs}) (the penalty must start), got {c.reg_delay_epochs}",
     )
-    if c.reg != "none":  # the penalty's own checks (axes, p, every, refresh, polar, proximal), one message each
-        schedule = effective_schedule(c)
-        Smoothness(
-            c.reg,
-            c.weight,
-            c.reg_axes,
-            c.reg_p,
-            every=schedule["reg_every"],
-            proximal=c.reg_proximal,
-            refresh=schedule["reg_refresh"],
-            polar=c.reg_polar,
-            scale_free=c.reg_scale_free,
-        )
+    make_regularizer(c)  # the penalty's own checks (axes, p, every, refresh, polar, target rate), one message each
     need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")
 

@@ -35,7 +35,7 @@ from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
 from smoothcompress.training.checkpoint import CHECKPOINT_NAME, check_same_settings, load_checkpoint, save_checkpoint
-from smoothcompress.training.config import SCHEDULES, TrainConfig, effective_schedule
+from smoothcompress.training.config import SCHEDULES, TrainConfig, make_regularizer
 from smoothcompress.training.evaluation import count_correct, eval_loader, to_input
 from smoothcompress.training.runtime import (
     DistContext,
@@ -106,25 +106,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-
-
-def make_regularizer(config: TrainConfig) -> Smoothness | None:
-    """The :class:`~smoothcompress.Smoothness` penalty named by the config, or ``None`` for ``reg="none"``."""
-    if config.reg == "none":
-        return None
-    schedule = effective_schedule(config)
-    return Smoothness(
-        config.reg,
-        config.weight,
-        axes=config.reg_axes,
-        p=config.reg_p,
-        exclude=config.reg_exclude or None,
-        every=schedule["reg_every"],
-        proximal=config.reg_proximal,
-        refresh=schedule["reg_refresh"],
-        polar=config.reg_polar,
-        scale_free=config.reg_scale_free,
-    )
 
 
 @dataclass

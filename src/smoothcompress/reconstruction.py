@@ -1,0 +1,417 @@
+"""Propagation-aware reconstruction: re-solve each factorized layer against the dense model, in forward order.
+
+Truncating every layer on its own (:func:`smoothcompress.compress`) lets errors add up through the network: each
+layer is fitted to the inputs the *dense* model would give it, while the compressed model gives it the outputs of
+already-truncated layers. :func:`reconstruct` solves the factorized layers of a compressed model one by one, in
+the order the forward pass reaches them, each in closed form and with no gradient step:
+
+* ``x`` is the layer's input in the dense model and ``x'`` its input in the compressed model, whose upstream
+  layers are already solved (so the errors they leave are what this layer sees);
+* the target is the dense layer's output on the dense input, ``y = W x + b``;
+* the layer becomes ``argmin over rank-r M and bias c of E ||W x + b - (M x' + c)||^2``, with ``r`` the rank the
+  compression chose. With the moments ``C' = Cov(x')`` and ``K = Cov(x, x')`` this is the least-squares solution
+  ``M* = (W K + lam W) (C' + lam I)^-1``, truncated to rank ``r`` in the metric of ``C' + lam I`` (which gives the
+  best rank-``r`` ``M``; :func:`smoothcompress.factorized.factorize_weight` with ``moment``), and
+  ``c = W E[x] + b - M E[x']``.
+
+The ridge ``lam = damping * mean(diag C')`` pulls ``M`` towards the dense ``W`` in directions the calibration
+inputs do not excite, so a layer whose input is exact (``x' = x``) keeps ``W`` at full rank: reconstruction at
+full rank is exact. The bias ``c`` goes into the factorized layer's bias; a layer without bias whose output feeds a
+BatchNorm alone has the offset folded into that BatchNorm's running mean (no parameter is added); any other layer
+without bias is solved without one (uncentered moments).
+
+Moments are accumulated batch by batch in float64 from the same randomly chosen input positions (conv patches
+or rows) of both models, never storing whole activations: one pass of the dense model keeps each layer's sampled
+input vectors (``samples * d`` floats per layer), then each layer costs one pass of the compressed model over the
+calibration inputs, stopped at that layer. Layers of another scheme than ``"channel"``, layers called more
+than once per forward pass and layers the calibration inputs never reach are left as compressed, with a note.
+
+Calibration data is training data (:func:`smoothcompress.calibration.calibration_batches`); the dense model is
+not modified.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from smoothcompress.batchnorm import trace_bn_pairs
+from smoothcompress.calibration import DAMPING, CalibrationData, calibration_batches, input_dim, sample_patches
+from smoothcompress.factorized import Factorized, FactorizedConv2d, factorize_weight
+from smoothcompress.layers import layer_weight, linear_bias
+
+__all__ = ["Reconstruction", "reconstruct", "MIN_SAMPLES", "SAMPLES_PER_DIM"]
+
+# Input vectors sampled per layer: at least MIN_SAMPLES, and SAMPLES_PER_DIM per input dimension d, so that the
+# (d, d) moments are estimated from several times d vectors (the cost of a layer is d**2 per vector).
+MIN_SAMPLES = 8192
+SAMPLES_PER_DIM = 2
+
+
+@dataclass
+class Reconstruction:
+    """What :func:`reconstruct` did.
+
+    Attributes
+    ----------
+    layers : dict of str to dict
+        Layer name -> ``{"rank", "samples", "error_before", "error_after", "bias"}``: the relative output error
+        ``E||y - y_hat||^2 / E||y - E y||^2`` on the calibration inputs before and after the solve (both with
+        the best bias, inputs from the already-solved upstream layers), and where the bias went (``"layer"``,
+        ``"batchnorm:<name>"`` or ``"none"``).
+    skipped : dict of str to str
+        Layer name -> why it was left as compressed.
+    order : list of str
+        The solved layers, in the order they were solved (the forward order).
+    images : int
+        Calibration inputs per layer.
+    seconds : float
+        Wall time.
+    damping : float
+        The relative ridge (see the module docstring).
+    """
+
+    layers: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+    damping: float = DAMPING
+
+    def summary(self) -> dict:
+        """JSON-able summary for a compression record: counts, mean errors, images, damping, seconds."""
+        before = [v["error_before"] for v in self.layers.values()]
+        after = [v["error_after"] for v in self.layers.values()]
+        return {
+            "layers": len(self.layers),
+            "skipped": dict(self.skipped),
+            "mean_error_before": sum(before) / len(before) if before else None,
+            "mean_error_after": sum(after) / len(after) if after else None,
+            "images": self.images,
+            "damping": self.damping,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer being solved has seen its input."""
+
+
+class _Moments:
+    """Running float64 sums over paired input vectors ``x`` (dense) and ``x'`` (compressed)."""
+
+    def __init__(self, d: int):
+        self.xx, self.xpxp, self.xxp = (torch.zeros(d, d, dtype=torch.float64) for _ in range(3))
+        self.x, self.xp = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, x: torch.Tensor, xp: torch.Tensor) -> None:
+        """Add paired vectors ``x``, ``xp`` of shape (k, d): products of one batch in float32, sums in float64."""
+        x, xp = x.float(), xp.float()
+        for total, prod in ((self.xx, x.T @ x), (self.xpxp, xp.T @ xp), (self.xxp, x.T @ xp)):
+            total += prod.to("cpu", torch.float64)
+        self.x += x.sum(0).to("cpu", torch.float64)
+        self.xp += xp.sum(0).to("cpu", torch.float64)
+        self.n += x.shape[0]
+
+    def get(self, centered: bool) -> tuple[torch.Tensor, ...]:
+        """``(C_xx, C_x'x', C_xx', mean x, mean x')``: second moments, or covariances when ``centered``."""
+        n = max(self.n, 1)
+        mu, mup = self.x / n, self.xp / n
+        cxx, cpp, cxp = self.xx / n, self.xpxp / n, self.xxp / n
+        if centered:
+            cxx = cxx - torch.outer(mu, mu)
+            cpp = cpp - torch.outer(mup, mup)
+            cxp = cxp - torch.outer(mu, mup)
+        return cxx, cpp, cxp, mu, mup
+
+
+def _vectors(module: nn.Module, x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``k`` input vectors of ``module`` from its input ``x``: conv patches or rows, chosen by ``gen``."""
+    if isinstance(module, nn.Conv2d):
+        return sample_patches(module, x, k, gen)
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] > k:
+        rows = rows[torch.randperm(rows.shape[0], generator=gen)[:k].to(rows.device)]
+    return rows
+
+
+def _capture(module: nn.Module, store: list) -> torch.utils.hooks.RemovableHandle:
+    def hook(_module: nn.Module, args: tuple) -> None:
+        store.append(args[0].detach())
+        raise _Stop
+
+    return module.register_forward_pre_hook(hook)
+
+
+def _input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The input ``module`` receives when ``model`` runs on ``x`` (the pass stops there); ``None`` if never."""
+    store: list = []
+    handle = _capture(module, store)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return store[0] if store else None
+
+
+def _forward_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str, int]]:
+    """Names of ``model``'s Factorized layers in the order one forward pass on ``x`` reaches them, and call counts."""
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, Factorized):
+
+            def hook(_m, _args, name=name):
+                calls[name] = calls.get(name, 0) + 1
+                if calls[name] == 1:
+                    order.append(name)
+
+            handles.append(m.register_forward_pre_hook(hook))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, calls
+
+
+def _dense_matrix(dense: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, b)`` of a dense layer: ``W`` as ``(out, d)`` float64 (a conv's channel matricization), ``b`` or None."""
+    w = layer_weight(dense).detach().to(torch.float64)
+    bias = dense.bias if isinstance(dense, nn.Conv2d) else linear_bias(dense)
+    return w.reshape(w.shape[0], -1), None if bias is None else bias.detach().to(torch.float64)
+
+
+def _error(w: torch.Tensor, m: torch.Tensor, cxx: torch.Tensor, cpp: torch.Tensor, cxp: torch.Tensor) -> float:
+    """``E||W x - M x'||^2 / E||W x||^2`` from (centered) moments; 0 for a layer whose output is constant."""
+    target = float(torch.einsum("ij,jk,ik->", w, cxx, w))
+    err = target - 2 * float(torch.einsum("ij,jk,ik->", m, cxp.T, w)) + float(torch.einsum("ij,jk,ik->", m, cpp, m))
+    return max(err, 0.0) / target if target > 0 else 0.0
+
+
+def _solve(
+    layer: Factorized,
+    dense: nn.Module,
+    mom: _Moments,
+    centered: bool,
+    damping: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Solve one layer (module docstring); write its factors and bias. Returns ``(M_r, offset, errors)``."""
+    w, b = _dense_matrix(dense)
+    cxx, cpp, cxp, mu, mup = mom.get(centered)
+    before = _error(w, _factorized_matrix(layer), cxx, cpp, cxp)
+    scale = float(cpp.diagonal().mean())
+    lam = damping * (scale if scale > 0 else 1.0)
+    metric = cpp + lam * torch.eye(cpp.shape[0], dtype=cpp.dtype)
+    m_star = torch.linalg.solve(metric, (w @ cxp + lam * w).T).T
+    shape = tuple(layer_weight(dense).shape)
+    factors = factorize_weight(m_star.reshape(shape), layer.rank, "channel", moment=metric)
+    with torch.no_grad():
+        layer.first.weight.copy_(factors.first)
+        layer.second.weight.copy_(factors.second)
+    m_r = _factorized_matrix(layer)
+    offset = None
+    if centered:
+        offset = w @ mu + (b if b is not None else 0.0) - m_r @ mup
+    return m_r, offset, {"rank": layer.rank, "samples": mom.n, "error_before": before,
+                         "error_after": _error(w, m_r, cxx, cpp, cxp)}  # fmt: skip
+
+
+def _factorized_matrix(layer: Factorized) -> torch.Tensor:
+    """The dense ``(out, d)`` matrix a factorized layer applies, float64."""
+    w = layer.dense_weight().detach().to(torch.float64)
+    return w.reshape(w.shape[0], -1)
+
+
+def _per_batch(quota: int, batches: list[torch.Tensor]) -> list[int]:
+    """How many input vectors to take from each batch so that ``quota`` is spread evenly over the images."""
+    total, seen, taken, ks = sum(x.shape[0] for x in batches), 0, 0, []
+    for x in batches:
+        seen += x.shape[0]
+        k = max(1, math.ceil(quota * seen / total) - taken)
+        ks.append(k)
+        taken += k
+    return ks
+
+
+def _generator(seed: int, layer: int, batch: int) -> torch.Generator:
+    """The generator that picks the input positions of one layer in one batch, the same for both models."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + layer * 10_007 + batch)
+
+
+@torch.no_grad()
+def _dense_vectors(
+    reference: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor], quotas: dict[str, int], seed: int
+) -> dict[str, list[torch.Tensor]]:
+    """One pass of the dense model: each layer's sampled input vectors per batch, float32 on the CPU.
+
+    Memory: ``sum over layers of quota * d * 4`` bytes.
+    """
+    index = {name: i for i, name in enumerate(layers)}
+    ks = {name: _per_batch(quotas[name], batches) for name in layers}
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    handles = []
+    for name, module in layers.items():
+
+        def hook(m: nn.Module, args: tuple, name: str = name) -> None:
+            b = len(out[name])
+            gen = _generator(seed, index[name], b)
+            out[name].append(_vectors(m, args[0].detach(), ks[name][b], gen).float().cpu())
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        for x in batches:
+            reference(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def _accumulate(
+    compressed: nn.Module,
+    dense: nn.Module,
+    layer: nn.Module,
+    batches: list[torch.Tensor],
+    dense_vectors: list[torch.Tensor],
+    quota: int,
+    seed: int,
+    index: int,
+) -> _Moments:
+    """Paired moments of ``dense``'s input vectors (sampled beforehand) and ``layer``'s input in ``compressed``."""
+    mom = _Moments(input_dim(dense))
+    ks = _per_batch(quota, batches)
+    for b, (x, vd) in enumerate(zip(batches, dense_vectors, strict=True)):
+        xc = _input_of(compressed, layer, x)
+        if xc is None:
+            continue
+        vc = _vectors(dense, xc, ks[b], _generator(seed, index, b))  # the dense layer's geometry: same positions
+        mom.add(vd, vc.float())
+    return mom
+
+
+def reconstruct(
+    reference: nn.Module,
+    compressed: nn.Module,
+    data: CalibrationData,
+    images: int = 2048,
+    *,
+    batch_size: int = 256,
+    samples: int | None = None,
+    seed: int = 0,
+    damping: float = DAMPING,
+) -> Reconstruction:
+    """Re-solve the factorized layers of ``compressed`` against ``reference``, in forward order (in place).
+
+    Parameters
+    ----------
+    reference : nn.Module
+        The dense model ``compressed`` was made from (not modified). Its layers must sit at the same module names.
+    compressed : nn.Module
+        :func:`smoothcompress.compress` of ``reference``: its :class:`~smoothcompress.factorized.FactorizedConv2d`
+        (channel scheme) and :class:`~smoothcompress.factorized.FactorizedLinear` layers get new weights of the
+        same ranks, and biases (or BatchNorm running means, module docstring). Nothing else changes.
+    data : Dataset, Loader, iterable or Tensor
+        Calibration inputs, see :func:`smoothcompress.calibration.calibration_batches` (a Dataset gives training
+        images only).
+    images : int
+        Number of calibration inputs.
+    batch_size : int
+        Batch size for a Dataset or Tensor.
+    samples : int, optional
+        Input vectors per layer. Default ``max(MIN_SAMPLES, SAMPLES_PER_DIM * d)``.
+    seed : int
+        Which training images a Dataset gives and which positions are sampled: the result is deterministic.
+    damping : float
+        Relative ridge ``lam / mean(diag C')`` (module docstring), >= 0.
+
+    Returns
+    -------
+    Reconstruction
+        Per-layer errors before and after, the skipped layers and why, the order, the wall time.
+
+    Raises
+    ------
+    ValueError
+        Data that does not fit the models (one line naming the input shape), a ``compressed`` model without
+        factorized layers, or whose factorized layers do not match ``reference``'s layers.
+    """
+    start = time.perf_counter()
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    dense_modules, comp_modules = dict(reference.named_modules()), dict(compressed.named_modules())
+    factorized = {n: m for n, m in comp_modules.items() if isinstance(m, Factorized)}
+    if not factorized:
+        raise ValueError("the compressed model has no factorized layer to reconstruct; compress() it first")
+    for name, m in factorized.items():
+        dense = dense_modules.get(name)
+        if dense is None or isinstance(dense, Factorized):
+            raise ValueError(f"layer {name!r} of the compressed model has no dense counterpart in the reference model")
+        if tuple(layer_weight(dense).shape) != tuple(m.dense_weight().shape):
+            raise ValueError(
+                f"layer {name!r}: the reference's weight has shape {tuple(layer_weight(dense).shape)}, the compressed "
+                f"layer stands for {tuple(m.dense_weight().shape)}; pass the model that was compressed"
+            )
+    p = next(compressed.parameters())
+    batches = [x.to(p.device) for x in calibration_batches(data, images, batch_size, seed=seed, device=p.device)]
+    if not batches:
+        raise ValueError("the calibration data gave no inputs")
+    modes = {m: m.training for m in (*reference.modules(), *compressed.modules())}
+    reference.eval()
+    compressed.eval()
+    result = Reconstruction(images=sum(x.shape[0] for x in batches), damping=float(damping))
+    try:
+        with torch.no_grad():
+            try:
+                order, calls = _forward_order(compressed, batches[0][:2])
+            except (RuntimeError, ValueError, TypeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"calibration inputs of shape {tuple(batches[0].shape)} do not fit the model: {first}"
+                ) from e
+        bn_pairs, _ = trace_bn_pairs(reference)
+        for name in factorized:
+            if name not in calls:
+                result.skipped[name] = "not reached by the calibration inputs"
+            elif calls[name] > 1:
+                result.skipped[name] = f"called {calls[name]} times per forward pass"
+            elif isinstance(factorized[name], FactorizedConv2d) and factorized[name].scheme != "channel":
+                result.skipped[name] = f"scheme {factorized[name].scheme!r} (only 'channel' is reconstructed)"
+        todo = {n: dense_modules[n] for n in order if n not in result.skipped}
+        quotas = {
+            n: int(samples) if samples is not None else max(MIN_SAMPLES, SAMPLES_PER_DIM * input_dim(m))
+            for n, m in todo.items()
+        }
+        vectors = _dense_vectors(reference, todo, batches, quotas, seed)
+        for index, (name, dense) in enumerate(todo.items()):
+            layer = factorized[name]
+            mom = _accumulate(compressed, dense, layer, batches, vectors.pop(name), quotas[name], seed, index)
+            has_bias = layer.second.bias is not None
+            bn = comp_modules.get(bn_pairs[name]) if name in bn_pairs else None
+            centered = has_bias or bn is not None
+            _, offset, info = _solve(layer, dense, mom, centered, damping)
+            with torch.no_grad():
+                if has_bias:
+                    layer.second.bias.copy_(offset.to(layer.second.bias))
+                    info["bias"] = "layer"
+                elif bn is not None:
+                    bn.running_mean.sub_(offset.to(bn.running_mean))
+                    info["bias"] = f"batchnorm:{bn_pairs[name]}"
+                else:
+                    info["bias"] = "none"
+            result.layers[name] = info
+            result.order.append(name)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    result.seconds = time.perf_counter() - start
+    return result
