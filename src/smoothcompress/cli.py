@@ -145,10 +145,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(results: Path, out: Path) -> int:
+def _report(results: Path, out: Path, reference: Path | None = None) -> int:
     from smoothcompress.report import write_report
 
-    path = write_report(results, out)
+    path = write_report(results, out, reference)
     print((path.parent / "summary.md").read_text())
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(path.parent.glob('*.png')))}")
     return 0
@@ -160,7 +160,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(os.path.commonpath(folders)) / "report"
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)
-        code = _report(paths[0] if len(paths) == 1 else paths, out)
+        code = _report(paths[0] if len(paths) == 1 else paths, out, Path(args.reference) if args.reference else None)
     for w in caught:
         print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
     return code
@@ -303,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sweep folder (its shards merged), a results.jsonl file, or several results files of one sweep",
     )
     p.add_argument("-o", "--output", help="output folder (default: report/ in the folder holding the results)")
+    p.add_argument(
+        "--reference",
+        metavar="FOLDER",
+        help="a sweep of the same network trained small (e.g. the cifar10-cpu-small preset): a line on the plot "
+        "and a section comparing each compressed cell with it at equal parameters",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the embedded demo: a small CNN on 8x8 digits; no download, CPU only")

@@ -32,6 +32,7 @@ from smoothcompress.frontier import (
     select_weights,
 )
 from smoothcompress.plotstyle import COLORS
+from smoothcompress.references import against_references, reference_points, references_table
 from smoothcompress.results import load_results, missing_shards, shards_note
 from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
 from smoothcompress.targets import TARGETS, assess_targets, targets_table
@@ -46,6 +47,25 @@ __all__ = [
     "load_results",
     "missing_shards",
 ]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reference rows
+
+
+def _references(rows: list[dict], reference) -> list[dict]:
+    """The trained-small points of ``reference`` against the dense size of ``rows``' baseline (its median)."""
+    ref_rows, _ = load_results(reference)
+    for key in ("dataset_sha256", "split"):
+        mine, theirs = {r.get(key) for r in rows}, {r.get(key) for r in ref_rows}
+        if mine != theirs:
+            raise ValueError(
+                f"the reference rows have {key} {sorted(map(str, theirs))}, the results {sorted(map(str, mine))}; "
+                "give a reference sweep on the same data and split"
+            )
+    dense = sorted(r["params_dense"] for r in rows if r["reg"] == BASELINE and r.get("params_dense"))
+    dense = dense or sorted(r["params_dense"] for r in rows if r.get("params_dense"))
+    return reference_points(ref_rows, dense[len(dense) // 2])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,8 +88,9 @@ def _style(g: Setting) -> str:
 PANELS_PER_ROW = 4
 
 
-def plot_accuracy(summary: list[dict], path: Path) -> Path:
-    """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed."""
+def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None = None) -> Path:
+    """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed; the
+    network trained small (:func:`smoothcompress.references.reference_points`), when given, dotted grey."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     colors, multi = _colors(groups), _multi(groups)
@@ -93,6 +114,12 @@ def plot_accuracy(summary: list[dict], path: Path) -> Path:
             ax.errorbar(
                 x, y, yerr=e if any(e) else None, color=colors[g], marker="o", ms=3.5, capsize=2, lw=1.4,
                 ls=_style(g), label=g.name(multi),
+            )  # fmt: skip
+        if references:
+            ax.errorbar(
+                [100 * p["rate"] for p in references], [100 * p["acc"] for p in references],
+                yerr=[100 * p["std"] for p in references], color="grey", marker="s", ms=3.5, capsize=2, lw=1.2,
+                ls=":", label="trained small",
             )  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("parameters removed (%)")
@@ -187,24 +214,32 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+def write_report(
+    results: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    reference: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+) -> Path:
     """Write ``report.md``, ``summary.md`` and the PNG plots of a sweep into ``out_dir``; return report.md.
 
     ``results`` is what :func:`load_results` reads: a sweep folder (its shards merged), a results file, or
     several. When some penalty was trained at more than one weight, the report has a frontier section (table
     and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`); with
     baseline and penalised low-rank rows at the target rates, a targets section (:func:`assess_targets`).
+    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.references`), read the same
+    way: its dense rows become a line on the accuracy plot and a section comparing every compressed cell with it
+    at equal parameters. It must be on the same dataset and split.
     """
     rows, spectra = load_results(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
+    references = _references(rows, reference) if reference is not None else None
     table = summary_table(summary)
     (out / "summary.md").write_text(table + "\n")
     entries = frontier(rows)
     has_frontier = _has_frontier(entries)
     plots = {
-        "Accuracy against parameter reduction": plot_accuracy(summary, out / "accuracy.png"),
+        "Accuracy against parameter reduction": plot_accuracy(summary, out / "accuracy.png", references),
         "The λ frontier": plot_frontier(entries, out / "frontier.png") if has_frontier else None,
         "Singular-value spectra": plot_spectra(spectra, out / "spectra.png"),
         "Weight smoothness": plot_weights(spectra, out / "weights.png"),
@@ -241,6 +276,19 @@ def write_report(results: str | os.PathLike | Sequence[str | os.PathLike], out_d
         md += ["Cells out of reach (shown as —):", ""]
         md += [f"- {name}, {lab} at {100 * rate:.0f}%: {e}" for name, lab, rate, e in errors]
         md.append("")
+    if references:
+        comparisons = against_references(summary, references)
+        md += [
+            "## Against the network trained small",
+            "",
+            "The same architecture trained from scratch at smaller widths with the same schedule (no penalty), its "
+            "parameters counted against this sweep's dense model. Below, each compressed cell's accuracy minus the "
+            "trained-small accuracy at the cell's achieved rate (linear between the reference points; cells outside "
+            "their range are left out), in points: positive means compression beats training small.",
+            "",
+            references_table(references, comparisons, _multi(s["group"] for s in summary)),
+            "",
+        ]
     if has_frontier:
         labels = sorted({e["data_label"] for e in entries if e["data_label"]})
         data = f"; data-aware SVD: per row the best of {', '.join(labels)} at {_pcts(SELECT_RATES)}" if labels else ""
