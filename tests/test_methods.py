@@ -262,3 +262,15 @@ def test_a_plain_dict_on_a_model_is_read_as_a_record(cnn):
     model.sc_compression = dict(FLAT)
     assert methods.compression_record(model) == CompressionRecord.from_dict(FLAT)
     assert methods.compression_record(cnn) is None
+
+
+def test_the_record_names_what_was_done(cnn):
+    """compress with a calibration is svd-data; the report's footer names the registered method that ran."""
+    x = torch.randn(64, 1, 8, 8)
+    whitened = sc.compress(cnn, RATE, calibration=sc.calibrate(cnn, x, images=64))
+    assert whitened.sc_compression.method == "svd-data"
+    assert sc.compress(cnn, RATE).sc_compression.method == "svd"
+    small = sc.get_method("svd+bn").apply(cnn, RATE, data=x, images=64)
+    table = str(sc.get_method("svd+bn").report(cnn, small, (1, 1, 8, 8)))
+    footer = [line for line in table.splitlines() if "removed" in line]
+    assert footer and "svd+bn-global-channel" in footer[0]

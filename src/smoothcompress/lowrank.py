@@ -187,7 +187,7 @@ def compress(
     if plan.bn_note:
         warnings.warn(plan.bn_note, stacklevel=2)
     record = CompressionRecord(
-        method="svd",
+        method="svd" if calibration is None else "svd-data",  # what was done: whitened truncation with a calibration
         options={
             "allocation": allocation,
             "scheme": scheme,
@@ -252,8 +252,7 @@ def compress_report(
     if latency and input_shape is None:
         raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32)")
     record = compression_record(compressed)
-    options = record.options if record else {}
-    label = f"svd allocation={options.get('allocation')} scheme={options.get('scheme')}" if record else ""
+    label = record.label if record else ""  # the registered method that ran, e.g. "svd+bn-global-channel"
     rep = layer_report(model, compressed, input_shape, notes=record.notes if record else None, method=label)
     rep.extra = record.to_dict() if record else {}
     if latency:
