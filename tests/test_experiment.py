@@ -11,6 +11,7 @@ import pytest
 import smoothcompress as sc
 from smoothcompress.experiment import PRESETS_DIR, SweepConfig, resolve_config, sweep
 from smoothcompress.files import read_jsonl
+from smoothcompress.training import read_toml
 
 TINY = {
     "out": "unused",
@@ -221,3 +222,11 @@ def test_the_lock_of_a_killed_sweep_is_taken_over(swept):
     lock.write_text(f"{dead.pid}@{socket.gethostname()}")
     rows = read_jsonl(sweep(SweepConfig.from_dict(TINY, out=swept.parent)))  # all cells done: nothing retrained
     assert rows and not lock.exists()
+
+
+def test_paper_presets_differ_only_in_device_precision_and_epochs():
+    gpu, cpu = read_toml(resolve_config("cifar10-paper")), read_toml(resolve_config("cifar10-paper-cpu"))
+    for key in ("grid", "compress"):
+        assert gpu[key] == cpu[key]
+    differ = {k for k in gpu["train"].keys() | cpu["train"].keys() if gpu["train"].get(k) != cpu["train"].get(k)}
+    assert differ <= {"device", "bf16", "epochs"}
