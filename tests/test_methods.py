@@ -86,14 +86,17 @@ def test_labels_of_rows_are_unchanged():
     assert [sc.get_method(n).label for n in data_free] == ["svd-global-channel", *data_free[1:]]
     assert sc.get_method("svd", allocation="uniform", scheme="spatial").label == "svd-uniform-spatial"
     assert sc.get_method("svd", bn_aware=True, rank_multiple=16).label == "svd-global-channel-bn-x16"
-    assert sc.list_methods("low-rank") == ("svd", "svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn")
+    assert sc.list_methods("low-rank") == (
+        "svd", "svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq",
+    )  # fmt: skip
     assert sc.list_methods("pruning") == ("magnitude", "magnitude-layerwise", "filter", "magnitude+bn", "filter+bn")
     assert sc.get_method("svd-data+bn").label == "svd-data+bn-global-channel"
 
 
 def test_which_methods_use_data():
     uses = {n for n in METHODS if sc.get_method(n).uses_data()}
-    assert uses == {"svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "magnitude+bn", "filter+bn"}
+    low_rank = {"svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq"}
+    assert uses == low_rank | {"magnitude+bn", "filter+bn"}
     with pytest.raises(ValueError, match="needs calibration data") as e:
         sc.get_method("svd-data").apply(sc.create_model("cnn", width=16), RATE)
     assert "\n" not in str(e.value)

@@ -10,7 +10,8 @@ and leaves ``model`` alone), names its results rows (``method.label``) and build
     ``allocation``, ``scheme``, ``bn_aware``, ``rank_multiple``; label ``"svd-<allocation>-<scheme>"``.
 ``"magnitude"``, ``"magnitude-layerwise"``, ``"filter"``
     The pruning baselines (:func:`smoothcompress.prune`); no options; the label is the name.
-``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"svd-seq"``, ``"svd-seq+bn"``, ``"magnitude+bn"``, ``"filter+bn"``
+``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"svd-seq"``, ``"svd-seq+bn"``, ``"svd-data-seq"``,
+``"magnitude+bn"``, ``"filter+bn"``
     The same, using calibration data (training images, forward passes only, never a gradient step): ``-data``
     truncates each layer in the metric of its inputs (:func:`smoothcompress.calibrate`), ``-seq`` re-solves the
     factorized layers in forward order against the dense model's outputs (:func:`smoothcompress.reconstruct`),
@@ -31,7 +32,7 @@ runs every registered method through apply, rate and save/load.
 >>> sc.get_method("svd", scheme="spatial").label
 'svd-global-spatial'
 >>> sc.list_methods("low-rank")
-('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn')
+('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn', 'svd-data-seq')
 """
 
 from __future__ import annotations
@@ -544,6 +545,17 @@ class SVDSequentialRecalibrated(SVD):
     name: ClassVar[str] = "svd-seq+bn"
     reconstructs: ClassVar[bool] = True
     recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class SVDDataSequential(SVD):
+    """Whitened SVD (``svd-data``: ranks allocated by output error on the dense model's inputs), then every
+    factorized layer re-solved in forward order (``-seq``)."""
+
+    name: ClassVar[str] = "svd-data-seq"
+    data_aware: ClassVar[bool] = True
+    reconstructs: ClassVar[bool] = True
 
 
 @register_method
