@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
+from smoothcompress.layers import LinearSpec
 
 # Small widths keep every case well under a second; rates are then honoured to channel granularity.
 SMALL = {"resnet18": 4, "resnet20": 4, "resnet56": 2, "vgg16_bn": 4, "cnn": 16, "mlp": 64}
@@ -187,6 +188,53 @@ def test_global_magnitude_removes_the_smallest_weights():
     # BatchNorm and biases are never zeroed.
     bn = [m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.count_nonzero(m.weight) == m.weight.numel() for m in bn)
+
+
+class TransposedProj(nn.Module):
+    """A Linear-like layer declared by class attribute, weight stored (in, out) under another name."""
+
+    sc_linear = LinearSpec(transposed=True, weight="w", bias=None)
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def tied_lm(seed: int = 0) -> nn.Module:
+    """Embedding -> Linear-like -> Linear -> head tied to the embedding, GPT-2 style."""
+    torch.manual_seed(seed)
+    emb, head = nn.Embedding(40, 16), nn.Linear(16, 40, bias=False)
+    head.weight = emb.weight
+    return nn.Sequential(emb, TransposedProj(16, 32), nn.ReLU(), nn.Linear(32, 16), head)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-layerwise"])
+def test_magnitude_prunes_linear_like_layers_and_skips_tied_weights(method):
+    model = tied_lm()
+    pruned = sc.prune(model, 0.3, method=method)
+    record = pruned.sc_compression
+    assert torch.equal(pruned[0].weight, model[0].weight) and pruned[4].weight is pruned[0].weight
+    assert (pruned[1].w == 0).any() and (pruned[3].weight == 0).any()
+    zeroed = int((pruned[1].w == 0).sum() + (pruned[3].weight == 0).sum())
+    assert zeroed == record.params_before - record.params_after
+    assert record.rate_achieved == pytest.approx(0.3, abs=0.01)
+    assert set(record.notes) == {"0", "4"}
+    assert record.notes["4"] == "skipped: weight tied to 0 (zeroing it would prune that module too)"
+    assert record.notes["0"].startswith("skipped: embedding table")
+    pruned(torch.tensor([[1, 2, 3]]))  # no masks or hooks left on the renamed weight
+    assert [n for n, _ in pruned.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-layerwise"])
+def test_magnitude_rate_beyond_the_untied_weights_is_refused(method):
+    model = tied_lm()
+    reachable = sc.max_prune_rate(model, method)
+    assert reachable == pytest.approx((16 * 32 + 32 * 16) / sc.count_params(model))
+    with pytest.raises(ValueError, match=f"largest reachable rate is {reachable:.4f}"):
+        sc.prune(model, reachable + 0.05, method=method)
 
 
 def test_layerwise_magnitude_prunes_each_layer_alike():

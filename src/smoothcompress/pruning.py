@@ -4,11 +4,16 @@ Three methods, all without fine-tuning:
 
 ``"magnitude"``
     Global unstructured magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1 importance) of
-    every Conv and Linear weight: the entries of smallest ``|w|`` across the whole network are set to zero. The
-    pruning is made permanent with ``torch.nn.utils.prune.remove``: no masks, no hooks, plain dense tensors with
-    zeros. The model keeps its shape; its size is the number of **non-zero** parameters.
+    every Conv, Linear and Linear-like weight (:mod:`smoothcompress.layers`, e.g. GPT-2's ``Conv1D``): the
+    entries of smallest ``|w|`` across the whole network are set to zero. The pruning is made permanent with
+    ``torch.nn.utils.prune.remove``: no masks, no hooks, plain dense tensors with zeros. The model keeps its
+    shape; its size is the number of **non-zero** parameters. The weight layers are those
+    :func:`smoothcompress.compress` sees (:func:`smoothcompress.layers.is_weight_layer`); left alone, and named
+    with the reason in the record's ``notes``, are embedding tables and other layer types, and layers whose
+    weight another module also owns (:func:`smoothcompress.layers.tied_weights`: GPT-2's ``lm_head``, tied to the
+    embedding ``transformer.wte``, which zeroing it would prune too).
 ``"magnitude-layerwise"``
-    The same, with the same fraction ``s`` of entries zeroed in each Conv and Linear weight
+    The same, with the same fraction ``s`` of entries zeroed in each of those weights
     (``torch.nn.utils.prune.l1_unstructured`` per layer).
 ``"filter"``
     Structured L1-norm filter pruning (Li et al., ICLR 2017) that physically removes channels. Torch-Pruning's
@@ -55,6 +60,7 @@ from smoothcompress.accounting import (
     example_input,
     layer_report,
 )
+from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
 from smoothcompress.models import ARCH_ATTR, model_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
@@ -93,8 +99,9 @@ def prune(
         Layers to leave untouched: dotted names, ``fnmatch`` patterns (``"layers.0.*"``), containers
         (``"layers.0"``: every layer inside), module classes (``nn.Linear``) or ``"<first>"``/``"<last>"``, as
         defined in :mod:`smoothcompress.selection`. For ``"filter"`` an excluded layer keeps its output channels
-        (its input channels still follow the layer before it). Each entry must match at least one Conv/Linear
-        layer.
+        (its input channels still follow the layer before it). Each entry must match at least one layer: a
+        Conv/Linear layer for ``"filter"``, a weight layer (:func:`smoothcompress.layers.is_weight_layer`) for the
+        magnitude methods.
     input_shape : sequence of int, optional
         Shape of an example input, batch included, e.g. ``(1, 3, 32, 32)``; ``"filter"`` traces the network with
         it. Defaults to the registry shape of a model built by :func:`smoothcompress.create_model`.
@@ -105,7 +112,8 @@ def prune(
         The pruned copy, in the same train/eval mode as ``model``. Magnitude methods keep every shape and
         zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers. The copy carries a
         :class:`~smoothcompress.methods.CompressionRecord` as ``sc_compression``, which
-        :func:`smoothcompress.save` writes.
+        :func:`smoothcompress.save` writes; for the magnitude methods its ``notes`` name every weight layer left
+        alone and why (``{"lm_head": "skipped: weight tied to transformer.wte (...)"}``).
 
     Raises
     ------
@@ -121,19 +129,22 @@ def prune(
     out = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     if rate == 0.0:
         return _recorded(model, out, method, rate)
-    layers = _prunable_layers(out, exclude)
     if method == "filter":
+        layers = _prunable_layers(out, exclude)
         return _recorded(model, _prune_filters(out, rate, layers, _example_input(model, input_shape)), method, rate)
+    layers, notes = _magnitude_layers(out, exclude)
     if method == "magnitude":
         _prune_magnitude_global(out, rate, layers)
     else:
         _prune_magnitude_layerwise(out, rate, layers)
-    return _recorded(model, out, method, rate)
+    return _recorded(model, out, method, rate, notes)
 
 
-def _recorded(model: nn.Module, pruned: nn.Module, method: str, rate: float) -> nn.Module:
+def _recorded(
+    model: nn.Module, pruned: nn.Module, method: str, rate: float, notes: dict[str, str] | None = None
+) -> nn.Module:
     """``pruned`` with its :class:`~smoothcompress.methods.CompressionRecord` set as ``sc_compression``."""
-    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate))
+    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate, notes))
     return pruned
 
 
@@ -175,11 +186,12 @@ def max_prune_rate(
     model = unwrap(model)
     method = _check_method(method)
     work = copy.deepcopy(model)
-    layers = _prunable_layers(work, exclude)
     total = count_params(work)
     if method == "filter":
+        layers = _prunable_layers(work, exclude)
         return 1.0 - _FilterPlan(work, layers, _example_input(model, input_shape)).params(0) / total if total else 0.0
-    floor = count_params(work, nonzero=True) - sum(int(torch.count_nonzero(m.weight.detach())) for m in layers.values())
+    layers, _ = _magnitude_layers(work, exclude)
+    floor = count_params(work, nonzero=True) - sum(_nonzero(layer_weight(m)) for m in layers.values())
     return 1.0 - floor / total if total else 0.0
 
 
@@ -206,8 +218,35 @@ def _unreachable(rate: float, reachable: float, method: str, what: str) -> RateU
 
 
 def _prunable_layers(model: nn.Module, exclude: Entries) -> dict[str, nn.Module]:
-    """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``."""
+    """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``: the filter pruning roots."""
     return select_layers(model, exclude=exclude, types=_ROOTS).chosen
+
+
+def _magnitude_layers(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The weight layers the magnitude methods zero, by name, and a note on every other weight layer.
+
+    Chosen: Conv, ``nn.Linear`` and Linear-like layers whose weight no other module path owns, minus ``exclude``.
+    Notes: ``{name: "skipped: <why>"}`` for the other weight layers (:func:`~smoothcompress.layers.is_weight_layer`).
+    """
+    tied = tied_weights(model)
+
+    def ineligible(name: str, m: nn.Module) -> str | None:
+        if not (isinstance(m, _ROOTS) or is_linear_like(m)):
+            if isinstance(m, nn.Embedding):
+                return "embedding table (magnitude pruning zeroes Conv, Linear and Linear-like weights)"
+            return f"unsupported layer type {type(m).__name__}"
+        if name in tied:
+            return f"weight tied to {tied[name][0]} (zeroing it would prune that module too)"
+        return None
+
+    sel = select_layers(model, exclude=exclude, types=is_weight_layer, ineligible=ineligible)
+    return sel.chosen, {name: f"skipped: {why}" for name, why in sel.skipped.items()}
+
+
+def _weight_name(m: nn.Module) -> str:
+    """Name of the weight parameter of a Conv, Linear or Linear-like layer."""
+    spec = linear_spec(m)
+    return spec.weight if spec is not None else "weight"
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch.Tensor:
@@ -238,10 +277,10 @@ def _zeros_to_add(model: nn.Module, rate: float, layers: dict[str, nn.Module], m
     total = count_params(model)
     target = round((1.0 - rate) * total)  # non-zeros to keep
     nonzero = count_params(model, nonzero=True)
-    prunable = sum(_nonzero(m.weight) for m in layers.values())
+    prunable = sum(_nonzero(layer_weight(m)) for m in layers.values())
     if nonzero - prunable > target:
         reachable = 1.0 - (nonzero - prunable) / total
-        raise _unreachable(rate, reachable, method, "every prunable Conv/Linear weight set to zero")
+        raise _unreachable(rate, reachable, method, "every prunable Conv/Linear/Linear-like weight set to zero")
     return max(0, nonzero - target)
 
 
@@ -254,7 +293,7 @@ def _permanent(layers: Iterable[nn.Module]):
     yield
     for m, order in zip(layers, orders, strict=True):
         if torch_prune.is_pruned(m):
-            torch_prune.remove(m, "weight")
+            torch_prune.remove(m, _weight_name(m))
             m._parameters = {n: m._parameters[n] for n in order}
 
 
@@ -264,10 +303,12 @@ def _prune_magnitude_global(model: nn.Module, rate: float, layers: dict[str, nn.
     if extra == 0:
         return
     # Existing zeros are the smallest magnitudes, so they are picked first; ask for them plus ``extra``.
-    zeros = sum(m.weight.numel() - _nonzero(m.weight) for m in layers.values())
+    zeros = sum(layer_weight(m).numel() - _nonzero(layer_weight(m)) for m in layers.values())
     with _permanent(layers.values()):
         torch_prune.global_unstructured(
-            [(m, "weight") for m in layers.values()], pruning_method=torch_prune.L1Unstructured, amount=zeros + extra
+            [(m, _weight_name(m)) for m in layers.values()],
+            pruning_method=torch_prune.L1Unstructured,
+            amount=zeros + extra,
         )
 
 
@@ -276,7 +317,7 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
     extra = _zeros_to_add(model, rate, layers, "magnitude-layerwise")
     if extra == 0:
         return
-    sizes = [(m.weight.numel(), _nonzero(m.weight)) for m in layers.values()]
+    sizes = [(layer_weight(m).numel(), _nonzero(layer_weight(m))) for m in layers.values()]
     before = sum(nz for _, nz in sizes)
 
     def removed(s: float) -> int:  # non-zeros removed when a fraction s of every layer's entries is zeroed
@@ -287,7 +328,7 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
     with _permanent(layers.values()):
         for m, (n, _) in zip(layers.values(), sizes, strict=True):
             if round(s * n):
-                torch_prune.l1_unstructured(m, "weight", amount=round(s * n))
+                torch_prune.l1_unstructured(m, _weight_name(m), amount=round(s * n))
 
 
 # ---------------------------------------------------------------------------------------------------------
