@@ -306,6 +306,58 @@ def test_filter_with_depthwise_and_grouped_convs():
     assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 5)
 
 
+class GroupNormNet(nn.Module):
+    """conv -> GroupNorm(4) -> conv -> GroupNorm(6), the second added back to the first (one channel group of 48
+    channels through both norms: units of lcm(4, 6) = 12), then a 64-channel conv -> GroupNorm(8) -> classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(3, 48, 3, padding=1), nn.GroupNorm(4, 48)
+        self.conv2, self.norm2 = nn.Conv2d(48, 48, 3, padding=1), nn.GroupNorm(6, 48)
+        self.conv3, self.norm3 = nn.Conv2d(48, 64, 3, padding=1), nn.GroupNorm(8, 64)
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.norm1(self.conv1(x)))
+        x = x + torch.relu(self.norm2(self.conv2(x)))
+        x = torch.relu(self.norm3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Which rows of ``before`` (output channels of a weight or bias) survive in ``after`` (matched exactly)."""
+    flat = before.flatten(1)
+    return [int((flat == row).all(1).nonzero()[0]) for row in after.flatten(1)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(rate=st.floats(0.05, 0.9), seed=st.integers(0, 3))
+def test_filter_pruning_keeps_group_norm_groups_whole(rate, seed):
+    torch.manual_seed(seed)
+    model = GroupNormNet().eval()
+    reachable = sc.max_prune_rate(model, "filter", input_shape=(1, 3, 8, 8))
+    pruned = sc.prune(model, min(rate, reachable), method="filter", input_shape=(1, 3, 8, 8))
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+    for old, new in ((model.norm1, pruned.norm1), (model.norm2, pruned.norm2), (model.norm3, pruned.norm3)):
+        assert new.num_groups == old.num_groups and new.num_channels % new.num_groups == 0
+    assert pruned.norm1.num_channels % 12 == 0 and pruned.norm1.num_channels == pruned.norm2.num_channels
+    for conv, norm in (("conv1", "norm1"), ("conv3", "norm3")):  # each norm group keeps its own channels
+        kept = _kept_rows(getattr(model, conv).bias[:, None], getattr(pruned, conv).bias[:, None])
+        old_size = getattr(model, norm).num_channels // getattr(model, norm).num_groups
+        new_size = getattr(pruned, norm).num_channels // getattr(pruned, norm).num_groups
+        assert kept == sorted(kept) and [k // old_size for k in kept] == [i // new_size for i in range(len(kept))]
+    assert pruned.sc_compression.params_after == sc.count_params(pruned)
+
+
+def test_filter_pruning_with_group_norm_drops_the_least_important_channels_of_each_norm_group():
+    model = nn.Sequential(nn.Conv2d(2, 8, 1, bias=False), nn.GroupNorm(2, 8), nn.Conv2d(8, 3, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 9, 2, 8, 7, 3, 6, 4]).view(8, 1, 1, 1).expand(8, 2, 1, 1))
+        model[2].weight.fill_(1.0)
+    pruned = sc.prune(model, 0.4, method="filter", input_shape=(1, 2, 4, 4))
+    assert _kept_rows(model[0].weight, pruned[0].weight) == [1, 3, 4, 6]  # 9, 8 of the first group; 7, 6 of the next
+
+
 def test_filter_report_table():
     model, pruned = pruned_small("resnet20", "filter", 0.5)
     report = sc.prune_report(model, pruned, "filter", input_shape=(1, 3, 32, 32))

@@ -21,15 +21,20 @@ Three methods, all without fine-tuning:
     next layers' input channels, and every layer tied to it by a residual addition), so the network stays
     consistent. A channel's importance is the L1 norm of its weights averaged over its group
     (``tp.importance.MagnitudeImportance(p=1)``). Every group keeps the same fraction of its channels (at least
-    one), and the fraction is found by bisection so that the parameter count lands on the request. The
+    one), and the fraction is found by bisection so that the parameter count lands on the request. A group whose
+    channels pass through ``nn.GroupNorm`` layers keeps a multiple of their ``num_groups`` (the least common
+    multiple when several), at least one channel per norm group, and every norm group drops the same number of its
+    own least important channels: the norm groups keep their members and ``num_groups`` still divides the
+    channels. The
     classifier (the last Conv/Linear run by the forward pass) keeps its outputs. Depthwise convs are pruned
     together with the channels they carry; other grouped convs, whose channels would have to shrink group by
     group, are left alone along with the channels tied to them.
 
 ``rate`` means what it means in :func:`smoothcompress.compress`: the fraction of **all** parameters removed,
 BatchNorm and biases included. The magnitude methods hit it to the parameter (up to per-layer rounding for
-``"magnitude-layerwise"``), filter pruning to channel granularity: within 2 points unless one channel of the
-widest group holds more than about 4% of the parameters, which happens only in toy-sized models.
+``"magnitude-layerwise"``), filter pruning to channel granularity (to ``num_groups`` channels in a group
+through a GroupNorm): within 2 points unless one such step of the widest group holds more than about 4% of the
+parameters, which happens only in toy-sized models.
 
 Example
 -------
@@ -44,6 +49,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -347,6 +353,11 @@ class _FilterPlan:
     smallest model, ``t = len(order)`` the unpruned one, and consecutive prefixes differ by one channel of one
     group, so the parameter count grows with ``t`` in steps of one channel.
 
+    Groups whose channels pass through ``nn.GroupNorm`` layers move in *units* of ``u`` channels (``u`` the least
+    common multiple of their ``num_groups``, 1 without GroupNorm): the channels split into ``u`` consecutive blocks,
+    one unit is the least important remaining channel of each block, and an entry ``(g, j)`` then means "group
+    ``g`` keeps ``j`` units". Channel counts in :meth:`keep` are ``u`` times the units.
+
     The parameter count of a prefix is predicted without pruning: while planning, each group gives up one channel
     on a scratch copy, which shows by how much every parameter dimension shrinks per channel of that group.
     :meth:`build` prunes for real.
@@ -370,11 +381,13 @@ class _FilterPlan:
         with _traceable(scratch):
             dg, groups = self._groups(scratch)
             importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="mean")
-            # Channels of each group, least important first.
-            self.ranking = {root: torch.argsort(importance(g).cpu(), stable=True) for root, g in groups.items()}
+            self.unit = {root: _norm_groups(g) for root, g in groups.items()}
+            # Channels of each group, least important first, one unit after the other.
+            self.ranking = {root: _unit_ranking(importance(g).cpu(), self.unit[root]) for root, g in groups.items()}
             self.sizes = {root: len(r) for root, r in self.ranking.items()}
             self.shrink = self._shrink_per_channel(scratch, dg, groups)
-        self.order = sorted((j / n, i, root) for i, (root, n) in enumerate(self.sizes.items()) for j in range(2, n + 1))
+        units = {root: n // self.unit[root] for root, n in self.sizes.items()}
+        self.order = sorted((j / n, i, root) for i, (root, n) in enumerate(units.items()) for j in range(2, n + 1))
         self.exact = False  # count parameters by pruning copies instead of predicting them
         self._measured: dict[int, int] = {}
 
@@ -406,9 +419,9 @@ class _FilterPlan:
 
     def keep(self, t: int) -> dict[str, int]:
         """Channels kept per group at prefix ``t``."""
-        kept = dict.fromkeys(self.sizes, 1)
+        kept = dict(self.unit)
         for _, _, root in self.order[:t]:
-            kept[root] += 1
+            kept[root] += self.unit[root]
         return kept
 
     def predicted(self, t: int) -> int:
@@ -452,6 +465,21 @@ class _FilterPlan:
         if lo > 0 and abs(self.params(lo - 1) - target) <= abs(self.params(lo) - target):
             lo -= 1
         return lo
+
+
+def _norm_groups(group: tp.dependency.Group) -> int:
+    """Least common multiple of the ``num_groups`` of the ``nn.GroupNorm`` layers in ``group`` (1 if none)."""
+    norms = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.GroupNorm)]
+    return math.lcm(1, *(m.num_groups for m in norms))
+
+
+def _unit_ranking(importance: torch.Tensor, unit: int) -> torch.Tensor:
+    """Channel indices, least important first, ordered so that every prefix of ``k * unit`` entries holds the ``k``
+    least important channels of each of the ``unit`` consecutive blocks of channels (``unit`` divides the count)."""
+    blocks = importance.view(unit, -1)
+    within = torch.argsort(blocks, dim=1, stable=True)  # (unit, block size): ranks inside each block
+    offsets = torch.arange(unit).unsqueeze(1) * blocks.shape[1]
+    return (within + offsets).T.reshape(-1)
 
 
 def _is_grouped_conv(m: nn.Module) -> bool:
