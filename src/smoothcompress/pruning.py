@@ -58,6 +58,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from smoothcompress.accounting import (
+    RESHAPED,
     LayerTable,
     RateUnreachable,
     bisect_boundary,
@@ -65,6 +66,7 @@ from smoothcompress.accounting import (
     count_params,
     example_input,
     layer_report,
+    reshaped_modules,
 )
 from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
@@ -119,7 +121,9 @@ def prune(
         zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers. The copy carries a
         :class:`~smoothcompress.methods.CompressionRecord` as ``sc_compression``, which
         :func:`smoothcompress.save` writes; for the magnitude methods its ``notes`` name every weight layer left
-        alone and why (``{"lm_head": "skipped: weight tied to transformer.wte (...)"}``).
+        alone and why (``{"lm_head": "skipped: weight tied to transformer.wte (...)"}``); for ``"filter"`` its
+        ``details["reshaped"]`` lists the modules whose tensors changed shape
+        (:data:`smoothcompress.accounting.RESHAPED`).
 
     Raises
     ------
@@ -137,7 +141,8 @@ def prune(
         return _recorded(model, out, method, rate)
     if method == "filter":
         layers = _prunable_layers(out, exclude)
-        return _recorded(model, _prune_filters(out, rate, layers, _example_input(model, input_shape)), method, rate)
+        pruned = _prune_filters(out, rate, layers, _example_input(model, input_shape))
+        return _recorded(model, pruned, method, rate, details={RESHAPED: reshaped_modules(model, pruned)})
     layers, notes = _magnitude_layers(out, exclude)
     if method == "magnitude":
         _prune_magnitude_global(out, rate, layers)
@@ -147,10 +152,15 @@ def prune(
 
 
 def _recorded(
-    model: nn.Module, pruned: nn.Module, method: str, rate: float, notes: dict[str, str] | None = None
+    model: nn.Module,
+    pruned: nn.Module,
+    method: str,
+    rate: float,
+    notes: dict[str, str] | None = None,
+    details: dict | None = None,
 ) -> nn.Module:
     """``pruned`` with its :class:`~smoothcompress.methods.CompressionRecord` set as ``sc_compression``."""
-    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate, notes))
+    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate, notes, details))
     return pruned
 
 
