@@ -1,5 +1,7 @@
 """The command line: every subcommand parses and calls the API; user errors are one line, exit status 2."""
 
+import logging
+import re
 import subprocess
 import sys
 
@@ -142,6 +144,29 @@ def test_loaded_model_runs(trained):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_train_prints_a_line_per_epoch_without_a_terminal(tmp_path):
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "2", "--reg", "first",
+            "--weight", "0.01", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "smoothcompress", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("test accuracy"), proc.stdout
+    for epoch, line in enumerate(lines[:2], 1):
+        assert re.fullmatch(rf"epoch {epoch}/2  loss \S+  train_acc \S+  test_acc \S+  penalty \S+  \d+ img/s", line)
+    assert proc.stderr == ""  # no progress bar without a terminal
+
+
+def test_the_library_stays_quiet_and_main_restores_logging(tmp_path, capsys):
+    logger = logging.getLogger("smoothcompress")
+    before = (list(logger.handlers), logger.level)
+    sc.training.run(sc.TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, device="cpu", out=str(tmp_path)))
+    assert capsys.readouterr() == ("", "")
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.startswith("epoch 1/1  loss ")
+    assert (list(logger.handlers), logger.level) == before
+
+
 def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
     cfg = tmp_path / "s.toml"
     cfg.write_text(
@@ -149,6 +174,7 @@ def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
         '[compress]\nrates = [0.5]\nmethods = [{ method = "svd" }]\n'
     )
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "sw")]) == 0
+    assert re.search(r"^epoch 1/1  loss ", capsys.readouterr().out, re.MULTILINE)  # a line per epoch, no terminal
     assert main(["report", str(tmp_path / "sw")]) == 0
     assert (tmp_path / "sw" / "report" / "report.md").exists()
     assert "| baseline | svd-global-channel | 1 |" in capsys.readouterr().out

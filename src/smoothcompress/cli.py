@@ -5,12 +5,18 @@ It only parses arguments and calls the public Python API; every command has a on
 takes any registered method of the command's family, and every option a method declares is a flag.
 User errors (missing data, corrupt files, impossible rates, diverged training) print one line and exit with
 status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
+
+The library only logs (``logging``, logger ``smoothcompress``); the command line decides what is shown. Commands
+that train (``train``, ``sweep``, ``demo``) print the trainer's line per epoch on stdout when stdout is not a
+terminal (a log file, a pipe, a batch job), where the progress bar, which needs a terminal, shows nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -25,6 +31,7 @@ from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
 
 USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError)
+TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose epoch lines are log records
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -311,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def epoch_lines(command: str):
+    """Context: the ``smoothcompress`` logger's INFO records (the trainer's line per epoch) printed on stdout while
+    a training command runs, when stdout is not a terminal and this process is rank 0 (or not under torchrun)."""
+    logger = logging.getLogger("smoothcompress")
+    if command not in TRAINING_COMMANDS or sys.stdout.isatty() or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -318,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with epoch_lines(args.command):
+            return args.func(args)
     except USER_ERRORS as e:
         if os.environ.get("SMOOTHCOMPRESS_DEBUG"):
             raise
