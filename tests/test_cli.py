@@ -43,6 +43,20 @@ def test_compress_prints_table_accuracy_and_saves(trained, tmp_path, capsys):
     assert sc.count_params(small) <= 0.51 * sc.count_params(sc.load(trained / "model.safetensors"))
 
 
+def test_compress_without_output_says_nothing_was_saved(trained, capsys):
+    assert main(["compress", str(trained / "model.safetensors"), "--rate", "0.5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "nothing saved: pass -o FILE.safetensors to write the result"
+
+
+def test_a_missing_data_file_is_not_downloaded(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(sc.DataError, match=r"pets\.tar\.gz: no such file"):
+        sc.training.load_dataset_for(sc.TrainConfig(dataset="cifar10", data="pets.tar.gz"))
+
+
 @pytest.mark.parametrize("method", ["magnitude", "filter"])
 def test_prune_prints_the_same_table(trained, tmp_path, capsys, method):
     out = tmp_path / f"{method}.safetensors"
@@ -123,13 +137,19 @@ def test_train_config_file_and_flag_override(tmp_path):
         (["compress", "{model}", "--calibrate", "64", *DIGITS], "--calibrate applies to the methods that use data"),
         (["sweep", "no-such-preset"], "preset name"),
         (["train", "--config", "{model}"], "TOML"),
+        (["evaluate", "{model}", "--dataset", "digits", "--data", "{model}"], "--dataset digits is bundled"),
+        (["train", "--dataset", "digits", "--data", "{tmp}", "--out", "{tmp}/run"], "--dataset digits is bundled"),
+        (["evaluate", "{model}", "--dataset", "pets.tar.gz", "--data", "other.tar.gz"], "both name the data"),
+        (["evaluate", "{model}", "--data", "no-such-dir/pets.tar.gz"], "no-such-dir/pets.tar.gz: no such file"),
+        (["export", "{model}", "-o", "{tmp}/m.onnx", "--input-shape", "1", "3", "8", "8"], "does not fit the model"),
     ],
 )
-def test_user_errors_are_one_line_with_status_2(trained, capsys, argv, message):
-    argv = [a.replace("{model}", str(trained / "model.safetensors")) for a in argv]
+def test_user_errors_are_one_line_with_status_2(trained, tmp_path, capsys, argv, message):
+    argv = [a.replace("{model}", str(trained / "model.safetensors")).replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_corrupt_model_file_is_a_user_error(tmp_path, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import smoothcompress as sc
 from smoothcompress import models
-from smoothcompress.data import DataError
+from smoothcompress.data import OFFICIAL, DataError
 from smoothcompress.io import CheckpointError
 from smoothcompress.methods import get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
@@ -39,6 +39,7 @@ TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose ep
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_data_flags(args.dataset, args.data)
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
     speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
@@ -60,9 +61,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data_flags(dataset: str | None, data: str | None) -> None:
+    """Refuse a ``--dataset`` and a ``--data`` that cannot name the same data (one would be silently ignored):
+    ``--dataset`` may only say which official dataset lives at ``--data``."""
+    if dataset is None or data is None or dataset.strip().lower() in OFFICIAL:
+        return
+    if dataset.strip().lower() == "digits":
+        raise ValueError(f"--dataset digits is bundled and reads no files, but --data {data} was given; drop one")
+    raise ValueError(
+        f"--dataset {dataset} and --data {data} both name the data; give it once (--data PATH, with at most "
+        f"--dataset {' or '.join(OFFICIAL)} to say which official dataset lives there)"
+    )
+
+
 def _dataset(args: argparse.Namespace):
     if args.dataset is None and args.data is None:
         return None
+    _check_data_flags(args.dataset, args.data)
     return load_dataset_for(TrainConfig(dataset=args.dataset or "cifar10", data=args.data))
 
 
@@ -75,6 +90,8 @@ def _compare(args: argparse.Namespace, model, small, rep, ds) -> None:
         print(f"test accuracy on {ds.name}: {100 * before:.2f}% -> {100 * after:.2f}% (no fine-tuning)")
     if args.output:
         print(f"saved {sc.save(small, args.output)}")
+    else:
+        print("nothing saved: pass -o FILE.safetensors to write the result")
 
 
 def _method(args: argparse.Namespace):

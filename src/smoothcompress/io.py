@@ -480,6 +480,12 @@ def export_onnx(
     -------
     Path
         The written file; ``onnxruntime.InferenceSession(path)`` runs it.
+
+    Raises
+    ------
+    ValueError
+        No ``input_shape`` nor ``example_input``, a shape without a batch dimension or with a size below 1, or an
+        input the model cannot take (one forward pass is run first; the message quotes the model's error).
     """
     path = Path(path)
     if input_shape is None and example_input is None:
@@ -508,11 +514,19 @@ def export_onnx(
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
+            try:
+                model(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"input shape {shape} does not fit the model ({first}); pass the shape it takes, batch "
+                    "included, e.g. (1, 3, 32, 32)"
+                ) from None
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.onnx.export(model, (x,), str(path), **kwargs)
     finally:
         model.train(was_training)

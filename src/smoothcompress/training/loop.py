@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from smoothcompress import io as sc_io
 from smoothcompress import models
-from smoothcompress.data import Dataset, Loader, load_dataset, split_validation
+from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
+from smoothcompress.data.imagefolder import archive_stem
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
@@ -561,12 +562,19 @@ def load_dataset_for(config: TrainConfig) -> Dataset:
 
     ``data`` is either an ImageFolder source (a file such as ``cifar10-jpeg.tar.gz``, or a directory with
     ``train/`` and ``test/`` folders), loaded as is, or the data root under which ``dataset`` ("cifar10", ...)
-    lives or is downloaded to. Without ``data``, ``dataset`` is loaded from the default root.
+    lives or is downloaded to. Without ``data``, ``dataset`` is loaded from the default root. A ``data`` named
+    like an archive (``.tar.gz``, ``.tgz``, ``.tar``) that does not exist raises
+    :class:`~smoothcompress.data.DataError` ("no such file"), without trying a download.
     """
     if config.data is not None:
         source = Path(config.data).expanduser()
         if source.is_file() or (source / "train").is_dir():
             return load_dataset(str(source))
+        if not source.exists() and archive_stem(source) is not None:
+            raise DataError(
+                f"data {source}: no such file; give the path of an existing ImageFolder archive or folder, or the "
+                "folder that holds (or is to receive) the official files"
+            )
     return load_dataset(config.dataset, root=config.data)
 
 
