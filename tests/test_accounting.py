@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress.accounting import bisect_boundary, check_rate
+from smoothcompress.accounting import bisect_boundary, check_rate, module_shapes, reshaped_modules
 
 
 def test_count_params_includes_bn_and_bias():
@@ -37,6 +37,17 @@ def test_count_flops_leaves_bn_stats_alone():
     before = model.bn1.running_mean.clone()
     sc.count_flops(model, (1, 3, 32, 32))
     assert torch.equal(model.bn1.running_mean, before) and model.training
+
+
+def test_module_shapes_and_reshaped_modules():
+    before = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    assert module_shapes(before)["1"] == {
+        "weight": (8,), "bias": (8,), "running_mean": (8,), "running_var": (8,), "num_batches_tracked": ()
+    }  # fmt: skip
+    assert "2" not in module_shapes(before) and "" not in module_shapes(before)
+    after = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.PReLU(), nn.Linear(6, 2, bias=False))
+    assert reshaped_modules(before, after) == ["0", "1", "2", "3"]
+    assert reshaped_modules(before, before) == []
 
 
 def test_layer_report_identity():

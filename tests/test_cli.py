@@ -1,5 +1,7 @@
 """The command line: every subcommand parses and calls the API; user errors are one line, exit status 2."""
 
+import logging
+import re
 import subprocess
 import sys
 
@@ -39,6 +41,20 @@ def test_compress_prints_table_accuracy_and_saves(trained, tmp_path, capsys):
     assert "total params" in text and "factorized" in text and "test accuracy on digits" in text
     small = sc.load(out)
     assert sc.count_params(small) <= 0.51 * sc.count_params(sc.load(trained / "model.safetensors"))
+
+
+def test_compress_without_output_says_nothing_was_saved(trained, capsys):
+    assert main(["compress", str(trained / "model.safetensors"), "--rate", "0.5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "nothing saved: pass -o FILE.safetensors to write the result"
+
+
+def test_a_missing_data_file_is_not_downloaded(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(sc.DataError, match=r"pets\.tar\.gz: no such file"):
+        sc.training.load_dataset_for(sc.TrainConfig(dataset="cifar10", data="pets.tar.gz"))
 
 
 @pytest.mark.parametrize("method", ["magnitude", "filter"])
@@ -121,13 +137,19 @@ def test_train_config_file_and_flag_override(tmp_path):
         (["compress", "{model}", "--calibrate", "64", *DIGITS], "--calibrate applies to the methods that use data"),
         (["sweep", "no-such-preset"], "preset name"),
         (["train", "--config", "{model}"], "TOML"),
+        (["evaluate", "{model}", "--dataset", "digits", "--data", "{model}"], "--dataset digits is bundled"),
+        (["train", "--dataset", "digits", "--data", "{tmp}", "--out", "{tmp}/run"], "--dataset digits is bundled"),
+        (["evaluate", "{model}", "--dataset", "pets.tar.gz", "--data", "other.tar.gz"], "both name the data"),
+        (["evaluate", "{model}", "--data", "no-such-dir/pets.tar.gz"], "no-such-dir/pets.tar.gz: no such file"),
+        (["export", "{model}", "-o", "{tmp}/m.onnx", "--input-shape", "1", "3", "8", "8"], "does not fit the model"),
     ],
 )
-def test_user_errors_are_one_line_with_status_2(trained, capsys, argv, message):
-    argv = [a.replace("{model}", str(trained / "model.safetensors")) for a in argv]
+def test_user_errors_are_one_line_with_status_2(trained, tmp_path, capsys, argv, message):
+    argv = [a.replace("{model}", str(trained / "model.safetensors")).replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_corrupt_model_file_is_a_user_error(tmp_path, capsys):
@@ -142,6 +164,29 @@ def test_loaded_model_runs(trained):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_train_prints_a_line_per_epoch_without_a_terminal(tmp_path):
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "2", "--reg", "first",
+            "--weight", "0.01", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "smoothcompress", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("test accuracy"), proc.stdout
+    for epoch, line in enumerate(lines[:2], 1):
+        assert re.fullmatch(rf"epoch {epoch}/2  loss \S+  train_acc \S+  test_acc \S+  penalty \S+  \d+ img/s", line)
+    assert proc.stderr == ""  # no progress bar without a terminal
+
+
+def test_the_library_stays_quiet_and_main_restores_logging(tmp_path, capsys):
+    logger = logging.getLogger("smoothcompress")
+    before = (list(logger.handlers), logger.level)
+    sc.training.run(sc.TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, device="cpu", out=str(tmp_path)))
+    assert capsys.readouterr() == ("", "")
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.startswith("epoch 1/1  loss ")
+    assert (list(logger.handlers), logger.level) == before
+
+
 def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
     cfg = tmp_path / "s.toml"
     cfg.write_text(
@@ -149,6 +194,7 @@ def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
         '[compress]\nrates = [0.5]\nmethods = [{ method = "svd" }]\n'
     )
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "sw")]) == 0
+    assert re.search(r"^epoch 1/1  loss ", capsys.readouterr().out, re.MULTILINE)  # a line per epoch, no terminal
     assert main(["report", str(tmp_path / "sw")]) == 0
     assert (tmp_path / "sw" / "report" / "report.md").exists()
     assert "| baseline | svd-global-channel | 1 |" in capsys.readouterr().out

@@ -110,6 +110,96 @@ def test_compressed_user_model_loads_into_a_dense_skeleton(tmp_path):
     assert same_function(loaded, small)
 
 
+def layer_norm_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def group_norm_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 4),
+    )  # fmt: skip
+
+
+def conv1d_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(3, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 16, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4),
+    )  # fmt: skip
+
+
+def embedding_net() -> nn.Module:
+    return nn.Sequential(nn.Embedding(20, 16, padding_idx=0), nn.Flatten(), nn.Linear(3 * 16, 4))
+
+
+def grown_vocabulary(model: nn.Module) -> nn.Module:
+    """The embedding table resized to 30 rows (as after adding tokens), 0 still the padding row."""
+    model[0] = nn.Embedding(30, 16, padding_idx=0)
+    return model
+
+
+SHAPE_CHANGES = {  # skeleton builder, shape change, example input
+    "LayerNorm": (layer_norm_mlp, lambda m: sc.prune(m, 0.4, "filter", input_shape=(1, 16)), torch.randn(3, 16)),
+    "GroupNorm": (
+        group_norm_cnn,
+        lambda m: sc.prune(m, 0.4, "filter", input_shape=(1, 3, 8, 8)),
+        torch.randn(3, 3, 8, 8),
+    ),
+    "Conv1d": (conv1d_net, lambda m: sc.prune(m, 0.4, "filter", input_shape=(1, 3, 10)), torch.randn(3, 3, 10)),
+    "Embedding": (embedding_net, grown_vocabulary, torch.tensor([[0, 25, 7], [29, 1, 2]])),
+}
+
+
+@pytest.mark.parametrize("kind", list(SHAPE_CHANGES))
+def test_reshaped_layers_of_the_new_known_types_round_trip(kind, tmp_path):
+    make, change, x = SHAPE_CHANGES[kind]
+    torch.manual_seed(0)
+    changed = change(make().eval())
+    reshaped = [n for n, m in changed.named_modules() if type(m).__name__ == kind]
+    assert reshaped and any(
+        changed.get_submodule(n).weight.shape != make().get_submodule(n).weight.shape for n in reshaped
+    )
+    loaded = sc.load(sc.save(changed, tmp_path / "m.safetensors"), model=make())
+    assert same_function(loaded, changed, x)
+    for n in reshaped:
+        assert repr(loaded.get_submodule(n)) == repr(changed.get_submodule(n))
+
+
+def prelu_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.PReLU(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)
+    )  # fmt: skip
+
+
+def test_save_refuses_a_reshaped_layer_that_load_cannot_rebuild(tmp_path):
+    torch.manual_seed(0)
+    pruned = sc.prune(prelu_cnn().eval(), 0.4, method="filter", input_shape=(1, 3, 8, 8))
+    assert pruned[1].weight.shape[0] < 16 and "1" in pruned.sc_compression.details["reshaped"]
+    path = tmp_path / "pruned.safetensors"
+    with pytest.raises(
+        ValueError, match=r"^cannot save .*pruned\.safetensors: module '1' \(PReLU\) changed shape"
+    ) as e:
+        sc.save(pruned, path)
+    assert "\n" not in str(e.value) and "LayerNorm" in str(e.value)  # one line, naming what load rebuilds
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file either
+    sc.save(prelu_cnn(), path)  # an old file is left as it was
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="changed shape"):
+        sc.save(pruned, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_save_refuses_a_registry_model_whose_unknown_layer_does_not_fit_the_registry(tmp_path):
+    model = sc.create_model("cnn")
+    model[13] = nn.PReLU(128)  # the registry model has a ReLU (no tensors) there: load would fail
+    with pytest.raises(ValueError, match=r"module '13' \(PReLU\) changed shape"):
+        sc.save(model, tmp_path / "cnn.safetensors")
+    assert not (tmp_path / "cnn.safetensors").exists()
+    model[13] = nn.ReLU()
+    model[12] = nn.Linear(64, 128, bias=False)  # a known type is rebuilt from its record: saved
+    assert sc.load(sc.save(model, tmp_path / "cnn.safetensors"))[12].bias is None
+
+
 def test_tied_weights_are_saved(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     model[1].weight = model[0].weight
@@ -230,7 +320,7 @@ def rewrite(saved, tmp_path, **changes):
         ({"arch": '{"name": "resnet999", "kwargs": {}}'}, "cannot rebuild model 'resnet999'"),
         ({"arch": '{"name": "resnet20", "kwargs": {"depth": 3}}'}, "cannot rebuild model"),
         ({"arch": '"resnet20"'}, "must be"),
-        ({"modules": '{"conv1": {"type": "Conv3d", "config": {}}}'}, "unknown type 'Conv3d'"),
+        ({"modules": '{"conv1": {"type": "ConvTranspose2d", "config": {}}}'}, "unknown type 'ConvTranspose2d'"),
         ({"modules": '{"conv1": {"type": "Conv2d", "config": {"in_channels": 3}}}'}, "cannot be rebuilt"),
         ({"modules": '{"conv1": {"type": "Conv2d"}}'}, "must have 'type' and 'config'"),
         (

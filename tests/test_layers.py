@@ -8,7 +8,14 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.factorized import FactorizedLinear
-from smoothcompress.layers import LinearSpec, linear_spec, linear_weight, register_linear_like
+from smoothcompress.layers import (
+    LinearSpec,
+    is_weight_layer,
+    linear_spec,
+    linear_weight,
+    register_linear_like,
+    tied_weights,
+)
 
 
 class TransposedProj(nn.Module):
@@ -99,6 +106,23 @@ def test_tied_weight_is_skipped():
     plan = sc.plan_compression(model, rate=None, ranks={"1": 2})
     assert plan.notes["2"].startswith("skipped: weight tied to 0")
     assert set(plan.layers) == {"1"}
+
+
+def test_tied_weights_names_every_owner():
+    emb, head, shared = nn.Embedding(50, 16), nn.Linear(16, 50, bias=False), nn.Linear(16, 16)
+    head.weight = emb.weight
+    proj = DeclaredProj(16, 16)
+    other = nn.Linear(16, 16)
+    other.weight = proj.w  # tied under another parameter name
+    model = nn.Sequential(emb, shared, nn.Sequential(shared), head, proj, other, nn.Linear(16, 4))
+    assert tied_weights(model) == {"0": ["3"], "1": ["2.0"], "2.0": ["1"], "3": ["0"], "4": ["5"], "5": ["4"]}
+    assert tied_weights(mlp(nn.Linear)) == {}
+
+
+def test_weight_layers_are_what_a_report_lists():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.LayerNorm(4), nn.MultiheadAttention(4, 2), DeclaredProj(4, 4))
+    assert [n for n, m in model.named_modules() if is_weight_layer(n, m)] == ["0", "2", "2.out_proj", "3"]
+    assert not is_weight_layer("", nn.Linear(2, 2))  # the root is never a layer
 
 
 @pytest.mark.parametrize("kwargs", [{"rate": 0.5}, {"rate": 0.6, "scheme": "auto"}, {"rate": 0.0}])

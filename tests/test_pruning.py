@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
+from smoothcompress.layers import LinearSpec
 
 # Small widths keep every case well under a second; rates are then honoured to channel granularity.
 SMALL = {"resnet18": 4, "resnet20": 4, "resnet56": 2, "vgg16_bn": 4, "cnn": 16, "mlp": 64}
@@ -189,6 +190,53 @@ def test_global_magnitude_removes_the_smallest_weights():
     assert all(torch.count_nonzero(m.weight) == m.weight.numel() for m in bn)
 
 
+class TransposedProj(nn.Module):
+    """A Linear-like layer declared by class attribute, weight stored (in, out) under another name."""
+
+    sc_linear = LinearSpec(transposed=True, weight="w", bias=None)
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def tied_lm(seed: int = 0) -> nn.Module:
+    """Embedding -> Linear-like -> Linear -> head tied to the embedding, GPT-2 style."""
+    torch.manual_seed(seed)
+    emb, head = nn.Embedding(40, 16), nn.Linear(16, 40, bias=False)
+    head.weight = emb.weight
+    return nn.Sequential(emb, TransposedProj(16, 32), nn.ReLU(), nn.Linear(32, 16), head)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-layerwise"])
+def test_magnitude_prunes_linear_like_layers_and_skips_tied_weights(method):
+    model = tied_lm()
+    pruned = sc.prune(model, 0.3, method=method)
+    record = pruned.sc_compression
+    assert torch.equal(pruned[0].weight, model[0].weight) and pruned[4].weight is pruned[0].weight
+    assert (pruned[1].w == 0).any() and (pruned[3].weight == 0).any()
+    zeroed = int((pruned[1].w == 0).sum() + (pruned[3].weight == 0).sum())
+    assert zeroed == record.params_before - record.params_after
+    assert record.rate_achieved == pytest.approx(0.3, abs=0.01)
+    assert set(record.notes) == {"0", "4"}
+    assert record.notes["4"] == "skipped: weight tied to 0 (zeroing it would prune that module too)"
+    assert record.notes["0"].startswith("skipped: embedding table")
+    pruned(torch.tensor([[1, 2, 3]]))  # no masks or hooks left on the renamed weight
+    assert [n for n, _ in pruned.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-layerwise"])
+def test_magnitude_rate_beyond_the_untied_weights_is_refused(method):
+    model = tied_lm()
+    reachable = sc.max_prune_rate(model, method)
+    assert reachable == pytest.approx((16 * 32 + 32 * 16) / sc.count_params(model))
+    with pytest.raises(ValueError, match=f"largest reachable rate is {reachable:.4f}"):
+        sc.prune(model, reachable + 0.05, method=method)
+
+
 def test_layerwise_magnitude_prunes_each_layer_alike():
     model = small_model("vgg16_bn")
     pruned = sc.prune(model, 0.6, method="magnitude-layerwise")
@@ -256,6 +304,58 @@ def test_filter_with_depthwise_and_grouped_convs():
     assert pruned[0].out_channels == pruned[3].in_channels == pruned[3].out_channels == pruned[3].groups < 16
     assert pruned[8].in_channels == pruned[8].out_channels == 32 and pruned[8].groups == 4
     assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
+class GroupNormNet(nn.Module):
+    """conv -> GroupNorm(4) -> conv -> GroupNorm(6), the second added back to the first (one channel group of 48
+    channels through both norms: units of lcm(4, 6) = 12), then a 64-channel conv -> GroupNorm(8) -> classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(3, 48, 3, padding=1), nn.GroupNorm(4, 48)
+        self.conv2, self.norm2 = nn.Conv2d(48, 48, 3, padding=1), nn.GroupNorm(6, 48)
+        self.conv3, self.norm3 = nn.Conv2d(48, 64, 3, padding=1), nn.GroupNorm(8, 64)
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.norm1(self.conv1(x)))
+        x = x + torch.relu(self.norm2(self.conv2(x)))
+        x = torch.relu(self.norm3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Which rows of ``before`` (output channels of a weight or bias) survive in ``after`` (matched exactly)."""
+    flat = before.flatten(1)
+    return [int((flat == row).all(1).nonzero()[0]) for row in after.flatten(1)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(rate=st.floats(0.05, 0.9), seed=st.integers(0, 3))
+def test_filter_pruning_keeps_group_norm_groups_whole(rate, seed):
+    torch.manual_seed(seed)
+    model = GroupNormNet().eval()
+    reachable = sc.max_prune_rate(model, "filter", input_shape=(1, 3, 8, 8))
+    pruned = sc.prune(model, min(rate, reachable), method="filter", input_shape=(1, 3, 8, 8))
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+    for old, new in ((model.norm1, pruned.norm1), (model.norm2, pruned.norm2), (model.norm3, pruned.norm3)):
+        assert new.num_groups == old.num_groups and new.num_channels % new.num_groups == 0
+    assert pruned.norm1.num_channels % 12 == 0 and pruned.norm1.num_channels == pruned.norm2.num_channels
+    for conv, norm in (("conv1", "norm1"), ("conv3", "norm3")):  # each norm group keeps its own channels
+        kept = _kept_rows(getattr(model, conv).bias[:, None], getattr(pruned, conv).bias[:, None])
+        old_size = getattr(model, norm).num_channels // getattr(model, norm).num_groups
+        new_size = getattr(pruned, norm).num_channels // getattr(pruned, norm).num_groups
+        assert kept == sorted(kept) and [k // old_size for k in kept] == [i // new_size for i in range(len(kept))]
+    assert pruned.sc_compression.params_after == sc.count_params(pruned)
+
+
+def test_filter_pruning_with_group_norm_drops_the_least_important_channels_of_each_norm_group():
+    model = nn.Sequential(nn.Conv2d(2, 8, 1, bias=False), nn.GroupNorm(2, 8), nn.Conv2d(8, 3, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 9, 2, 8, 7, 3, 6, 4]).view(8, 1, 1, 1).expand(8, 2, 1, 1))
+        model[2].weight.fill_(1.0)
+    pruned = sc.prune(model, 0.4, method="filter", input_shape=(1, 2, 4, 4))
+    assert _kept_rows(model[0].weight, pruned[0].weight) == [1, 3, 4, 6]  # 9, 8 of the first group; 7, 6 of the next
 
 
 def test_filter_report_table():

@@ -138,6 +138,26 @@ def test_any_module_trains_with_a_penalty(digits):
     assert all(row["penalty"] > 0 and row["reg_weight"] == 0.05 for row in result.history)
 
 
+def test_metrics_penalty_is_the_penalty_even_in_epochs_the_schedule_skips(digits):
+    # 2 steps per epoch and the nuclear default of a penalty every 10th step: it enters the loss in epoch 1 only
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "batch_size": 512, "reg": "nuclear", "weight": 0.01})
+    result = train(tiny_mlp(), digits, cfg)
+    nuclear = sc.Smoothness("nuclear", 0.01)
+    with torch.no_grad():
+        at_start, at_end = (float(0.01 * nuclear.unweighted(m)) for m in (tiny_mlp(), result.model))
+    assert result.history[0]["penalty"] == pytest.approx(at_start, rel=1e-5)  # the step that held it, scale 10 out
+    assert result.history[-1]["penalty"] == pytest.approx(at_end, rel=1e-5)  # none held it: its value at the end
+    assert all(row["penalty"] > 0 for row in result.history)
+
+
+def test_metrics_penalty_of_the_proximal_nuclear_norm(digits):
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "reg": "nuclear", "weight": 0.01, "reg_proximal": True})
+    result = train(tiny_mlp(), digits, cfg)
+    with torch.no_grad():
+        value = float(0.01 * sc.Smoothness("nuclear", 0.01).unweighted(result.model))
+    assert result.history[0]["penalty"] == pytest.approx(value, rel=1e-5) and value > 0
+
+
 def test_validation_split_replaces_the_test_set_during_training(digits):
     result = train(tiny_mlp(), digits, TrainConfig(**FAST, val_fraction=0.2))
     assert "val_acc" in result.history[0] and "test_acc" not in result.history[0]

@@ -94,6 +94,23 @@ def test_gpt2_conv1d_layers_are_eligible_and_the_tied_head_is_skipped():
     assert small.lm_head.weight is small.transformer.wte.weight
 
 
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-layerwise"])
+def test_gpt2_magnitude_pruning_zeroes_the_conv1d_weights_and_skips_the_tied_head(method):
+    model = build("gpt2")
+    pruned = sc.prune(model, 0.2, method=method)
+    record = pruned.sc_compression
+    conv1d = {n: m for n, m in pruned.named_modules() if isinstance(m, Conv1D)}
+    zeroed = sum(int((m.weight == 0).sum()) for m in conv1d.values())
+    assert record.rate_achieved == pytest.approx(0.2, abs=0.01)
+    assert zeroed == sc.count_params(model, nonzero=True) - record.params_after  # every zero made is in a Conv1D
+    assert all((m.weight == 0).any() for m in conv1d.values())
+    assert torch.equal(pruned.transformer.wte.weight, model.transformer.wte.weight)
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight  # still tied
+    assert record.notes["lm_head"].startswith("skipped: weight tied to transformer.wte")
+    assert record.notes["transformer.wte"].startswith("skipped: embedding table")
+    assert sc.max_prune_rate(model, method) < 1.0 - (VOCAB + 32) * 48 / sc.count_params(model) + 1e-9
+
+
 def test_a_layer_read_directly_fails_with_the_fix_in_the_message():
     small = sc.compress(build("vit"), 0.5)
     with pytest.raises(AttributeError, match=r"has no 'weight'.*exclude="):

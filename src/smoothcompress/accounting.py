@@ -27,7 +27,15 @@ __all__ = [
     "RateUnreachable",
     "check_rate",
     "bisect_boundary",
+    "RESHAPED",
+    "module_shapes",
+    "reshaped_modules",
 ]
+
+RESHAPED = "reshaped"
+"""Key of a :class:`~smoothcompress.methods.CompressionRecord`'s ``details`` under which a method that changes
+layer shapes in place (filter pruning) lists the modules it reshaped (:func:`reshaped_modules`);
+:func:`smoothcompress.save` checks that :func:`smoothcompress.load` can rebuild each of them."""
 
 
 class RateUnreachable(ValueError):
@@ -89,6 +97,24 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     if nonzero:
         return int(sum(int(torch.count_nonzero(p.detach())) for p in params))
     return int(sum(p.numel() for p in params))
+
+
+def module_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{module path: {tensor name: shape}}`` of the tensors each module of ``model`` owns itself (parameters
+    and buffers, not its children's); modules that own none are absent."""
+    shapes = {}
+    for name, m in model.named_modules():
+        own = {k: tuple(t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None}
+        if own:
+            shapes[name] = own
+    return shapes
+
+
+def reshaped_modules(before: nn.Module, after: nn.Module) -> list[str]:
+    """Paths of the modules of ``after`` whose own tensors differ from those of ``before`` at the same path in
+    shape or in names, or that ``before`` does not have (see :func:`module_shapes`), in module order."""
+    old = module_shapes(before)
+    return [name for name, shapes in module_shapes(after).items() if old.get(name) != shapes]
 
 
 def example_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:

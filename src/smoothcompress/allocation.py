@@ -73,7 +73,7 @@ from smoothcompress.factorized import (
     _row_weight,
     matricize,
 )
-from smoothcompress.layers import is_linear_like, layer_weight, linear_spec
+from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, tied_weights
 from smoothcompress.models import default_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
 
@@ -281,17 +281,6 @@ def _check_args(rate, allocation: str, scheme: str, flops=None) -> None:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
 
 
-def _is_weight_layer(name: str, module: nn.Module) -> bool:
-    """A submodule (not the root) that owns a weight tensor of 2 or more dims, is Linear-like, or is an
-    ``nn.MultiheadAttention`` (its packed projections): what a compression report lists."""
-    w = getattr(module, "weight", None)
-    return bool(name) and (
-        (isinstance(w, torch.Tensor) and w.dim() >= 2)
-        or is_linear_like(module)
-        or isinstance(module, nn.MultiheadAttention)
-    )
-
-
 _MHA_NOTE = (
     "nn.MultiheadAttention: its forward uses the packed in_proj_weight (q, k, v) and out_proj.weight directly, so "
     "neither can be replaced by factors"
@@ -302,16 +291,6 @@ _READ_DIRECTLY: dict[type, tuple[str, ...]] = {
     nn.TransformerEncoderLayer: ("linear1", "linear2"),  # its eval-mode fast path passes their weights to a kernel
 }
 """Parent classes whose forward reads these children's ``.weight`` itself: the children must stay dense."""
-
-
-def _tied(model: nn.Module) -> dict[int, list[str]]:
-    """``{id(parameter): [owner paths]}`` for parameters that more than one module path owns (tied weights)."""
-    owners: dict[int, list[str]] = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        for p in m._parameters.values():
-            if p is not None:
-                owners.setdefault(id(p), []).append(name)
-    return {k: v for k, v in owners.items() if len(v) > 1}
 
 
 def _eligible(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module], dict[str, str]]:
@@ -325,7 +304,7 @@ def _eligible(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module],
         if isinstance(m, parent)
         for child in children
     }
-    tied = _tied(model)
+    tied = tied_weights(model)
 
     def ineligible(name: str, m: nn.Module) -> str | None:
         if any(name.startswith(p) for p in inside_factorized):
@@ -338,14 +317,12 @@ def _eligible(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module],
             kind = "depthwise" if m.groups == m.in_channels else "grouped"
             return f"{kind} conv (groups={m.groups})"
         if type(m) is nn.Conv2d or is_linear_like(m):
-            spec = linear_spec(m)
-            others = [o for o in tied.get(id(getattr(m, spec.weight if spec else "weight")), []) if o != name]
-            if others:
-                return f"weight tied to {others[0]} (factorizing it would add parameters)"
+            if name in tied:
+                return f"weight tied to {tied[name][0]} (factorizing it would add parameters)"
             return None
         return f"unsupported layer type {type(m).__name__}"
 
-    sel = select_layers(model, exclude=exclude, types=_is_weight_layer, ineligible=ineligible)
+    sel = select_layers(model, exclude=exclude, types=is_weight_layer, ineligible=ineligible)
     return sel.chosen, {name: f"skipped: {why}" for name, why in sel.skipped.items()}
 
 

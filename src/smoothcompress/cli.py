@@ -5,12 +5,18 @@ It only parses arguments and calls the public Python API; every command has a on
 takes any registered method of the command's family, and every option a method declares is a flag.
 User errors (missing data, corrupt files, impossible rates, diverged training) print one line and exit with
 status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
+
+The library only logs (``logging``, logger ``smoothcompress``); the command line decides what is shown. Commands
+that train (``train``, ``sweep``, ``demo``) print the trainer's line per epoch on stdout when stdout is not a
+terminal (a log file, a pipe, a batch job), where the progress bar, which needs a terminal, shows nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -18,13 +24,14 @@ from pathlib import Path
 
 import smoothcompress as sc
 from smoothcompress import models
-from smoothcompress.data import DataError
+from smoothcompress.data import OFFICIAL, DataError
 from smoothcompress.io import CheckpointError
 from smoothcompress.methods import get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
 
 USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError)
+TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose epoch lines are log records
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -32,6 +39,7 @@ USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_data_flags(args.dataset, args.data)
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
     speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
@@ -53,9 +61,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data_flags(dataset: str | None, data: str | None) -> None:
+    """Refuse a ``--dataset`` and a ``--data`` that cannot name the same data (one would be silently ignored):
+    ``--dataset`` may only say which official dataset lives at ``--data``."""
+    if dataset is None or data is None or dataset.strip().lower() in OFFICIAL:
+        return
+    if dataset.strip().lower() == "digits":
+        raise ValueError(f"--dataset digits is bundled and reads no files, but --data {data} was given; drop one")
+    raise ValueError(
+        f"--dataset {dataset} and --data {data} both name the data; give it once (--data PATH, with at most "
+        f"--dataset {' or '.join(OFFICIAL)} to say which official dataset lives there)"
+    )
+
+
 def _dataset(args: argparse.Namespace):
     if args.dataset is None and args.data is None:
         return None
+    _check_data_flags(args.dataset, args.data)
     return load_dataset_for(TrainConfig(dataset=args.dataset or "cifar10", data=args.data))
 
 
@@ -68,6 +90,8 @@ def _compare(args: argparse.Namespace, model, small, rep, ds) -> None:
         print(f"test accuracy on {ds.name}: {100 * before:.2f}% -> {100 * after:.2f}% (no fine-tuning)")
     if args.output:
         print(f"saved {sc.save(small, args.output)}")
+    else:
+        print("nothing saved: pass -o FILE.safetensors to write the result")
 
 
 def _method(args: argparse.Namespace):
@@ -317,6 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def epoch_lines(command: str):
+    """Context: the ``smoothcompress`` logger's INFO records (the trainer's line per epoch) printed on stdout while
+    a training command runs, when stdout is not a terminal and this process is rank 0 (or not under torchrun)."""
+    logger = logging.getLogger("smoothcompress")
+    if command not in TRAINING_COMMANDS or sys.stdout.isatty() or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -324,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with epoch_lines(args.command):
+            return args.func(args)
     except USER_ERRORS as e:
         if os.environ.get("SMOOTHCOMPRESS_DEBUG"):
             raise

@@ -5,9 +5,9 @@ string-to-string map) holds everything needed to rebuild the module tree, as JSO
 
 * ``format`` = ``"smoothcompress"`` and ``format_version`` (currently 1);
 * ``arch``: ``model.sc_arch`` of a registry-built model, ``{"name": ..., "kwargs": {...}}`` (or ``null``);
-* ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every leaf module of a known type (Conv2d, Linear,
-  BatchNorm1d/2d, FactorizedConv2d, FactorizedLinear), with its constructor arguments read off its current
-  tensors, so channel counts changed by filter pruning are captured;
+* ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every module of a known type (Conv1d/2d/3d,
+  Linear, BatchNorm1d/2d/3d, LayerNorm, GroupNorm, Embedding, FactorizedConv2d, FactorizedLinear), with its
+  constructor arguments read off its current tensors, so channel counts changed by filter pruning are captured;
 * ``compression``: the model's :class:`~smoothcompress.methods.CompressionRecord` (``sc_compression``, set by
   :func:`smoothcompress.compress` and :func:`smoothcompress.prune`) as a JSON object, or ``null``;
 * ``weights_sha256``: a checksum of all tensors, so a corrupted file is detected instead of silently loaded.
@@ -16,6 +16,12 @@ Loading runs no code from the file: (1) the base model is ``create_model(**arch)
 caller; (2) every recorded module is rebuilt from its config and set at its path; (3) the weights are loaded with
 ``load_state_dict(strict=True)``. The file is written through :func:`smoothcompress.files.atomic_file` (temporary
 file, fsync, rename), so a crash leaves the old file or the new one.
+
+A module of another type comes back as the base model has it, so :func:`save` refuses a model in which such a
+module's tensors changed shape, before writing anything: the modules a compression method reshaped (listed in
+its record, ``details["reshaped"]``, see :data:`smoothcompress.accounting.RESHAPED`) and, for a registry model,
+those whose tensors differ from a fresh ``create_model(**arch)``. Shape changes made by other tools to a
+non-registry model are not seen.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from smoothcompress.accounting import RESHAPED, module_shapes
 from smoothcompress.files import atomic_file
 from smoothcompress.lowrank import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
@@ -54,7 +61,7 @@ class CheckpointError(ValueError):
 # Module configs: how each known leaf type is described and rebuilt
 
 
-def _conv_config(m: nn.Conv2d) -> dict:
+def _conv_config(m: nn.modules.conv._ConvNd) -> dict:
     w = m.weight
     return {
         "in_channels": int(w.shape[1] * m.groups),
@@ -84,14 +91,95 @@ def _bn_config(m: nn.modules.batchnorm._BatchNorm) -> dict:
     }
 
 
+def _layer_norm_config(m: nn.LayerNorm) -> dict:
+    shape = m.weight.shape if m.weight is not None else m.normalized_shape
+    return {
+        "normalized_shape": [int(n) for n in shape],
+        "eps": float(m.eps),
+        "elementwise_affine": bool(m.elementwise_affine),
+        "bias": m.bias is not None,
+    }
+
+
+def _group_norm_config(m: nn.GroupNorm) -> dict:
+    return {
+        "num_groups": int(m.num_groups),
+        "num_channels": int(m.weight.shape[0]) if m.weight is not None else int(m.num_channels),
+        "eps": float(m.eps),
+        "affine": bool(m.affine),
+    }
+
+
+def _embedding_config(m: nn.Embedding) -> dict:
+    return {
+        "num_embeddings": int(m.weight.shape[0]),
+        "embedding_dim": int(m.weight.shape[1]),
+        "padding_idx": m.padding_idx,
+        "max_norm": m.max_norm,
+        "norm_type": float(m.norm_type),
+        "scale_grad_by_freq": bool(m.scale_grad_by_freq),
+        "sparse": bool(m.sparse),
+    }
+
+
 _KNOWN: dict[str, tuple[type[nn.Module], object]] = {
+    "Conv1d": (nn.Conv1d, _conv_config),
     "Conv2d": (nn.Conv2d, _conv_config),
+    "Conv3d": (nn.Conv3d, _conv_config),
     "Linear": (nn.Linear, _linear_config),
     "BatchNorm1d": (nn.BatchNorm1d, _bn_config),
     "BatchNorm2d": (nn.BatchNorm2d, _bn_config),
+    "BatchNorm3d": (nn.BatchNorm3d, _bn_config),
+    "LayerNorm": (nn.LayerNorm, _layer_norm_config),
+    "GroupNorm": (nn.GroupNorm, _group_norm_config),
+    "Embedding": (nn.Embedding, _embedding_config),
     "FactorizedConv2d": (FactorizedConv2d, FactorizedConv2d.config),
     "FactorizedLinear": (FactorizedLinear, FactorizedLinear.config),
 }
+
+
+def _rebuildable(model: nn.Module) -> dict[str, bool]:
+    """``{path: whether load rebuilds the module}``: a module of a known type, or one inside a Factorized module
+    (recorded as a whole)."""
+    out, inside = {}, []
+    for name, m in model.named_modules():
+        within = any(name.startswith(p) for p in inside)
+        if isinstance(m, Factorized):
+            inside.append(name + ".")
+        kind = type(m).__name__
+        out[name] = within or (kind in _KNOWN and type(m) is _KNOWN[kind][0])
+    return out
+
+
+def _reference_shapes(arch) -> dict[str, dict[str, tuple[int, ...]]] | None:
+    """:func:`~smoothcompress.accounting.module_shapes` of a fresh registry model (on the meta device: no memory),
+    or ``None`` when ``arch`` does not name one that builds."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        return None
+    try:
+        with torch.device("meta"):
+            return module_shapes(create_model(arch["name"], **arch["kwargs"]))
+    except Exception:  # noqa: BLE001 - a registry entry that cannot build is load's error to report, not save's
+        return None
+
+
+def _check_rebuildable(model: nn.Module, path: Path) -> None:
+    """Refuse a model in which a module that :func:`load` cannot rebuild has tensors of a changed shape."""
+    record = compression_record(model)
+    changed = set(record.details.get(RESHAPED, ())) if record is not None else set()
+    reference = _reference_shapes(getattr(model, ARCH_ATTR, None))
+    if reference is not None:
+        changed |= {name for name, shapes in module_shapes(model).items() if reference.get(name) != shapes}
+    rebuildable = _rebuildable(model)
+    bad = [name for name in rebuildable if name in changed and not rebuildable[name]]
+    if bad:
+        named = dict(model.named_modules())
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"cannot save {path}: module {bad[0]!r} ({type(named[bad[0]]).__name__}){more} changed shape and load "
+            f"rebuilds only {', '.join(_KNOWN)}, so the file could not be loaded; leave that layer out of the "
+            "compression (exclude=...) or save model.state_dict() by other means"
+        )
 
 
 def _module_records(model: nn.Module) -> dict[str, dict]:
@@ -156,8 +244,15 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
     -------
     Path
         The written file.
+
+    Raises
+    ------
+    ValueError
+        A module of a type that :func:`load` cannot rebuild (see the module docstring) changed shape, so the file
+        could not be loaded; nothing is written. Or a reserved or non-string ``metadata`` entry.
     """
     path = Path(path)
+    _check_rebuildable(model, path)
     state = model.state_dict()
     tensors, seen = {}, set()
     for name, t in state.items():
@@ -385,6 +480,12 @@ def export_onnx(
     -------
     Path
         The written file; ``onnxruntime.InferenceSession(path)`` runs it.
+
+    Raises
+    ------
+    ValueError
+        No ``input_shape`` nor ``example_input``, a shape without a batch dimension or with a size below 1, or an
+        input the model cannot take (one forward pass is run first; the message quotes the model's error).
     """
     path = Path(path)
     if input_shape is None and example_input is None:
@@ -413,11 +514,19 @@ def export_onnx(
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
+            try:
+                model(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"input shape {shape} does not fit the model ({first}); pass the shape it takes, batch "
+                    "included, e.g. (1, 3, 32, 32)"
+                ) from None
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.onnx.export(model, (x,), str(path), **kwargs)
     finally:
         model.train(was_training)

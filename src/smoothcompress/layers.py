@@ -21,6 +21,11 @@ Two ways to make another module Linear-like, both taking a :class:`LinearSpec`:
 Matching is by exact class (a registered class's subclasses may change ``forward`` and must be registered
 themselves); the class attribute is inherited like any attribute. Other ``nn.Linear`` subclasses are penalised by
 :class:`~smoothcompress.Smoothness` and calibrated, but not factorized.
+
+Two questions every compression method asks of a whole model are answered here too, so that all answer them alike:
+which submodules are *weight layers* (:func:`is_weight_layer`: what a compression report lists, an embedding table
+included) and which weights are *tied*, owned by more than one module path (:func:`tied_weights`, e.g. GPT-2's
+``lm_head`` and ``transformer.wte``): compressing or pruning one owner would change the other.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ __all__ = [
     "linear_weight",
     "linear_bias",
     "layer_weight",
+    "is_weight_layer",
+    "tied_weights",
 ]
 
 
@@ -159,3 +166,50 @@ def layer_weight(module: nn.Module) -> torch.Tensor:
     """A layer's weight as the library reads it: ``(out, in)`` for a Linear-like module (see
     :func:`linear_weight`), else ``module.weight`` (a Conv2d's ``(C_out, C_in/groups, kh, kw)``)."""
     return linear_weight(module) if linear_spec(module) is not None else module.weight
+
+
+def is_weight_layer(name: str, module: nn.Module) -> bool:
+    """Whether ``module``, at path ``name`` of a model, is a weight layer: a submodule (``name`` not empty, the root
+    never is) that owns a ``weight`` tensor of 2 or more dims (Conv, Linear, Embedding, ...), is Linear-like, or is
+    an ``nn.MultiheadAttention`` (its packed projections). This is the set a compression report lists; each method
+    then says which of them it changes and why it leaves the others alone."""
+    w = getattr(module, "weight", None)
+    return bool(name) and (
+        (isinstance(w, torch.Tensor) and w.dim() >= 2)
+        or is_linear_like(module)
+        or isinstance(module, nn.MultiheadAttention)
+    )
+
+
+def tied_weights(model: nn.Module) -> dict[str, list[str]]:
+    """The modules of ``model`` whose weight another module path also owns, and those other paths.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model; not modified. A module reached by two paths (one instance registered twice) counts as tied
+        to itself under the other path.
+
+    Returns
+    -------
+    dict of str to list of str
+        ``{module path: [the other paths owning its weight, in module order]}``, for every module whose weight
+        (the :class:`LinearSpec` weight of a Linear-like module, else ``module.weight``) is a parameter that more
+        than one module path owns, under any parameter name. Example: a ``GPT2LMHeadModel`` gives
+        ``{"transformer.wte": ["lm_head"], "lm_head": ["transformer.wte"]}``. Modules with untied weights are
+        absent.
+    """
+    owners: dict[int, list[str]] = {}
+    modules = list(model.named_modules(remove_duplicate=False))
+    for name, m in modules:
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(name)
+    tied: dict[str, list[str]] = {}
+    for name, m in modules:
+        spec = linear_spec(m)
+        w = m._parameters.get(spec.weight if spec is not None else "weight")
+        others = [o for o in owners.get(id(w), []) if o != name] if w is not None else []
+        if others:
+            tied[name] = others
+    return tied

@@ -4,11 +4,16 @@ Three methods, all without fine-tuning:
 
 ``"magnitude"``
     Global unstructured magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1 importance) of
-    every Conv and Linear weight: the entries of smallest ``|w|`` across the whole network are set to zero. The
-    pruning is made permanent with ``torch.nn.utils.prune.remove``: no masks, no hooks, plain dense tensors with
-    zeros. The model keeps its shape; its size is the number of **non-zero** parameters.
+    every Conv, Linear and Linear-like weight (:mod:`smoothcompress.layers`, e.g. GPT-2's ``Conv1D``): the
+    entries of smallest ``|w|`` across the whole network are set to zero. The pruning is made permanent with
+    ``torch.nn.utils.prune.remove``: no masks, no hooks, plain dense tensors with zeros. The model keeps its
+    shape; its size is the number of **non-zero** parameters. The weight layers are those
+    :func:`smoothcompress.compress` sees (:func:`smoothcompress.layers.is_weight_layer`); left alone, and named
+    with the reason in the record's ``notes``, are embedding tables and other layer types, and layers whose
+    weight another module also owns (:func:`smoothcompress.layers.tied_weights`: GPT-2's ``lm_head``, tied to the
+    embedding ``transformer.wte``, which zeroing it would prune too).
 ``"magnitude-layerwise"``
-    The same, with the same fraction ``s`` of entries zeroed in each Conv and Linear weight
+    The same, with the same fraction ``s`` of entries zeroed in each of those weights
     (``torch.nn.utils.prune.l1_unstructured`` per layer).
 ``"filter"``
     Structured L1-norm filter pruning (Li et al., ICLR 2017) that physically removes channels. Torch-Pruning's
@@ -16,15 +21,20 @@ Three methods, all without fine-tuning:
     next layers' input channels, and every layer tied to it by a residual addition), so the network stays
     consistent. A channel's importance is the L1 norm of its weights averaged over its group
     (``tp.importance.MagnitudeImportance(p=1)``). Every group keeps the same fraction of its channels (at least
-    one), and the fraction is found by bisection so that the parameter count lands on the request. The
+    one), and the fraction is found by bisection so that the parameter count lands on the request. A group whose
+    channels pass through ``nn.GroupNorm`` layers keeps a multiple of their ``num_groups`` (the least common
+    multiple when several), at least one channel per norm group, and every norm group drops the same number of its
+    own least important channels: the norm groups keep their members and ``num_groups`` still divides the
+    channels. The
     classifier (the last Conv/Linear run by the forward pass) keeps its outputs. Depthwise convs are pruned
     together with the channels they carry; other grouped convs, whose channels would have to shrink group by
     group, are left alone along with the channels tied to them.
 
 ``rate`` means what it means in :func:`smoothcompress.compress`: the fraction of **all** parameters removed,
 BatchNorm and biases included. The magnitude methods hit it to the parameter (up to per-layer rounding for
-``"magnitude-layerwise"``), filter pruning to channel granularity: within 2 points unless one channel of the
-widest group holds more than about 4% of the parameters, which happens only in toy-sized models.
+``"magnitude-layerwise"``), filter pruning to channel granularity (to ``num_groups`` channels in a group
+through a GroupNorm): within 2 points unless one such step of the widest group holds more than about 4% of the
+parameters, which happens only in toy-sized models.
 
 Example
 -------
@@ -39,6 +49,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -47,6 +58,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from smoothcompress.accounting import (
+    RESHAPED,
     LayerTable,
     RateUnreachable,
     bisect_boundary,
@@ -54,7 +66,9 @@ from smoothcompress.accounting import (
     count_params,
     example_input,
     layer_report,
+    reshaped_modules,
 )
+from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
 from smoothcompress.models import ARCH_ATTR, model_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
@@ -93,8 +107,9 @@ def prune(
         Layers to leave untouched: dotted names, ``fnmatch`` patterns (``"layers.0.*"``), containers
         (``"layers.0"``: every layer inside), module classes (``nn.Linear``) or ``"<first>"``/``"<last>"``, as
         defined in :mod:`smoothcompress.selection`. For ``"filter"`` an excluded layer keeps its output channels
-        (its input channels still follow the layer before it). Each entry must match at least one Conv/Linear
-        layer.
+        (its input channels still follow the layer before it). Each entry must match at least one layer: a
+        Conv/Linear layer for ``"filter"``, a weight layer (:func:`smoothcompress.layers.is_weight_layer`) for the
+        magnitude methods.
     input_shape : sequence of int, optional
         Shape of an example input, batch included, e.g. ``(1, 3, 32, 32)``; ``"filter"`` traces the network with
         it. Defaults to the registry shape of a model built by :func:`smoothcompress.create_model`.
@@ -105,7 +120,10 @@ def prune(
         The pruned copy, in the same train/eval mode as ``model``. Magnitude methods keep every shape and
         zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers. The copy carries a
         :class:`~smoothcompress.methods.CompressionRecord` as ``sc_compression``, which
-        :func:`smoothcompress.save` writes.
+        :func:`smoothcompress.save` writes; for the magnitude methods its ``notes`` name every weight layer left
+        alone and why (``{"lm_head": "skipped: weight tied to transformer.wte (...)"}``); for ``"filter"`` its
+        ``details["reshaped"]`` lists the modules whose tensors changed shape
+        (:data:`smoothcompress.accounting.RESHAPED`).
 
     Raises
     ------
@@ -121,19 +139,28 @@ def prune(
     out = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     if rate == 0.0:
         return _recorded(model, out, method, rate)
-    layers = _prunable_layers(out, exclude)
     if method == "filter":
-        return _recorded(model, _prune_filters(out, rate, layers, _example_input(model, input_shape)), method, rate)
+        layers = _prunable_layers(out, exclude)
+        pruned = _prune_filters(out, rate, layers, _example_input(model, input_shape))
+        return _recorded(model, pruned, method, rate, details={RESHAPED: reshaped_modules(model, pruned)})
+    layers, notes = _magnitude_layers(out, exclude)
     if method == "magnitude":
         _prune_magnitude_global(out, rate, layers)
     else:
         _prune_magnitude_layerwise(out, rate, layers)
-    return _recorded(model, out, method, rate)
+    return _recorded(model, out, method, rate, notes)
 
 
-def _recorded(model: nn.Module, pruned: nn.Module, method: str, rate: float) -> nn.Module:
+def _recorded(
+    model: nn.Module,
+    pruned: nn.Module,
+    method: str,
+    rate: float,
+    notes: dict[str, str] | None = None,
+    details: dict | None = None,
+) -> nn.Module:
     """``pruned`` with its :class:`~smoothcompress.methods.CompressionRecord` set as ``sc_compression``."""
-    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate))
+    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate, notes, details))
     return pruned
 
 
@@ -175,11 +202,12 @@ def max_prune_rate(
     model = unwrap(model)
     method = _check_method(method)
     work = copy.deepcopy(model)
-    layers = _prunable_layers(work, exclude)
     total = count_params(work)
     if method == "filter":
+        layers = _prunable_layers(work, exclude)
         return 1.0 - _FilterPlan(work, layers, _example_input(model, input_shape)).params(0) / total if total else 0.0
-    floor = count_params(work, nonzero=True) - sum(int(torch.count_nonzero(m.weight.detach())) for m in layers.values())
+    layers, _ = _magnitude_layers(work, exclude)
+    floor = count_params(work, nonzero=True) - sum(_nonzero(layer_weight(m)) for m in layers.values())
     return 1.0 - floor / total if total else 0.0
 
 
@@ -206,8 +234,35 @@ def _unreachable(rate: float, reachable: float, method: str, what: str) -> RateU
 
 
 def _prunable_layers(model: nn.Module, exclude: Entries) -> dict[str, nn.Module]:
-    """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``."""
+    """Conv and Linear layers of ``model`` by name, minus those matched by ``exclude``: the filter pruning roots."""
     return select_layers(model, exclude=exclude, types=_ROOTS).chosen
+
+
+def _magnitude_layers(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The weight layers the magnitude methods zero, by name, and a note on every other weight layer.
+
+    Chosen: Conv, ``nn.Linear`` and Linear-like layers whose weight no other module path owns, minus ``exclude``.
+    Notes: ``{name: "skipped: <why>"}`` for the other weight layers (:func:`~smoothcompress.layers.is_weight_layer`).
+    """
+    tied = tied_weights(model)
+
+    def ineligible(name: str, m: nn.Module) -> str | None:
+        if not (isinstance(m, _ROOTS) or is_linear_like(m)):
+            if isinstance(m, nn.Embedding):
+                return "embedding table (magnitude pruning zeroes Conv, Linear and Linear-like weights)"
+            return f"unsupported layer type {type(m).__name__}"
+        if name in tied:
+            return f"weight tied to {tied[name][0]} (zeroing it would prune that module too)"
+        return None
+
+    sel = select_layers(model, exclude=exclude, types=is_weight_layer, ineligible=ineligible)
+    return sel.chosen, {name: f"skipped: {why}" for name, why in sel.skipped.items()}
+
+
+def _weight_name(m: nn.Module) -> str:
+    """Name of the weight parameter of a Conv, Linear or Linear-like layer."""
+    spec = linear_spec(m)
+    return spec.weight if spec is not None else "weight"
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch.Tensor:
@@ -238,10 +293,10 @@ def _zeros_to_add(model: nn.Module, rate: float, layers: dict[str, nn.Module], m
     total = count_params(model)
     target = round((1.0 - rate) * total)  # non-zeros to keep
     nonzero = count_params(model, nonzero=True)
-    prunable = sum(_nonzero(m.weight) for m in layers.values())
+    prunable = sum(_nonzero(layer_weight(m)) for m in layers.values())
     if nonzero - prunable > target:
         reachable = 1.0 - (nonzero - prunable) / total
-        raise _unreachable(rate, reachable, method, "every prunable Conv/Linear weight set to zero")
+        raise _unreachable(rate, reachable, method, "every prunable Conv/Linear/Linear-like weight set to zero")
     return max(0, nonzero - target)
 
 
@@ -254,7 +309,7 @@ def _permanent(layers: Iterable[nn.Module]):
     yield
     for m, order in zip(layers, orders, strict=True):
         if torch_prune.is_pruned(m):
-            torch_prune.remove(m, "weight")
+            torch_prune.remove(m, _weight_name(m))
             m._parameters = {n: m._parameters[n] for n in order}
 
 
@@ -264,10 +319,12 @@ def _prune_magnitude_global(model: nn.Module, rate: float, layers: dict[str, nn.
     if extra == 0:
         return
     # Existing zeros are the smallest magnitudes, so they are picked first; ask for them plus ``extra``.
-    zeros = sum(m.weight.numel() - _nonzero(m.weight) for m in layers.values())
+    zeros = sum(layer_weight(m).numel() - _nonzero(layer_weight(m)) for m in layers.values())
     with _permanent(layers.values()):
         torch_prune.global_unstructured(
-            [(m, "weight") for m in layers.values()], pruning_method=torch_prune.L1Unstructured, amount=zeros + extra
+            [(m, _weight_name(m)) for m in layers.values()],
+            pruning_method=torch_prune.L1Unstructured,
+            amount=zeros + extra,
         )
 
 
@@ -276,7 +333,7 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
     extra = _zeros_to_add(model, rate, layers, "magnitude-layerwise")
     if extra == 0:
         return
-    sizes = [(m.weight.numel(), _nonzero(m.weight)) for m in layers.values()]
+    sizes = [(layer_weight(m).numel(), _nonzero(layer_weight(m))) for m in layers.values()]
     before = sum(nz for _, nz in sizes)
 
     def removed(s: float) -> int:  # non-zeros removed when a fraction s of every layer's entries is zeroed
@@ -287,7 +344,7 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
     with _permanent(layers.values()):
         for m, (n, _) in zip(layers.values(), sizes, strict=True):
             if round(s * n):
-                torch_prune.l1_unstructured(m, "weight", amount=round(s * n))
+                torch_prune.l1_unstructured(m, _weight_name(m), amount=round(s * n))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,6 +362,11 @@ class _FilterPlan:
     among the first ``t``: a uniform keep-fraction rounded down, never below one channel. ``t = 0`` is the
     smallest model, ``t = len(order)`` the unpruned one, and consecutive prefixes differ by one channel of one
     group, so the parameter count grows with ``t`` in steps of one channel.
+
+    Groups whose channels pass through ``nn.GroupNorm`` layers move in *units* of ``u`` channels (``u`` the least
+    common multiple of their ``num_groups``, 1 without GroupNorm): the channels split into ``u`` consecutive blocks,
+    one unit is the least important remaining channel of each block, and an entry ``(g, j)`` then means "group
+    ``g`` keeps ``j`` units". Channel counts in :meth:`keep` are ``u`` times the units.
 
     The parameter count of a prefix is predicted without pruning: while planning, each group gives up one channel
     on a scratch copy, which shows by how much every parameter dimension shrinks per channel of that group.
@@ -329,11 +391,13 @@ class _FilterPlan:
         with _traceable(scratch):
             dg, groups = self._groups(scratch)
             importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="mean")
-            # Channels of each group, least important first.
-            self.ranking = {root: torch.argsort(importance(g).cpu(), stable=True) for root, g in groups.items()}
+            self.unit = {root: _norm_groups(g) for root, g in groups.items()}
+            # Channels of each group, least important first, one unit after the other.
+            self.ranking = {root: _unit_ranking(importance(g).cpu(), self.unit[root]) for root, g in groups.items()}
             self.sizes = {root: len(r) for root, r in self.ranking.items()}
             self.shrink = self._shrink_per_channel(scratch, dg, groups)
-        self.order = sorted((j / n, i, root) for i, (root, n) in enumerate(self.sizes.items()) for j in range(2, n + 1))
+        units = {root: n // self.unit[root] for root, n in self.sizes.items()}
+        self.order = sorted((j / n, i, root) for i, (root, n) in enumerate(units.items()) for j in range(2, n + 1))
         self.exact = False  # count parameters by pruning copies instead of predicting them
         self._measured: dict[int, int] = {}
 
@@ -365,9 +429,9 @@ class _FilterPlan:
 
     def keep(self, t: int) -> dict[str, int]:
         """Channels kept per group at prefix ``t``."""
-        kept = dict.fromkeys(self.sizes, 1)
+        kept = dict(self.unit)
         for _, _, root in self.order[:t]:
-            kept[root] += 1
+            kept[root] += self.unit[root]
         return kept
 
     def predicted(self, t: int) -> int:
@@ -411,6 +475,21 @@ class _FilterPlan:
         if lo > 0 and abs(self.params(lo - 1) - target) <= abs(self.params(lo) - target):
             lo -= 1
         return lo
+
+
+def _norm_groups(group: tp.dependency.Group) -> int:
+    """Least common multiple of the ``num_groups`` of the ``nn.GroupNorm`` layers in ``group`` (1 if none)."""
+    norms = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.GroupNorm)]
+    return math.lcm(1, *(m.num_groups for m in norms))
+
+
+def _unit_ranking(importance: torch.Tensor, unit: int) -> torch.Tensor:
+    """Channel indices, least important first, ordered so that every prefix of ``k * unit`` entries holds the ``k``
+    least important channels of each of the ``unit`` consecutive blocks of channels (``unit`` divides the count)."""
+    blocks = importance.view(unit, -1)
+    within = torch.argsort(blocks, dim=1, stable=True)  # (unit, block size): ranks inside each block
+    offsets = torch.arange(unit).unsqueeze(1) * blocks.shape[1]
+    return (within + offsets).T.reshape(-1)
 
 
 def _is_grouped_conv(m: nn.Module) -> bool:

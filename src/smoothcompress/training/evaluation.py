@@ -3,16 +3,23 @@
 :func:`evaluate` takes a model and a :class:`~smoothcompress.data.Dataset` (its test split, normalised with its
 mean and std) or any iterable of ``(x (B, C, H, W) float, y (B,) int64)`` batches, and returns the fraction of
 correct top-1 predictions. The model's train/eval mode and memory format are restored afterwards.
+
+Before counting, :func:`evaluate` checks that model and data fit, so that a mismatch is an error instead of a
+meaningless accuracy: the images' channels match those of a registry model (``sc_arch``), one forward pass of a
+single input runs and gives ``(1, K)`` logits, and ``K`` is the dataset's number of classes (for an iterable of
+batches, which does not say how many classes it has: every label is below ``K``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from smoothcompress.data import Dataset, Loader
+from smoothcompress.models import default_input_shape
 from smoothcompress.training.config import DEVICES
 from smoothcompress.training.runtime import DistContext, resolve_device
 
@@ -98,7 +105,10 @@ def evaluate(
     Raises
     ------
     ValueError
-        When ``data`` yields no samples, or ``device`` names no usable device.
+        When ``data`` yields no samples, ``device`` names no usable device, or model and data do not fit: images
+        of other channels than a registry model's, inputs the model cannot take, outputs that are not
+        ``(batch, classes)`` logits, or a number of outputs other than the dataset's number of classes (for
+        batches: a label the outputs cannot score). The one-line message names both sides.
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if channels_last is None:
@@ -120,8 +130,83 @@ def _accuracy(model, data, device, batch_size: int, bf16: bool, channels_last: b
     else:
         device = resolve_device(device) if device in DEVICES else torch.device(device)
         model.to(device)
-    batches = eval_loader(data, device, batch_size=batch_size) if isinstance(data, Dataset) else data
-    correct, total = count_correct(model, batches, device, bf16, channels_last).tolist()
+    if isinstance(data, Dataset):
+        width = _check_fits(model, (1, *data.input_shape), data.name, device, bf16, channels_last)
+        if width != data.num_classes:
+            raise ValueError(
+                f"the model outputs {width} classes but dataset {data.name} has {data.num_classes}; evaluate the "
+                "model on the data it was trained for"
+            )
+        batches = eval_loader(data, device, batch_size=batch_size)
+        correct, total = count_correct(model, batches, device, bf16, channels_last).tolist()
+    else:
+        correct, total = _count_checked(model, data, device, bf16, channels_last)
     if total == 0:
         raise ValueError("evaluate() got no samples")
     return correct / total
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _check_fits(
+    model: nn.Module, shape: tuple[int, ...], source: str, device: torch.device, bf16: bool, channels_last: bool
+) -> int:
+    """The number of outputs of ``model`` on one input of ``shape`` ``(1, C, ...)`` from ``source``; ValueError
+    (one line, naming both sides) when a registry model takes other channels, the forward pass fails, or its
+    output is not ``(1, K)`` logits."""
+    expected = default_input_shape(model)
+    if expected is not None and len(shape) == len(expected) and shape[1] != expected[1]:
+        raise ValueError(
+            f"the model takes {expected[1]}-channel images ({_shape_text(expected[1:])}, as registered) but "
+            f"{source} has {_shape_text(shape[1:])} images; evaluate the model on the data it was trained for"
+        )
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    x = to_input(torch.zeros(shape, device=device, dtype=ref.dtype if ref is not None else None), channels_last)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"the model cannot take the {_shape_text(shape[1:])} inputs of {source} ({first}); evaluate the model "
+            "on the data it was trained for"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ValueError(
+            f"the model maps a {_shape_text(shape[1:])} input of {source} to {got}, not (batch, classes) logits"
+        )
+    return int(out.shape[1])
+
+
+def _count_checked(model: nn.Module, batches: Iterable, device: torch.device, bf16: bool, channels_last: bool):
+    """``(correct, total)`` over ``batches`` after checking that the model takes the first one's inputs, and that
+    every label is below the model's number of outputs."""
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return 0.0, 0.0
+    x0 = first[0]
+    width = _check_fits(model, (1, *x0.shape[1:]), "the batches", device, bf16, channels_last)
+    top = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def labelled():
+        nonlocal top
+        for x, y in itertools.chain([first], it):
+            y = y.to(device, non_blocking=True)
+            top = torch.maximum(top, y.max()) if y.numel() else top  # no host sync per batch
+            yield x, y
+
+    correct, total = count_correct(model, labelled(), device, bf16, channels_last).tolist()
+    if int(top) >= width:
+        raise ValueError(
+            f"the model outputs {width} classes but the batches have label {int(top)}; evaluate the model on the "
+            "data it was trained for"
+        )
+    return correct, total

@@ -8,6 +8,7 @@ The contract of a run folder, of resume and of DDP training is described in :mod
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -30,7 +31,8 @@ from tqdm.auto import tqdm
 
 from smoothcompress import io as sc_io
 from smoothcompress import models
-from smoothcompress.data import Dataset, Loader, load_dataset, split_validation
+from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
+from smoothcompress.data.imagefolder import archive_stem
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
@@ -397,7 +399,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
     r.net.train()
     # Running sums stay on the device (no host sync per step): loss * batch, correct predictions, penalty.
     stats = torch.zeros(3, dtype=torch.float64, device=device)
-    seen, lr = 0, cfg.lr
+    seen, lr, fired = 0, cfg.lr, 0  # fired: steps whose loss held the penalty term
     sync_every = max(1, r.steps // 10)  # ~10 host syncs per epoch: progress bar and NaN check
     bar = tqdm(total=r.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not r.progress)
     t0 = time.perf_counter()
@@ -408,6 +410,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
             # The penalty is built before the forward pass, so that autograd runs its backward after the
             # network's rather than first, instead of holding its gradients through the whole network backward.
             r.reg.weight = r.full_weight * penalty_ramp(step, r.steps, cfg.reg_warmup_epochs, cfg.reg_delay_epochs)
+            fired += _in_loss(r.reg)
             pen = r.reg(r.raw)
             stats[2] += pen.detach()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16):
@@ -447,7 +450,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
         "loss": loss_sum / n,
         "train_acc": correct / n,
         r.eval_key: correct_eval / total_eval,
-        "penalty": pen_sum / r.steps / r.ctx.world_size,
+        "penalty": pen_sum / r.ctx.world_size / (getattr(r.reg, "every", 1) * fired) if fired else _penalty_value(r),
         "reg_weight": r.reg.weight if r.reg is not None else 0.0,
         "lr": lr,
         "images_per_s": n / seconds,
@@ -458,10 +461,28 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
         save_checkpoint(r.ckpt_path, _checkpoint_state(r, epoch + 1, [*history, row]))
         append_jsonl(r.ckpt_path.parent / "metrics.jsonl", row)
     log.info(
-        "epoch %d/%d  loss %.4f  train_acc %.4f  %s %.4f  %.0f img/s",
-        epoch + 1, cfg.epochs, row["loss"], row["train_acc"], r.eval_key, row[r.eval_key], row["images_per_s"],
+        "epoch %d/%d  loss %.4f  train_acc %.4f  %s %.4f%s  %.0f img/s",
+        epoch + 1, cfg.epochs, row["loss"], row["train_acc"], r.eval_key, row[r.eval_key],
+        f"  penalty {row['penalty']:.4g}" if r.reg is not None else "", row["images_per_s"],
     )  # fmt: skip
     return row
+
+
+def _in_loss(reg) -> bool:
+    """Whether this step's loss holds the penalty term (:meth:`Smoothness.active`); a stand-in penalty without that
+    schedule always."""
+    active = getattr(reg, "active", None)
+    return bool(active()) if active is not None else True
+
+
+def _penalty_value(r: _Run) -> float:
+    """The penalty term ``weight * sum of layer terms`` of the model now, on a copy of the regularizer (whose
+    stored polar factors a call may refresh: the run's own must not change); 0 without a penalty, or for a
+    stand-in penalty without :meth:`Smoothness.unweighted`."""
+    if r.reg is None or r.reg.weight == 0 or not hasattr(r.reg, "unweighted"):
+        return 0.0
+    with torch.no_grad():
+        return float(r.reg.weight * copy.deepcopy(r.reg).unweighted(r.raw))
 
 
 def _checkpoint_state(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -522,12 +543,19 @@ def load_dataset_for(config: TrainConfig) -> Dataset:
 
     ``data`` is either an ImageFolder source (a file such as ``cifar10-jpeg.tar.gz``, or a directory with
     ``train/`` and ``test/`` folders), loaded as is, or the data root under which ``dataset`` ("cifar10", ...)
-    lives or is downloaded to. Without ``data``, ``dataset`` is loaded from the default root.
+    lives or is downloaded to. Without ``data``, ``dataset`` is loaded from the default root. A ``data`` named
+    like an archive (``.tar.gz``, ``.tgz``, ``.tar``) that does not exist raises
+    :class:`~smoothcompress.data.DataError` ("no such file"), without trying a download.
     """
     if config.data is not None:
         source = Path(config.data).expanduser()
         if source.is_file() or (source / "train").is_dir():
             return load_dataset(str(source))
+        if not source.exists() and archive_stem(source) is not None:
+            raise DataError(
+                f"data {source}: no such file; give the path of an existing ImageFolder archive or folder, or the "
+                "folder that holds (or is to receive) the official files"
+            )
     return load_dataset(config.dataset, root=config.data)
 
 
