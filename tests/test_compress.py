@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress import lowrank as lr
+from smoothcompress.factorized import Factorized
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def cnn():
 
 
 def factorized(model):
-    return {n: m for n, m in model.named_modules() if isinstance(m, lr.Factorized)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, Factorized)}
 
 
 def achieved(model, compressed):

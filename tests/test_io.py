@@ -10,7 +10,7 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress import io as scio
-from smoothcompress import lowrank as lr
+from smoothcompress.factorized import Factorized
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -47,8 +47,8 @@ def test_compressed_round_trip(resnet, scheme, tmp_path):
     small = sc.compress(resnet, 0.5, scheme=scheme)
     loaded = sc.load(sc.save(small, tmp_path / "small.safetensors"))
     assert same_function(loaded, small)
-    before = {n: m.config() for n, m in small.named_modules() if isinstance(m, lr.Factorized)}
-    after = {n: m.config() for n, m in loaded.named_modules() if isinstance(m, lr.Factorized)}
+    before = {n: m.config() for n, m in small.named_modules() if isinstance(m, Factorized)}
+    after = {n: m.config() for n, m in loaded.named_modules() if isinstance(m, Factorized)}
     assert before and after == before
     assert loaded.sc_compression == small.sc_compression
     report = sc.compress_report(resnet, loaded, (1, 3, 32, 32))

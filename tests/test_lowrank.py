@@ -8,7 +8,7 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress import factorized
-from smoothcompress import lowrank as lr  # the old import path of the moved names must keep working
+from smoothcompress.batchnorm import bn_scale
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -96,8 +96,8 @@ def test_full_rank_exact_with_same_padding(scheme):
 
 def test_matricize_layouts():
     w = torch.randn(5, 3, 2, 4)
-    assert torch.equal(lr.matricize(w, "channel"), w.reshape(5, 24))
-    m = lr.matricize(w, "spatial")
+    assert torch.equal(factorized.matricize(w, "channel"), w.reshape(5, 24))
+    m = factorized.matricize(w, "spatial")
     assert m.shape == (5 * 4, 3 * 2)
     o, c, i, j = 3, 1, 1, 2
     assert m[o * 4 + j, c * 2 + i] == w[o, c, i, j]
@@ -114,7 +114,7 @@ def test_truncation_is_eckart_young_optimal(scheme, shape):
     w = torch.randn(*shape, dtype=torch.float64)
     s = sc.spectrum(w, scheme)
     for r in (1, 2, len(s) // 2 + 1):
-        f = lr.factorize_weight(w, r, scheme)
+        f = factorized.factorize_weight(w, r, scheme)
         if w.dim() == 2:
             w_r = f.second @ f.first
         else:
@@ -138,7 +138,7 @@ def test_out_scale_minimises_the_scaled_error():
     for r in (2, 5, 9):
         errs = {}
         for name, scale in (("bn", g), ("plain", None)):
-            f = lr.factorize_weight(w, r, "channel", out_scale=scale)
+            f = factorized.factorize_weight(w, r, "channel", out_scale=scale)
             w_r = f.second.flatten(1) @ f.first.flatten(1)
             errs[name] = float((g[:, None] * (w.reshape(16, -1) - w_r)).norm() ** 2)
         assert errs["bn"] == pytest.approx(float((s_scaled[r:] ** 2).sum()), rel=1e-8)
@@ -152,9 +152,9 @@ def test_out_scale_handles_dead_channels(dtype):
     torch.manual_seed(3)
     w = torch.randn(6, 4, 3, 3, dtype=dtype)
     g = torch.tensor([1.0, 0.0, 2.0, 0.0, 0.5, 1.0], dtype=dtype)
-    f = lr.factorize_weight(w, 3, "channel", out_scale=g)
+    f = factorized.factorize_weight(w, 3, "channel", out_scale=g)
     assert torch.isfinite(f.first).all() and torch.isfinite(f.second).all()
-    full = lr.factorize_weight(w, 6, "channel", out_scale=g)
+    full = factorized.factorize_weight(w, 6, "channel", out_scale=g)
     w_full = full.second.flatten(1) @ full.first.flatten(1)
     assert rel_err(g[:, None] * w_full, g[:, None] * w.reshape(6, -1)) < TOL[dtype]
     if dtype == torch.float64:
@@ -220,11 +220,11 @@ def test_grouped_conv_cannot_be_factorized():
 
 def test_bad_weight_and_scheme_raise():
     with pytest.raises(ValueError, match="shape"):
-        lr.factorize_weight(torch.randn(3, 4, 5), 1)
+        factorized.factorize_weight(torch.randn(3, 4, 5), 1)
     with pytest.raises(ValueError, match="scheme"):
-        lr.factorize_weight(torch.randn(3, 4), 1, scheme="diagonal")
+        factorized.factorize_weight(torch.randn(3, 4), 1, scheme="diagonal")
     with pytest.raises(ValueError, match="output channels"):
-        lr.factorize_weight(torch.randn(3, 4), 1, out_scale=torch.ones(4))
+        factorized.factorize_weight(torch.randn(3, 4), 1, out_scale=torch.ones(4))
 
 
 def test_bn_scale():
@@ -235,9 +235,9 @@ def test_bn_scale():
     expected = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64) / torch.sqrt(
         torch.tensor([4.0, 1.0, 9.0], dtype=torch.float64) + bn.eps
     )
-    assert torch.allclose(lr.bn_scale(bn), expected)
+    assert torch.allclose(bn_scale(bn), expected)
     with pytest.raises(ValueError, match="running statistics"):
-        lr.bn_scale(nn.BatchNorm2d(3, track_running_stats=False))
+        bn_scale(nn.BatchNorm2d(3, track_running_stats=False))
 
 
 def test_compress_leaves_torch_thread_settings_alone(monkeypatch):

@@ -12,18 +12,12 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import LayerTable, Report, count_flops, count_params, layer_report
+from smoothcompress.allocation import plan_compression, plan_ranks
+from smoothcompress.batchnorm import find_bn_pairs
+from smoothcompress.factorized import FactorizedConv2d, FactorizedLinear, spectrum
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
-from smoothcompress.lowrank import (
-    FactorizedConv2d,
-    FactorizedLinear,
-    compress,
-    compress_report,
-    find_bn_pairs,
-    plan_compression,
-    plan_ranks,
-    spectrum,
-)
+from smoothcompress.lowrank import compress, compress_report
 from smoothcompress.methods import CompressionRecord, Method, get_method, list_methods, register_method
 from smoothcompress.models import create_model, list_models, register_model
 from smoothcompress.regularize import KINDS as PENALTY_KINDS

@@ -38,8 +38,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothcompress.accounting import RESHAPED, module_shapes
+from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.files import atomic_file
-from smoothcompress.lowrank import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.models import ARCH_ATTR, create_model
 from smoothcompress.selection import set_submodule

@@ -4,9 +4,6 @@
 by a :class:`FactorizedConv2d` or :class:`FactorizedLinear` (:mod:`smoothcompress.factorized`) at the same module
 name, in a deep copy of the model. BatchNorm-aware truncation lives in :mod:`smoothcompress.batchnorm`, the layer
 selection (``exclude``) in :mod:`smoothcompress.selection`.
-
-The names that moved out of this module are re-exported here, so ``from smoothcompress.lowrank import
-FactorizedConv2d`` (and the like) keeps working.
 """
 
 from __future__ import annotations
@@ -20,25 +17,13 @@ from torch import nn
 
 from smoothcompress.accounting import LayerTable, layer_report, measure_latency
 from smoothcompress.allocation import (
-    ALLOCATIONS,
     DEFAULT_RATE,
-    SCHEMES,
-    LayerPlan,
-    Plan,
     _plan,
-    plan_compression,
-    plan_ranks,
 )
-from smoothcompress.batchnorm import bn_scale, find_bn_pairs
 from smoothcompress.factorized import (
-    Factorized,
     FactorizedConv2d,
     FactorizedLinear,
-    Factors,
     _factors,
-    factorize_weight,
-    matricize,
-    spectrum,
 )
 from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
@@ -47,26 +32,7 @@ from smoothcompress.selection import Entries, set_submodule, unwrap
 if TYPE_CHECKING:
     from smoothcompress.calibration import Calibration
 
-__all__ = [
-    "SCHEMES",
-    "ALLOCATIONS",
-    "COMPRESSION_ATTR",
-    "matricize",
-    "spectrum",
-    "bn_scale",
-    "Factors",
-    "factorize_weight",
-    "Factorized",
-    "FactorizedLinear",
-    "FactorizedConv2d",
-    "find_bn_pairs",
-    "LayerPlan",
-    "Plan",
-    "plan_compression",
-    "plan_ranks",
-    "compress",
-    "compress_report",
-]
+__all__ = ["compress", "compress_report"]
 
 
 def compress(
