@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -36,6 +37,9 @@ from smoothcompress.lowrank import Factorized, FactorizedConv2d, FactorizedLinea
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.models import ARCH_ATTR, create_model
 from smoothcompress.selection import set_submodule
+
+if TYPE_CHECKING:  # calibration reads the data package, which the core does not load at import
+    from smoothcompress.calibration import CalibrationData
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save", "load", "read_metadata", "export_onnx"]
 
@@ -360,6 +364,8 @@ def export_onnx(
     opset_version: int | None = None,
     *,
     example_input: torch.Tensor | None = None,
+    int8: bool | str = False,
+    calibration: CalibrationData | None = None,
 ) -> Path:
     """Export a model to ONNX with the ``torch.export``-based exporter (``dynamo=True``, uses onnxscript).
 
@@ -380,13 +386,35 @@ def export_onnx(
     example_input : Tensor, optional
         The input to trace with instead, e.g. int64 token ids ``(batch, seq)`` for a text model such as BERT; its
         shape is the input shape (a batch of 1 is repeated to 2 for a dynamic batch).
+    int8 : bool or {"static", "dynamic"}
+        Write an int8 file instead, by :func:`smoothcompress.quantize.quantize_onnx` (onnxruntime's
+        post-training quantization, QDQ format, per-channel weights): ``True`` or ``"static"`` calibrates the
+        activation ranges on ``calibration``, ``"dynamic"`` quantizes the Linear weights only and needs no data.
+    calibration : Dataset, Loader, iterable of batches or float Tensor, optional
+        Calibration inputs of ``int8`` static mode (a Dataset gives 256 images of its training split only).
 
     Returns
     -------
     Path
-        The written file; ``onnxruntime.InferenceSession(path)`` runs it.
+        The written file; ``onnxruntime.InferenceSession(path)`` runs it. A float export keeps its weights in
+        ``<path>.data`` beside it (the exporter's external data); an int8 file holds its weights.
     """
     path = Path(path)
+    if int8:
+        from smoothcompress.quantize import quantize_onnx  # imported here: quantize imports this module
+
+        if int8 is not True and int8 not in ("static", "dynamic"):
+            raise ValueError(f"int8 must be False, True, 'static' or 'dynamic', got {int8!r}")
+        return quantize_onnx(
+            model,
+            path,
+            calibration,
+            input_shape=input_shape,
+            mode="static" if int8 is True else int8,
+            dynamic_batch=dynamic_batch,
+            opset_version=opset_version,
+            example_input=example_input,
+        )
     if input_shape is None and example_input is None:
         raise ValueError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
     shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
