@@ -40,6 +40,9 @@ _LAZY = {
     "calibrate": "calibration",
     "recalibrate_bn": "calibration",
     "reconstruct": "reconstruction",
+    # int8 ONNX files (onnxruntime.quantization; calibration data)
+    "quantize_onnx": "quantize",
+    "read_onnx_record": "quantize",
     # training
     "TrainConfig": "training",
     "TrainResult": "training",
@@ -58,7 +61,17 @@ _LAZY = {
 }
 """Public names loaded on first use, and the submodule of each."""
 
-_SUBMODULES = ("calibration", "reconstruction", "data", "training", "pruning", "experiment", "report", "cli")
+_SUBMODULES = (
+    "calibration",
+    "reconstruction",
+    "quantize",
+    "data",
+    "training",
+    "pruning",
+    "experiment",
+    "report",
+    "cli",
+)
 """Submodules that ``smoothcompress.<name>`` imports on first use."""
 
 __all__ = [
@@ -120,6 +133,9 @@ __all__ = [
     "calibrate",
     "recalibrate_bn",
     "reconstruct",
+    # int8 ONNX (lazy)
+    "quantize_onnx",
+    "read_onnx_record",
     # training (lazy)
     "TrainConfig",
     "TrainResult",

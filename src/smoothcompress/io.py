@@ -10,7 +10,22 @@ string-to-string map) holds everything needed to rebuild the module tree, as JSO
   constructor arguments read off its current tensors, so channel counts changed by filter pruning are captured;
 * ``compression``: the model's :class:`~smoothcompress.methods.CompressionRecord` (``sc_compression``, set by
   :func:`smoothcompress.compress` and :func:`smoothcompress.prune`) as a JSON object, or ``null``;
-* ``weights_sha256``: a checksum of all tensors, so a corrupted file is detected instead of silently loaded.
+* ``weights_sha256``: a checksum of all stored tensors, so a corrupted file is detected instead of silently loaded;
+* ``sparse`` (format 2, written by ``save(..., sparse=True)``): ``{name: {"shape": [...], "encoding": e, "nnz": k}}``
+  for every tensor stored sparse (see below).
+
+Sparse storage (``save(model, path, sparse=True)``), for unstructured-pruned models: a floating-point tensor ``name``
+of ``n`` entries, ``k`` of them non-zero, is stored as two tensors in the same file,
+``name#values`` (its ``k`` non-zero entries in flat order, same dtype) and either ``name#mask`` (``encoding =
+"bitmask"``: ``numpy.packbits`` of the non-zero pattern, ``ceil(n / 8)`` uint8, most significant bit first, padding
+bits zero) or ``name#indices`` (``encoding = "indices"``: the ``k`` flat positions as strictly increasing int32),
+whichever is smaller. A tensor is stored sparse only when that takes at most :data:`SPARSE_MAX_FRACTION` of its
+dense bytes and it has at least :data:`SPARSE_MIN_BYTES` of them; the others, and every tensor of a dense model, are
+stored as they are. :func:`load` reads both layouts; it checks each sparse entry against the model's tensor (shape,
+counts, index range and order) before it allocates the dense tensor, so hostile metadata cannot make it allocate
+more than the model's own size. The rebuilt tensor equals the saved one entry for entry, bit for bit except that
+a zero comes back as ``+0.0`` (``-0.0 == 0.0``; magnitude pruning leaves ``-0.0`` where it zeroed a negative
+weight, about half its zeros). A file with no sparse tensor is written as format 1, readable by older versions.
 
 Loading runs no code from the file: (1) the base model is ``create_model(**arch)``, or a skeleton passed by the
 caller; (2) every recorded module is rebuilt from its config and set at its path; (3) the weights are loaded with
@@ -31,7 +46,9 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
@@ -44,13 +61,38 @@ from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compress
 from smoothcompress.models import ARCH_ATTR, create_model
 from smoothcompress.selection import set_submodule
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save", "load", "read_metadata", "export_onnx"]
+if TYPE_CHECKING:  # calibration reads the data package, which the core does not load at import
+    from smoothcompress.calibration import CalibrationData
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SPARSE_MAX_FRACTION",
+    "SPARSE_MIN_BYTES",
+    "CheckpointError",
+    "save",
+    "load",
+    "read_metadata",
+    "export_onnx",
+]
 
 FORMAT = "smoothcompress"
 """Value of the ``format`` metadata key of every checkpoint."""
 
-FORMAT_VERSION = 1
-"""Version of the checkpoint layout; files with a newer version are refused with a clear error."""
+FORMAT_VERSION = 2
+"""Newest checkpoint layout written and read (2: sparse tensors); files with a newer version are refused with a
+clear error. A file without sparse tensors is written as version 1."""
+
+SPARSE_MAX_FRACTION = 0.75
+"""``save(sparse=True)`` stores a tensor sparse when its values and mask or indices take at most this fraction of
+its dense bytes (at 32 bits, a tensor with at most about 72% non-zeros)."""
+
+SPARSE_MIN_BYTES = 1024
+"""Tensors smaller than this many dense bytes are stored dense: their saving would not pay for the extra entries."""
+
+_SPARSE_SEPARATOR = "#"
+_VALUES, _MASK, _INDICES = "values", "mask", "indices"
+_ENCODINGS = {"bitmask": _MASK, "indices": _INDICES}
 
 
 class CheckpointError(ValueError):
@@ -222,10 +264,86 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Sparse tensors: non-zero values plus a bitmask or flat indices
+
+
+def _sparse_key(name: str, part: str) -> str:
+    return f"{name}{_SPARSE_SEPARATOR}{part}"
+
+
+def _encode_sparse(t: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """``(entry, {part: tensor})`` of a contiguous CPU tensor worth storing sparse, else ``None``."""
+    n, size = t.numel(), t.element_size()
+    if not t.is_floating_point() or n * size < SPARSE_MIN_BYTES:
+        return None
+    flat = t.reshape(-1)
+    nonzero = flat != 0  # -0.0 counts as zero: magnitude pruning leaves it where it zeroed a negative weight
+    k = int(nonzero.sum())
+    mask_bytes = (n + 7) // 8
+    index_bytes = 4 * k if n < 2**31 else mask_bytes  # int32 indices reach 2**31 entries
+    if k * size + min(mask_bytes, index_bytes) > SPARSE_MAX_FRACTION * n * size:
+        return None
+    parts = {_VALUES: flat[nonzero].clone()}
+    if index_bytes < mask_bytes:
+        encoding, parts[_INDICES] = "indices", nonzero.nonzero().reshape(-1).to(torch.int32)
+    else:
+        encoding, parts[_MASK] = "bitmask", torch.from_numpy(np.packbits(nonzero.numpy()))
+    return {"shape": list(t.shape), "encoding": encoding, "nnz": k}, parts
+
+
+def _decode_sparse(
+    name: str, entry, tensors: dict[str, torch.Tensor], expected: torch.Tensor | None, path: Path
+) -> torch.Tensor:
+    """The dense tensor ``name`` rebuilt from its parts, which are removed from ``tensors``.
+
+    Everything is checked against ``expected`` (the model's tensor) and the stored parts before the dense tensor is
+    allocated; a mismatch raises :class:`CheckpointError`.
+    """
+    where = f"{path}: sparse tensor {name!r}"
+    if expected is None:
+        raise CheckpointError(f"{where} is not a tensor of the model; the file does not match the model")
+    if not isinstance(entry, dict) or set(entry) != {"shape", "encoding", "nnz"}:
+        raise CheckpointError(f"{where}: its entry must hold exactly 'shape', 'encoding' and 'nnz'; file damaged")
+    shape, encoding, k = entry["shape"], entry["encoding"], entry["nnz"]
+    if encoding not in _ENCODINGS:
+        raise CheckpointError(f"{where}: unknown encoding {encoding!r}; known: {', '.join(_ENCODINGS)}")
+    if not isinstance(shape, list) or shape != list(expected.shape):
+        raise CheckpointError(f"{where}: shape {shape!r} does not match the model's {list(expected.shape)}")
+    n = expected.numel()
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= n:
+        raise CheckpointError(f"{where}: nnz {k!r} is not a count between 0 and {n}; the file is damaged")
+    values = tensors.pop(_sparse_key(name, _VALUES), None)
+    position = tensors.pop(_sparse_key(name, _ENCODINGS[encoding]), None)
+    if values is None or position is None:
+        raise CheckpointError(f"{where}: its {_VALUES} or {_ENCODINGS[encoding]} tensor is missing; file damaged")
+    if values.dim() != 1 or values.numel() != k or not values.is_floating_point():
+        raise CheckpointError(f"{where}: {values.numel()} stored values ({values.dtype}) for nnz {k}; file damaged")
+    if encoding == "bitmask":
+        if position.dtype != torch.uint8 or position.dim() != 1 or position.numel() != (n + 7) // 8:
+            raise CheckpointError(f"{where}: the mask must be {(n + 7) // 8} uint8 for {n} entries; file damaged")
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=position.device)
+        bits = ((position.unsqueeze(1) >> shifts) & 1).reshape(-1).bool()
+        if bool(bits[n:].any()) or int(bits.sum()) != k:
+            raise CheckpointError(f"{where}: the mask has {int(bits.sum())} set bits for nnz {k}; file damaged")
+        where_nonzero = bits[:n]
+    else:
+        if position.dtype != torch.int32 or position.dim() != 1 or position.numel() != k:
+            raise CheckpointError(f"{where}: the indices must be {k} int32; the file is damaged")
+        where_nonzero = position.long()
+        if k and (int(where_nonzero[0]) < 0 or int(where_nonzero[-1]) >= n or bool((where_nonzero.diff() <= 0).any())):
+            raise CheckpointError(f"{where}: indices must increase strictly within [0, {n}); the file is damaged")
+    dense = torch.zeros(n, dtype=values.dtype, device=values.device)
+    dense[where_nonzero] = values
+    return dense.reshape(expected.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # save / load
 
 
-def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save(
+    model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None, *, sparse: bool = False
+) -> Path:
     """Save a model (dense, compressed or pruned) as one safetensors file with its architecture as metadata.
 
     Parameters
@@ -238,7 +356,12 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
         rename): a crash leaves the old file or the new one.
     metadata : mapping of str to str, optional
         Extra string entries to store, e.g. ``{"dataset": "cifar10"}``; keys must not clash with the reserved
-        ones (``format``, ``format_version``, ``arch``, ``modules``, ``compression``, ``weights_sha256``).
+        ones (``format``, ``format_version``, ``arch``, ``modules``, ``compression``, ``weights_sha256``,
+        ``sparse``).
+    sparse : bool
+        Store each floating-point tensor with many zeros (an unstructured-pruned weight) as its non-zero values
+        plus a bitmask or flat indices, whichever is smaller (see the module docstring); :func:`load` rebuilds
+        it exactly. Tensors with too few zeros are stored dense, so a dense model gives a plain file.
 
     Returns
     -------
@@ -249,7 +372,8 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
     ------
     ValueError
         A module of a type that :func:`load` cannot rebuild (see the module docstring) changed shape, so the file
-        could not be loaded; nothing is written. Or a reserved or non-string ``metadata`` entry.
+        could not be loaded; nothing is written. Or a reserved or non-string ``metadata`` entry; with ``sparse``, a
+        tensor name containing ``"#"``.
     """
     path = Path(path)
     _check_rebuildable(model, path)
@@ -264,16 +388,28 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
             t = t.clone(memory_format=torch.contiguous_format)
         tensors[name] = t
         seen.add(key)
+    entries = {}
+    if sparse:
+        if clash := next((name for name in tensors if _SPARSE_SEPARATOR in name), None):
+            raise ValueError(f"tensor name {clash!r} contains {_SPARSE_SEPARATOR!r}; save it with sparse=False")
+        for name in list(tensors):
+            encoded = _encode_sparse(tensors[name])
+            if encoded is not None:
+                entries[name], parts = encoded
+                del tensors[name]
+                tensors.update({_sparse_key(name, part): t for part, t in parts.items()})
     meta = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(FORMAT_VERSION if entries else 1),
         "arch": json.dumps(getattr(model, ARCH_ATTR, None)),
         "modules": json.dumps(_module_records(model)),
         "compression": json.dumps(record.to_dict() if (record := compression_record(model)) else None),
         "weights_sha256": _checksum(tensors),
     }
+    if entries:
+        meta["sparse"] = json.dumps(entries)
     for k, v in (metadata or {}).items():
-        if k in meta:
+        if k in meta or k == "sparse":
             raise ValueError(f"metadata key {k!r} is reserved")
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
@@ -319,8 +455,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     Returns
     -------
     dict
-        ``format_version`` (int), ``arch``, ``modules``, ``compression`` (decoded JSON) and any extra string
-        entries given to :func:`save`.
+        ``format_version`` (int), ``arch``, ``modules``, ``compression``, ``sparse`` (decoded JSON; ``sparse`` is
+        ``{}`` when no tensor is stored sparse) and any extra string entries given to :func:`save`.
 
     Raises
     ------
@@ -344,6 +480,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
         out[key] = _json_field(meta, key, path)
     if not isinstance(out["modules"], dict):
         raise CheckpointError(f"{path}: metadata entry 'modules' must be a JSON object")
+    out["sparse"] = _json_field(meta, "sparse", path) if "sparse" in meta else {}
+    if not isinstance(out["sparse"], dict):
+        raise CheckpointError(f"{path}: metadata entry 'sparse' must be a JSON object")
     return out
 
 
@@ -407,8 +546,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
         No file at ``path``.
     CheckpointError
         The file is not safetensors, is truncated or corrupt (checksum), is not a smoothcompress checkpoint, was
-        written by a newer format, needs a skeleton, or does not match the model (missing, unexpected or
-        mis-shaped tensors).
+        written by a newer format, needs a skeleton, does not match the model (missing, unexpected or
+        mis-shaped tensors), or has a sparse tensor whose entry does not fit its parts or the model.
     """
     path = Path(path)
     meta = read_metadata(path)
@@ -431,6 +570,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     expected = meta.get("weights_sha256")
     if expected is not None and _checksum(tensors) != expected:
         raise CheckpointError(f"{path}: the tensors do not match their checksum; the file is corrupt")
+    if meta["sparse"]:
+        state = base.state_dict()
+        for name, entry in meta["sparse"].items():
+            if name in tensors:
+                raise CheckpointError(f"{path}: tensor {name!r} is stored both dense and sparse; the file is damaged")
+            tensors[name] = _decode_sparse(name, entry, tensors, state.get(name), path)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     base.to(device=device, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
     try:
@@ -455,6 +600,8 @@ def export_onnx(
     opset_version: int | None = None,
     *,
     example_input: torch.Tensor | None = None,
+    int8: bool | str = False,
+    calibration: CalibrationData | None = None,
 ) -> Path:
     """Export a model to ONNX with the ``torch.export``-based exporter (``dynamo=True``, uses onnxscript).
 
@@ -475,11 +622,18 @@ def export_onnx(
     example_input : Tensor, optional
         The input to trace with instead, e.g. int64 token ids ``(batch, seq)`` for a text model such as BERT; its
         shape is the input shape (a batch of 1 is repeated to 2 for a dynamic batch).
+    int8 : bool or {"static", "dynamic"}
+        Write an int8 file instead, by :func:`smoothcompress.quantize.quantize_onnx` (onnxruntime's
+        post-training quantization, QDQ format, per-channel weights): ``True`` or ``"static"`` calibrates the
+        activation ranges on ``calibration``, ``"dynamic"`` quantizes the Linear weights only and needs no data.
+    calibration : Dataset, Loader, iterable of batches or float Tensor, optional
+        Calibration inputs of ``int8`` static mode (a Dataset gives 256 images of its training split only).
 
     Returns
     -------
     Path
-        The written file; ``onnxruntime.InferenceSession(path)`` runs it.
+        The written file; ``onnxruntime.InferenceSession(path)`` runs it. A float export keeps its weights in
+        ``<path>.data`` beside it (the exporter's external data); an int8 file holds its weights.
 
     Raises
     ------
@@ -488,6 +642,21 @@ def export_onnx(
         input the model cannot take (one forward pass is run first; the message quotes the model's error).
     """
     path = Path(path)
+    if int8:
+        from smoothcompress.quantize import quantize_onnx  # imported here: quantize imports this module
+
+        if int8 is not True and int8 not in ("static", "dynamic"):
+            raise ValueError(f"int8 must be False, True, 'static' or 'dynamic', got {int8!r}")
+        return quantize_onnx(
+            model,
+            path,
+            calibration,
+            input_shape=input_shape,
+            mode="static" if int8 is True else int8,
+            dynamic_batch=dynamic_batch,
+            opset_version=opset_version,
+            example_input=example_input,
+        )
     if input_shape is None and example_input is None:
         raise ValueError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
     shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
