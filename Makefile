@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install bench clean check-light
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,18 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
+# The core install alone: a fresh venv with torch and `pip install .` (no extras), then the core flow.
+check-light:
+	rm -rf .venv-light
+	$(PYTHON) -m venv .venv-light
+	.venv-light/bin/python -m pip install --quiet $(TORCH)
+	.venv-light/bin/python -m pip install --quiet .
+	.venv-light/bin/python -m pip list --format=freeze  # the bare install: torch, the core four, their needs
+	.venv-light/bin/python tests/light_flow.py
+	rm -rf .venv-light
+
 demo: $(STAMP)
 	$(VENV)/bin/smoothcompress demo
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-light build src/*.egg-info .pytest_cache .ruff_cache

@@ -14,11 +14,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
+from smoothcompress.extras import require
 from smoothcompress.methods import get_method
 from smoothcompress.plotstyle import COLORS
 from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
+
+Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
 __all__ = [
     "SELECT_RATES",

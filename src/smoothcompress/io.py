@@ -55,6 +55,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothcompress.accounting import RESHAPED, module_shapes
+from smoothcompress.extras import require
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.files import atomic_file
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
@@ -641,6 +642,7 @@ def export_onnx(
         No ``input_shape`` nor ``example_input``, a shape without a batch dimension or with a size below 1, or an
         input the model cannot take (one forward pass is run first; the message quotes the model's error).
     """
+    require("onnxscript", "onnx")  # the exporter; one line naming the extra when it is missing
     path = Path(path)
     if int8:
         from smoothcompress.quantize import quantize_onnx  # imported here: quantize imports this module

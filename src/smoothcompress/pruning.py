@@ -51,11 +51,16 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+
+from smoothcompress.extras import require
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 from smoothcompress.accounting import (
     RESHAPED,
@@ -390,7 +395,9 @@ class _FilterPlan:
         scratch = copy.deepcopy(model)
         with _traceable(scratch):
             dg, groups = self._groups(scratch)
-            importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="mean")
+            importance = require("torch_pruning", "prune").importance.MagnitudeImportance(
+                p=1, normalizer=None, group_reduction="mean"
+            )
             self.unit = {root: _norm_groups(g) for root, g in groups.items()}
             # Channels of each group, least important first, one unit after the other.
             self.ranking = {root: _unit_ranking(importance(g).cpu(), self.unit[root]) for root, g in groups.items()}
@@ -403,7 +410,11 @@ class _FilterPlan:
 
     def _groups(self, model: nn.Module) -> tuple[tp.DependencyGraph, dict[str, tp.dependency.Group]]:
         """Dependency graph of ``model`` and its prunable channel groups by root-layer name."""
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=self.example, verbose=False)
+        dg = (
+            require("torch_pruning", "prune")
+            .DependencyGraph()
+            .build_dependency(model, example_inputs=self.example, verbose=False)
+        )
         named = dict(model.named_modules())
         groups = {}
         for group in dg.get_all_groups(ignored_layers=[named[n] for n in self.ignored], root_module_types=_ROOTS):

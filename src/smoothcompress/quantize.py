@@ -36,18 +36,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from smoothcompress.calibration import CalibrationData, calibration_batches, describe_source
+from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 from smoothcompress.io import export_onnx
 from smoothcompress.layers import is_linear_like
 from smoothcompress.methods import CompressionRecord, compression_record
 from smoothcompress.models import default_input_shape
+
+# one line naming the extra when onnx or onnxruntime is missing
+onnx = require("onnx", "onnx")
+ort_quantization = require("onnxruntime.quantization", "onnx")
+quant_pre_process = require("onnxruntime.quantization.shape_inference", "onnx").quant_pre_process
 
 __all__ = ["MODES", "ONNX_RECORD_KEY", "quantize_onnx", "read_onnx_record"]
 
@@ -64,7 +67,7 @@ LINEAR_OPS = ["MatMul", "Gemm"]
 """ONNX operations that Linear layers become; what dynamic mode quantizes."""
 
 
-class _Batches(CalibrationDataReader):
+class _Batches(ort_quantization.CalibrationDataReader):
     """onnxruntime's calibration reader over batches of model inputs, as ``{"input": array}``."""
 
     def __init__(self, batches: Iterable[torch.Tensor]):
@@ -209,22 +212,22 @@ def quantize_onnx(
         )
         quant_pre_process(str(float_path), str(prepared))
         if mode == "static":
-            quantize_static(
+            ort_quantization.quantize_static(
                 str(prepared),
                 str(quantized),
                 reader,
-                quant_format=QuantFormat.QDQ,
+                quant_format=ort_quantization.QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=ort_quantization.QuantType.QInt8,
+                weight_type=ort_quantization.QuantType.QInt8,
             )
         else:
-            quantize_dynamic(
+            ort_quantization.quantize_dynamic(
                 str(prepared),
                 str(quantized),
                 op_types_to_quantize=LINEAR_OPS,
                 per_channel=per_channel,
-                weight_type=QuantType.QInt8,
+                weight_type=ort_quantization.QuantType.QInt8,
             )
         proto = onnx.load(str(quantized))
     record = {

@@ -18,9 +18,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from smoothcompress.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
+from smoothcompress.extras import require
 from smoothcompress.frontier import (
     FRONTIER_RATE,
     SELECT_RATES,
@@ -36,6 +35,8 @@ from smoothcompress.references import against_references, reference_points, refe
 from smoothcompress.results import load_results, missing_shards, shards_note
 from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
 from smoothcompress.targets import TARGETS, assess_targets, targets_table
+
+Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
 __all__ = [
     "summarize",

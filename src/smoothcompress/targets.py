@@ -1,7 +1,8 @@
 """The project's accuracy targets: how far the best smooth model, compressed, sits below the dense baseline.
 
 The bar (``TARGETS``): at 70% fewer parameters the best smooth model, compressed without any gradient step, is
-at most 0.5 points below the dense, unregularized model of the same schedule; at 80% fewer, at most 2 points.
+at most 0.5 points below the dense, unregularized model of the same schedule; at 80% fewer, at most 2 points; at
+90% fewer, at most 10 points.
 "Best" ranges over every penalty and λ of a sweep and every low-rank method (plain SVD and the variants that use
 calibration data); the row that wins is named, so that a reader sees which method and weight it took. Pruning
 rows are not candidates: the targets are about the low-rank method. Accuracies are seed means; the number of
@@ -18,8 +19,9 @@ from smoothcompress.summary import BASELINE, Setting, _families, _index, summari
 __all__ = ["TARGETS", "assess_targets", "targets_table"]
 
 # {rate: points}: the largest drop below the dense baseline that meets the bar at that fraction of parameters
-# removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart.
-TARGETS: Mapping[float, float] = {0.7: 0.5, 0.8: 2.0}
+# removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart; 90% is
+# where only a reconstruction that corrects upstream errors keeps a usable network.
+TARGETS: Mapping[float, float] = {0.7: 0.5, 0.8: 2.0, 0.9: 10.0}
 
 
 def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -> list[dict]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from smoothcompress.data.loader import mix_seed
+from smoothcompress.extras import require
 
 __all__ = ["DataError", "Dataset", "ROOT_ENV", "channel_stats", "default_root", "load_dataset", "split_validation"]
 
@@ -263,8 +264,8 @@ def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Datas
 def _load_digits() -> Dataset:
     from importlib import resources
 
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    load_digits = require("sklearn.datasets", "data").load_digits
+    train_test_split = require("sklearn.model_selection", "data").train_test_split
 
     bunch = load_digits()
     x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), 0..16 -> 0..255

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from smoothcompress.data.dataset import DataError, Dataset
+from smoothcompress.extras import require
 from smoothcompress.files import atomic_file, sha256_file
 
 __all__ = ["IMAGE_SUFFIXES", "archive_stem", "decode_imagefolder", "load_imagefolder"]
@@ -79,7 +80,7 @@ def _read_directory(path: Path) -> tuple[list[tuple[str, bytes]], str]:
 
 def decode_imagefolder(files: list[tuple[str, bytes]], source: Path) -> dict[str, np.ndarray]:
     """Decode ``(relpath, bytes)`` pairs into uint8 arrays; classes are the sorted train class folders."""
-    from PIL import Image
+    Image = require("PIL.Image", "data")  # noqa: N806 - the module, as `from PIL import Image` names it
 
     files = sorted(files)
     splits = {"train": [], "test": []}

@@ -25,15 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
+from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 from smoothcompress.regularize import Smoothness
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    tomllib = require("tomli", "train")
+
+tomli_w = require("tomli_w", "train")  # writes config.toml; one line naming the extra when it is missing
 
 __all__ = [
     "TrainConfig",
