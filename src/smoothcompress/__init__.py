@@ -11,7 +11,8 @@ load on first use of one of their names (``sc.prune``, ``sc.train``, ``sc.sweep`
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from smoothcompress.accounting import LayerTable, Report, count_flops, count_params, layer_report
+from smoothcompress.accounting import LayerTable, RateUnreachable, Report, count_flops, count_params, layer_report
+from smoothcompress.errors import ConfigError, FileContentError, SmoothcompressError
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
 from smoothcompress.lowrank import (
@@ -69,6 +70,11 @@ _SUBMODULES = ("calibration", "reconstruction", "data", "training", "pruning", "
 
 __all__ = [
     "__version__",
+    # errors: every user error is a SmoothcompressError (a ValueError)
+    "SmoothcompressError",
+    "ConfigError",
+    "FileContentError",
+    "RateUnreachable",
     # models
     "create_model",
     "list_models",

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from smoothcompress.errors import FileContentError
+
 __all__ = [
     "atomic_file",
     "write_json",
@@ -88,8 +90,8 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file (``[]`` when it does not exist).
 
-    A torn last line (from a killed writer) is ignored; any other line that is not JSON raises ``ValueError``
-    naming the file and line.
+    A torn last line (from a killed writer) is ignored; any other line that is not JSON raises
+    :class:`~smoothcompress.errors.FileContentError` (a ``ValueError``) naming the file and line.
     """
     path = Path(path)
     if not path.exists():
@@ -104,7 +106,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
+            raise FileContentError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
     return rows
 
 

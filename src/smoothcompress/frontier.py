@@ -16,6 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.methods import get_method
 from smoothcompress.plotstyle import COLORS
 from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
@@ -112,7 +113,7 @@ def select_weights(
     """
     test = sorted({str(r.get("split", "test")) for r in rows} - {"val"})
     if test:
-        raise ValueError(
+        raise ConfigError(
             f"select_weights chooses on the validation split, but rows are on the {', '.join(test)} split; "
             "sweep with [train] val_fraction > 0 (as the cifar10-cpu-search preset does)"
         )

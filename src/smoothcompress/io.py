@@ -38,6 +38,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothcompress.accounting import RESHAPED, module_shapes
+from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.files import atomic_file
 from smoothcompress.lowrank import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
@@ -53,8 +54,9 @@ FORMAT_VERSION = 1
 """Version of the checkpoint layout; files with a newer version are refused with a clear error."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be loaded: not safetensors, corrupt, truncated, or not matching the model."""
+class CheckpointError(SmoothcompressError):
+    """A checkpoint file cannot be loaded (not safetensors, corrupt, truncated, a pickle, not matching the model),
+    or a model cannot be saved so that :func:`load` rebuilds it."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def _check_rebuildable(model: nn.Module, path: Path) -> None:
     if bad:
         named = dict(model.named_modules())
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"cannot save {path}: module {bad[0]!r} ({type(named[bad[0]]).__name__}){more} changed shape and load "
             f"rebuilds only {', '.join(_KNOWN)}, so the file could not be loaded; leave that layer out of the "
             "compression (exclude=...) or save model.state_dict() by other means"
@@ -274,9 +276,9 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
     }
     for k, v in (metadata or {}).items():
         if k in meta:
-            raise ValueError(f"metadata key {k!r} is reserved")
+            raise ConfigError(f"metadata key {k!r} is reserved")
         if not isinstance(k, str) or not isinstance(v, str):
-            raise ValueError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+            raise ConfigError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
     with atomic_file(path) as f:
         f.write(safetensors_bytes(tensors, metadata=meta))
@@ -489,14 +491,14 @@ def export_onnx(
     """
     path = Path(path)
     if input_shape is None and example_input is None:
-        raise ValueError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
+        raise ConfigError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
     shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
     if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(
+        raise ConfigError(
             f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
         )
     if example_input is not None and tuple(example_input.shape) != shape:
-        raise ValueError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
+        raise ConfigError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
     ref = next(iter(model.parameters()), None)
     # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
     batch = max(2, shape[0]) if dynamic_batch else shape[0]
@@ -522,7 +524,7 @@ def export_onnx(
                 model(x)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(
+                raise ConfigError(
                     f"input shape {shape} does not fit the model ({first}); pass the shape it takes, batch "
                     "included, e.g. (1, 3, 32, 32)"
                 ) from None

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from smoothcompress.errors import ConfigError
+
 __all__ = ["register_model", "create_model", "list_models", "model_input_shape", "default_input_shape", "ARCH_ATTR"]
 
 ARCH_ATTR = "sc_arch"
@@ -71,7 +73,7 @@ def default_input_shape(model: nn.Module, batch: int = 1) -> tuple[int, ...] | N
 
 def _check_name(name: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
@@ -89,12 +91,12 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """
     _check_name(name)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     arch = {"name": name, "kwargs": {"num_classes": int(num_classes), **kwargs}}
     try:
         json.dumps(arch)
     except TypeError as e:
-        raise ValueError(f"model arguments must be JSON-serialisable to be saved: {e}") from None
+        raise ConfigError(f"model arguments must be JSON-serialisable to be saved: {e}") from None
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     setattr(model, ARCH_ATTR, arch)
     return model

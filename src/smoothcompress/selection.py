@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from smoothcompress.errors import ConfigError
+
 __all__ = ["ENTRY_HELP", "Selection", "select_layers", "unwrap", "set_submodule", "as_entries", "entry_label"]
 
 ENTRY_HELP = (
@@ -83,7 +85,7 @@ def as_entries(spec: Entries, what: str = "exclude") -> tuple[Entry, ...]:
     items = (spec,) if isinstance(spec, (str, type)) else tuple(spec) if isinstance(spec, Iterable) else (spec,)
     for item in items:
         if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
-            raise ValueError(
+            raise ConfigError(
                 f"{what} entries must be module name patterns (str: {ENTRY_HELP}) or nn.Module subclasses, got {item!r}"
             )
     return items
