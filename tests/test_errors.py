@@ -66,7 +66,7 @@ def test_a_value_error_of_an_unconverted_module_is_a_user_error_by_origin_and_pr
 @pytest.mark.parametrize(
     "argv, line",
     [
-        (["compress"], "smoothcompress compress: error: the following arguments are required: model"),
+        (["compress"], "smoothcompress compress: error: the following arguments are required: MODEL"),
         (["compress", "{model}", "--rate", "abc"], "smoothcompress compress: error: argument --rate: invalid float"),
         (["nope"], "smoothcompress: error: argument COMMAND: invalid choice: 'nope'"),
         (["evaluate", "{model}.missing", "--dataset", "digits"], "smoothcompress evaluate: error: no checkpoint at"),

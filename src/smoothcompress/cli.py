@@ -34,7 +34,7 @@ import smoothcompress as sc
 from smoothcompress import models
 from smoothcompress.data import OFFICIAL
 from smoothcompress.errors import ConfigError, SmoothcompressError
-from smoothcompress.methods import get_method, list_methods
+from smoothcompress.methods import compression_record, get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
 
@@ -137,9 +137,26 @@ def _method(args: argparse.Namespace):
     return get_method(args.method, **options)
 
 
+def _load(args: argparse.Namespace):
+    """The model file ``args.model``, rebuilt by the registry or by ``--model-factory MODULE:FUNCTION``."""
+    skeleton = models.import_factory(args.model_factory)() if args.model_factory else None
+    return sc.load(args.model, model=skeleton)
+
+
+def _check_dense(path: str, model) -> None:
+    """Refuse to compress or prune a model that already was (its rate would be counted from the smaller model)."""
+    record = compression_record(model)
+    if record is None:
+        return
+    rate = record.rate_achieved if record.rate_achieved is not None else record.rate_requested
+    removed = f", {100 * rate:.0f}% removed" if rate is not None else ""
+    raise ConfigError(f"{path} is already compressed ({record.label}{removed}); compress the dense model")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """``compress`` and ``prune``: apply the chosen method, print its per-layer table, evaluate, save."""
-    model = sc.load(args.model)
+    model = _load(args)
+    _check_dense(args.model, model)
     method = _method(args)
     extra = {}
     ranks = dict(_parse_rank(r) for r in getattr(args, "rank", []))
@@ -169,7 +186,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model = sc.load(args.model)
+    model = _load(args)
     ds = _dataset(args)
     if ds is None:
         raise ConfigError("evaluate needs data: pass --dataset NAME and/or --data PATH")
@@ -179,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = sc.load(args.model)
+    model = _load(args)
     shape = tuple(args.input_shape) if args.input_shape else models.default_input_shape(model)
     if shape is None:
         raise ConfigError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32")
@@ -236,6 +253,12 @@ TRAIN_FLAGS = (
 )  # fmt: skip
 
 
+VALUE_METAVARS = {int: "N", float: "X", str: "VALUE"}  # method options without choices
+MODEL_FACTORY_HELP = (
+    "build the architecture with FUNCTION() from MODULE (e.g. mypkg.nets:build), for a model file whose "
+    "model is not in the registry; the file's weights and recorded layers are loaded into it"
+)
+
 OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
 CALIBRATION_IMAGES = 2048  # default --calibrate of the methods that use data
 
@@ -250,13 +273,23 @@ def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> N
             if f.name in options:
                 continue
             options[f.name] = name
-            flag, doc = "--" + f.name.replace("_", "-"), f.metadata["doc"]
+            flag, doc = "--" + f.name.replace("_", "-"), help_text(f.metadata["doc"])
             if type(f.default) is bool:
                 p.add_argument(flag, dest=OPTION_DEST + f.name, action="store_true", default=None, help=doc)
             else:
                 p.add_argument(flag, dest=OPTION_DEST + f.name, type=type(f.default), choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else VALUE_METAVARS.get(type(f.default), "VALUE"),
                                default=None, help=f"{doc} (default {f.default})")  # fmt: skip
     p.set_defaults(option_names=tuple(options))
+
+
+def help_text(doc: str) -> str:
+    """A method option's doc as command-line help: without the references to source files and modules of the
+    project's repository (``(see lowrank)``, ``benchmarks/results/....json``), which a user of the command has not."""
+    doc = re.sub(r"\s*\(see \w+\)", "", doc)
+    doc = re.sub(r"\s*\([\w/.-]+\.(?:json|md|py|toml)\)", "", doc)
+    doc = re.sub(r":\s*[\w/.-]+\.(?:json|md|py|toml)", "", doc)
+    return doc
 
 
 def _parse_rank(text: str) -> tuple[str, int]:
@@ -267,9 +300,18 @@ def _parse_rank(text: str) -> tuple[str, int]:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="cifar10, cifar100 or digits; with --data: the dataset that lives there")
-    p.add_argument("--data", help="an ImageFolder .tar.gz or directory, or the folder holding the official files")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--dataset", metavar="NAME", help="cifar10, cifar100 or digits; with --data: the dataset that lives there"
+    )
+    p.add_argument(
+        "--data", metavar="PATH", help="an ImageFolder .tar.gz or directory, or the folder holding the official files"
+    )
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="cpu, cuda or auto (default)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a model file written by smoothcompress (.safetensors)")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION", help=MODEL_FACTORY_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,20 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model, optionally with a smoothness penalty")
-    p.add_argument("--config", help="TOML file of train settings; flags override it")
-    p.add_argument("--dataset", help="cifar10 (default), cifar100, digits, or an ImageFolder path")
-    p.add_argument("--data", help="where the data lives (an ImageFolder .tar.gz/dir, or the official files' root)")
-    p.add_argument("--model", help=f"one of: {', '.join(models.list_models())}")
-    p.add_argument("--width", type=int, help="channels of the first stage (model default if omitted)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--config", metavar="FILE", help="TOML file of train settings; flags override it")
+    p.add_argument("--dataset", metavar="NAME", help="cifar10 (default), cifar100, digits, or an ImageFolder path")
+    p.add_argument(
+        "--data", metavar="PATH", help="where the data lives (an ImageFolder .tar.gz/dir, or the official files' root)"
+    )
+    p.add_argument("--model", metavar="NAME", help=f"one of: {', '.join(models.list_models())}")
+    p.add_argument("--width", type=int, metavar="N", help="channels of the first stage (model default if omitted)")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
     p.add_argument("--reg", choices=REG_KINDS, help="smoothness penalty")
-    p.add_argument("--weight", type=float, help="penalty weight (on weight decay's scale)")
-    p.add_argument("--lam", type=float, help="deprecated name of --weight")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--weight", type=float, metavar="W", help="penalty weight (on weight decay's scale)")
+    p.add_argument("--lam", type=float, metavar="W", help="deprecated name of --weight")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed")
     p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--out", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)")
+    p.add_argument(
+        "--out", metavar="FOLDER", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -304,17 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("prune", "prune by magnitude or remove filters (no fine-tuning)", "pruning", "magnitude"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("model", help="a model file written by smoothcompress (safetensors)")
-        p.add_argument("--rate", type=float, default=None if name == "compress" else 0.7,
+        _add_model_args(p)
+        p.add_argument("--rate", type=float, metavar="RATE", default=None if name == "compress" else 0.7,
                        help="fraction of all parameters to remove (default 0.7"
                        + (", or none with --flops)" if name == "compress" else ")"))  # fmt: skip
         if name == "compress":
             p.add_argument("--flops", type=float, metavar="F", help="FLOPs budget: fraction of the model's FLOPs "
                            "to keep, e.g. 0.5 (at most; with --rate, both budgets hold)")  # fmt: skip
         p.add_argument(
-            "--exclude", action="append", default=[], help=f"layer to leave alone: {ENTRY_HELP} (repeatable)"
+            "--exclude",
+            action="append",
+            default=[],
+            metavar="LAYER",
+            help=f"layer to leave alone: {ENTRY_HELP} (repeatable)",
         )
-        p.add_argument("-o", "--output", help="write the result here (.safetensors)")
+        p.add_argument("-o", "--output", metavar="FILE", help="write the result here (.safetensors)")
         _add_data_args(p)
         _add_method_args(p, family, default)
         p.add_argument(
@@ -325,24 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default {CALIBRATION_IMAGES}); forward passes only, no gradient step",
         )
         if name == "compress":
-            p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
+            p.add_argument(
+                "--rank",
+                action="append",
+                default=[],
+                metavar="LAYER=RANK",
+                help="explicit rank of a layer (repeatable)",
+            )
         p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    p.add_argument("model")
+    _add_model_args(p)
     _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a saved model to ONNX")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--input-shape", type=int, nargs="+", help="input shape with batch, e.g. 1 3 32 32")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N", help="input shape with batch, e.g. 1 3 32 32")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="train a grid, compress every model at every rate, write results rows")
-    p.add_argument("config", help="a sweep TOML file or a preset name: demo, cifar10-cpu, cifar10-paper, ...")
-    p.add_argument("--out", help="output folder (default: the config's `out`)")
-    p.add_argument("--data", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)")
+    p.add_argument("config", metavar="CONFIG", help="a sweep TOML file or a preset name: demo, cifar10-cpu, ...")
+    p.add_argument("--out", metavar="FOLDER", help="output folder (default: the config's `out`)")
+    p.add_argument(
+        "--data", metavar="PATH", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)"
+    )
     p.add_argument(
         "--shard",
         metavar="I/N",
@@ -355,9 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "results",
         nargs="+",
+        metavar="RESULTS",
         help="the sweep folder (its shards merged), a results.jsonl file, or several results files of one sweep",
     )
-    p.add_argument("-o", "--output", help="output folder (default: report/ in the folder holding the results)")
+    p.add_argument(
+        "-o", "--output", metavar="FOLDER", help="output folder (default: report/ in the folder holding the results)"
+    )
     p.add_argument(
         "--reference",
         metavar="FOLDER",
@@ -367,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the embedded demo: a small CNN on 8x8 digits; no download, CPU only")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", metavar="FOLDER", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -96,17 +96,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().split(b"\n")
     rows = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
             if i == len(lines) - 1:
                 break
             raise FileContentError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
+        if not isinstance(row, dict):
+            raise FileContentError(f"{path}:{i + 1}: a JSON {type(row).__name__}, not a row (a JSON object)")
+        rows.append(row)
     return rows
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -45,7 +47,16 @@ from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compress
 from smoothcompress.models import ARCH_ATTR, create_model
 from smoothcompress.selection import set_submodule
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save", "load", "read_metadata", "export_onnx"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "save",
+    "load",
+    "read_metadata",
+    "file_kind",
+    "export_onnx",
+]
 
 FORMAT = "smoothcompress"
 """Value of the ``format`` metadata key of every checkpoint."""
@@ -285,9 +296,44 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] 
     return path
 
 
-def _open_metadata(path: Path) -> dict[str, str]:
+def file_kind(path: str | os.PathLike) -> str:
+    """What a file is, from its first bytes: ``"safetensors"``, ``"pytorch-pickle"`` (``torch.save``'s zip or
+    legacy pickle), ``"folder"``, ``"missing"`` or ``"other"``. Reads at most the safetensors header's length."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
     if not path.is_file():
+        return "missing"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "pytorch-pickle"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "pytorch-pickle"
+        except (zipfile.BadZipFile, OSError):
+            pass
+    return "other"
+
+
+def _open_metadata(path: Path) -> dict[str, str]:
+    kind = file_kind(path)
+    if kind == "folder" and (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is a run folder; give its model file, {path / 'model.safetensors'}")
+    if kind in ("folder", "missing"):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if kind == "pytorch-pickle":
+        beside = path.parent / "model.safetensors"
+        hint = f"; the model of this run is {beside}" if beside.is_file() else ""
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (a training checkpoint?); smoothcompress reads .safetensors files written "
+            f"by smoothcompress save/train{hint}"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

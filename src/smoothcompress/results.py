@@ -73,6 +73,12 @@ def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
 def _read_results(path: Path) -> list[dict]:
     """The rows of one results file, each checked to be a sweep row this version reads."""
+    from smoothcompress.io import file_kind
+
+    kind = file_kind(path)
+    if kind in ("safetensors", "pytorch-pickle"):
+        what = "a model file" if kind == "safetensors" else "a PyTorch pickle (a training checkpoint?)"
+        raise FileContentError(f"{path} is {what}, not sweep results; give the sweep folder or its results.jsonl")
     rows = read_jsonl(path)
     if not rows:
         raise FileContentError(f"{path} holds no rows")
