@@ -26,10 +26,16 @@ non-registry model are not seen.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import struct
+import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -494,6 +500,63 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
 # ---------------------------------------------------------------------------------------------------------
 # ONNX
 
+ONNX_SIZE_LIMIT = 2**31 - 2**24
+"""Bytes of weights up to which the ONNX file holds them itself (protobuf's 2 GiB limit, less room for the graph);
+a larger model's weights go to ``NAME.onnx.data`` beside it."""
+
+HARMLESS_EXPORT_MESSAGES = (
+    r"torchvision is not installed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"Exporting a model while it is in training mode",
+    r".*torch\.export.* is deprecated",
+)
+"""Regular expressions of the exporter's warnings and log lines that say nothing about the exported model; they are
+dropped while :func:`export_onnx` runs, every other warning is shown."""
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(re.match(p, record.getMessage()) for p in HARMLESS_EXPORT_MESSAGES)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Drop the exporter's known harmless warnings and log lines (:data:`HARMLESS_EXPORT_MESSAGES`), only those."""
+    drop = _DropHarmless()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    with warnings.catch_warnings():
+        for pattern in HARMLESS_EXPORT_MESSAGES:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(drop)
+
+
+def _write_onnx(program, path: Path, weight_bytes: int) -> None:
+    """Write an exported program to ``path`` atomically: one file when the weights fit in it, else the file and
+    its ``NAME.data`` beside it (the data first, so the ``.onnx`` never names missing data)."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".part"))
+    try:
+        if weight_bytes <= ONNX_SIZE_LIMIT:
+            program.save(str(tmp / path.name), external_data=False)
+        else:
+            import onnx
+
+            program.save(str(tmp / "exported.onnx"), external_data=True)
+            proto = onnx.load(str(tmp / "exported.onnx"), load_external_data=True)
+            onnx.save(proto, str(tmp / path.name), save_as_external_data=True, location=path.name + ".data")
+            os.replace(tmp / (path.name + ".data"), path.parent / (path.name + ".data"))
+        with open(tmp / path.name, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 def export_onnx(
     model: nn.Module,
@@ -511,7 +574,10 @@ def export_onnx(
     model : nn.Module
         Dense, compressed or pruned. Exported in eval mode; its training flag is restored afterwards.
     path : str or PathLike
-        Output ``.onnx`` file.
+        Output ``.onnx`` file: one self-contained file, weights included, for weights up to
+        :data:`ONNX_SIZE_LIMIT` bytes (about 2 GB); beyond that the weights go to ``NAME.onnx.data`` beside it.
+        Written atomically (a temporary file renamed): a crash leaves the old file or the new one. The exporter's
+        known harmless warnings (:data:`HARMLESS_EXPORT_MESSAGES`) are not shown.
     input_shape : tuple of int, optional
         Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``; the model is traced on a random
         normal input of that shape in its dtype. The graph's input is named ``"input"`` and its output
@@ -575,7 +641,10 @@ def export_onnx(
                     "included, e.g. (1, 3, 32, 32)"
                 ) from None
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.onnx.export(model, (x,), str(path), **kwargs)
+            with _quiet_exporter():
+                program = torch.onnx.export(model, (x,), None, **kwargs)
+            weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+            _write_onnx(program, path, weight_bytes)
     finally:
         model.train(was_training)
     return path
