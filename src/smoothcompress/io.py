@@ -223,7 +223,7 @@ def _build(kind: str, config: Mapping, path: str) -> nn.Module:
     cls = _KNOWN[kind][0]
     try:
         return cls(**config)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError, KeyError) as e:
         raise CheckpointError(f"module {path!r} ({kind}) cannot be rebuilt from its recorded config: {e}") from None
 
 
@@ -411,7 +411,7 @@ def _base_model(arch, path: Path) -> nn.Module:
         raise CheckpointError(f"{path}: metadata entry 'arch' must be {{'name': str, 'kwargs': {{...}}}}, got {arch!r}")
     try:
         return create_model(arch["name"], **arch["kwargs"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot rebuild model {arch['name']!r} from the registry: {e}") from None
 
 
@@ -423,6 +423,59 @@ def _record(raw, path: Path) -> CompressionRecord | None:
         return CompressionRecord.from_dict(raw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata entry 'compression' is not a compression record: {e}") from None
+
+
+def _module_list(modules: Mapping, path: Path) -> list[tuple[str, str, Mapping]]:
+    """The ``modules`` metadata entry as ``(name, type, config)`` triples, each checked to be well formed."""
+    out = []
+    for name, rec in modules.items():
+        if not isinstance(rec, dict) or "type" not in rec or "config" not in rec:
+            raise CheckpointError(f"{path}: record of module {name!r} must have 'type' and 'config'")
+        if not name or not all(part.isidentifier() or part.isdigit() for part in name.split(".")):
+            raise CheckpointError(f"{path}: {name!r} is not a module path (dotted names); the file is damaged")
+        out.append((name, rec["type"], rec["config"]))
+    return out
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in the file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 - the safetensors reader raises its own error types
+        raise CheckpointError(f"{path}: cannot read the tensors (corrupt or truncated?): {e}") from None
+
+
+def _check_stored(module: nn.Module, prefix: str, stored: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """Refuse a module (built on the meta device) whose tensors are not stored in the file with the same shapes."""
+    for key, t in module.state_dict().items():
+        key = f"{prefix}.{key}" if prefix else key
+        if key not in stored:
+            raise CheckpointError(
+                f"{path}: the weights do not fit the model its metadata describes: it has a tensor {key!r} that the "
+                "file does not store; the file is damaged"
+            )
+        if tuple(t.shape) != stored[key]:
+            raise CheckpointError(
+                f"{path}: the weights do not fit the model its metadata describes: tensor {key!r} has shape "
+                f"{list(stored[key])} in the file but {list(t.shape)} in the model; the file is damaged"
+            )
+
+
+def _check_sizes(path: Path, arch, records: list[tuple[str, str, Mapping]]) -> None:
+    """Refuse, before allocating anything, a file whose recorded architecture would build tensors that the file
+    does not store (absurd widths or ranks in damaged or hostile metadata): every recorded module, and with
+    ``arch`` the whole registry model, is built on the meta device and its shapes compared with the stored ones."""
+    stored = _stored_shapes(path)
+    with torch.device("meta"):
+        probe = _base_model(arch, path) if arch is not None else None
+        for name, kind, cfg in records:
+            built = _build(kind, cfg, name)
+            if probe is not None:
+                _set_module(probe, name, built, path)
+            _check_stored(built, name, stored, path)
+    if probe is not None:
+        _check_stored(probe, "", stored, path)
 
 
 def _set_module(model: nn.Module, path: str, new: nn.Module, file: Path) -> None:
@@ -467,12 +520,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     path = Path(path)
     meta = read_metadata(path)
     record = _record(meta["compression"], path)
+    records = _module_list(meta["modules"], path)
+    _check_sizes(path, meta["arch"] if model is None else None, records)
     base = model if model is not None else _base_model(meta["arch"], path)
     current = dict(base.named_modules())
-    for name, rec in meta["modules"].items():
-        if not isinstance(rec, dict) or "type" not in rec or "config" not in rec:
-            raise CheckpointError(f"{path}: record of module {name!r} must have 'type' and 'config'")
-        kind, cfg = rec["type"], rec["config"]
+    for name, kind, cfg in records:
         old = current.get(name)
         if kind in _KNOWN and type(old) is _KNOWN[kind][0] and _KNOWN[kind][1](old) == cfg:
             continue  # the base already has this exact layer
@@ -485,6 +537,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     expected = meta.get("weights_sha256")
     if expected is not None and _checksum(tensors) != expected:
         raise CheckpointError(f"{path}: the tensors do not match their checksum; the file is corrupt")
+    for key, t in base.state_dict().items():
+        if key in tensors and tensors[key].is_floating_point() != t.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} is stored as {tensors[key].dtype}, the model has {t.dtype}")
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     base.to(device=device, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
     try:

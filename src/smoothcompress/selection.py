@@ -136,7 +136,7 @@ def _hits(entry: Entry, name: str, chain: list[tuple[str, nn.Module]], first: st
     return any(fnmatch.fnmatchcase(n, entry) for n, _ in chain)
 
 
-def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> ValueError:
+def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> ConfigError:
     label = entry_label(entry)
     if isinstance(entry, type):
         names = set(layers)
@@ -150,7 +150,7 @@ def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> Va
         shown = close or layers[:8]
         more = ", ..." if not close and len(layers) > 8 else ""
         hint = ("did you mean " if close else "layers: ") + ", ".join(map(repr, shown)) + more
-    return ValueError(f"{what} entry {label!r} matches no layer of {type(root).__name__}; {hint}")
+    return ConfigError(f"{what} entry {label!r} matches no layer of {type(root).__name__}; {hint}")
 
 
 def select_layers(
