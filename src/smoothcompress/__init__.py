@@ -11,9 +11,10 @@ load on first use of one of their names (``sc.prune``, ``sc.train``, ``sc.sweep`
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from smoothcompress.accounting import LayerTable, Report, count_flops, count_params, layer_report
+from smoothcompress.accounting import LayerTable, RateUnreachable, Report, count_flops, count_params, layer_report
 from smoothcompress.allocation import plan_compression, plan_ranks
 from smoothcompress.batchnorm import find_bn_pairs
+from smoothcompress.errors import ConfigError, FileContentError, SmoothcompressError
 from smoothcompress.factorized import FactorizedConv2d, FactorizedLinear, spectrum
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
@@ -76,6 +77,11 @@ _SUBMODULES = (
 
 __all__ = [
     "__version__",
+    # errors: every user error is a SmoothcompressError (a ValueError)
+    "SmoothcompressError",
+    "ConfigError",
+    "FileContentError",
+    "RateUnreachable",
     # models
     "create_model",
     "list_models",

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from smoothcompress.errors import ConfigError, SmoothcompressError
+
 __all__ = [
     "count_params",
     "count_flops",
@@ -38,7 +40,7 @@ layer shapes in place (filter pruning) lists the modules it reshaped (:func:`res
 :func:`smoothcompress.save` checks that :func:`smoothcompress.load` can rebuild each of them."""
 
 
-class RateUnreachable(ValueError):
+class RateUnreachable(SmoothcompressError):
     """A requested compression or pruning rate that the model's eligible layers cannot reach.
 
     Raised by :func:`smoothcompress.compress` and :func:`smoothcompress.prune`; the message names the largest
@@ -55,9 +57,9 @@ def check_rate(rate) -> float:
         ``rate`` is not a real number (bools are rejected), or lies outside ``[0, 1)`` (NaN and inf included).
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
-        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        raise ConfigError(f"rate must be a number in [0, 1), got {rate!r}")
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be in [0, 1) (the fraction of all parameters removed, e.g. 0.7), got {rate}")
+        raise ConfigError(f"rate must be in [0, 1) (the fraction of all parameters removed, e.g. 0.7), got {rate}")
     return float(rate)
 
 
@@ -121,7 +123,7 @@ def example_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:
     """A zero tensor of ``input_shape`` (batch included) on ``model``'s device, in its floating dtype."""
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
+        raise ConfigError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else "cpu"
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -216,7 +218,7 @@ def measure_latency(
 
     named = dict(models) if isinstance(models, Mapping) else dict(enumerate(models))
     if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+        raise ConfigError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
     inputs = {k: _like_model(m, example_input(m, input_shape).normal_()) for k, m in named.items()}
     modes = {k: m.training for k, m in named.items()}
     times: dict = {k: [] for k in named}

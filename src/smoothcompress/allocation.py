@@ -62,6 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from smoothcompress.accounting import RateUnreachable, bisect_boundary, check_rate, count_params, trace_flops
 from smoothcompress.batchnorm import bn_scale, trace_bn_pairs
+from smoothcompress.errors import ConfigError
 from smoothcompress.factorized import (
     Factorized,
     FactorizedConv2d,
@@ -113,9 +114,9 @@ in which case only the FLOPs budget applies (pass ``rate`` explicitly to have bo
 def check_flops(flops) -> float:
     """``flops`` as a float, checked to be a FLOPs budget: the fraction of the dense FLOPs kept, in ``(0, 1]``."""
     if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops):
-        raise ValueError(f"flops must be a number in (0, 1], got {flops!r}")
+        raise ConfigError(f"flops must be a number in (0, 1], got {flops!r}")
     if not 0.0 < flops <= 1.0:
-        raise ValueError(f"flops must be in (0, 1] (the fraction of the dense FLOPs kept, e.g. 0.5), got {flops}")
+        raise ConfigError(f"flops must be in (0, 1] (the fraction of the dense FLOPs kept, e.g. 0.5), got {flops}")
     return float(flops)
 
 
@@ -276,9 +277,9 @@ def _check_args(rate, allocation: str, scheme: str, flops=None) -> None:
     if flops is not None:
         check_flops(flops)
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(map(repr, ALLOCATIONS))}")
+        raise ConfigError(f"unknown allocation {allocation!r}; choose one of {', '.join(map(repr, ALLOCATIONS))}")
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
+        raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
 
 
 _MHA_NOTE = (
@@ -369,7 +370,7 @@ def _resolve_input_shape(model: nn.Module, input_shape, flops) -> tuple[int, ...
     if input_shape is None:
         input_shape = default_input_shape(model) if flops is not None else None
         if input_shape is None and flops is not None:
-            raise ValueError(
+            raise ConfigError(
                 "a FLOPs budget needs the model's input shape: pass input_shape=(1, C, H, W) (batch included); "
                 "only registry models (smoothcompress.create_model) know theirs"
             )
@@ -575,10 +576,10 @@ def _plan(
     _check_args(rate, allocation, scheme, flops)
     model = unwrap(model)
     if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
-        raise ValueError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
+        raise ConfigError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
     ranks = dict(ranks or {})
     if rate is None and flops is None and not ranks:
-        raise ValueError(
+        raise ConfigError(
             "pass a rate (fraction of parameters to remove), flops (fraction of FLOPs to keep) or explicit ranks"
         )
     input_shape = _resolve_input_shape(model, input_shape, flops)
@@ -591,7 +592,7 @@ def _plan(
         if name not in by_name:
             why = f" ({notes[name]})" if name in notes else ""
             shown = ", ".join(list(by_name)[:8]) + (", ..." if len(by_name) > 8 else "")
-            raise ValueError(f"ranks names {name!r}, which is not an eligible layer{why}; eligible: {shown}")
+            raise ConfigError(f"ranks names {name!r}, which is not an eligible layer{why}; eligible: {shown}")
     total = count_params(model)
     choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
     pinned_saving = sum(o.saving for o in choice.values())
@@ -619,7 +620,7 @@ def _plan(
     else:
         target = math.ceil(rate * total)
         if pinned_saving > target + _RATE_TOLERANCE * total:
-            raise ValueError(
+            raise ConfigError(
                 f"the explicit ranks alone remove {pinned_saving / total:.4f} of the parameters, more than the "
                 f"requested rate {rate}; raise the rate or pass rate=None to apply only the explicit ranks"
             )

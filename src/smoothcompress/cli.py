@@ -3,8 +3,14 @@
 It only parses arguments and calls the public Python API; every command has a one-call equivalent in Python.
 ``compress`` and ``prune`` dispatch through the method registry (:mod:`smoothcompress.methods`): ``--method``
 takes any registered method of the command's family, and every option a method declares is a flag.
-User errors (missing data, corrupt files, impossible rates, diverged training) print one line and exit with
-status 2; set ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback.
+User errors print one line, ``smoothcompress COMMAND: error: ...``, and exit with status 2: the project's errors
+(:class:`~smoothcompress.errors.SmoothcompressError`: bad arguments, missing or corrupt data and files, impossible
+rates, diverged training), argument-parsing errors, and a file named on the command line that cannot be opened
+(:data:`USER_OS_ERRORS`). A few ``ValueError`` errors of modules that do not raise the project's errors yet are user
+errors too, recognised by the module that raised them and the start of their message
+(:data:`LIBRARY_USER_ERRORS`). Any other exception is a bug and keeps its traceback; set
+``SMOOTHCOMPRESS_DEBUG=1`` for the traceback of a user error as well. Library warnings print as one line,
+``smoothcompress COMMAND: warning: ...``, in the command line's terms (``--calibrate 128``, not ``images >= 128``).
 
 The library only logs (``logging``, logger ``smoothcompress``); the command line decides what is shown. Commands
 that train (``train``, ``sweep``, ``demo``) print the trainer's line per epoch on stdout when stdout is not a
@@ -18,19 +24,42 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import smoothcompress as sc
 from smoothcompress import models
-from smoothcompress.data import OFFICIAL, DataError
-from smoothcompress.io import CheckpointError
-from smoothcompress.methods import get_method, list_methods
+from smoothcompress.data import OFFICIAL
+from smoothcompress.errors import ConfigError, SmoothcompressError
+from smoothcompress.methods import compression_record, get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
-from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, TrainingDiverged, evaluate, load_dataset_for, run
+from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
 
-USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, ValueError, OSError)
+__all__ = ["main", "build_parser", "user_error", "cli_terms", "ParseError", "USER_OS_ERRORS", "LIBRARY_USER_ERRORS"]
+
+USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+"""Errors of opening a file the user named (or of an output folder another process holds): one line, status 2."""
+
+LIBRARY_USER_ERRORS = {
+    "smoothcompress.methods": ("method ",),  # an option out of range; a method that needs calibration data
+    "smoothcompress.calibration": ("images must be", "calibration inputs", "the calibration data gave no inputs"),
+    "smoothcompress.regularize": ("unknown penalty kind",),
+}
+"""``ValueError`` errors of the modules that do not raise the project's errors yet and that are user errors: the module
+that raised one, and the starts of the messages that make it a user error."""
+
+CLI_TERMS = (
+    (re.compile(r"([Pp])ass images >= (\d+)"), r"\1ass --calibrate \2"),
+    (re.compile(r"\(allocation='([\w-]+)'\)"), r"(--allocation \1)"),
+    (re.compile(r"the requested (\d)"), r"the requested --rate \1"),
+    (re.compile(r"the budget (\d)"), r"the --flops budget \1"),
+    (re.compile(r"^recalibrate_bn: "), ""),
+)
+"""Library warnings rewritten in the command line's terms: (pattern, replacement)."""
+
 TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose epoch lines are log records
 
 
@@ -46,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     notes = []
     if args.lam is not None:  # the deprecated spelling of --weight
         if args.weight is not None:
-            raise ValueError("--lam is the deprecated name of --weight; give only --weight")
+            raise ConfigError("--lam is the deprecated name of --weight; give only --weight")
         overrides["weight"] = args.lam
         notes.append("--lam is deprecated and will be removed; use --weight")
     with warnings.catch_warnings(record=True) as caught:  # e.g. `lam` in the --config file
@@ -67,8 +96,8 @@ def _check_data_flags(dataset: str | None, data: str | None) -> None:
     if dataset is None or data is None or dataset.strip().lower() in OFFICIAL:
         return
     if dataset.strip().lower() == "digits":
-        raise ValueError(f"--dataset digits is bundled and reads no files, but --data {data} was given; drop one")
-    raise ValueError(
+        raise ConfigError(f"--dataset digits is bundled and reads no files, but --data {data} was given; drop one")
+    raise ConfigError(
         f"--dataset {dataset} and --data {data} both name the data; give it once (--data PATH, with at most "
         f"--dataset {' or '.join(OFFICIAL)} to say which official dataset lives there)"
     )
@@ -103,31 +132,50 @@ def _method(args: argparse.Namespace):
         if value is None:
             continue
         if name not in declared:
-            raise ValueError(f"--{name.replace('_', '-')} is not an option of method {args.method!r}")
+            raise ConfigError(f"--{name.replace('_', '-')} is not an option of method {args.method!r}")
         options[name] = value
     return get_method(args.method, **options)
 
 
+def _load(args: argparse.Namespace):
+    """The model file ``args.model``, rebuilt by the registry or by ``--model-factory MODULE:FUNCTION``."""
+    skeleton = models.import_factory(args.model_factory)() if args.model_factory else None
+    return sc.load(args.model, model=skeleton)
+
+
+def _check_dense(path: str, model) -> None:
+    """Refuse to compress or prune a model that already was (its rate would be counted from the smaller model)."""
+    record = compression_record(model)
+    if record is None:
+        return
+    rate = record.rate_achieved if record.rate_achieved is not None else record.rate_requested
+    removed = f", {100 * rate:.0f}% removed" if rate is not None else ""
+    raise ConfigError(f"{path} is already compressed ({record.label}{removed}); compress the dense model")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """``compress`` and ``prune``: apply the chosen method, print its per-layer table, evaluate, save."""
-    model = sc.load(args.model)
+    model = _load(args)
+    _check_dense(args.model, model)
     method = _method(args)
     extra = {}
     ranks = dict(_parse_rank(r) for r in getattr(args, "rank", []))
     if ranks:
         if "ranks" not in inspect.signature(method.apply).parameters:
-            raise ValueError(f"--rank does not apply to method {method.name!r}")
+            raise ConfigError(f"--rank does not apply to method {method.name!r}")
         extra["ranks"] = ranks
     flops = getattr(args, "flops", None)
     if flops is not None:
         if "flops" not in inspect.signature(method.apply).parameters:
-            raise ValueError(f"--flops does not apply to method {method.name!r}")
+            raise ConfigError(f"--flops does not apply to method {method.name!r}")
         extra |= {"flops": flops, "input_shape": models.default_input_shape(model)}
     rate = args.rate if args.rate is not None or ranks or flops is not None else 0.7
     ds = _dataset(args)
+    if args.calibrate is not None and args.calibrate < 1:
+        raise ConfigError(f"--calibrate takes a number of images, at least 1; got {args.calibrate}")
     if args.calibrate is not None and not method.uses_data():
         data_methods = [n for n in list_methods(method.family) if get_method(n).uses_data()]
-        raise ValueError(
+        raise ConfigError(
             f"--calibrate applies to the methods that use data ({', '.join(data_methods)}), not {method.name!r}"
         )
     if method.uses_data():  # training images only, forward passes only
@@ -138,20 +186,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model = sc.load(args.model)
+    model = _load(args)
     ds = _dataset(args)
     if ds is None:
-        raise ValueError("evaluate needs data: pass --dataset NAME and/or --data PATH")
+        raise ConfigError("evaluate needs data: pass --dataset NAME and/or --data PATH")
     acc = evaluate(model, ds, device=args.device)
     print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} ({sc.count_params(model):,} params)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = sc.load(args.model)
+    model = _load(args)
     shape = tuple(args.input_shape) if args.input_shape else models.default_input_shape(model)
     if shape is None:
-        raise ValueError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32")
+        raise ConfigError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32")
     print(f"wrote {sc.export_onnx(model, args.output, shape)}")
     return 0
 
@@ -205,6 +253,12 @@ TRAIN_FLAGS = (
 )  # fmt: skip
 
 
+VALUE_METAVARS = {int: "N", float: "X", str: "VALUE"}  # method options without choices
+MODEL_FACTORY_HELP = (
+    "build the architecture with FUNCTION() from MODULE (e.g. mypkg.nets:build), for a model file whose "
+    "model is not in the registry; the file's weights and recorded layers are loaded into it"
+)
+
 OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
 CALIBRATION_IMAGES = 2048  # default --calibrate of the methods that use data
 
@@ -219,30 +273,49 @@ def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> N
             if f.name in options:
                 continue
             options[f.name] = name
-            flag, doc = "--" + f.name.replace("_", "-"), f.metadata["doc"]
+            flag, doc = "--" + f.name.replace("_", "-"), help_text(f.metadata["doc"])
             if type(f.default) is bool:
                 p.add_argument(flag, dest=OPTION_DEST + f.name, action="store_true", default=None, help=doc)
             else:
                 p.add_argument(flag, dest=OPTION_DEST + f.name, type=type(f.default), choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else VALUE_METAVARS.get(type(f.default), "VALUE"),
                                default=None, help=f"{doc} (default {f.default})")  # fmt: skip
     p.set_defaults(option_names=tuple(options))
+
+
+def help_text(doc: str) -> str:
+    """A method option's doc as command-line help: without the references to source files and modules of the
+    project's repository (``(see lowrank)``, ``benchmarks/results/....json``), which a user of the command has not."""
+    doc = re.sub(r"\s*\(see \w+\)", "", doc)
+    doc = re.sub(r"\s*\([\w/.-]+\.(?:json|md|py|toml)\)", "", doc)
+    doc = re.sub(r":\s*[\w/.-]+\.(?:json|md|py|toml)", "", doc)
+    return doc
 
 
 def _parse_rank(text: str) -> tuple[str, int]:
     name, sep, rank = text.rpartition("=")
     if not sep or not name or not rank.isdigit():
-        raise ValueError(f"--rank takes LAYER=RANK, e.g. layers.0.0.conv1=8; got {text!r}")
+        raise ConfigError(f"--rank takes LAYER=RANK, e.g. layers.0.0.conv1=8; got {text!r}")
     return name, int(rank)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="cifar10, cifar100 or digits; with --data: the dataset that lives there")
-    p.add_argument("--data", help="an ImageFolder .tar.gz or directory, or the folder holding the official files")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--dataset", metavar="NAME", help="cifar10, cifar100 or digits; with --data: the dataset that lives there"
+    )
+    p.add_argument(
+        "--data", metavar="PATH", help="an ImageFolder .tar.gz or directory, or the folder holding the official files"
+    )
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="cpu, cuda or auto (default)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a model file written by smoothcompress (.safetensors)")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION", help=MODEL_FACTORY_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="smoothcompress",
         description="Smooth training and SVD compression of neural networks without fine-tuning "
         "(Runkel et al., arXiv 2505.24469).",
@@ -251,20 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model, optionally with a smoothness penalty")
-    p.add_argument("--config", help="TOML file of train settings; flags override it")
-    p.add_argument("--dataset", help="cifar10 (default), cifar100, digits, or an ImageFolder path")
-    p.add_argument("--data", help="where the data lives (an ImageFolder .tar.gz/dir, or the official files' root)")
-    p.add_argument("--model", help=f"one of: {', '.join(models.list_models())}")
-    p.add_argument("--width", type=int, help="channels of the first stage (model default if omitted)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--config", metavar="FILE", help="TOML file of train settings; flags override it")
+    p.add_argument("--dataset", metavar="NAME", help="cifar10 (default), cifar100, digits, or an ImageFolder path")
+    p.add_argument(
+        "--data", metavar="PATH", help="where the data lives (an ImageFolder .tar.gz/dir, or the official files' root)"
+    )
+    p.add_argument("--model", metavar="NAME", help=f"one of: {', '.join(models.list_models())}")
+    p.add_argument("--width", type=int, metavar="N", help="channels of the first stage (model default if omitted)")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
     p.add_argument("--reg", choices=REG_KINDS, help="smoothness penalty")
-    p.add_argument("--weight", type=float, help="penalty weight (on weight decay's scale)")
-    p.add_argument("--lam", type=float, help="deprecated name of --weight")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--weight", type=float, metavar="W", help="penalty weight (on weight decay's scale)")
+    p.add_argument("--lam", type=float, metavar="W", help="deprecated name of --weight")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed")
     p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--out", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)")
+    p.add_argument(
+        "--out", metavar="FOLDER", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -273,17 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("prune", "prune by magnitude or remove filters (no fine-tuning)", "pruning", "magnitude"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("model", help="a model file written by smoothcompress (safetensors)")
-        p.add_argument("--rate", type=float, default=None if name == "compress" else 0.7,
+        _add_model_args(p)
+        p.add_argument("--rate", type=float, metavar="RATE", default=None if name == "compress" else 0.7,
                        help="fraction of all parameters to remove (default 0.7"
                        + (", or none with --flops)" if name == "compress" else ")"))  # fmt: skip
         if name == "compress":
             p.add_argument("--flops", type=float, metavar="F", help="FLOPs budget: fraction of the model's FLOPs "
                            "to keep, e.g. 0.5 (at most; with --rate, both budgets hold)")  # fmt: skip
         p.add_argument(
-            "--exclude", action="append", default=[], help=f"layer to leave alone: {ENTRY_HELP} (repeatable)"
+            "--exclude",
+            action="append",
+            default=[],
+            metavar="LAYER",
+            help=f"layer to leave alone: {ENTRY_HELP} (repeatable)",
         )
-        p.add_argument("-o", "--output", help="write the result here (.safetensors)")
+        p.add_argument("-o", "--output", metavar="FILE", help="write the result here (.safetensors)")
         _add_data_args(p)
         _add_method_args(p, family, default)
         p.add_argument(
@@ -294,24 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default {CALIBRATION_IMAGES}); forward passes only, no gradient step",
         )
         if name == "compress":
-            p.add_argument("--rank", action="append", default=[], help="explicit rank, LAYER=RANK (repeatable)")
+            p.add_argument(
+                "--rank",
+                action="append",
+                default=[],
+                metavar="LAYER=RANK",
+                help="explicit rank of a layer (repeatable)",
+            )
         p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    p.add_argument("model")
+    _add_model_args(p)
     _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a saved model to ONNX")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--input-shape", type=int, nargs="+", help="input shape with batch, e.g. 1 3 32 32")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N", help="input shape with batch, e.g. 1 3 32 32")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="train a grid, compress every model at every rate, write results rows")
-    p.add_argument("config", help="a sweep TOML file or a preset name: demo, cifar10-cpu, cifar10-paper, ...")
-    p.add_argument("--out", help="output folder (default: the config's `out`)")
-    p.add_argument("--data", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)")
+    p.add_argument("config", metavar="CONFIG", help="a sweep TOML file or a preset name: demo, cifar10-cpu, ...")
+    p.add_argument("--out", metavar="FOLDER", help="output folder (default: the config's `out`)")
+    p.add_argument(
+        "--data", metavar="PATH", help="where the dataset lives, overriding the config (e.g. an ImageFolder .tar.gz)"
+    )
     p.add_argument(
         "--shard",
         metavar="I/N",
@@ -324,9 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "results",
         nargs="+",
+        metavar="RESULTS",
         help="the sweep folder (its shards merged), a results.jsonl file, or several results files of one sweep",
     )
-    p.add_argument("-o", "--output", help="output folder (default: report/ in the folder holding the results)")
+    p.add_argument(
+        "-o", "--output", metavar="FOLDER", help="output folder (default: report/ in the folder holding the results)"
+    )
     p.add_argument(
         "--reference",
         metavar="FOLDER",
@@ -336,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the embedded demo: a small CNN on 8x8 digits; no download, CPU only")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", metavar="FOLDER", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -361,23 +453,90 @@ def epoch_lines(command: str):
         logger.setLevel(level)
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of a user error, or ``None`` when ``e`` is a bug (which keeps its traceback).
+
+    User errors: a :class:`~smoothcompress.errors.SmoothcompressError`, an error of opening a named file
+    (:data:`USER_OS_ERRORS`), and the ``ValueError`` errors listed in :data:`LIBRARY_USER_ERRORS`.
+    """
+    if isinstance(e, SmoothcompressError):
+        text = str(e)
+    elif isinstance(e, USER_OS_ERRORS):
+        name = e.filename if e.filename is not None else None
+        text = f"{name}: {e.strerror.lower()}" if name is not None and e.strerror else str(e)
+    elif type(e) is ValueError and _raised_in_listed_module(e):
+        text = str(e)
+    else:
+        return None
+    return " ".join(text.split()) or type(e).__name__
+
+
+def _raised_in_listed_module(e: ValueError) -> bool:
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return False
+    module = Path(frames[-1].filename)
+    name = f"smoothcompress.{module.stem}" if module.parent.name == "smoothcompress" else ""
+    prefixes = LIBRARY_USER_ERRORS.get(name, ())
+    return bool(prefixes) and str(e).startswith(prefixes)
+
+
+def cli_terms(message: str) -> str:
+    """A library warning's message in the command line's terms, on one line (see :data:`CLI_TERMS`)."""
+    text = " ".join(str(message).split())
+    for pattern, replacement in CLI_TERMS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`ParseError` (printed by :func:`main` as one line)."""
+
+    def error(self, message: str):
+        raise ParseError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+class ParseError(ConfigError):
+    """The command line does not parse; ``prog`` is the (sub)command whose arguments are wrong."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    0 on success, 2 on a user error (one line on stderr), 130 when interrupted; a bug raises. ``--help`` and
+    ``--version`` exit through ``SystemExit(0)``, as argparse does.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ParseError as e:
+        print(f"{e.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
+    prefix = f"smoothcompress {args.command}"
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {cli_terms(message)}", file=sys.stderr)
+
     try:
-        with epoch_lines(args.command):
+        with epoch_lines(args.command), warnings.catch_warnings():
+            warnings.showwarning = show
             return args.func(args)
-    except USER_ERRORS as e:
-        if os.environ.get("SMOOTHCOMPRESS_DEBUG"):
-            raise
-        print(f"smoothcompress {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"smoothcompress {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = user_error(e)
+        if message is None or os.environ.get("SMOOTHCOMPRESS_DEBUG"):
+            raise
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ from torch import nn
 from smoothcompress import io
 from smoothcompress.accounting import RateUnreachable, count_flops, count_params
 from smoothcompress.data import Dataset, split_validation
+from smoothcompress.errors import ConfigError
 from smoothcompress.files import FolderLock, append_jsonl, read_jsonl, write_json
 from smoothcompress.methods import Method, method_from_dict
 from smoothcompress.provenance import git_commit, provenance
@@ -112,7 +113,7 @@ PENALTY_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
 
 
 def _text(value: Any) -> str:
@@ -178,13 +179,13 @@ class SweepConfig:
         variants = []
         for v in grid.get("variants", [{}]):
             if any(isinstance(x, list | dict) for x in v.values()):
-                raise ValueError(f"[grid] variant {v}: values must be single numbers or strings")
+                raise ConfigError(f"[grid] variant {v}: values must be single numbers or strings")
             variants.append(tuple(sorted(v.items())))
         runs: list[RunSpec] = []
         for entry in grid.get("regularizers", [{"kind": "none"}]):
             _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "lam", "seeds", *PENALTY_OPTIONS})
             if "kind" not in entry:
-                raise ValueError(f"regularizer entry {entry} has no 'kind'")
+                raise ConfigError(f"regularizer entry {entry} has no 'kind'")
             weights = _grid_weights(entry)
             options = tuple(
                 (k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in PENALTY_OPTIONS
@@ -192,7 +193,7 @@ class SweepConfig:
             for variant in variants:
                 both = sorted({k for k, _ in variant} & {k for k, _ in options})
                 if both:
-                    raise ValueError(
+                    raise ConfigError(
                         f"[grid] {', '.join(both)} is set both by a variant and by the {entry['kind']} entry; "
                         "set it in one place"
                     )
@@ -206,7 +207,7 @@ class SweepConfig:
         _check_keys("[compress]", comp, {"rates", "methods", "calibration_images"})
         rates = tuple(float(r) for r in comp.get("rates", [0.5, 0.7, 0.9]))
         if any(not 0 < r < 1 for r in rates):
-            raise ValueError(f"compress.rates must lie in (0, 1), got {list(rates)}")
+            raise ConfigError(f"compress.rates must lie in (0, 1), got {list(rates)}")
         report = raw.get("report", {})
         _check_keys("[report]", report, {"spectra_layers"})
         return cls(
@@ -251,7 +252,7 @@ class SweepConfig:
         """
         i, n = parse_shard(shard)
         if n > len(self.runs):
-            raise ValueError(
+            raise ConfigError(
                 f"shard {i}/{n}: the grid has only {len(self.runs)} training run(s), the unit of a shard; "
                 f"use at most {len(self.runs)} shards"
             )
@@ -269,15 +270,15 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     if isinstance(shard, str):
         i, sep, n = shard.strip().partition("/")
         if not sep or not i.strip().isdigit() or not n.strip().isdigit():
-            raise ValueError(f"shard {shard!r}: write I/N with whole numbers, e.g. 1/4 for the first of 4 shards")
+            raise ConfigError(f"shard {shard!r}: write I/N with whole numbers, e.g. 1/4 for the first of 4 shards")
         pair = int(i), int(n)
     else:
         pair = tuple(shard)
         if len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
-            raise ValueError(f"shard {shard!r}: give (i, n), two whole numbers, e.g. (1, 4) for the first of 4")
+            raise ConfigError(f"shard {shard!r}: give (i, n), two whole numbers, e.g. (1, 4) for the first of 4")
     i, n = pair
     if n < 1 or not 1 <= i <= n:
-        raise ValueError(f"shard {i}/{n}: need 1 <= I <= N (shards are numbered from 1), e.g. 1/{max(n, 2)}")
+        raise ConfigError(f"shard {i}/{n}: need 1 <= I <= N (shards are numbered from 1), e.g. 1/{max(n, 2)}")
     return i, n
 
 
@@ -307,7 +308,7 @@ def _grid_weights(entry: dict) -> float | list:
     if "lam" not in entry:
         return entry.get("weight", 0.0)
     if "weight" in entry:
-        raise ValueError(f"regularizer entry {entry} gives both 'weight' and its old name 'lam'; keep 'weight'")
+        raise ConfigError(f"regularizer entry {entry} gives both 'weight' and its old name 'lam'; keep 'weight'")
     warnings.warn(
         "[grid] regularizers: 'lam' is deprecated, write 'weight' (same meaning)", DeprecationWarning, stacklevel=4
     )
@@ -319,7 +320,7 @@ def _method(entry: dict) -> Method:
     try:
         return method_from_dict(entry)
     except ValueError as e:
-        raise ValueError(f"[compress] methods entry {entry}: {e}") from None
+        raise ConfigError(f"[compress] methods entry {entry}: {e}") from None
 
 
 def resolve_config(name: str | os.PathLike) -> Path:
@@ -331,7 +332,7 @@ def resolve_config(name: str | os.PathLike) -> Path:
     if preset.is_file() and path.suffix in ("", ".toml") and path.parent in (Path("."), Path("configs")):
         return preset
     presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
-    raise ValueError(f"sweep config {str(name)!r} not found; give a TOML file or a preset name ({presets})")
+    raise ConfigError(f"sweep config {str(name)!r} not found; give a TOML file or a preset name ({presets})")
 
 
 def _check_owned(
@@ -341,7 +342,7 @@ def _check_owned(
     tags = {s.tag(cfg.train) for s in cfg.runs} - {s.tag(cfg.train) for s in runs}
     foreign = sorted({r["run"] for r in rows} & tags)
     if foreign:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds rows of {', '.join(foreign)}, which shard {shard[0]}/{shard[1]} of this grid no longer "
             "runs (the grid changed and was dealt anew); sweep into a new out folder"
         )

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.layers import linear_bias, linear_weight
 
 __all__ = [
@@ -65,7 +66,7 @@ def _as_4d(weight: torch.Tensor) -> torch.Tensor:
 
 def _check_scheme(scheme: str) -> None:
     if scheme not in _SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, _SCHEMES))}")
+        raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, _SCHEMES))}")
 
 
 def _effective_scheme(weight_shape: torch.Size | tuple, scheme: str) -> str:
@@ -284,11 +285,11 @@ def _factors(weight: torch.Tensor, dec: _Decomposition, rank: int, scheme: str) 
 def _check_rank(rank: int, full_rank: int, name: str = "") -> None:
     where = f" for layer {name!r}" if name else ""
     if isinstance(rank, bool) or not isinstance(rank, int):
-        raise ValueError(f"rank{where} must be an int, got {rank!r}")
+        raise ConfigError(f"rank{where} must be an int, got {rank!r}")
     if rank < 1:
-        raise ValueError(f"rank{where} must be at least 1, got {rank}")
+        raise ConfigError(f"rank{where} must be at least 1, got {rank}")
     if rank > full_rank:
-        raise ValueError(f"rank {rank}{where} is above the full rank {full_rank}")
+        raise ConfigError(f"rank {rank}{where} is above the full rank {full_rank}")
 
 
 def factorize_weight(

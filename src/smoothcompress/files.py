@@ -13,9 +13,12 @@ import json
 import os
 import socket
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from smoothcompress.errors import FileContentError
 
 __all__ = [
     "atomic_file",
@@ -88,23 +91,28 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file (``[]`` when it does not exist).
 
-    A torn last line (from a killed writer) is ignored; any other line that is not JSON raises ``ValueError``
+    A torn last line (left by a killed writer: no newline, not JSON) is ignored with a ``UserWarning``; any other
+    line that is not a JSON object raises :class:`~smoothcompress.errors.FileContentError` (a ``ValueError``)
     naming the file and line.
     """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().split(b"\n")
     rows = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
             if i == len(lines) - 1:
+                warnings.warn(f"{path}:{i + 1}: ignored a truncated last line (left by a killed writer)", stacklevel=2)
                 break
-            raise ValueError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
+            raise FileContentError(f"{path}:{i + 1}: not a JSON line; fix or delete it") from None
+        if not isinstance(row, dict):
+            raise FileContentError(f"{path}:{i + 1}: a JSON {type(row).__name__}, not a row (a JSON object)")
+        rows.append(row)
     return rows
 
 

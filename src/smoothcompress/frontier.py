@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.methods import get_method
 from smoothcompress.plotstyle import COLORS
@@ -113,7 +114,7 @@ def select_weights(
     """
     test = sorted({str(r.get("split", "test")) for r in rows} - {"val"})
     if test:
-        raise ValueError(
+        raise ConfigError(
             f"select_weights chooses on the validation split, but rows are on the {', '.join(test)} split; "
             "sweep with [train] val_fraction > 0 (as the cifar10-cpu-search preset does)"
         )

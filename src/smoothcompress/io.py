@@ -41,9 +41,18 @@ non-registry model are not seen.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
+import re
+import shutil
+import struct
+import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +64,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothcompress.accounting import RESHAPED, module_shapes
+from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.extras import require
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.files import atomic_file
@@ -74,6 +84,7 @@ __all__ = [
     "save",
     "load",
     "read_metadata",
+    "file_kind",
     "export_onnx",
 ]
 
@@ -94,10 +105,15 @@ SPARSE_MIN_BYTES = 1024
 _SPARSE_SEPARATOR = "#"
 _VALUES, _MASK, _INDICES = "values", "mask", "indices"
 _ENCODINGS = {"bitmask": _MASK, "indices": _INDICES}
+# Indices are used only for tensors with at least one non-zero per _INDEX_SPAN entries (sparser ones get the
+# bitmask), so that a file's declared sparse shapes are bounded by the data it stores: n <= _INDEX_SPAN * (nnz + 1)
+# for indices, n <= 8 * mask bytes for a bitmask. load checks these bounds before it builds anything.
+_INDEX_SPAN = 1024
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be loaded: not safetensors, corrupt, truncated, or not matching the model."""
+class CheckpointError(SmoothcompressError):
+    """A checkpoint file cannot be loaded (not safetensors, corrupt, truncated, a pickle, not matching the model),
+    or a model cannot be saved so that :func:`load` rebuilds it."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,7 +234,7 @@ def _check_rebuildable(model: nn.Module, path: Path) -> None:
     if bad:
         named = dict(model.named_modules())
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"cannot save {path}: module {bad[0]!r} ({type(named[bad[0]]).__name__}){more} changed shape and load "
             f"rebuilds only {', '.join(_KNOWN)}, so the file could not be loaded; leave that layer out of the "
             "compression (exclude=...) or save model.state_dict() by other means"
@@ -247,7 +263,7 @@ def _build(kind: str, config: Mapping, path: str) -> nn.Module:
     cls = _KNOWN[kind][0]
     try:
         return cls(**config)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError, KeyError) as e:
         raise CheckpointError(f"module {path!r} ({kind}) cannot be rebuilt from its recorded config: {e}") from None
 
 
@@ -281,7 +297,7 @@ def _encode_sparse(t: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]] | No
     nonzero = flat != 0  # -0.0 counts as zero: magnitude pruning leaves it where it zeroed a negative weight
     k = int(nonzero.sum())
     mask_bytes = (n + 7) // 8
-    index_bytes = 4 * k if n < 2**31 else mask_bytes  # int32 indices reach 2**31 entries
+    index_bytes = 4 * k if n < 2**31 and n <= _INDEX_SPAN * (k + 1) else mask_bytes  # int32 indices: 2**31
     if k * size + min(mask_bytes, index_bytes) > SPARSE_MAX_FRACTION * n * size:
         return None
     parts = {_VALUES: flat[nonzero].clone()}
@@ -411,18 +427,53 @@ def save(
         meta["sparse"] = json.dumps(entries)
     for k, v in (metadata or {}).items():
         if k in meta or k == "sparse":
-            raise ValueError(f"metadata key {k!r} is reserved")
+            raise ConfigError(f"metadata key {k!r} is reserved")
         if not isinstance(k, str) or not isinstance(v, str):
-            raise ValueError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+            raise ConfigError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
     with atomic_file(path) as f:
         f.write(safetensors_bytes(tensors, metadata=meta))
     return path
 
 
-def _open_metadata(path: Path) -> dict[str, str]:
+def file_kind(path: str | os.PathLike) -> str:
+    """What a file is, from its first bytes: ``"safetensors"``, ``"pytorch-pickle"`` (``torch.save``'s zip or
+    legacy pickle), ``"folder"``, ``"missing"`` or ``"other"``. Reads at most the safetensors header's length."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
     if not path.is_file():
+        return "missing"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "pytorch-pickle"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "pytorch-pickle"
+        except (zipfile.BadZipFile, OSError):
+            pass
+    return "other"
+
+
+def _open_metadata(path: Path) -> dict[str, str]:
+    kind = file_kind(path)
+    if kind == "folder" and (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is a run folder; give its model file, {path / 'model.safetensors'}")
+    if kind in ("folder", "missing"):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if kind == "pytorch-pickle":
+        beside = path.parent / "model.safetensors"
+        hint = f"; the model of this run is {beside}" if beside.is_file() else ""
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (a training checkpoint?); smoothcompress reads .safetensors files written "
+            f"by smoothcompress save/train{hint}"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -497,7 +548,7 @@ def _base_model(arch, path: Path) -> nn.Module:
         raise CheckpointError(f"{path}: metadata entry 'arch' must be {{'name': str, 'kwargs': {{...}}}}, got {arch!r}")
     try:
         return create_model(arch["name"], **arch["kwargs"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, AttributeError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot rebuild model {arch['name']!r} from the registry: {e}") from None
 
 
@@ -509,6 +560,85 @@ def _record(raw, path: Path) -> CompressionRecord | None:
         return CompressionRecord.from_dict(raw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata entry 'compression' is not a compression record: {e}") from None
+
+
+def _module_list(modules: Mapping, path: Path) -> list[tuple[str, str, Mapping]]:
+    """The ``modules`` metadata entry as ``(name, type, config)`` triples, each checked to be well formed."""
+    out = []
+    for name, rec in modules.items():
+        if not isinstance(rec, dict) or "type" not in rec or "config" not in rec:
+            raise CheckpointError(f"{path}: record of module {name!r} must have 'type' and 'config'")
+        if not name or not all(part.isidentifier() or part.isdigit() for part in name.split(".")):
+            raise CheckpointError(f"{path}: {name!r} is not a module path (dotted names); the file is damaged")
+        out.append((name, rec["type"], rec["config"]))
+    return out
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in the file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 - the safetensors reader raises its own error types
+        raise CheckpointError(f"{path}: cannot read the tensors (corrupt or truncated?): {e}") from None
+
+
+def _check_stored(module: nn.Module, prefix: str, stored: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """Refuse a module (built on the meta device) whose tensors are not stored in the file with the same shapes."""
+    for key, t in module.state_dict().items():
+        key = f"{prefix}.{key}" if prefix else key
+        if key not in stored:
+            raise CheckpointError(
+                f"{path}: the weights do not fit the model its metadata describes: it has a tensor {key!r} that the "
+                "file does not store; the file is damaged"
+            )
+        if tuple(t.shape) != stored[key]:
+            raise CheckpointError(
+                f"{path}: the weights do not fit the model its metadata describes: tensor {key!r} has shape "
+                f"{list(stored[key])} in the file but {list(t.shape)} in the model; the file is damaged"
+            )
+
+
+def _sparse_shapes(sparse: Mapping, stored: Mapping[str, tuple[int, ...]], path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes the well-formed sparse entries declare, each bounded by the parts the file stores (see
+    ``_INDEX_SPAN``): a declared size beyond that bound raises :class:`CheckpointError` before anything is built.
+    Malformed entries are left out here; loading refuses them with a message naming what is wrong."""
+    shapes = {}
+    for name, entry in sparse.items():
+        if not isinstance(entry, dict) or entry.get("encoding") not in _ENCODINGS:
+            continue
+        shape, k = entry.get("shape"), entry.get("nnz")
+        part = stored.get(_sparse_key(name, _ENCODINGS[entry["encoding"]]))
+        valid = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        if not valid or part is None or len(part) != 1 or not isinstance(k, int) or isinstance(k, bool):
+            continue
+        # a coarse bound against absurd sizes (twice what the parts allow); the exact checks come when decoding
+        bound = 2 * (8 * part[0] if entry["encoding"] == "bitmask" else _INDEX_SPAN * (k + 1))
+        if math.prod(shape) > bound:
+            raise CheckpointError(
+                f"{path}: sparse tensor {name!r} declares {math.prod(shape)} entries, more than its stored parts can "
+                "hold; the file is damaged"
+            )
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def _check_sizes(path: Path, arch, records: list[tuple[str, str, Mapping]], sparse: Mapping) -> None:
+    """Refuse, before allocating anything, a file whose recorded architecture would build tensors that the file
+    does not store (absurd widths or ranks in damaged or hostile metadata): every recorded module, and with
+    ``arch`` the whole registry model, is built on the meta device and its shapes compared with the stored ones
+    (a sparse tensor's with the shape its entry declares, bounded by its stored parts)."""
+    stored = _stored_shapes(path)
+    stored = {**stored, **_sparse_shapes(sparse, stored, path)}
+    with torch.device("meta"):
+        probe = _base_model(arch, path) if arch is not None else None
+        for name, kind, cfg in records:
+            built = _build(kind, cfg, name)
+            if probe is not None:
+                _set_module(probe, name, built, path)
+            _check_stored(built, name, stored, path)
+    if probe is not None:
+        _check_stored(probe, "", stored, path)
 
 
 def _set_module(model: nn.Module, path: str, new: nn.Module, file: Path) -> None:
@@ -553,12 +683,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     path = Path(path)
     meta = read_metadata(path)
     record = _record(meta["compression"], path)
+    records = _module_list(meta["modules"], path)
+    _check_sizes(path, meta["arch"] if model is None else None, records, meta["sparse"] or {})
     base = model if model is not None else _base_model(meta["arch"], path)
     current = dict(base.named_modules())
-    for name, rec in meta["modules"].items():
-        if not isinstance(rec, dict) or "type" not in rec or "config" not in rec:
-            raise CheckpointError(f"{path}: record of module {name!r} must have 'type' and 'config'")
-        kind, cfg = rec["type"], rec["config"]
+    for name, kind, cfg in records:
         old = current.get(name)
         if kind in _KNOWN and type(old) is _KNOWN[kind][0] and _KNOWN[kind][1](old) == cfg:
             continue  # the base already has this exact layer
@@ -577,6 +706,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
             if name in tensors:
                 raise CheckpointError(f"{path}: tensor {name!r} is stored both dense and sparse; the file is damaged")
             tensors[name] = _decode_sparse(name, entry, tensors, state.get(name), path)
+    for key, t in base.state_dict().items():
+        if key in tensors and tensors[key].is_floating_point() != t.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} is stored as {tensors[key].dtype}, the model has {t.dtype}")
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     base.to(device=device, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
     try:
@@ -591,6 +723,63 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
 
 # ---------------------------------------------------------------------------------------------------------
 # ONNX
+
+ONNX_SIZE_LIMIT = 2**31 - 2**24
+"""Bytes of weights up to which the ONNX file holds them itself (protobuf's 2 GiB limit, less room for the graph);
+a larger model's weights go to ``NAME.onnx.data`` beside it."""
+
+HARMLESS_EXPORT_MESSAGES = (
+    r"torchvision is not installed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"Exporting a model while it is in training mode",
+    r".*torch\.export.* is deprecated",
+)
+"""Regular expressions of the exporter's warnings and log lines that say nothing about the exported model; they are
+dropped while :func:`export_onnx` runs, every other warning is shown."""
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(re.match(p, record.getMessage()) for p in HARMLESS_EXPORT_MESSAGES)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Drop the exporter's known harmless warnings and log lines (:data:`HARMLESS_EXPORT_MESSAGES`), only those."""
+    drop = _DropHarmless()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    with warnings.catch_warnings():
+        for pattern in HARMLESS_EXPORT_MESSAGES:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(drop)
+
+
+def _write_onnx(program, path: Path, weight_bytes: int) -> None:
+    """Write an exported program to ``path`` atomically: one file when the weights fit in it, else the file and
+    its ``NAME.data`` beside it (the data first, so the ``.onnx`` never names missing data)."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".part"))
+    try:
+        if weight_bytes <= ONNX_SIZE_LIMIT:
+            program.save(str(tmp / path.name), external_data=False)
+        else:
+            import onnx
+
+            program.save(str(tmp / "exported.onnx"), external_data=True)
+            proto = onnx.load(str(tmp / "exported.onnx"), load_external_data=True)
+            onnx.save(proto, str(tmp / path.name), save_as_external_data=True, location=path.name + ".data")
+            os.replace(tmp / (path.name + ".data"), path.parent / (path.name + ".data"))
+        with open(tmp / path.name, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_onnx(
@@ -611,7 +800,10 @@ def export_onnx(
     model : nn.Module
         Dense, compressed or pruned. Exported in eval mode; its training flag is restored afterwards.
     path : str or PathLike
-        Output ``.onnx`` file.
+        Output ``.onnx`` file: one self-contained file, weights included, for weights up to
+        :data:`ONNX_SIZE_LIMIT` bytes (about 2 GB); beyond that the weights go to ``NAME.onnx.data`` beside it.
+        Written atomically (a temporary file renamed): a crash leaves the old file or the new one. The exporter's
+        known harmless warnings (:data:`HARMLESS_EXPORT_MESSAGES`) are not shown.
     input_shape : tuple of int, optional
         Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``; the model is traced on a random
         normal input of that shape in its dtype. The graph's input is named ``"input"`` and its output
@@ -633,8 +825,8 @@ def export_onnx(
     Returns
     -------
     Path
-        The written file; ``onnxruntime.InferenceSession(path)`` runs it. A float export keeps its weights in
-        ``<path>.data`` beside it (the exporter's external data); an int8 file holds its weights.
+        The written file, self-contained (its weights embedded up to about 2 GB, beyond that in ``NAME.onnx.data``
+        beside it); ``onnxruntime.InferenceSession(path)`` runs it.
 
     Raises
     ------
@@ -660,14 +852,14 @@ def export_onnx(
             example_input=example_input,
         )
     if input_shape is None and example_input is None:
-        raise ValueError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
+        raise ConfigError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
     shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
     if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(
+        raise ConfigError(
             f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
         )
     if example_input is not None and tuple(example_input.shape) != shape:
-        raise ValueError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
+        raise ConfigError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
     ref = next(iter(model.parameters()), None)
     # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
     batch = max(2, shape[0]) if dynamic_batch else shape[0]
@@ -693,12 +885,15 @@ def export_onnx(
                 model(x)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(
+                raise ConfigError(
                     f"input shape {shape} does not fit the model ({first}); pass the shape it takes, batch "
                     "included, e.g. (1, 3, 32, 32)"
                 ) from None
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.onnx.export(model, (x,), str(path), **kwargs)
+            with _quiet_exporter():
+                program = torch.onnx.export(model, (x,), None, **kwargs)
+            weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+            _write_onnx(program, path, weight_bytes)
     finally:
         model.train(was_training)
     return path

@@ -7,13 +7,26 @@ Every model built through the registry remembers how it was built (``model.sc_ar
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_input_shape", "default_input_shape", "ARCH_ATTR"]
+from smoothcompress.errors import ConfigError
+
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_input_shape",
+    "default_input_shape",
+    "import_factory",
+    "ARCH_ATTR",
+]
 
 ARCH_ATTR = "sc_arch"
 """Name of the attribute in which a registry-built model records ``{"name": ..., "kwargs": ...}``."""
@@ -41,6 +54,45 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, input_shape=(3
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def import_factory(spec: str) -> Callable[[], nn.Module]:
+    """The model factory named ``"module:function"`` (e.g. ``"mypkg.nets:build"``), imported, not yet called.
+
+    The module is imported as Python would import it from the current folder (which is put on ``sys.path`` for
+    the import if it is not there). Calling the factory with no arguments must return the architecture of a
+    saved model, for ``smoothcompress.load(path, model=factory())``.
+
+    Raises
+    ------
+    ConfigError
+        ``spec`` is not ``module:function``, the module cannot be found, it has no such attribute, or the
+        attribute is not callable. Errors raised while the module itself runs propagate unchanged.
+    """
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr or not all(p.isidentifier() for p in (*module_name.split("."), attr)):
+        raise ConfigError(f"a model factory is MODULE:FUNCTION, e.g. mypkg.nets:build; got {spec!r}")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module_name.startswith(e.name):
+            raise  # the factory's module itself imports something missing: its own error
+        raise ConfigError(
+            f"model factory {spec!r}: no module {module_name!r} on the Python path (run from its folder or install it)"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConfigError(f"model factory {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise ConfigError(f"model factory {spec!r}: {attr!r} is a {type(factory).__name__}, not a function")
+    return factory
 
 
 def list_models() -> list[str]:
@@ -71,7 +123,7 @@ def default_input_shape(model: nn.Module, batch: int = 1) -> tuple[int, ...] | N
 
 def _check_name(name: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
@@ -89,12 +141,12 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """
     _check_name(name)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     arch = {"name": name, "kwargs": {"num_classes": int(num_classes), **kwargs}}
     try:
         json.dumps(arch)
     except TypeError as e:
-        raise ValueError(f"model arguments must be JSON-serialisable to be saved: {e}") from None
+        raise ConfigError(f"model arguments must be JSON-serialisable to be saved: {e}") from None
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     setattr(model, ARCH_ATTR, arch)
     return model

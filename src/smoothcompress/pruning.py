@@ -73,6 +73,7 @@ from smoothcompress.accounting import (
     layer_report,
     reshaped_modules,
 )
+from smoothcompress.errors import ConfigError
 from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
 from smoothcompress.models import ARCH_ATTR, model_input_shape
@@ -227,7 +228,7 @@ def _check_model(model) -> None:
 
 def _check_method(method) -> str:
     if method not in PRUNE_METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(map(repr, PRUNE_METHODS))}")
+        raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(map(repr, PRUNE_METHODS))}")
     return method
 
 
@@ -275,7 +276,7 @@ def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch
     if input_shape is None:
         arch = getattr(model, ARCH_ATTR, None)
         if not isinstance(arch, dict) or "name" not in arch:
-            raise ValueError(
+            raise ConfigError(
                 "filter pruning traces the network and needs an example input: pass input_shape, "
                 "e.g. input_shape=(1, 3, 32, 32) (batch included)"
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.summary import BASELINE, Setting
 
 __all__ = ["reference_points", "reference_at", "against_references", "references_table"]
@@ -40,13 +41,13 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
         When the reference rows hold no dense row, or ``params_dense`` is not positive.
     """
     if params_dense <= 0:
-        raise ValueError(f"params_dense must be positive, got {params_dense}")
+        raise ConfigError(f"params_dense must be positive, got {params_dense}")
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in reference_rows:
         if r.get("label") == "dense" and r.get("accuracy") is not None:
             cells[(r["model"], r.get("width"))].append(r)
     if not cells:
-        raise ValueError("the reference rows hold no dense row with an accuracy: give the folder of a finished sweep")
+        raise ConfigError("the reference rows hold no dense row with an accuracy: give the folder of a finished sweep")
     points = []
     for (model, width), rs in cells.items():
         accs = [r["accuracy"] for r in rs]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothcompress.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
+from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.frontier import (
     FRONTIER_RATE,
@@ -60,7 +61,7 @@ def _references(rows: list[dict], reference) -> list[dict]:
     for key in ("dataset_sha256", "split"):
         mine, theirs = {r.get(key) for r in rows}, {r.get(key) for r in ref_rows}
         if mine != theirs:
-            raise ValueError(
+            raise ConfigError(
                 f"the reference rows have {key} {sorted(map(str, theirs))}, the results {sorted(map(str, mine))}; "
                 "give a reference sweep on the same data and split"
             )

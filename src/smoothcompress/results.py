@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from smoothcompress.errors import FileContentError
 from smoothcompress.files import read_jsonl
 
 __all__ = ["load_results", "missing_shards", "shards_note"]
@@ -46,7 +47,9 @@ def load_results(
         values = {r.get(key) for r in rows}
         if len(values) > 1:
             where = files[0] if len(files) == 1 else f"{len(files)} results files"
-            raise ValueError(f"{where} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time")
+            raise FileContentError(
+                f"{where} mixes rows of several {key}s ({sorted(map(str, values))}); report one at a time"
+            )
     gaps = missing_shards(rows)
     if gaps:
         warnings.warn(f"{shards_note(rows)}: the report covers only the shards found", UserWarning, stacklevel=2)
@@ -70,13 +73,21 @@ def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
 def _read_results(path: Path) -> list[dict]:
     """The rows of one results file, each checked to be a sweep row this version reads."""
+    from smoothcompress.io import file_kind
+
+    kind = file_kind(path)
+    if kind in ("safetensors", "pytorch-pickle"):
+        what = "a model file" if kind == "safetensors" else "a PyTorch pickle (a training checkpoint?)"
+        raise FileContentError(f"{path} is {what}, not sweep results; give the sweep folder or its results.jsonl")
     rows = read_jsonl(path)
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise FileContentError(f"{path} holds no rows")
     for i, r in enumerate(rows):
         missing = [k for k in _REQUIRED if k not in r] + ([] if "weight" in r or "lam" in r else ["weight"])
         if missing:
-            raise ValueError(f"{path}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?")
+            raise FileContentError(
+                f"{path}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?"
+            )
     return rows
 
 
@@ -88,7 +99,9 @@ def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
     (first, rows), *others = per_file
     for path, rs in per_file:
         if rs[-1].get("sweep_fingerprint") is None:
-            raise ValueError(f"{path} has no sweep fingerprint (written before sharded sweeps): report it on its own")
+            raise FileContentError(
+                f"{path} has no sweep fingerprint (written before sharded sweeps): report it on its own"
+            )
     for path, rs in others:
         for key, what in (
             ("sweep_fingerprint", "different sweep configs (fingerprints {} and {})"),
@@ -96,7 +109,7 @@ def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
         ):
             a, b = rows[-1].get(key, 1), rs[-1].get(key, 1)
             if a != b:
-                raise ValueError(
+                raise FileContentError(
                     f"{first} and {path} come from {what.format(a, b)}: not one sweep; report them apart, or rerun "
                     "the stale shards with one config into a new out folder"
                 )
@@ -105,7 +118,7 @@ def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
         for r in rs:
             key = (r["run"], r["label"], float(r["rate_requested"]))
             if seen.setdefault(key, path) != path:
-                raise ValueError(
+                raise FileContentError(
                     f"{seen[key]} and {path} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: the files overlap "
                     "(the same shard twice, or a grid changed between shards); report them apart"
                 )

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from smoothcompress.errors import ConfigError
+
 __all__ = ["ENTRY_HELP", "Selection", "select_layers", "unwrap", "set_submodule", "as_entries", "entry_label"]
 
 ENTRY_HELP = (
@@ -83,7 +85,7 @@ def as_entries(spec: Entries, what: str = "exclude") -> tuple[Entry, ...]:
     items = (spec,) if isinstance(spec, (str, type)) else tuple(spec) if isinstance(spec, Iterable) else (spec,)
     for item in items:
         if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
-            raise ValueError(
+            raise ConfigError(
                 f"{what} entries must be module name patterns (str: {ENTRY_HELP}) or nn.Module subclasses, got {item!r}"
             )
     return items
@@ -134,7 +136,7 @@ def _hits(entry: Entry, name: str, chain: list[tuple[str, nn.Module]], first: st
     return any(fnmatch.fnmatchcase(n, entry) for n, _ in chain)
 
 
-def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> ValueError:
+def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> ConfigError:
     label = entry_label(entry)
     if isinstance(entry, type):
         names = set(layers)
@@ -148,7 +150,7 @@ def _no_match(what: str, entry: Entry, root: nn.Module, layers: list[str]) -> Va
         shown = close or layers[:8]
         more = ", ..." if not close and len(layers) > 8 else ""
         hint = ("did you mean " if close else "layers: ") + ", ".join(map(repr, shown)) + more
-    return ValueError(f"{what} entry {label!r} matches no layer of {type(root).__name__}; {hint}")
+    return ConfigError(f"{what} entry {label!r} matches no layer of {type(root).__name__}; {hint}")
 
 
 def select_layers(

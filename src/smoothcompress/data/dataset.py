@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from smoothcompress.data.loader import mix_seed
+from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.extras import require
 
 __all__ = ["DataError", "Dataset", "ROOT_ENV", "channel_stats", "default_root", "load_dataset", "split_validation"]
@@ -29,8 +30,11 @@ ROOT_ENV = "SMOOTHCOMPRESS_DATA"
 """Environment variable naming the data root (official archives, ImageFolder caches)."""
 
 
-class DataError(RuntimeError):
-    """A problem with the data itself: missing, unreachable, corrupt. The message says what to do about it."""
+class DataError(SmoothcompressError, RuntimeError):
+    """A problem with the data itself: missing, unreachable, corrupt. The message says what to do about it.
+
+    A :class:`~smoothcompress.errors.SmoothcompressError` (so a ``ValueError``) and, as before, a ``RuntimeError``.
+    """
 
 
 @dataclass(eq=False)  # datasets compare by identity; compare their tensors explicitly
@@ -75,17 +79,17 @@ class Dataset:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.dtype != torch.uint8 or x.dim() != 4:
-                raise ValueError(
+                raise ConfigError(
                     f"x_{split} must be a uint8 tensor of shape (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
                 )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+                raise ConfigError(f"y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
+            raise ConfigError(
                 f"train and test images differ in shape: {self.x_train.shape[1:]} vs {self.x_test.shape[1:]}"
             )
         if len(self.mean) != self.x_train.shape[1] or len(self.std) != self.x_train.shape[1]:
-            raise ValueError(f"mean and std need one value per channel ({self.x_train.shape[1]})")
+            raise ConfigError(f"mean and std need one value per channel ({self.x_train.shape[1]})")
 
     @property
     def num_classes(self) -> int:
@@ -233,7 +237,7 @@ def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Datas
         the validation images (both in their original order), mean and std recomputed on the new training part.
     """
     if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
     gen = torch.Generator().manual_seed(mix_seed(seed, -1))
     order = torch.randperm(len(ds.y_train), generator=gen)
     labels = ds.y_train[order]
@@ -244,7 +248,7 @@ def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Datas
     rank_in_class = torch.arange(len(labels)) - starts[labels[by_class]]
     chosen = order[by_class[rank_in_class < take[labels[by_class]]]]
     if len(chosen) == 0 or len(chosen) == len(labels):
-        raise ValueError(f"fraction={fraction} leaves an empty split of {len(labels)} training images")
+        raise ConfigError(f"fraction={fraction} leaves an empty split of {len(labels)} training images")
     is_val = torch.zeros(len(labels), dtype=torch.bool)
     is_val[chosen] = True
     x_train, y_train = ds.x_train[~is_val], ds.y_train[~is_val]

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from smoothcompress.errors import ConfigError
+
 __all__ = ["Loader", "augment_batch", "mix_seed"]
 
 
@@ -117,20 +119,20 @@ class Loader:
         padding: int = 4,
     ) -> None:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError(f"x must be a uint8 tensor of shape (N, C, H, W), got {getattr(x, 'dtype', type(x))}")
+            raise ConfigError(f"x must be a uint8 tensor of shape (N, C, H, W), got {getattr(x, 'dtype', type(x))}")
         if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
-            raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},)")
+            raise ConfigError(f"y must be an int64 tensor of shape ({x.shape[0]},)")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         channels = x.shape[1]
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+            raise ConfigError(f"mean and std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
         if any(float(s) <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
+            raise ConfigError(f"std must be positive, got {tuple(std)}")
         if int(padding) < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
+            raise ConfigError(f"padding must be >= 0, got {padding}")
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
@@ -148,7 +150,7 @@ class Loader:
         self.epoch = 0
         self.start_batch = 0
         if len(self) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"no batches: {self.num_samples} images on this rank, batch_size={self.batch_size}, "
                 f"drop_last={self.drop_last}"
             )
@@ -176,7 +178,7 @@ class Loader:
             Skip the first ``start_batch`` batches at no cost; the rest are exactly those of the full epoch.
         """
         if not 0 <= int(start_batch) <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+            raise ConfigError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.files import atomic_file
 from smoothcompress.io import CheckpointError
 from smoothcompress.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule, rename_deprecated
@@ -87,7 +88,7 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | 
     changed = [k for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
     if changed:
         diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(
+        raise ConfigError(
             f"{path} was written with different settings ({diff}). Use the run's own config "
             f"({Path(path).parent / 'config.toml'}) or a new out folder."
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 from smoothcompress.regularize import Smoothness
@@ -70,7 +71,7 @@ def rename_deprecated(values: Mapping[str, Any], *, warn: bool = True) -> dict[s
         if old not in out:
             continue
         if new in out:
-            raise ValueError(f"config keys {old!r} and {new!r} name the same setting; give only {new!r}")
+            raise ConfigError(f"config keys {old!r} and {new!r} name the same setting; give only {new!r}")
         if warn:
             warnings.warn(
                 f"config key {old!r} is deprecated and will be removed; use {new!r}", DeprecationWarning, stacklevel=3
@@ -146,7 +147,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(names))}")
         return cls(**values)
 
     @classmethod
@@ -195,9 +196,9 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ValueError(f"config file {str(path)!r} not found") from None
+        raise ConfigError(f"config file {str(path)!r} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -274,14 +275,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         value = tuple(value) if ok else value
     if not ok:
         want = _TYPE_WORDS.get(hint, "a list of strings")
-        raise ValueError(f"config key {name!r} must be {want}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"config key {name!r} must be {want}, got {value!r} ({type(value).__name__})")
     return value
 
 
 def _validate(c: TrainConfig) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
     for key, choices in (("schedule", SCHEDULES), ("reg", REG_KINDS), ("device", DEVICES)):
         need(getattr(c, key) in choices, f"{key} must be one of {', '.join(choices)}; got {getattr(c, key)!r}")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from smoothcompress.data import Dataset, Loader
+from smoothcompress.errors import ConfigError
 from smoothcompress.models import default_input_shape
 from smoothcompress.training.config import DEVICES
 from smoothcompress.training.runtime import DistContext, resolve_device
@@ -133,7 +134,7 @@ def _accuracy(model, data, device, batch_size: int, bf16: bool, channels_last: b
     if isinstance(data, Dataset):
         width = _check_fits(model, (1, *data.input_shape), data.name, device, bf16, channels_last)
         if width != data.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"the model outputs {width} classes but dataset {data.name} has {data.num_classes}; evaluate the "
                 "model on the data it was trained for"
             )
@@ -142,7 +143,7 @@ def _accuracy(model, data, device, batch_size: int, bf16: bool, channels_last: b
     else:
         correct, total = _count_checked(model, data, device, bf16, channels_last)
     if total == 0:
-        raise ValueError("evaluate() got no samples")
+        raise ConfigError("evaluate() got no samples")
     return correct / total
 
 
@@ -158,7 +159,7 @@ def _check_fits(
     output is not ``(1, K)`` logits."""
     expected = default_input_shape(model)
     if expected is not None and len(shape) == len(expected) and shape[1] != expected[1]:
-        raise ValueError(
+        raise ConfigError(
             f"the model takes {expected[1]}-channel images ({_shape_text(expected[1:])}, as registered) but "
             f"{source} has {_shape_text(shape[1:])} images; evaluate the model on the data it was trained for"
         )
@@ -171,7 +172,7 @@ def _check_fits(
             out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise ConfigError(
             f"the model cannot take the {_shape_text(shape[1:])} inputs of {source} ({first}); evaluate the model "
             "on the data it was trained for"
         ) from None
@@ -179,7 +180,7 @@ def _check_fits(
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise ValueError(
+        raise ConfigError(
             f"the model maps a {_shape_text(shape[1:])} input of {source} to {got}, not (batch, classes) logits"
         )
     return int(out.shape[1])
@@ -205,7 +206,7 @@ def _count_checked(model: nn.Module, batches: Iterable, device: torch.device, bf
 
     correct, total = count_correct(model, labelled(), device, bf16, channels_last).tolist()
     if int(top) >= width:
-        raise ValueError(
+        raise ConfigError(
             f"the model outputs {width} classes but the batches have label {int(top)}; evaluate the model on the "
             "data it was trained for"
         )

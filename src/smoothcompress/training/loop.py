@@ -33,6 +33,7 @@ from smoothcompress import io as sc_io
 from smoothcompress import models
 from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
 from smoothcompress.data.imagefolder import archive_stem
+from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
@@ -64,8 +65,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss (or the penalty) became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDiverged(SmoothcompressError, RuntimeError):
+    """The training loss (or the penalty) became NaN or infinite; the last good checkpoint is kept.
+
+    A :class:`~smoothcompress.errors.SmoothcompressError` (so a ``ValueError``) and, as before, a ``RuntimeError``.
+    """
 
 
 def lr_factor(step: int, total_steps: int, schedule: str = "onecycle", warmup: float = 0.2) -> float:
@@ -83,7 +87,7 @@ def lr_factor(step: int, total_steps: int, schedule: str = "onecycle", warmup: f
         return max(0.0, 1.0 - t)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
 
 
 def penalty_ramp(step: int, steps_per_epoch: int, warmup_epochs: float, delay_epochs: float = 0.0) -> float:
@@ -106,7 +110,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     ]
     groups = [g for g in groups if g["params"]]
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        raise ConfigError(f"{type(model).__name__} has no trainable parameters")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
@@ -222,7 +226,7 @@ def train(
         )
     ctx = dist_from_env()
     if config.batch_size % ctx.world_size:  # before joining the group: fail fast, do not wait for the peers
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={config.batch_size} is the global batch and must be divisible by the "
             f"{ctx.world_size} processes"
         )
@@ -281,7 +285,7 @@ def _setup(model, dataset, config, out_dir, regularizer, ctx, device) -> _Run:
         dataset, eval_key = split_validation(dataset, config.val_fraction, seed=config.val_seed), "val_acc"
     augment = dataset.augment if config.augment is None else config.augment
     if len(dataset.y_train) < config.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"the training set ({len(dataset.y_train)} samples) is smaller than one batch "
             f"(batch_size={config.batch_size}); lower batch_size"
         )
@@ -344,7 +348,7 @@ def _restore_or_start(r: _Run) -> tuple[list[dict[str, Any]], int | None]:
     resumed_from = None
     if r.ckpt_path is not None and r.ckpt_path.exists():
         if not r.config.resume:
-            raise ValueError(
+            raise ConfigError(
                 f"{r.ckpt_path} already exists: pass resume=True (--resume) to continue that run, "
                 "or choose another out folder"
             )

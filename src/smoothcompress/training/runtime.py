@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.training.config import DEVICES
 
 __all__ = [
@@ -60,7 +61,7 @@ def dist_from_env() -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", 1))
         return DistContext(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError:
-        raise ValueError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (they are set by torchrun)") from None
+        raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (they are set by torchrun)") from None
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -69,13 +70,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise ConfigError(
                 f"device='cuda' but PyTorch sees no CUDA GPU (torch {torch.__version__}); use device='cpu' or 'auto'"
             )
         return torch.device("cuda", local_rank)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
 
 
 @contextlib.contextmanager
