@@ -1,4 +1,4 @@
-# The two commands a new user needs: `make test` and `make demo`.
+# The two commands a new user needs: `make test` and `make demo` (`make docs` builds the documentation site).
 # Both create .venv when it is missing. torch==2.13.0 is installed first and on its own: it is the CPU build
 # kept on this machine's disk, and installing it before the package means pip never resolves a bare `torch`
 # requirement to a multi-GB CUDA wheel.
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install bench clean check-light
+.PHONY: test demo docs install bench clean check-light
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,10 @@ check-light:
 demo: $(STAMP)
 	$(VENV)/bin/smoothcompress demo
 
+# The site (mkdocs.yml: guides, API reference from the docstrings) into site/; offline, warnings are errors.
+# `make test` checks the same build (tests/test_docs.py).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) .venv-light build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-light build site src/*.egg-info .pytest_cache .ruff_cache

@@ -53,6 +53,5 @@ def require(module: str, extra: str) -> ModuleType:
     except ImportError as e:
         top = module.partition(".")[0]
         raise MissingExtra(
-            f"{EXTRAS[extra]} need the optional package {top!r}, which is not installed: "
-            f"pip install 'smoothcompress[{extra}]'"
+            f"the optional package {top!r} ({EXTRAS[extra]}) is not installed: pip install 'smoothcompress[{extra}]'"
         ) from e

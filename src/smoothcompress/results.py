@@ -32,11 +32,20 @@ def load_results(
         The sweep folder (its ``results.jsonl`` and every ``shard-i-of-n/results.jsonl`` in it), a results file,
         or several of either. Each results file's ``spectra.jsonl`` beside it is read too.
 
-    Raises ``FileNotFoundError`` when there is no results file, and ``ValueError`` for rows this version cannot
-    read, rows that mix datasets or splits (a report compares settings on one dataset and one split), or files
-    that cannot be one sweep: rows of different sweep configs (the ``sweep_fingerprint`` of each file's last row
-    differs), of different shard counts, written before fingerprints, or one cell in two files. Warns
-    (``UserWarning``) when shards are missing (see :func:`missing_shards`).
+    Raises
+    ------
+    FileNotFoundError
+        There is no results file.
+    ValueError
+        Rows this version cannot read, rows that mix datasets or splits (a report compares settings on one dataset
+        and one split), or files that cannot be one sweep: rows of different sweep configs (the
+        ``sweep_fingerprint`` of each file's last row differs), of different shard counts, written before
+        fingerprints, or one cell in two files.
+
+    Warns
+    -----
+    UserWarning
+        Shards are missing (see :func:`missing_shards`).
     """
     files = _results_files(path)
     per_file = [(f, _read_results(f)) for f in files]
