@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--data", required=True, help="the CIFAR-10 copy the runs were trained on")
     p.add_argument("--threads", type=int, default=2, help="threads for the timing (2: the target's machine)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--timing-only", action="store_true", help="only the timing of svd-seq, not the comparison")
     args = p.parse_args()
     ds = load_dataset("cifar10", args.data)
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -75,6 +76,8 @@ def main() -> None:
             timing.append({"run": name, **_timed(model, ds, args.threads)})
             save()
             print(f"{name}: svd-seq at {TIMED_RATE:.0%} in {timing[-1]['seconds']:.1f} s on {args.threads} threads")
+        if args.timing_only:
+            continue
         dense = evaluate(model, ds)
         for rate in RATES:
             for method in METHODS:
