@@ -1,6 +1,7 @@
 """compress(flops=...): the FLOPs budget alone and with a rate, its record, errors, the CLI flag, the report."""
 
 import dataclasses
+import math
 import re
 import warnings
 
@@ -235,3 +236,27 @@ def test_cli_flops(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "flops of at least" in err and err.count("\n") == 1
     assert main(["prune", str(path), "--flops", "0.5"]) == 2  # a compress flag only: a parse error, one line
+
+
+def _objective(plan) -> float:
+    """The global allocation's objective: ``sum -log kept energy`` over the layers."""
+    return sum(-math.log(max(p.energy, 1e-300)) for p in plan.layers.values())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_shape=small_models(), budget=st.floats(0.3, 0.9))
+def test_a_flops_budget_is_never_worse_than_a_parameter_rate_of_equal_flops(model_shape, budget):
+    model, shape = model_shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            by_flops = sc.plan_compression(model, flops=budget, input_shape=shape)
+        except RateUnreachable:
+            assume(False)
+        for rate in [i / 40 for i in range(1, 39)]:
+            try:
+                by_rate = sc.plan_compression(model, rate, input_shape=shape)
+            except RateUnreachable:
+                break
+            if by_rate.flops_fraction <= budget:
+                assert _objective(by_flops) <= _objective(by_rate) + 1e-9, (rate, by_rate.flops_fraction)

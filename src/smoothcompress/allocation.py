@@ -34,9 +34,11 @@ tensors). A factorized layer's FLOPs depend on its output size, so for the same 
 high-resolution layer saves more FLOPs than a late one. The objective is the same (``sum_l -log kept_l`` for
 ``"global"``); only the cost changes:
 
-* ``flops`` alone: the greedy walks each layer's lower convex hull of (FLOPs saved, loss) instead of (parameters
-  saved, loss), until the kept FLOPs are at most ``flops`` of the dense model's; ``"uniform"`` and ``"energy"``
-  move their shared fraction until the budget holds.
+* ``flops`` alone: the greedy walks each layer's lower convex hull of (cost, loss) until the kept FLOPs are at most
+  ``flops`` of the dense model's, with the cost of the next bullet for ``t = 0, 0.1, ..., 1`` (``t = 1``: FLOPs
+  saved; ``t = 0``: parameters saved, i.e. the parameter-rate plan that first reaches the budget), and keeps the
+  allocation with the least total loss, so it is never worse than a parameter rate of the same FLOPs;
+  ``"uniform"`` and ``"energy"`` move their shared fraction until the budget holds.
 * ``rate`` and ``flops``: the cost of an option is the weighted sum ``(1 - t) * params saved / all params +
   t * FLOPs saved / all FLOPs`` (a Lagrangian mix); for each ``t`` in ``0, 0.1, ..., 1`` the greedy walks the hulls
   of (cost, loss) and stops as soon as BOTH budgets hold, and the allocation with the least total loss is kept.
@@ -613,7 +615,9 @@ def _plan(
         choice.update({lay.name: lay.options[0] for lay in free})
     elif rate is None:
         if allocation in ("global", "global-linear"):
-            choice.update(_allocate_global(free, -math.inf, need_flops, _flops_key))
+            # the least-loss of the greedy walks by FLOPs (t = 1), by parameters (t = 0: the parameter-rate plan
+            # that first reaches the budget) and their mixes: never worse than a parameter rate of equal FLOPs
+            choice.update(_allocate_both(free, -math.inf, need_flops, total, flops_total))
         else:
             rule = _uniform_choice if allocation == "uniform" else _energy_choice
             choice.update(_allocate_by(free, -math.inf, rule, need_flops, _flops_key))
