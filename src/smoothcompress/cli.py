@@ -34,6 +34,7 @@ import smoothcompress as sc
 from smoothcompress import models
 from smoothcompress.data import OFFICIAL
 from smoothcompress.errors import ConfigError, SmoothcompressError
+from smoothcompress.inputs import CALIBRATION_IMAGES  # default --calibrate of the methods that use data
 from smoothcompress.methods import compression_record, get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
@@ -260,7 +261,6 @@ MODEL_FACTORY_HELP = (
 )
 
 OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
-CALIBRATION_IMAGES = 2048  # default --calibrate of the methods that use data
 
 
 def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> None:
