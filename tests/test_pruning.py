@@ -83,11 +83,12 @@ def test_filter_rate_is_honoured(name, rate):
 
 def test_filter_parameter_count_prediction_is_exact():
     """The bisection counts parameters without pruning; the counts must equal those of real pruned copies."""
-    from smoothcompress.pruning import _example_input, _FilterPlan, _prunable_layers
+    from smoothcompress.inputs import as_example
+    from smoothcompress.pruning import _FilterPlan, _prunable_layers
 
     for name in ["resnet20", "vgg16_bn", "mlp"]:
         model = small_model(name)
-        plan = _FilterPlan(model, _prunable_layers(model, ()), _example_input(model, None))
+        plan = _FilterPlan(model, _prunable_layers(model, ()), as_example(model))
         n = len(plan.order)
         for t in (0, n // 3, n - 1):
             assert plan.predicted(t) == sc.count_params(plan.build(t)), (name, t)

@@ -203,3 +203,73 @@ def test_bert_exports_to_onnx(tmp_path):
     got = session.run(None, {"input": ids.numpy()})[0]
     ref = run(small, ids).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Language models take int64 token ids and dicts of them: FLOPs, reports, FLOPs budgets, calibration, svd-seq.
+# Each call failed before (a zero float input for an embedding, or calibration refusing non-float batches).
+
+
+def lm() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def ids(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 128, (batch, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return lm()
+
+
+def test_count_flops_and_report_on_token_ids(gpt):
+    flops = sc.count_flops(gpt, example=ids())
+    assert flops > 0 and sc.count_flops(gpt, example={"input_ids": ids()}) == flops
+    small = sc.compress(gpt, 0.3)
+    rep = sc.compress_report(gpt, small, example=ids())
+    assert 0 < rep.flops_after < rep.flops_before == flops and "total FLOPs" in str(rep)
+
+
+def test_flops_budget_on_token_ids(gpt):
+    small = sc.compress(gpt, flops=0.7, example=ids())
+    record = small.sc_compression
+    assert record.flops_achieved <= 0.7 and record.details["flops"]["input_shape"] == [2, SEQ]
+    assert small(ids()).logits.shape == (2, SEQ, 128)
+    bert_small = sc.compress(build("bert"), flops=0.7, example=example("bert"))
+    assert bert_small.sc_compression.flops_achieved <= 0.7
+
+
+@pytest.mark.filterwarnings("ignore:.*fewer input vectors than their input dimension")
+def test_calibrate_on_token_ids_and_dicts(gpt):
+    cal = sc.calibrate(gpt, [ids(seed=1), ids(seed=2)], images=4)
+    assert cal.images == 4 and "transformer.h.0.attn.c_attn" in cal.moments
+    batch = {"input_ids": example("bert"), "attention_mask": torch.ones(2, SEQ, dtype=torch.long)}
+    cal = sc.calibrate(build("bert"), [batch, batch], images=4)
+    assert cal.images == 4 and cal.split == "given"
+
+
+@pytest.mark.filterwarnings("ignore:.*fewer input vectors than their input dimension")
+def test_sequential_methods_on_token_ids(gpt):
+    data = [ids(seed=s) for s in range(3)]
+    small = sc.get_method("svd-seq").apply(gpt, 0.3, data=data, images=6)
+    record = small.sc_compression
+    assert record.details["reconstruction"]["images"] == 6 and record.rate_achieved >= 0.3
+    assert torch.isfinite(small(ids()).logits).all()
+    batch = {"input_ids": example("bert"), "attention_mask": torch.ones(2, SEQ, dtype=torch.long)}
+    small = sc.get_method("svd-data").apply(build("bert"), 0.3, data=[batch], images=2)
+    assert small.sc_compression.details["calibration"]["images"] == 2
+
+
+def test_bert_exports_to_onnx_with_keyword_inputs(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = build("bert")
+    x, mask = example("bert"), torch.ones(2, SEQ, dtype=torch.long)
+    path = sc.export_onnx(model, tmp_path / "bert.onnx", example_input={"input_ids": x, "attention_mask": mask})
+    session = ort.InferenceSession(str(path))
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["input_ids", "attention_mask"]
+    got = session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(got, run(model, x).numpy(), rtol=1e-4, atol=1e-4)

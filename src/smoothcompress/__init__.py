@@ -16,6 +16,7 @@ from smoothcompress.allocation import plan_compression, plan_ranks
 from smoothcompress.batchnorm import find_bn_pairs
 from smoothcompress.errors import ConfigError, FileContentError, SmoothcompressError
 from smoothcompress.factorized import FactorizedConv2d, FactorizedLinear, spectrum
+from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
 from smoothcompress.lowrank import compress, compress_report
@@ -92,6 +93,9 @@ __all__ = [
     "layer_report",
     "LayerTable",
     "Report",
+    # what a model takes as input (FLOPs, tracing, pruning, export, calibration batches)
+    "ExampleInput",
+    "as_example",
     # layer selection (include/exclude) and Linear-like layers
     "select_layers",
     "Selection",

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from smoothcompress.errors import ConfigError, SmoothcompressError
+from smoothcompress.inputs import ExampleInput, as_example, zeros_input
 
 __all__ = [
     "count_params",
@@ -120,17 +121,16 @@ def reshaped_modules(before: nn.Module, after: nn.Module) -> list[str]:
 
 
 def example_input(model: nn.Module, input_shape: Iterable[int]) -> torch.Tensor:
-    """A zero tensor of ``input_shape`` (batch included) on ``model``'s device, in its floating dtype."""
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ConfigError(f"input_shape must be a non-empty sequence of positive sizes (batch included), got {shape}")
-    ref = next(iter(model.parameters()), None)
-    device = ref.device if ref is not None else "cpu"
-    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    return torch.zeros(shape, device=device, dtype=dtype)
+    """A zero tensor of ``input_shape`` (batch included) on ``model``'s device, in its floating dtype.
+
+    Kept for callers of earlier versions; :func:`smoothcompress.inputs.as_example` takes every form of input.
+    """
+    return zeros_input(model, input_shape)
 
 
-def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, int]:
+def flops_by_module(
+    model: nn.Module, input_shape: Iterable[int] | None = None, *, example: object = None
+) -> dict[str, int]:
     """FLOPs of one forward pass, by module name (``""`` is the whole model).
 
     Parameters
@@ -138,22 +138,30 @@ def flops_by_module(model: nn.Module, input_shape: Iterable[int]) -> dict[str, i
     model : nn.Module
         Counted in eval mode (each module's training flag is restored afterwards), so BatchNorm statistics are
         left untouched.
-    input_shape : tuple of int
-        Full input shape including the batch dimension, e.g. ``(1, 3, 32, 32)``.
+    input_shape : tuple of int, optional
+        Full shape of a zero float input including the batch dimension, e.g. ``(1, 3, 32, 32)``.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input instead (:func:`smoothcompress.inputs.as_example`), e.g. int64 token ids (B, T). With neither,
+        the registry's input shape.
     """
-    return trace_flops(model, input_shape)[0]
+    return trace_flops(model, input_shape, example=example)[0]
 
 
 def trace_flops(
-    model: nn.Module, input_shape: Iterable[int], inputs_of: Iterable[str] = ()
+    model: nn.Module,
+    input_shape: Iterable[int] | None = None,
+    inputs_of: Iterable[str] = (),
+    *,
+    example: object = None,
 ) -> tuple[dict[str, int], dict[str, list[tuple[int, ...]]]]:
     """:func:`flops_by_module`, and the input shape of every call of the modules named in ``inputs_of``.
 
-    One forward pass (eval mode, no gradient, training flags restored afterwards; no copy of the model is made).
-    Returns ``(flops by module name, {name: [shape of the first tensor argument of each call]})``; a module that
-    the forward pass never calls has no shapes.
+    One forward pass (eval mode, no gradient, training flags restored afterwards; no copy of the model is made)
+    on ``example``, else a zero input of ``input_shape``, else of the registry's shape
+    (:func:`smoothcompress.inputs.as_example`). Returns ``(flops by module name, {name: [shape of the first
+    tensor argument of each call]})``; a module that the forward pass never calls has no shapes.
     """
-    x = example_input(model, input_shape)
+    x = as_example(model, example, input_shape)
     named = dict(model.named_modules())
     modes = {name: m.training for name, m in named.items()}
     shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in inputs_of}
@@ -170,8 +178,8 @@ def trace_flops(
     counter = FlopCounterMode(display=False)
     try:
         model.eval()
-        with torch.no_grad(), counter:
-            model(x)
+        with counter:
+            x.run(model)
     finally:
         for h in handles:
             h.remove()
@@ -190,9 +198,11 @@ def trace_flops(
 
 def measure_latency(
     models: Mapping[str, nn.Module] | Iterable[nn.Module],
-    input_shape: Iterable[int],
+    input_shape: Iterable[int] | None = None,
     reps: int = 20,
     warmup: int = 3,
+    *,
+    example: object = None,
 ) -> dict[str, float] | list[float]:
     """Median wall-clock seconds of one forward pass of each model, timed in turns (eval mode, no gradient).
 
@@ -203,10 +213,12 @@ def measure_latency(
     Parameters
     ----------
     models : mapping of name to nn.Module, or iterable of nn.Module
-    input_shape : tuple of int
-        Full input shape with the batch dimension, e.g. ``(128, 3, 32, 32)``.
+    input_shape : tuple of int, optional
+        Full input shape with the batch dimension, e.g. ``(128, 3, 32, 32)``: a random normal input.
     reps, warmup : int
         Timed and untimed forward passes per model.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input instead (:func:`smoothcompress.inputs.as_example`), moved to each model's device.
 
     Returns
     -------
@@ -219,13 +231,14 @@ def measure_latency(
     named = dict(models) if isinstance(models, Mapping) else dict(enumerate(models))
     if reps < 1 or warmup < 0:
         raise ConfigError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    inputs = {k: _like_model(m, example_input(m, input_shape).normal_()) for k, m in named.items()}
+    inputs = {k: _timed_input(m, input_shape, example) for k, m in named.items()}
     modes = {k: m.training for k, m in named.items()}
     times: dict = {k: [] for k in named}
 
-    def sync(x: torch.Tensor) -> None:
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
+    def sync(x: ExampleInput) -> None:
+        t = next(iter(x.tensors()), None)
+        if t is not None and t.device.type == "cuda":
+            torch.cuda.synchronize(t.device)
 
     try:
         for m in named.values():
@@ -236,7 +249,7 @@ def measure_latency(
                     x = inputs[k]
                     sync(x)
                     t0 = time.perf_counter()
-                    m(x)
+                    x.run(m)
                     sync(x)
                     if i >= warmup:
                         times[k].append(time.perf_counter() - t0)
@@ -247,6 +260,15 @@ def measure_latency(
     return medians if isinstance(models, Mapping) else [medians[k] for k in named]
 
 
+def _timed_input(model: nn.Module, input_shape: Iterable[int] | None, example: object) -> ExampleInput:
+    """What :func:`measure_latency` times ``model`` on: ``example`` on its device, else a random normal input."""
+    if example is None:
+        return ExampleInput((_like_model(model, as_example(model, None, input_shape).args[0].normal_()),))
+    ref = next(iter(model.parameters()), None)
+    ex = as_example(model, example)
+    return ex.to(ref.device) if ref is not None else ex
+
+
 def _like_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` in channels_last memory format when ``model``'s first conv weight is (a 4-D input), else as is."""
     w = next((p for p in model.parameters() if p.dim() == 4), None)
@@ -255,9 +277,10 @@ def _like_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def count_flops(model: nn.Module, input_shape: Iterable[int]) -> int:
-    """FLOPs of one forward pass on an input of ``input_shape`` (batch dimension included)."""
-    return flops_by_module(model, input_shape)[""]
+def count_flops(model: nn.Module, input_shape: Iterable[int] | None = None, *, example: object = None) -> int:
+    """FLOPs of one forward pass on ``example`` (a tensor of any dtype, a tuple or dict of tensors, a callable),
+    else on a zero input of ``input_shape`` (batch dimension included), else of the registry's shape."""
+    return flops_by_module(model, input_shape, example=example)[""]
 
 
 @dataclass
@@ -378,6 +401,8 @@ def layer_report(
     notes: Mapping[str, str] | None = None,
     nonzero: bool = False,
     method: str = "",
+    *,
+    example: object = None,
 ) -> LayerTable:
     """Compare two models layer by layer, matching modules by name.
 
@@ -387,17 +412,20 @@ def layer_report(
         The original model and its compressed or pruned version. A layer of ``after`` may be a replacement
         module at the same name; if it has ``rank``/``full_rank``/``energy`` attributes they are reported.
     input_shape : tuple of int, optional
-        Full input shape (batch included) for FLOP counts; ``None`` skips FLOPs.
+        Full input shape (batch included) for FLOP counts; ``None`` (and no ``example``) skips FLOPs.
     notes : mapping, optional
         Status to report for some layers, e.g. ``{"conv1": "skipped: grouped conv"}``.
     nonzero : bool
         Count non-zero parameters of ``after`` (unstructured pruning).
     method : str
         Label printed with the totals.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input to count FLOPs on instead of a zero input of ``input_shape`` (e.g. int64 token ids (B, T)).
     """
     notes = dict(notes or {})
-    fb = flops_by_module(before, input_shape) if input_shape is not None else None
-    fa = flops_by_module(after, input_shape) if input_shape is not None else None
+    counted = example is not None or input_shape is not None
+    fb = flops_by_module(before, input_shape, example=example) if counted else None
+    fa = flops_by_module(after, input_shape, example=example) if counted else None
     after_modules = dict(after.named_modules())
     rows = []
     for name, m in _weight_layers(before).items():

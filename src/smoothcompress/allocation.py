@@ -76,8 +76,8 @@ from smoothcompress.factorized import (
     _row_weight,
     matricize,
 )
+from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, tied_weights
-from smoothcompress.models import default_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
 
 if TYPE_CHECKING:
@@ -350,13 +350,15 @@ def _count_meta(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.d
     return int(counter.get_total_flops())
 
 
-def _flop_model(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> tuple[int, dict[str, _Flops]]:
-    """Total FLOPs of ``model`` on ``input_shape``, and each eligible layer's :class:`_Flops` by scheme.
+def _flop_model(
+    model: nn.Module, modules: dict[str, nn.Module], example: ExampleInput
+) -> tuple[int, dict[str, _Flops]]:
+    """Total FLOPs of ``model`` on ``example``, and each eligible layer's :class:`_Flops` by scheme.
 
     One traced forward pass gives the dense FLOPs and the input shapes of every call of each layer; each scheme's
     factorized layer is then counted at ranks 1 and 2 on those shapes (FLOPs are linear in the rank).
     """
-    by_module, shapes = trace_flops(model, input_shape, modules)
+    by_module, shapes = trace_flops(model, inputs_of=modules, example=example)
     out = {}
     for name, m in modules.items():
         linear = {}
@@ -367,16 +369,12 @@ def _flop_model(model: nn.Module, modules: dict[str, nn.Module], input_shape) ->
     return by_module[""], out
 
 
-def _resolve_input_shape(model: nn.Module, input_shape, flops) -> tuple[int, ...] | None:
-    """The example input's shape (batch included): ``input_shape``, else the registry's; required for ``flops``."""
-    if input_shape is None:
-        input_shape = default_input_shape(model) if flops is not None else None
-        if input_shape is None and flops is not None:
-            raise ConfigError(
-                "a FLOPs budget needs the model's input shape: pass input_shape=(1, C, H, W) (batch included); "
-                "only registry models (smoothcompress.create_model) know theirs"
-            )
-    return None if input_shape is None else tuple(int(d) for d in input_shape)
+def _flops_example(model: nn.Module, input_shape, flops, example) -> ExampleInput | None:
+    """The input FLOPs are counted on (:func:`smoothcompress.inputs.as_example`): ``example``, else a zero input of
+    ``input_shape``, else (with a ``flops`` budget) of the registry's shape; ``None`` when FLOPs are not counted."""
+    if example is None and input_shape is None and flops is None:
+        return None
+    return as_example(model, example, input_shape)
 
 
 def _analyse(
@@ -387,7 +385,7 @@ def _analyse(
     log_loss: bool,
     multiple: int,
     calibration: Calibration | None = None,
-    input_shape: tuple[int, ...] | None = None,
+    example: ExampleInput | None = None,
 ) -> tuple[list[_Layer], dict[str, str], dict[str, str], str | None, int | None]:
     modules, notes = _eligible(model, exclude)
     centered: set[str] = set()  # layers truncated in the metric of their centered inputs (see Calibration.center)
@@ -395,7 +393,7 @@ def _analyse(
         calibration.check(model, modules)
         if calibration.center:
             centered = set(trace_bn_pairs(model)[0])
-    total_flops, flop_models = _flop_model(model, modules, input_shape) if input_shape is not None else (None, {})
+    total_flops, flop_models = _flop_model(model, modules, example) if example is not None else (None, {})
     bn_pairs, bn_note = trace_bn_pairs(model) if bn_aware and modules else ({}, None)
     bn_pairs = {k: v for k, v in bn_pairs.items() if k in modules}
     named = dict(model.named_modules())
@@ -572,6 +570,7 @@ def _plan(
     calibration: Calibration | None = None,
     flops: float | None = None,
     input_shape=None,
+    example=None,
 ) -> tuple[Plan, list[_Layer], dict[str, _Option]]:
     if rate is DEFAULT_RATE and flops is not None:
         rate = None
@@ -584,10 +583,10 @@ def _plan(
         raise ConfigError(
             "pass a rate (fraction of parameters to remove), flops (fraction of FLOPs to keep) or explicit ranks"
         )
-    input_shape = _resolve_input_shape(model, input_shape, flops)
+    ex = _flops_example(model, input_shape, flops, example)
     log_loss = allocation != "global-linear"
     layers, notes, bn_pairs, bn_note, flops_total = _analyse(
-        model, scheme, exclude, bn_aware, log_loss, rank_multiple, calibration, input_shape
+        model, scheme, exclude, bn_aware, log_loss, rank_multiple, calibration, ex
     )
     by_name = {lay.name: lay for lay in layers}
     for name in ranks:
@@ -680,7 +679,8 @@ def _plan(
         plans[lay.name] = LayerPlan(
             lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o)
         )
-    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, input_shape)
+    shape = ex.shape if ex is not None else None
+    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape)
     return plan, layers, choice
 
 
@@ -697,6 +697,7 @@ def plan_compression(
     calibration: Calibration | None = None,
     flops: float | None = None,
     input_shape: Sequence[int] | None = None,
+    example: object = None,
 ) -> Plan:
     """Decide, without building anything, which layers :func:`smoothcompress.compress` factorizes, and how.
 
@@ -704,7 +705,7 @@ def plan_compression(
 
     Parameters
     ----------
-    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
+    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape, example
         As in :func:`smoothcompress.compress`.
 
     Returns
@@ -713,7 +714,18 @@ def plan_compression(
         Per-layer decisions, notes on skipped layers and the parameter totals (and FLOP totals when counted).
     """
     return _plan(
-        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
+        model,
+        rate,
+        allocation,
+        scheme,
+        ranks,
+        exclude,
+        bn_aware,
+        rank_multiple,
+        calibration,
+        flops,
+        input_shape,
+        example,
     )[0]
 
 

@@ -10,7 +10,10 @@ in the metric of its inputs, ``min ||(W - W_r) X||_F``, and to allocate ranks by
 
 :func:`calibration_batches` is the one way calibration data comes in (also for
 :func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.data.Dataset` (its training split only, never
-the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batches, or a float tensor of inputs.
+the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batches, or a tensor of inputs. A batch
+is any call of the model (:func:`smoothcompress.inputs.as_batch`): a tensor of any dtype (float images, int64 token
+ids), a dict of keyword tensors (``{"input_ids": ..., "attention_mask": ...}``), an
+:class:`~smoothcompress.inputs.ExampleInput`, or ``(inputs, labels, ...)`` with one of those first.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -27,9 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcompress.data import Dataset, Loader
-from smoothcompress.layers import is_linear_like, layer_weight
+from smoothcompress.errors import ConfigError
+from smoothcompress.inputs import CALIBRATION_IMAGES, ExampleInput, as_batch
+from smoothcompress.layers import is_linear, layer_weight
 
 __all__ = [
+    "CALIBRATION_IMAGES",
+    "Batch",
     "Calibration",
     "CalibrationData",
     "calibrate",
@@ -38,9 +45,13 @@ __all__ = [
     "input_dim",
     "sample_patches",
     "recalibrate_bn",
+    "run_batch",
+    "run_batches",
 ]
 
 CalibrationData = Dataset | Loader | Iterable | torch.Tensor
+Batch = torch.Tensor | Mapping | ExampleInput
+"""One batch of model inputs as :func:`calibration_batches` yields it (see :func:`smoothcompress.inputs.as_batch`)."""
 
 # Input samples kept per layer: at least MIN_SAMPLES, and SAMPLES_PER_DIM per input dimension, so that the
 # moment of a d-dimensional input is estimated from several times d samples. Positions beyond that are skipped
@@ -51,12 +62,8 @@ SAMPLES_PER_DIM = 2
 DAMPING = 0.01
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_linear_like(module)
-
-
 def _is_calibratable(module: nn.Module) -> bool:
-    return _is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    return is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def input_dim(module: nn.Module) -> int:
@@ -78,7 +85,7 @@ def calibration_batches(
     seed: int = 0,
     augment: bool = False,
     device: str | torch.device = "cpu",
-) -> Iterator[torch.Tensor]:
+) -> Iterator[Batch]:
     """Batches of at most ``images`` model inputs, from the training split only.
 
     Parameters
@@ -86,8 +93,9 @@ def calibration_batches(
     data : Dataset, Loader, iterable or Tensor
         A :class:`~smoothcompress.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
         with the dataset's mean and std; its test split is never read. A Loader or any iterable of batches
-        ``x`` or ``(x, y, ...)``: its batches in order until ``images`` inputs were given. A float Tensor of
-        inputs ``(N, ...)``: its first ``images`` rows.
+        ``x`` or ``(x, y, ...)``, ``x`` a tensor of any dtype, a dict of keyword tensors or an ExampleInput: its
+        batches in order until ``images`` inputs were given (rows of the batch's first dimension). A Tensor of
+        inputs ``(N, ...)`` of any dtype (float images, int64 token ids ``(N, T)``): its first ``images`` rows.
     images : int
         Number of inputs, at least 1. A source with fewer inputs gives all it has.
     batch_size : int
@@ -101,8 +109,9 @@ def calibration_batches(
 
     Yields
     ------
-    Tensor
-        float inputs of shape (B, ...), B <= batch_size, together ``min(images, available)`` rows.
+    Tensor, dict or ExampleInput
+        Inputs of batch size B (B <= batch_size for a Dataset or Tensor), together ``min(images, available)``
+        rows: a tensor (B, ...) for a Dataset, a Tensor or tensor batches; a dict or ExampleInput as given.
     """
     images, batch_size = int(images), int(batch_size)
     if images < 1:
@@ -129,9 +138,10 @@ def calibration_batches(
             yield x
         return
     if isinstance(data, torch.Tensor):
-        if not data.is_floating_point() or data.dim() < 2:
-            raise ValueError(
-                f"calibration inputs must be a float tensor of shape (N, ...), got {data.dtype} {tuple(data.shape)}"
+        if data.dim() < 2:
+            raise ConfigError(
+                f"calibration inputs must be a tensor of shape (N, ...) with a batch dimension, got "
+                f"{str(data.dtype).removeprefix('torch.')} {tuple(data.shape)}"
             )
         for start in range(0, min(images, data.shape[0]), batch_size):
             yield data[start : min(start + batch_size, images)].to(device)
@@ -142,12 +152,18 @@ def calibration_batches(
         )
     given = 0
     for batch in data:
+        call = as_batch(batch)
+        if call.batch_size is None:
+            raise ConfigError(f"a calibration batch needs a batch dimension, got {call.describe()}")
+        call = call.head(images - given).to(device)
+        given += call.batch_size
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"calibration batches must hold float input tensors, got {type(x).__name__}")
-        x = x[: images - given].to(device)
-        given += x.shape[0]
-        yield x
+        if isinstance(x, torch.Tensor):
+            yield call.args[0]
+        elif isinstance(x, Mapping):
+            yield dict(call.kwargs)
+        else:
+            yield call
         if given >= images:
             return
 
@@ -165,22 +181,32 @@ def describe_source(data: CalibrationData, images: int) -> dict:
     return {"images": int(images), "split": "given"}
 
 
-def run_batches(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Forward every batch through ``model`` without gradients; return the number of inputs.
+def run_batch(model: nn.Module, batch: Batch) -> object:
+    """``model``'s output on one calibration batch (:func:`smoothcompress.inputs.as_batch`), without gradients.
 
-    A batch that does not fit the model raises a one-line ValueError naming its shape.
+    A batch the model cannot take raises a one-line :class:`~smoothcompress.errors.ConfigError` naming the
+    batch's dtype and shape, e.g. ``float32[2, 12]``, and quoting the model's error.
+    """
+    call = as_batch(batch)
+    try:
+        return call.run(model)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"calibration inputs {call.describe()} do not fit the model: {first}") from e
+
+
+def run_batches(model: nn.Module, batches: Iterable[Batch]) -> int:
+    """Forward every batch through ``model`` without gradients (:func:`run_batch`); return the number of inputs
+    (rows of each batch's first dimension).
+
+    A batch that does not fit the model raises a one-line ConfigError naming its dtype and shape.
     """
     seen = 0
-    with torch.no_grad():
-        for x in batches:
-            try:
-                model(x)
-            except (RuntimeError, ValueError, TypeError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(f"calibration inputs of shape {tuple(x.shape)} do not fit the model: {first}") from e
-            seen += x.shape[0]
+    for x in batches:
+        run_batch(model, x)
+        seen += as_batch(x).batch_size or 0
     if seen == 0:
-        raise ValueError("the calibration data gave no inputs")
+        raise ConfigError("the calibration data gave no inputs")
     return seen
 
 
@@ -312,7 +338,7 @@ class _MomentHook:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        if _is_linear(m):
+        if is_linear(m):
             return x.reshape(-1, x.shape[-1])
         return sample_patches(m, x, self._wanted(x), self.gen)
 
@@ -324,7 +350,7 @@ class _MomentHook:
     def __call__(self, module: nn.Module, args: tuple) -> None:
         x = args[0].detach()
         rows = self._rows(x)
-        if _is_linear(self.module) and rows.shape[0] > self._wanted(x):
+        if is_linear(self.module) and rows.shape[0] > self._wanted(x):
             keep = torch.randperm(rows.shape[0], generator=self.gen)[: self._wanted(x)]
             rows = rows[keep.to(rows.device)]
         rows = rows.float()
@@ -365,7 +391,7 @@ def sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generato
 def calibrate(
     model: nn.Module,
     data: CalibrationData,
-    images: int = 2048,
+    images: int = CALIBRATION_IMAGES,
     *,
     batch_size: int = 256,
     layers: Iterable[str] | None = None,
@@ -485,7 +511,7 @@ def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
 def recalibrate_bn(
     model: nn.Module,
     data: CalibrationData,
-    images: int = 2048,
+    images: int = CALIBRATION_IMAGES,
     batch_size: int = 256,
     *,
     reference: nn.Module | None = None,
@@ -551,7 +577,7 @@ def recalibrate_bn(
 
     def batches():
         for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device):
-            if x.shape[0] > 1:
+            if as_batch(x).batch_size > 1:
                 yield x
 
     _estimate_bn(model, bns, batches())
@@ -570,9 +596,7 @@ def recalibrate_bn(
     return model
 
 
-def _estimate_bn(
-    model: nn.Module, bns: dict[str, nn.modules.batchnorm._BatchNorm], batches: Iterable[torch.Tensor]
-) -> None:
+def _estimate_bn(model: nn.Module, bns: dict[str, nn.modules.batchnorm._BatchNorm], batches: Iterable[Batch]) -> None:
     """Set ``bns``' running statistics to their cumulative averages over ``batches``; restore modes and momenta.
 
     On failure the statistics are left as they were and the error is raised.

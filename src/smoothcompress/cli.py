@@ -34,6 +34,7 @@ import smoothcompress as sc
 from smoothcompress import models
 from smoothcompress.data import OFFICIAL
 from smoothcompress.errors import ConfigError, SmoothcompressError
+from smoothcompress.inputs import CALIBRATION_IMAGES, as_example  # CALIBRATION_IMAGES: default --calibrate
 from smoothcompress.methods import compression_record, get_method, list_methods
 from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
@@ -197,9 +198,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     model = _load(args)
-    shape = tuple(args.input_shape) if args.input_shape else models.default_input_shape(model)
-    if shape is None:
-        raise ConfigError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32")
+    if args.input_shape:
+        shape = tuple(args.input_shape)
+    else:
+        try:  # the one decision of what a model takes (smoothcompress.inputs), in the command line's terms
+            shape = as_example(model).shape
+        except ConfigError:
+            raise ConfigError("cannot tell this model's input shape: pass --input-shape, e.g. 1 3 32 32") from None
     print(f"wrote {sc.export_onnx(model, args.output, shape)}")
     return 0
 
@@ -260,7 +265,6 @@ MODEL_FACTORY_HELP = (
 )
 
 OPTION_DEST = "option_"  # method options are parsed into args.option_<name>
-CALIBRATION_IMAGES = 2048  # default --calibrate of the methods that use data
 
 
 def _add_method_args(p: argparse.ArgumentParser, family: str, default: str) -> None:

@@ -74,6 +74,7 @@ from smoothcompress.accounting import RateUnreachable, count_flops, count_params
 from smoothcompress.data import Dataset, split_validation
 from smoothcompress.errors import ConfigError
 from smoothcompress.files import FolderLock, append_jsonl, read_jsonl, write_json
+from smoothcompress.inputs import CALIBRATION_IMAGES  # default [compress] calibration_images
 from smoothcompress.methods import Method, method_from_dict
 from smoothcompress.provenance import git_commit, provenance
 from smoothcompress.training import (
@@ -102,7 +103,6 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 """Built-in sweep presets (``demo``, ``cifar10-cpu``, ...); ``configs/`` in the repository points here."""
 
 ROW_OPTIONS = ("allocation", "scheme")
-CALIBRATION_IMAGES = 2048  # default [compress] calibration_images: training images for the methods that use data
 """Method options every results row has a column for (``None`` where the method has no such option)."""
 _SECTIONS = {"out", "description", "train", "grid", "compress", "report"}
 

@@ -68,6 +68,7 @@ from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.extras import require
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.files import atomic_file
+from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.models import ARCH_ATTR, create_model
 from smoothcompress.selection import set_submodule
@@ -782,6 +783,19 @@ def _write_onnx(program, path: Path, weight_bytes: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _repeat_rows(ex: ExampleInput, rows: int, batch: int) -> ExampleInput:
+    """``ex`` with every tensor whose first dimension is ``rows`` repeated to ``batch`` rows (``rows`` divides it
+    when ``rows`` is 1; else the first ``batch`` of the tiled rows)."""
+
+    def grow(t: object) -> object:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] != rows:
+            return t
+        reps = -(-batch // rows)
+        return t.detach().repeat(reps, *([1] * (t.dim() - 1)))[:batch]
+
+    return ExampleInput(tuple(grow(a) for a in ex.args), {k: grow(v) for k, v in ex.kwargs.items()})
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -789,7 +803,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset_version: int | None = None,
     *,
-    example_input: torch.Tensor | None = None,
+    example_input: torch.Tensor | tuple | Mapping | None = None,
     int8: bool | str = False,
     calibration: CalibrationData | None = None,
 ) -> Path:
@@ -812,9 +826,12 @@ def export_onnx(
         Let the batch dimension vary at inference time (exported as the symbolic dimension ``"batch"``).
     opset_version : int, optional
         ONNX opset; default: the exporter's.
-    example_input : Tensor, optional
-        The input to trace with instead, e.g. int64 token ids ``(batch, seq)`` for a text model such as BERT; its
-        shape is the input shape (a batch of 1 is repeated to 2 for a dynamic batch).
+    example_input : Tensor, tuple or dict of Tensor, optional
+        The input to trace with instead (:func:`smoothcompress.inputs.as_example`), e.g. int64 token ids
+        ``(batch, seq)`` for a text model such as BERT, a tuple of positional tensors, or a dict of keyword tensors
+        ``{"input_ids": ..., "attention_mask": ...}`` (the graph's inputs are then named after the model's
+        arguments); a batch of 1 is repeated to 2 for a dynamic batch, and every tensor whose first dimension is
+        the batch gets the symbolic dimension ``"batch"``.
     int8 : bool or {"static", "dynamic"}
         Write an int8 file instead, by :func:`smoothcompress.quantize.quantize_onnx` (onnxruntime's
         post-training quantization, QDQ format, per-channel weights): ``True`` or ``"static"`` calibrates the
@@ -841,6 +858,8 @@ def export_onnx(
 
         if int8 is not True and int8 not in ("static", "dynamic"):
             raise ValueError(f"int8 must be False, True, 'static' or 'dynamic', got {int8!r}")
+        if example_input is not None and not isinstance(example_input, torch.Tensor):
+            raise ConfigError("an int8 file has one graph input: pass example_input as one tensor")
         return quantize_onnx(
             model,
             path,
@@ -852,29 +871,39 @@ def export_onnx(
             example_input=example_input,
         )
     if input_shape is None and example_input is None:
-        raise ConfigError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input tensor")
-    shape = tuple(int(s) for s in (input_shape if input_shape is not None else example_input.shape))
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ConfigError(
-            f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
-        )
-    if example_input is not None and tuple(example_input.shape) != shape:
-        raise ConfigError(f"example_input has shape {tuple(example_input.shape)}, but input_shape is {shape}")
-    ref = next(iter(model.parameters()), None)
+        raise ConfigError("export_onnx needs an input_shape, e.g. (1, 3, 32, 32), or an example_input")
+    if example_input is None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) < 2 or any(s < 1 for s in shape):
+            raise ConfigError(
+                f"input_shape must include the batch dimension and be positive, e.g. (1, 3, 32, 32); got {shape}"
+            )
+    ex = as_example(model, example_input, input_shape)
+    if ex.call is not None:
+        raise ConfigError("export_onnx traces the model on tensors: pass example_input as a tensor, tuple or dict")
+    ex.inputs()  # positional or keyword tensors, not both (one-line ConfigError)
+    what = f"input shape {ex.shape}" if example_input is None else f"example input {ex.describe()}"
     # torch.export specialises a dimension of size 1, so trace a dynamic batch with at least 2 samples
-    batch = max(2, shape[0]) if dynamic_batch else shape[0]
-    if example_input is not None:
-        x = example_input.detach()
-        x = x.repeat(batch, *([1] * (x.dim() - 1))) if batch != shape[0] else x
-    else:
-        x = torch.randn(
-            (batch, *shape[1:]),
-            dtype=ref.dtype if ref is not None else torch.float32,
-            device=ref.device if ref is not None else "cpu",
-        )
-    kwargs = {"input_names": ["input"], "output_names": ["output"], "dynamo": True, "verbose": False}
+    rows = ex.batch_size or 1
+    batch = max(2, rows) if dynamic_batch else rows
+    if example_input is None:
+        zero = ex.args[0]  # a zero input of input_shape in the model's dtype: traced on random normal values
+        ex = ExampleInput((torch.randn((batch, *zero.shape[1:]), dtype=zero.dtype, device=zero.device),))
+    elif batch != rows:
+        ex = _repeat_rows(ex, rows, batch)
+    kwargs = {"dynamo": True, "verbose": False, "kwargs": dict(ex.kwargs) or None}
+    if len(ex.args) == 1 and not ex.kwargs:
+        kwargs |= {"input_names": ["input"], "output_names": ["output"]}
     if dynamic_batch:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        dim = torch.export.Dim("batch")
+
+        def spec(t: object) -> dict | None:
+            return {0: dim} if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch else None
+
+        if ex.kwargs:
+            kwargs["dynamic_shapes"] = {k: spec(v) for k, v in ex.kwargs.items()}
+        else:
+            kwargs["dynamic_shapes"] = tuple(spec(a) for a in ex.args)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     was_training = model.training
@@ -882,16 +911,16 @@ def export_onnx(
     try:
         with torch.no_grad():
             try:
-                model(x)
+                ex.run(model)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(
-                    f"input shape {shape} does not fit the model ({first}); pass the shape it takes, batch "
-                    "included, e.g. (1, 3, 32, 32)"
+                    f"{what} does not fit the model ({first}); pass the shape it takes, batch "
+                    "included, e.g. (1, 3, 32, 32), or an example_input (int64 token ids, a tuple or dict of tensors)"
                 ) from None
             path.parent.mkdir(parents=True, exist_ok=True)
             with _quiet_exporter():
-                program = torch.onnx.export(model, (x,), None, **kwargs)
+                program = torch.onnx.export(model, tuple(ex.args), None, **kwargs)
             weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
             _write_onnx(program, path, weight_bytes)
     finally:

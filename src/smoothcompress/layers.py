@@ -40,6 +40,7 @@ __all__ = [
     "register_linear_like",
     "linear_spec",
     "is_linear_like",
+    "is_linear",
     "linear_weight",
     "linear_bias",
     "layer_weight",
@@ -142,6 +143,22 @@ def is_linear_like(module: nn.Module) -> bool:
         return False
     w = getattr(module, spec.weight, None)
     return isinstance(w, torch.Tensor) and w.dim() == 2
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Whether ``module`` computes ``y = x W^T + b`` on its input's last dimension with a 2-D weight: Linear-like
+    (:func:`is_linear_like`) or any subclass of ``nn.Linear`` whose weight is materialized.
+
+    The one definition for what reads or zeroes a Linear weight in place (the penalties, calibration, magnitude
+    pruning). :func:`smoothcompress.compress` replaces only :func:`is_linear_like` modules: an unregistered subclass
+    may override ``forward``, which a factorized replacement would lose.
+    """
+    if is_linear_like(module):
+        return True
+    if not isinstance(module, nn.Linear):
+        return False
+    w = getattr(module, "weight", None)
+    return isinstance(w, torch.Tensor) and not isinstance(w, nn.parameter.UninitializedParameter) and w.dim() == 2
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:

@@ -25,6 +25,7 @@ from smoothcompress.factorized import (
     FactorizedLinear,
     _factors,
 )
+from smoothcompress.inputs import as_example
 from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
@@ -49,6 +50,7 @@ def compress(
     inplace: bool = False,
     flops: float | None = None,
     input_shape: Sequence[int] | None = None,
+    example: object = None,
 ) -> nn.Module:
     """A smaller copy of ``model`` with eligible Conv2d and Linear layers replaced by truncated-SVD factors.
 
@@ -102,7 +104,12 @@ def compress(
     input_shape : sequence of int, optional
         Example input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``, on which FLOPs are counted (one
         forward pass). Needed with ``flops`` for models not built by :func:`smoothcompress.create_model` (registry
-        models know theirs). When given, the record also holds the achieved FLOPs fraction.
+        models know theirs), unless ``example`` is given. When given, the record also holds the achieved FLOPs
+        fraction.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input FLOPs are counted on instead of a zero float input (:func:`smoothcompress.inputs.as_example`):
+        int64 token ids (B, T) for a language model, a tuple of positional or a dict of keyword tensors, or
+        ``f(model)``.
     inplace : bool
         Replace the layers in ``model`` itself, one by one, instead of in a deep copy: each dense weight is freed
         as soon as its factors replace it, so peak memory stays near the model's own size (see
@@ -131,7 +138,18 @@ def compress(
     """
     model = unwrap(model)
     plan, layers, choice = _plan(
-        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
+        model,
+        rate,
+        allocation,
+        scheme,
+        ranks,
+        exclude,
+        bn_aware,
+        rank_multiple,
+        calibration,
+        flops,
+        input_shape,
+        example,
     )
     if rate is DEFAULT_RATE and flops is not None:
         rate = None
@@ -184,6 +202,7 @@ def compress_report(
     compressed: nn.Module,
     input_shape: Iterable[int] | None = None,
     *,
+    example: object = None,
     latency: bool = False,
     reps: int = 20,
 ) -> LayerTable:
@@ -201,7 +220,10 @@ def compress_report(
         request are read from its ``sc_compression`` attribute when present.
     input_shape : tuple of int, optional
         Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``, for FLOP counts and latency; ``None``
-        skips FLOPs.
+        skips FLOPs (unless ``example`` is given).
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input to count FLOPs and time latency on instead (:func:`smoothcompress.inputs.as_example`), e.g. int64
+        token ids (B, T) for a language model, or ``{"input_ids": ..., "attention_mask": ...}``.
     latency : bool
         Also time both models (:func:`smoothcompress.accounting.measure_latency`: eval mode, no gradient, 3
         warm-up passes, then ``reps`` passes taken in turns, median) on an input of ``input_shape``; each model
@@ -215,13 +237,15 @@ def compress_report(
         ``str(report)`` is the table with totals; ``report.to_dict()`` is JSON-ready data; ``report.extra`` holds
         the ``sc_compression`` record as a dict (:meth:`~smoothcompress.methods.CompressionRecord.to_dict`).
     """
-    if latency and input_shape is None:
-        raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32)")
+    if latency and input_shape is None and example is None:
+        raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32), or an example")
     record = compression_record(compressed)
     label = record.label if record else ""  # the registered method that ran, e.g. "svd+bn-global-channel"
-    rep = layer_report(model, compressed, input_shape, notes=record.notes if record else None, method=label)
+    notes = record.notes if record else None
+    rep = layer_report(model, compressed, input_shape, notes=notes, method=label, example=example)
     rep.extra = record.to_dict() if record else {}
     if latency:
-        rep.latency_before, rep.latency_after = measure_latency([model, compressed], input_shape, reps=reps)
-        rep.latency_shape = tuple(int(d) for d in input_shape)
+        timed = [model, compressed]
+        rep.latency_before, rep.latency_after = measure_latency(timed, input_shape, reps=reps, example=example)
+        rep.latency_shape = as_example(model, example, input_shape).shape
     return rep

@@ -46,6 +46,7 @@ from torch import nn
 
 from smoothcompress.accounting import count_params
 from smoothcompress.allocation import ALLOCATIONS, SCHEMES
+from smoothcompress.inputs import CALIBRATION_IMAGES
 
 __all__ = [
     "COMPRESSION_ATTR",
@@ -250,7 +251,7 @@ class Method:
         exclude: Iterable[str | type] = (),
         input_shape: Sequence[int] | None = None,
         data: Any = None,
-        images: int = 2048,
+        images: int = CALIBRATION_IMAGES,
         calibration: Any = None,
     ) -> nn.Module:
         """A compressed copy of ``model`` with a fraction ``rate`` of all its parameters removed.
@@ -402,7 +403,7 @@ class SVD(Method):
         exclude: Iterable[str | type] = (),
         input_shape: Sequence[int] | None = None,
         data: Any = None,
-        images: int = 2048,
+        images: int = CALIBRATION_IMAGES,
         calibration: Any = None,
         ranks: Mapping[str, int] | None = None,
         flops: float | None = None,
@@ -453,7 +454,7 @@ class _Pruning(Method):
         exclude: Iterable[str | type] = (),
         input_shape: Sequence[int] | None = None,
         data: Any = None,
-        images: int = 2048,
+        images: int = CALIBRATION_IMAGES,
         calibration: Any = None,
     ) -> nn.Module:
         """:func:`smoothcompress.prune` with this method's pruning criterion (``calibration`` is not used)."""

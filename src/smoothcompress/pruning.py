@@ -69,14 +69,13 @@ from smoothcompress.accounting import (
     bisect_boundary,
     check_rate,
     count_params,
-    example_input,
     layer_report,
     reshaped_modules,
 )
 from smoothcompress.errors import ConfigError
-from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, linear_spec, tied_weights
+from smoothcompress.inputs import ExampleInput, as_example, first_tensor
+from smoothcompress.layers import is_linear, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
-from smoothcompress.models import ARCH_ATTR, model_input_shape
 from smoothcompress.selection import Entries, select_layers, unwrap
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
@@ -95,6 +94,8 @@ def prune(
     method: str = "magnitude",
     exclude: Entries = (),
     input_shape: Sequence[int] | None = None,
+    *,
+    example: object = None,
 ) -> nn.Module:
     """Prune ``model`` so that a fraction ``rate`` of all its parameters is removed; the input is not modified.
 
@@ -119,6 +120,11 @@ def prune(
     input_shape : sequence of int, optional
         Shape of an example input, batch included, e.g. ``(1, 3, 32, 32)``; ``"filter"`` traces the network with
         it. Defaults to the registry shape of a model built by :func:`smoothcompress.create_model`.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The example input instead (:func:`smoothcompress.inputs.as_example`), e.g. int64 token ids (B, T) or
+        ``{"input_ids": ..., "attention_mask": ...}``; Torch-Pruning's ``DependencyGraph`` gets it as its
+        ``example_inputs`` (a tensor, a tuple of positional or a dict of keyword tensors), a callable as its
+        ``forward_fn``.
 
     Returns
     -------
@@ -147,7 +153,7 @@ def prune(
         return _recorded(model, out, method, rate)
     if method == "filter":
         layers = _prunable_layers(out, exclude)
-        pruned = _prune_filters(out, rate, layers, _example_input(model, input_shape))
+        pruned = _prune_filters(out, rate, layers, _filter_example(model, example, input_shape))
         return _recorded(model, pruned, method, rate, details={RESHAPED: reshaped_modules(model, pruned)})
     layers, notes = _magnitude_layers(out, exclude)
     if method == "magnitude":
@@ -175,6 +181,8 @@ def prune_report(
     after: nn.Module,
     method: str,
     input_shape: Sequence[int] | None = None,
+    *,
+    example: object = None,
 ) -> LayerTable:
     """Per-layer table of a pruning, the same report as ``compress`` gives (:func:`smoothcompress.layer_report`).
 
@@ -188,9 +196,12 @@ def prune_report(
     input_shape : sequence of int, optional
         Example input shape, batch included, for FLOP counts; ``None`` skips FLOPs. Note that FLOPs of a
         magnitude-pruned model are dense FLOPs: zeros are still multiplied.
+    example : Tensor, tuple, dict, callable or ExampleInput, optional
+        The input to count FLOPs on instead (:func:`smoothcompress.inputs.as_example`).
     """
     method = _check_method(method)
-    return layer_report(before, after, input_shape=input_shape, nonzero=method != "filter", method=method)
+    nonzero = method != "filter"
+    return layer_report(before, after, input_shape=input_shape, nonzero=nonzero, method=method, example=example)
 
 
 def max_prune_rate(
@@ -198,6 +209,8 @@ def max_prune_rate(
     method: str = "magnitude",
     exclude: Entries = (),
     input_shape: Sequence[int] | None = None,
+    *,
+    example: object = None,
 ) -> float:
     """Largest ``rate`` that :func:`prune` can reach on ``model`` with these settings.
 
@@ -211,7 +224,8 @@ def max_prune_rate(
     total = count_params(work)
     if method == "filter":
         layers = _prunable_layers(work, exclude)
-        return 1.0 - _FilterPlan(work, layers, _example_input(model, input_shape)).params(0) / total if total else 0.0
+        plan = _FilterPlan(work, layers, _filter_example(model, example, input_shape))
+        return 1.0 - plan.params(0) / total if total else 0.0
     layers, _ = _magnitude_layers(work, exclude)
     floor = count_params(work, nonzero=True) - sum(_nonzero(layer_weight(m)) for m in layers.values())
     return 1.0 - floor / total if total else 0.0
@@ -253,7 +267,7 @@ def _magnitude_layers(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.
     tied = tied_weights(model)
 
     def ineligible(name: str, m: nn.Module) -> str | None:
-        if not (isinstance(m, _ROOTS) or is_linear_like(m)):
+        if not (isinstance(m, nn.modules.conv._ConvNd) or is_linear(m)):
             if isinstance(m, nn.Embedding):
                 return "embedding table (magnitude pruning zeroes Conv, Linear and Linear-like weights)"
             return f"unsupported layer type {type(m).__name__}"
@@ -271,19 +285,12 @@ def _weight_name(m: nn.Module) -> str:
     return spec.weight if spec is not None else "weight"
 
 
-def _example_input(model: nn.Module, input_shape: Sequence[int] | None) -> torch.Tensor:
-    """A zero input of ``input_shape`` (or the registry shape of ``model``), on the model's device and dtype."""
-    if input_shape is None:
-        arch = getattr(model, ARCH_ATTR, None)
-        if not isinstance(arch, dict) or "name" not in arch:
-            raise ConfigError(
-                "filter pruning traces the network and needs an example input: pass input_shape, "
-                "e.g. input_shape=(1, 3, 32, 32) (batch included)"
-            )
-        c, *hw = model_input_shape(arch["name"])
-        c = int(arch.get("kwargs", {}).get("in_channels", c))
-        input_shape = (1, c, *hw)
-    return example_input(model, input_shape)
+def _filter_example(model: nn.Module, example: object, input_shape: Sequence[int] | None) -> ExampleInput:
+    """What filter pruning traces the network on (:func:`smoothcompress.inputs.as_example`), in one line if unknown."""
+    try:
+        return as_example(model, example, input_shape)
+    except ConfigError as e:
+        raise ConfigError(f"filter pruning traces the network and needs an example input: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,6 +364,9 @@ def _prune_magnitude_layerwise(model: nn.Module, rate: float, layers: dict[str, 
 # Structured filter pruning (Torch-Pruning dependency graph)
 
 
+# Torch-Pruning's roots: the module types it has channel pruners for (its ``ConvPruner`` and ``LinearPruner``,
+# chosen by ``isinstance``). A Linear-like layer of another class (``transformers``' ``Conv1D``) has none, so filter
+# pruning keeps its channels; the magnitude methods zero every ``layers.is_linear`` layer.
 _ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -384,11 +394,11 @@ class _FilterPlan:
         Reference model; never modified.
     layers : dict of str to nn.Module
         The prunable Conv/Linear layers of ``model``; all others keep their output channels.
-    example : Tensor
-        Example input, shape (N, ...), used to trace the graph.
+    example : ExampleInput
+        Example input, batch first, used to trace the graph.
     """
 
-    def __init__(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor):
+    def __init__(self, model: nn.Module, layers: dict[str, nn.Module], example: ExampleInput):
         self.model, self.example = model, example
         classifier, self.out_shape = _classifier(model, example)
         self.ignored = {n for n, m in model.named_modules() if isinstance(m, _ROOTS)} - (set(layers) - {classifier})
@@ -414,7 +424,7 @@ class _FilterPlan:
         dg = (
             require("torch_pruning", "prune")
             .DependencyGraph()
-            .build_dependency(model, example_inputs=self.example, verbose=False)
+            .build_dependency(model, verbose=False, **_traced_call(self.example))
         )
         named = dict(model.named_modules())
         groups = {}
@@ -533,23 +543,30 @@ class _traceable:
         return False
 
 
-def _classifier(model: nn.Module, example: torch.Tensor) -> tuple[str | None, tuple]:
+def _traced_call(example: ExampleInput) -> dict:
+    """Torch-Pruning's ``build_dependency`` arguments for ``example``: ``example_inputs`` (a tensor, a tuple of
+    positional or a dict of keyword tensors), or a ``forward_fn`` running a callable."""
+    if example.call is not None:
+        return {"example_inputs": None, "forward_fn": lambda model, _inputs: example.call(model)}
+    return {"example_inputs": example.inputs()}
+
+
+def _classifier(model: nn.Module, example: ExampleInput) -> tuple[str | None, tuple]:
     """Name of the last Conv/Linear the forward pass runs (its outputs are the model's) and the output shape."""
     names = {m: n for n, m in model.named_modules()}
     seen: list[str] = []
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append(names[m])) for m in names if isinstance(m, _ROOTS)]
     was_training = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(example)
+        out = first_tensor(example.run(model.eval()))
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return (seen[-1] if seen else None), tuple(out.shape)
+    return (seen[-1] if seen else None), tuple(out.shape) if out is not None else ()
 
 
-def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], example: torch.Tensor) -> nn.Module:
+def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], example: ExampleInput) -> nn.Module:
     """Uniform L1 filter pruning of ``model`` to ``rate``; returns a pruned copy."""
     total = count_params(model)
     target = (1.0 - rate) * total
@@ -563,10 +580,10 @@ def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], 
         plan.exact = True
         t = plan.closest(target)
         out = plan.build(t)
-    with torch.no_grad():
-        was_training = out.training
-        shape = tuple(out.eval()(example).shape)
-        out.train(was_training)
+    was_training = out.training
+    result = first_tensor(example.run(out.eval()))
+    shape = tuple(result.shape) if result is not None else ()
+    out.train(was_training)
     if shape != plan.out_shape:  # pragma: no cover - the classifier keeps its outputs
         raise RuntimeError(f"filter pruning changed the output shape {plan.out_shape} -> {shape}")
     return out

@@ -42,6 +42,7 @@ from torch import nn
 from smoothcompress.calibration import CalibrationData, calibration_batches, describe_source
 from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
+from smoothcompress.inputs import as_batch
 from smoothcompress.io import export_onnx
 from smoothcompress.layers import is_linear_like
 from smoothcompress.methods import CompressionRecord, compression_record
@@ -97,6 +98,9 @@ def _first_batch(data: CalibrationData, images: int) -> tuple[torch.Tensor, Iter
     first = next(batches, None)
     if first is None:
         raise ValueError("the calibration data gave no inputs; pass at least one training image")
+    if not isinstance(first, torch.Tensor) or not first.is_floating_point():
+        shown = as_batch(first).describe()
+        raise ValueError(f"static int8 calibration needs float tensor inputs (the graph's one input), got {shown}")
 
     def all_batches() -> Iterator[torch.Tensor]:
         yield first

@@ -40,8 +40,17 @@ import torch
 from torch import nn
 
 from smoothcompress.batchnorm import trace_bn_pairs
-from smoothcompress.calibration import DAMPING, CalibrationData, calibration_batches, input_dim, sample_patches
+from smoothcompress.calibration import (
+    CALIBRATION_IMAGES,
+    DAMPING,
+    CalibrationData,
+    calibration_batches,
+    input_dim,
+    sample_patches,
+)
+from smoothcompress.errors import ConfigError
 from smoothcompress.factorized import Factorized, FactorizedConv2d, factorize_weight
+from smoothcompress.inputs import ExampleInput, as_batch
 from smoothcompress.layers import layer_weight, linear_bias
 
 __all__ = ["Reconstruction", "reconstruct", "MIN_SAMPLES", "SAMPLES_PER_DIM"]
@@ -148,12 +157,12 @@ def _capture(module: nn.Module, store: list) -> torch.utils.hooks.RemovableHandl
     return module.register_forward_pre_hook(hook)
 
 
-def _input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+def _input_of(model: nn.Module, module: nn.Module, x: ExampleInput) -> torch.Tensor | None:
     """The input ``module`` receives when ``model`` runs on ``x`` (the pass stops there); ``None`` if never."""
     store: list = []
     handle = _capture(module, store)
     try:
-        model(x)
+        x.run(model)
     except _Stop:
         pass
     finally:
@@ -161,7 +170,7 @@ def _input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Ten
     return store[0] if store else None
 
 
-def _forward_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str, int]]:
+def _forward_order(model: nn.Module, x: ExampleInput) -> tuple[list[str], dict[str, int]]:
     """Names of ``model``'s Factorized layers in the order one forward pass on ``x`` reaches them, and call counts."""
     calls: dict[str, int] = {}
     order: list[str] = []
@@ -176,7 +185,7 @@ def _forward_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[s
 
             handles.append(m.register_forward_pre_hook(hook))
     try:
-        model(x)
+        x.run(model)
     finally:
         for h in handles:
             h.remove()
@@ -231,11 +240,11 @@ def _factorized_matrix(layer: Factorized) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def _per_batch(quota: int, batches: list[torch.Tensor]) -> list[int]:
+def _per_batch(quota: int, batches: list[ExampleInput]) -> list[int]:
     """How many input vectors to take from each batch so that ``quota`` is spread evenly over the images."""
-    total, seen, taken, ks = sum(x.shape[0] for x in batches), 0, 0, []
+    total, seen, taken, ks = sum(x.batch_size for x in batches), 0, 0, []
     for x in batches:
-        seen += x.shape[0]
+        seen += x.batch_size
         k = max(1, math.ceil(quota * seen / total) - taken)
         ks.append(k)
         taken += k
@@ -249,7 +258,7 @@ def _generator(seed: int, layer: int, batch: int) -> torch.Generator:
 
 @torch.no_grad()
 def _dense_vectors(
-    reference: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor], quotas: dict[str, int], seed: int
+    reference: nn.Module, layers: dict[str, nn.Module], batches: list[ExampleInput], quotas: dict[str, int], seed: int
 ) -> dict[str, list[torch.Tensor]]:
     """One pass of the dense model: each layer's sampled input vectors per batch, float32 on the CPU.
 
@@ -269,7 +278,7 @@ def _dense_vectors(
         handles.append(module.register_forward_pre_hook(hook))
     try:
         for x in batches:
-            reference(x)
+            x.run(reference)
     finally:
         for h in handles:
             h.remove()
@@ -281,7 +290,7 @@ def _accumulate(
     compressed: nn.Module,
     dense: nn.Module,
     layer: nn.Module,
-    batches: list[torch.Tensor],
+    batches: list[ExampleInput],
     dense_vectors: list[torch.Tensor],
     quota: int,
     seed: int,
@@ -303,7 +312,7 @@ def reconstruct(
     reference: nn.Module,
     compressed: nn.Module,
     data: CalibrationData,
-    images: int = 2048,
+    images: int = CALIBRATION_IMAGES,
     *,
     batch_size: int = 256,
     samples: int | None = None,
@@ -362,22 +371,22 @@ def reconstruct(
                 f"layer stands for {tuple(m.dense_weight().shape)}; pass the model that was compressed"
             )
     p = next(compressed.parameters())
-    batches = [x.to(p.device) for x in calibration_batches(data, images, batch_size, seed=seed, device=p.device)]
+    batches = [
+        as_batch(x).to(p.device) for x in calibration_batches(data, images, batch_size, seed=seed, device=p.device)
+    ]
     if not batches:
-        raise ValueError("the calibration data gave no inputs")
+        raise ConfigError("the calibration data gave no inputs")
     modes = {m: m.training for m in (*reference.modules(), *compressed.modules())}
     reference.eval()
     compressed.eval()
-    result = Reconstruction(images=sum(x.shape[0] for x in batches), damping=float(damping))
+    result = Reconstruction(images=sum(x.batch_size for x in batches), damping=float(damping))
     try:
         with torch.no_grad():
             try:
-                order, calls = _forward_order(compressed, batches[0][:2])
-            except (RuntimeError, ValueError, TypeError) as e:
+                order, calls = _forward_order(compressed, batches[0].head(2))
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(
-                    f"calibration inputs of shape {tuple(batches[0].shape)} do not fit the model: {first}"
-                ) from e
+                raise ConfigError(f"calibration inputs {batches[0].describe()} do not fit the model: {first}") from e
         bn_pairs, _ = trace_bn_pairs(reference)
         for name in factorized:
             if name not in calls:

@@ -93,7 +93,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from smoothcompress.layers import is_linear_like, linear_spec, linear_weight
+from smoothcompress.layers import is_linear, linear_spec, linear_weight
 from smoothcompress.selection import Entries, as_entries, select_layers, unwrap
 
 __all__ = ["KINDS", "AXES", "POLARS", "penalty", "normalized_penalty", "roughness", "polar_factor", "Smoothness"]
@@ -479,7 +479,7 @@ class LinearType(LayerType):
     module_type = nn.Linear
 
     def matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) or is_linear_like(module)
+        return is_linear(module)
 
     def weight(self, module: nn.Module) -> Tensor:
         return linear_weight(module) if linear_spec(module) is not None else module.weight
