@@ -136,3 +136,55 @@ def test_filter_pruning_takes_token_ids():
     assert sc.max_prune_rate(model, "filter", example={"input": ids}) > 0.3
     rep = sc.prune_report(model, small, "filter", example=(ids,))
     assert rep.flops_after < rep.flops_before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The input card of a trained model
+
+
+def _digits_like(classes: int = 10, channels: int = 1, shift: float = 0.0):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, channels, 8, 8), generator=g, dtype=torch.uint8)
+    return sc.Dataset(
+        name=f"toy{classes}", x_train=x, y_train=torch.arange(40) % classes, x_test=x[:8],
+        y_test=torch.arange(8) % classes,
+        classes=[str(i) for i in range(classes)], mean=(0.5 + shift,) * channels, std=(0.25,) * channels,
+        sha256="0" * 64, augment=False,
+    )  # fmt: skip
+
+
+def test_the_card_travels_with_the_model_file(tmp_path):
+    from smoothcompress.inputs import record_input
+
+    model = sc.create_model("cnn", num_classes=10, width=8)
+    card = record_input(model, _digits_like())
+    assert card["shape"] == [1, 8, 8] and card["num_classes"] == 10 and card["dataset"] == "toy10"
+    loaded = sc.load(sc.save(model, tmp_path / "m.safetensors"))
+    assert loaded.sc_input == card
+    assert sc.load(sc.save(sc.compress(loaded, 0.5), tmp_path / "c.safetensors")).sc_input == card
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (lambda: _digits_like(classes=3), "with 10 classes, toy3 has 3"),
+        (lambda: _digits_like(shift=0.3), "normalised with mean"),
+    ],
+)
+def test_evaluate_refuses_data_the_card_does_not_fit(data, match):
+    from smoothcompress.inputs import record_input
+
+    model = sc.create_model("cnn", num_classes=10, width=8)
+    record_input(model, _digits_like())
+    with pytest.raises(sc.ConfigError, match=match) as e:
+        sc.evaluate(model, data())
+    assert "\n" not in str(e.value)
+    assert 0 <= sc.evaluate(model, _digits_like()) <= 1  # the data it was trained on passes
+
+
+def test_a_trained_model_records_its_input(tmp_path):
+    from smoothcompress.training import TrainConfig, run
+
+    result = run(TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, out=str(tmp_path / "r")))
+    card = sc.load(result.out_dir / "model.safetensors").sc_input
+    assert card["dataset"] == "digits" and card["num_classes"] == 10 and card["shape"] == [1, 8, 8]

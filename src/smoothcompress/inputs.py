@@ -26,14 +26,17 @@ import torch
 from torch import nn
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.models import default_input_shape
+from smoothcompress.models import INPUT_ATTR, default_input_shape
 
 __all__ = [
     "CALIBRATION_IMAGES",
     "ExampleInput",
     "as_batch",
     "as_example",
+    "check_input",
     "first_tensor",
+    "record_input",
+    "NORMALIZATION_TOLERANCE",
     "zeros_input",
 ]
 
@@ -262,3 +265,76 @@ def first_tensor(output: Any) -> torch.Tensor | None:
         if t is not None:
             return t
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a trained model takes: its input card
+
+
+def record_input(model: nn.Module, dataset: Any) -> dict:
+    """Record on ``model`` (``model.sc_input``, :data:`smoothcompress.models.INPUT_ATTR`) what it was trained on.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model; :func:`smoothcompress.save` writes the card with the weights and :func:`smoothcompress.load`
+        restores it.
+    dataset : Dataset
+        A :class:`smoothcompress.data.Dataset` (anything with ``input_shape``, ``classes``, ``mean``, ``std`` and
+        ``name``).
+
+    Returns
+    -------
+    dict
+        ``{"shape": [C, H, W], "dtype": "float32", "mean": [...], "std": [...], "num_classes": K, "dataset": NAME}``.
+    """
+    card = {
+        "shape": [int(d) for d in dataset.input_shape],
+        "dtype": "float32",
+        "mean": [float(v) for v in dataset.mean],
+        "std": [float(v) for v in dataset.std],
+        "num_classes": len(dataset.classes),
+        "dataset": str(dataset.name),
+    }
+    setattr(model, INPUT_ATTR, card)
+    return card
+
+
+NORMALIZATION_TOLERANCE = 0.05
+"""Relative difference of a channel's mean or std beyond which data is normalised differently from what the model
+was trained on (two copies of one dataset, e.g. PNG and JPEG, differ by far less)."""
+
+
+def check_input(model: nn.Module, dataset: Any) -> None:
+    """Refuse data that does not fit the input card of ``model`` (see :func:`record_input`); no card, no check.
+
+    Raises
+    ------
+    ConfigError
+        One line naming both sides: another number of classes, another input shape, or another normalisation
+        (a channel's mean or std more than :data:`NORMALIZATION_TOLERANCE` apart, relative).
+    """
+    card = getattr(model, INPUT_ATTR, None)
+    if not isinstance(card, dict):
+        return
+    trained = f"the model was trained on {card.get('dataset', 'its data')}"
+    k = card.get("num_classes")
+    if k is not None and len(dataset.classes) != k:
+        raise ConfigError(
+            f"{trained} with {k} classes, {dataset.name} has {len(dataset.classes)}; evaluate on data of its classes"
+        )
+    shape = card.get("shape")
+    if shape is not None and list(dataset.input_shape) != list(shape):
+        raise ConfigError(
+            f"{trained} with inputs of shape {tuple(shape)}, {dataset.name} has {tuple(dataset.input_shape)}; "
+            "evaluate on data of that shape"
+        )
+    for key in ("mean", "std"):
+        want, got = card.get(key), list(dataset.__getattribute__(key))
+        if want is None or len(want) != len(got):
+            continue
+        if any(abs(a - b) > NORMALIZATION_TOLERANCE * max(abs(a), 1e-3) for a, b in zip(want, got, strict=True)):
+            raise ConfigError(
+                f"{trained}, normalised with {key} {[round(v, 3) for v in want]}; {dataset.name} has "
+                f"{[round(v, 3) for v in got]}: other data; evaluate on a copy of the training data"
+            )

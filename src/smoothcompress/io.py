@@ -70,7 +70,7 @@ from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLi
 from smoothcompress.files import atomic_file
 from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
-from smoothcompress.models import ARCH_ATTR, create_model
+from smoothcompress.models import ARCH_ATTR, INPUT_ATTR, create_model
 from smoothcompress.selection import set_submodule
 
 if TYPE_CHECKING:  # calibration reads the data package, which the core does not load at import
@@ -374,8 +374,9 @@ def save(
         rename): a crash leaves the old file or the new one.
     metadata : mapping of str to str, optional
         Extra string entries to store, e.g. ``{"dataset": "cifar10"}``; keys must not clash with the reserved
-        ones (``format``, ``format_version``, ``arch``, ``modules``, ``compression``, ``weights_sha256``,
-        ``sparse``).
+        ones (``format``, ``format_version``, ``arch``, ``input``, ``modules``, ``compression``,
+        ``weights_sha256``, ``sparse``). The model's input card (``sc_input``, set by the trainer:
+        :func:`smoothcompress.inputs.record_input`) is written as ``input`` and restored by :func:`load`.
     sparse : bool
         Store each floating-point tensor with many zeros (an unstructured-pruned weight) as its non-zero values
         plus a bitmask or flat indices, whichever is smaller (see the module docstring); :func:`load` rebuilds
@@ -420,6 +421,7 @@ def save(
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION if entries else 1),
         "arch": json.dumps(getattr(model, ARCH_ATTR, None)),
+        "input": json.dumps(getattr(model, INPUT_ATTR, None)),
         "modules": json.dumps(_module_records(model)),
         "compression": json.dumps(record.to_dict() if (record := compression_record(model)) else None),
         "weights_sha256": _checksum(tensors),
@@ -533,6 +535,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
         out[key] = _json_field(meta, key, path)
     if not isinstance(out["modules"], dict):
         raise CheckpointError(f"{path}: metadata entry 'modules' must be a JSON object")
+    out["input"] = _json_field(meta, "input", path) if "input" in meta else None
+    if out["input"] is not None and not isinstance(out["input"], dict):
+        raise CheckpointError(f"{path}: metadata entry 'input' must be a JSON object")
     out["sparse"] = _json_field(meta, "sparse", path) if "sparse" in meta else {}
     if not isinstance(out["sparse"], dict):
         raise CheckpointError(f"{path}: metadata entry 'sparse' must be a JSON object")
@@ -719,6 +724,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
         raise CheckpointError(f"{path}: the weights do not fit the model: {detail[:1500]}") from None
     if record is not None:
         setattr(base, COMPRESSION_ATTR, record)
+    if meta["input"] is not None:
+        setattr(base, INPUT_ATTR, meta["input"])
     return base.eval()
 
 

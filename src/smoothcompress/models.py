@@ -26,10 +26,16 @@ __all__ = [
     "default_input_shape",
     "import_factory",
     "ARCH_ATTR",
+    "INPUT_ATTR",
 ]
 
 ARCH_ATTR = "sc_arch"
 """Name of the attribute in which a registry-built model records ``{"name": ..., "kwargs": ...}``."""
+
+INPUT_ATTR = "sc_input"
+"""Name of the attribute in which a trained model records what it takes: ``{"shape": [C, H, W], "dtype":
+"float32", "mean": [...], "std": [...], "num_classes": K, "dataset": NAME}`` (set by the trainer, saved with the
+weights; see :func:`smoothcompress.inputs.record_input`)."""
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _INPUT_SHAPES: dict[str, tuple[int, int, int]] = {}
@@ -107,10 +113,18 @@ def model_input_shape(name: str) -> tuple[int, int, int]:
 
 
 def default_input_shape(model: nn.Module, batch: int = 1) -> tuple[int, ...] | None:
-    """Input shape ``(batch, C, H, W)`` of a registry-built model, or ``None`` when it cannot be told.
+    """Input shape ``(batch, C, H, W)`` of a trained or registry-built model, or ``None`` when it cannot be told.
 
-    Reads ``model.sc_arch``; an ``in_channels`` argument replaces the registered channel count.
+    Reads the input the model was trained on (``model.sc_input``, float inputs only), else ``model.sc_arch``,
+    where an ``in_channels`` argument replaces the registered channel count.
     """
+    card = getattr(model, INPUT_ATTR, None)
+    if (
+        isinstance(card, dict)
+        and isinstance(card.get("shape"), list)
+        and str(card.get("dtype", "")).startswith("float")
+    ):
+        return (batch, *(int(d) for d in card["shape"]))
     arch = getattr(model, ARCH_ATTR, None)
     if not arch or arch.get("name") not in _REGISTRY:
         return None

@@ -20,6 +20,7 @@ from torch import nn
 
 from smoothcompress.data import Dataset, Loader
 from smoothcompress.errors import ConfigError
+from smoothcompress.inputs import check_input
 from smoothcompress.models import default_input_shape
 from smoothcompress.training.config import DEVICES
 from smoothcompress.training.runtime import DistContext, resolve_device
@@ -132,6 +133,7 @@ def _accuracy(model, data, device, batch_size: int, bf16: bool, channels_last: b
         device = resolve_device(device) if device in DEVICES else torch.device(device)
         model.to(device)
     if isinstance(data, Dataset):
+        check_input(model, data)  # the input card of a trained model: classes, shape, normalisation
         width = _check_fits(model, (1, *data.input_shape), data.name, device, bf16, channels_last)
         if width != data.num_classes:
             raise ConfigError(

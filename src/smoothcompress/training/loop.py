@@ -35,6 +35,7 @@ from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_
 from smoothcompress.data.imagefolder import archive_stem
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
+from smoothcompress.inputs import record_input
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
 from smoothcompress.training.checkpoint import CHECKPOINT_NAME, check_same_settings, load_checkpoint, save_checkpoint
@@ -513,6 +514,7 @@ def _finish(r: _Run, dataset: Dataset, history, resumed_from, start: float) -> T
         correct, total = _global_sum(counts, r.ctx)
         test_acc = correct / total
     if r.writes:
+        record_input(r.raw, dataset)  # what the model takes, saved with it: evaluate refuses other data
         sc_io.save(r.raw, r.ckpt_path.parent / "model.safetensors")
     return TrainResult(
         model=r.raw,
