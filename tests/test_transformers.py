@@ -273,3 +273,13 @@ def test_bert_exports_to_onnx_with_keyword_inputs(tmp_path):
     assert names == ["input_ids", "attention_mask"]
     got = session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})[0]
     np.testing.assert_allclose(got, run(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", [gpt2, bert])
+def test_filter_pruning_of_attention_models_is_refused_in_one_line(build):
+    """Torch-Pruning cannot narrow attention heads consistently nor trace tuple outputs: one line, not a traceback."""
+    model = build()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(sc.ConfigError, match="filter pruning cannot narrow") as e:
+        sc.prune(model, 0.2, method="filter", example=ids)
+    assert "\n" not in str(e.value)

@@ -224,7 +224,7 @@ def max_prune_rate(
     total = count_params(work)
     if method == "filter":
         layers = _prunable_layers(work, exclude)
-        plan = _FilterPlan(work, layers, _filter_example(model, example, input_shape))
+        plan = _filter_plan(work, layers, _filter_example(model, example, input_shape))
         return 1.0 - plan.params(0) / total if total else 0.0
     layers, _ = _magnitude_layers(work, exclude)
     floor = count_params(work, nonzero=True) - sum(_nonzero(layer_weight(m)) for m in layers.values())
@@ -566,11 +566,33 @@ def _classifier(model: nn.Module, example: ExampleInput) -> tuple[str | None, tu
     return (seen[-1] if seen else None), tuple(out.shape) if out is not None else ()
 
 
+# What Torch-Pruning raises on an architecture it cannot trace or narrow consistently (tuple outputs, attention heads
+# whose query, key and value layers it narrows independently): the model, not a bug of this library.
+_UNPRUNABLE = (RuntimeError, AttributeError, TypeError, IndexError)
+
+
+def _unprunable(model: nn.Module, e: Exception) -> ConfigError:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ConfigError(
+        f"filter pruning cannot narrow {type(model).__name__}: Torch-Pruning failed ({type(e).__name__}: {first}); "
+        "attention layers and models with tuple outputs need magnitude pruning or compress instead"
+    )
+
+
+def _filter_plan(model: nn.Module, layers: dict[str, nn.Module], example: ExampleInput) -> _FilterPlan:
+    """The filter plan of ``model``; a :class:`ConfigError` (one line) for an architecture Torch-Pruning cannot
+    trace."""
+    try:
+        return _FilterPlan(model, layers, example)
+    except _UNPRUNABLE as e:
+        raise _unprunable(model, e) from e
+
+
 def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], example: ExampleInput) -> nn.Module:
     """Uniform L1 filter pruning of ``model`` to ``rate``; returns a pruned copy."""
     total = count_params(model)
     target = (1.0 - rate) * total
-    plan = _FilterPlan(model, layers, example)
+    plan = _filter_plan(model, layers, example)
     reachable = 1.0 - plan.params(0) / total
     if rate - reachable > 1e-9:
         raise _unreachable(rate, reachable, "filter", "every prunable channel group down to one channel")
@@ -581,9 +603,13 @@ def _prune_filters(model: nn.Module, rate: float, layers: dict[str, nn.Module], 
         t = plan.closest(target)
         out = plan.build(t)
     was_training = out.training
-    result = first_tensor(example.run(out.eval()))
+    try:
+        result = first_tensor(example.run(out.eval()))
+    except _UNPRUNABLE as e:  # narrowed layers that no longer fit together (attention heads)
+        raise _unprunable(model, e) from e
+    finally:
+        out.train(was_training)
     shape = tuple(result.shape) if result is not None else ()
-    out.train(was_training)
     if shape != plan.out_shape:  # pragma: no cover - the classifier keeps its outputs
         raise RuntimeError(f"filter pruning changed the output shape {plan.out_shape} -> {shape}")
     return out
