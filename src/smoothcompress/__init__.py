@@ -9,7 +9,6 @@ load on first use of one of their names (``sc.prune``, ``sc.train``, ``sc.sweep`
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import LayerTable, RateUnreachable, Report, count_flops, count_params, layer_report
 from smoothcompress.allocation import plan_compression, plan_ranks
@@ -20,16 +19,15 @@ from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
 from smoothcompress.lowrank import compress, compress_report
-from smoothcompress.methods import CompressionRecord, Method, get_method, list_methods, register_method
+from smoothcompress.methods import Method, get_method, list_methods, register_method
 from smoothcompress.models import create_model, list_models, register_model
+from smoothcompress.provenance import package_version
+from smoothcompress.record import CompressionRecord
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
 from smoothcompress.selection import Selection, select_layers
 
-try:
-    __version__ = version("smoothcompress")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+__version__ = package_version()
 
 _LAZY = {
     # data
@@ -38,7 +36,7 @@ _LAZY = {
     "Loader": "data",
     "load_dataset": "data",
     "split_validation": "data",
-    # calibration data (reads batches from data)
+    # calibration data
     "calibrate": "calibration",
     "recalibrate_bn": "calibration",
     "reconstruct": "reconstruction",

@@ -35,7 +35,8 @@ from smoothcompress import models
 from smoothcompress.data import OFFICIAL
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.inputs import CALIBRATION_IMAGES, as_example  # CALIBRATION_IMAGES: default --calibrate
-from smoothcompress.methods import compression_record, get_method, list_methods
+from smoothcompress.methods import get_method, list_methods
+from smoothcompress.record import compression_record
 from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
 

@@ -8,7 +8,7 @@ string-to-string map) holds everything needed to rebuild the module tree, as JSO
 * ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every module of a known type (Conv1d/2d/3d,
   Linear, BatchNorm1d/2d/3d, LayerNorm, GroupNorm, Embedding, FactorizedConv2d, FactorizedLinear), with its
   constructor arguments read off its current tensors, so channel counts changed by filter pruning are captured;
-* ``compression``: the model's :class:`~smoothcompress.methods.CompressionRecord` (``sc_compression``, set by
+* ``compression``: the model's :class:`~smoothcompress.record.CompressionRecord` (``sc_compression``, set by
   :func:`smoothcompress.compress` and :func:`smoothcompress.prune`) as a JSON object, or ``null``;
 * ``weights_sha256``: a checksum of all stored tensors, so a corrupted file is detected instead of silently loaded;
 * ``sparse`` (format 2, written by ``save(..., sparse=True)``): ``{name: {"shape": [...], "encoding": e, "nnz": k}}``
@@ -69,11 +69,11 @@ from smoothcompress.extras import require
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.files import atomic_file
 from smoothcompress.inputs import ExampleInput, as_example
-from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.models import ARCH_ATTR, INPUT_ATTR, create_model
+from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import set_submodule
 
-if TYPE_CHECKING:  # calibration reads the data package, which the core does not load at import
+if TYPE_CHECKING:  # calibration loads on first use, not at import
     from smoothcompress.calibration import CalibrationData
 
 __all__ = [
@@ -675,7 +675,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
     -------
     nn.Module
         The model in eval mode, in the saved dtype, with ``sc_arch`` and ``sc_compression`` (a
-        :class:`~smoothcompress.methods.CompressionRecord`) restored.
+        :class:`~smoothcompress.record.CompressionRecord`) restored.
 
     Raises
     ------

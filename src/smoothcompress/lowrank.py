@@ -27,7 +27,7 @@ from smoothcompress.factorized import (
 )
 from smoothcompress.inputs import as_example
 from smoothcompress.layers import is_linear_like, layer_weight
-from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
+from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def compress(
         A deep copy of ``model`` (``model`` itself with ``inplace``) in which factorized layers are
         :class:`FactorizedConv2d` / :class:`FactorizedLinear` at the original module names. ``rate=0`` returns an
         exact copy. The result carries
-        ``sc_compression`` (:data:`COMPRESSION_ATTR`): a :class:`~smoothcompress.methods.CompressionRecord` with
+        ``sc_compression`` (:data:`COMPRESSION_ATTR`): a :class:`~smoothcompress.record.CompressionRecord` with
         the request, the achieved rate and parameter counts, the requested and achieved FLOPs fraction (when
         FLOPs were counted), a status note for every skipped layer and, in ``details``, the ranks and BatchNorm
         pairs; :func:`compress_report` and :func:`smoothcompress.save` use it.
@@ -235,7 +235,7 @@ def compress_report(
     -------
     LayerTable
         ``str(report)`` is the table with totals; ``report.to_dict()`` is JSON-ready data; ``report.extra`` holds
-        the ``sc_compression`` record as a dict (:meth:`~smoothcompress.methods.CompressionRecord.to_dict`).
+        the ``sc_compression`` record as a dict (:meth:`~smoothcompress.record.CompressionRecord.to_dict`).
     """
     if latency and input_shape is None and example is None:
         raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32), or an example")

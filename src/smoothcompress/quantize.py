@@ -45,8 +45,8 @@ from smoothcompress.files import atomic_file
 from smoothcompress.inputs import as_batch
 from smoothcompress.io import export_onnx
 from smoothcompress.layers import is_linear_like
-from smoothcompress.methods import CompressionRecord, compression_record
 from smoothcompress.models import default_input_shape
+from smoothcompress.record import CompressionRecord, compression_record
 
 # one line naming the extra when onnx or onnxruntime is missing
 onnx = require("onnx", "onnx")

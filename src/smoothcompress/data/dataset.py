@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from smoothcompress.data.loader import mix_seed
+from smoothcompress.data.loader import Loader, mix_seed
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.extras import require
 
@@ -100,6 +101,34 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
         return tuple(self.x_train.shape[1:])
+
+    def calibration_size(self) -> int:
+        """Number of training images: all that calibration may read (never the test split)."""
+        return int(self.x_train.shape[0])
+
+    def calibration_batches(
+        self, images: int, batch_size: int, *, seed: int = 0, augment: bool = False, device="cpu"
+    ) -> Iterator[torch.Tensor]:
+        """Calibration batches (:class:`smoothcompress.calibration.CalibrationSource`): ``images`` training images
+        drawn at random with ``seed`` (all of them when there are fewer), in index order, normalised with
+        :attr:`mean` and :attr:`std`, with the training augmentation when ``augment`` and :attr:`augment`."""
+        n = self.x_train.shape[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        pick = torch.randperm(n, generator=gen)[: min(int(images), n)].sort().values
+        loader = Loader(
+            self.x_train[pick],
+            self.y_train[pick],
+            int(batch_size),
+            train=augment,
+            augment=augment and self.augment,
+            drop_last=False,
+            mean=self.mean,
+            std=self.std,
+            seed=seed,
+            device=device,
+        )
+        for x, _ in loader:
+            yield x
 
     def __str__(self) -> str:
         c, h, w = self.input_shape
