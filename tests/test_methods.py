@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 import smoothcompress as sc
 from smoothcompress import methods
 from smoothcompress import record as records
-from smoothcompress.experiment import SweepConfig
 from smoothcompress.methods import option
 from smoothcompress.record import CompressionRecord, compression_record, make_record
+from smoothcompress.study.experiment import SweepConfig
 
 METHODS = sc.list_methods()
 RATE = 0.5

@@ -9,8 +9,8 @@ positions than its ``d`` needs. :func:`smoothcompress.compress` uses them (``cal
 in the metric of its inputs, ``min ||(W - W_r) X||_F``, and to allocate ranks by output error.
 
 :func:`calibration_batches` is the one way calibration data comes in (also for
-:func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.data.Dataset` (its training split only, never
-the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batches, or a tensor of inputs. A batch
+:func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.study.data.Dataset` (its training split only, never
+the test split), a :class:`~smoothcompress.study.data.Loader` or any iterable of batches, or a tensor of inputs. A batch
 is any call of the model (:func:`smoothcompress.inputs.as_batch`): a tensor of any dtype (float images, int64 token
 ids), a dict of keyword tensors (``{"input_ids": ..., "attention_mask": ...}``), an
 :class:`~smoothcompress.inputs.ExampleInput`, or ``(inputs, labels, ...)`` with one of those first.
@@ -116,7 +116,7 @@ def calibration_batches(
     Parameters
     ----------
     data : Dataset, Loader, iterable or Tensor
-        A :class:`~smoothcompress.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
+        A :class:`~smoothcompress.study.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
         with the dataset's mean and std; its test split is never read. A Loader or any iterable of batches
         ``x`` or ``(x, y, ...)``, ``x`` a tensor of any dtype, a dict of keyword tensors or an ExampleInput: its
         batches in order until ``images`` inputs were given (rows of the batch's first dimension). A Tensor of

@@ -17,8 +17,8 @@ from pathlib import Path
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.methods import get_method
-from smoothcompress.plotstyle import COLORS
-from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
+from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
 
 Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 

@@ -1,8 +1,8 @@
 """The in-memory :class:`Dataset` and :func:`load_dataset`, which gives one from any of three kinds of source:
 
-- ``"cifar10"`` / ``"cifar100"``: the official python-format archives (:mod:`smoothcompress.data.official`).
+- ``"cifar10"`` / ``"cifar100"``: the official python-format archives (:mod:`smoothcompress.study.data.official`).
 - ``"digits"``: scikit-learn's bundled 8x8 digits, split 80/20 (stratified) by a fixed seed. No download.
-- a path to an ImageFolder directory or ``.tar.gz`` of one (:mod:`smoothcompress.data.imagefolder`).
+- a path to an ImageFolder directory or ``.tar.gz`` of one (:mod:`smoothcompress.study.data.imagefolder`).
 
 The data root is the ``root`` argument, else ``$SMOOTHCOMPRESS_DATA``, else ``~/.cache/smoothcompress``.
 Every problem with the data itself (missing, offline, corrupt) raises :class:`DataError`, whose message says what
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothcompress.data.loader import Loader, mix_seed
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.extras import require
+from smoothcompress.study.data.loader import Loader, mix_seed
 
 __all__ = ["DataError", "Dataset", "ROOT_ENV", "channel_stats", "default_root", "load_dataset", "split_validation"]
 
@@ -215,7 +215,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     DataError
         Unknown name, missing or corrupt data, or a download that failed (offline).
     """
-    from smoothcompress.data import imagefolder, official  # they build on this module
+    from smoothcompress.study.data import imagefolder, official  # they build on this module
 
     key = str(name).strip().lower()
     root = Path(root).expanduser() if root is not None else default_root()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from smoothcompress.summary import BASELINE, Setting, _families, _index, _multi, summarize
+from smoothcompress.study.summary import BASELINE, Setting, _families, _index, _multi, summarize
 
 __all__ = ["CLAIM_MIN_RATE", "PAR_POINTS", "assess_claims"]
 

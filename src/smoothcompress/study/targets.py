@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from smoothcompress.summary import BASELINE, Setting, _families, _index, summarize
+from smoothcompress.study.summary import BASELINE, Setting, _families, _index, summarize
 
 __all__ = ["TARGETS", "assess_targets", "targets_table"]
 
@@ -30,7 +30,7 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
     Parameters
     ----------
     rows : list of dict
-        Results rows of one sweep (``smoothcompress.results.load_results``), on any split; the caller says which.
+        Results rows of one sweep (``smoothcompress.study.results.load_results``), on any split; the caller says which.
     targets : mapping of float to float
         ``{rate: points}``, the largest allowed drop (in accuracy points) below the baseline's dense accuracy at
         each requested rate.

@@ -1,12 +1,12 @@
 """The summary of results rows: settings, and accuracies pooled over seeds (means, stds).
 
 A :class:`Setting` is what a training run was (model, width, variant, penalty, weight), seeds pooled;
-:func:`summarize` turns the rows that :func:`smoothcompress.experiment.sweep` writes into one entry per setting,
+:func:`summarize` turns the rows that :func:`smoothcompress.study.experiment.sweep` writes into one entry per setting,
 method label and rate. Rows written before the penalty weight was named ``weight`` carry it as ``lam``; both are
 read. A row's method is looked up in :mod:`smoothcompress.methods` to tell SVD (family ``"low-rank"``) from
 pruning (``"pruning"``), and plain SVD (``"svd"``) from the SVD methods that use calibration data (``"svd+bn"``,
-``"svd-data"``, ``"svd-data+bn"``). The weight choice and the λ frontier (:mod:`smoothcompress.frontier`), the
-claims (:mod:`smoothcompress.claims`) and the report (:mod:`smoothcompress.report`) all read this summary.
+``"svd-data"``, ``"svd-data+bn"``). The weight choice and the λ frontier (:mod:`smoothcompress.study.frontier`), the
+claims (:mod:`smoothcompress.study.claims`) and the report (:mod:`smoothcompress.study.report`) all read this summary.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Results rows -> ``report.md``, a summary table and PNG plots.
 
-Everything here is computed from the rows that :func:`smoothcompress.experiment.sweep` writes
+Everything here is computed from the rows that :func:`smoothcompress.study.experiment.sweep` writes
 (``results.jsonl``, and ``spectra.jsonl`` for the spectra and weight pictures), so every figure traces back to a
 row and every row to a command. Plots are drawn on :class:`matplotlib.figure.Figure` objects, so the pyplot state
 and backend of the caller (a notebook, say) are left alone.
 
-Rows are read by :mod:`smoothcompress.results` (a sharded sweep whole, from its folder, its shards merged), pooled
-over seeds by :mod:`smoothcompress.summary`; the weight choice and the λ frontier are in
-:mod:`smoothcompress.frontier`, the paper's claims in :mod:`smoothcompress.claims`. Their public names are
-re-exported here; the targets (:mod:`smoothcompress.targets`) are a section of the report.
+Rows are read by :mod:`smoothcompress.study.results` (a sharded sweep whole, from its folder, its shards merged), pooled
+over seeds by :mod:`smoothcompress.study.summary`; the weight choice and the λ frontier are in
+:mod:`smoothcompress.study.frontier`, the paper's claims in :mod:`smoothcompress.study.claims`. Their public names are
+re-exported here; the targets (:mod:`smoothcompress.study.targets`) are a section of the report.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothcompress.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
-from smoothcompress.frontier import (
+from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
+from smoothcompress.study.frontier import (
     FRONTIER_RATE,
     SELECT_RATES,
     _has_frontier,
@@ -31,11 +31,11 @@ from smoothcompress.frontier import (
     plot_frontier,
     select_weights,
 )
-from smoothcompress.plotstyle import COLORS
-from smoothcompress.references import against_references, reference_points, references_table
-from smoothcompress.results import load_results, missing_shards, shards_note
-from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
-from smoothcompress.targets import TARGETS, assess_targets, targets_table
+from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.references import against_references, reference_points, references_table
+from smoothcompress.study.results import load_results, missing_shards, shards_note
+from smoothcompress.study.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
+from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
 
 Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
@@ -92,7 +92,7 @@ PANELS_PER_ROW = 4
 
 def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None = None) -> Path:
     """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed; the
-    network trained small (:func:`smoothcompress.references.reference_points`), when given, dotted grey."""
+    network trained small (:func:`smoothcompress.study.references.reference_points`), when given, dotted grey."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     colors, multi = _colors(groups), _multi(groups)
@@ -227,7 +227,7 @@ def write_report(
     several. When some penalty was trained at more than one weight, the report has a frontier section (table
     and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`); with
     baseline and penalised low-rank rows at the target rates, a targets section (:func:`assess_targets`).
-    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.references`), read the same
+    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.study.references`), read the same
     way: its dense rows become a line on the accuracy plot and a section comparing every compressed cell with it
     at equal parameters. It must be on the same dataset and split.
     """
