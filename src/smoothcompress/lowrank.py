@@ -18,12 +18,12 @@ from torch import nn
 from smoothcompress.accounting import LayerTable, layer_report, measure_latency
 from smoothcompress.allocation import (
     DEFAULT_RATE,
-    _plan,
+    build_plan,
 )
 from smoothcompress.factorized import (
     FactorizedConv2d,
     FactorizedLinear,
-    _factors,
+    truncated_factors,
 )
 from smoothcompress.inputs import as_example
 from smoothcompress.layers import is_linear_like, layer_weight
@@ -137,7 +137,7 @@ def compress(
         (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction).
     """
     model = unwrap(model)
-    plan, layers, choice = _plan(
+    plan, layers, choice = build_plan(
         model,
         rate,
         allocation,
@@ -159,7 +159,7 @@ def compress(
         lay.decs, lay.module = {}, None  # hold no layer's decomposition or dense weight longer than needed
         if opt.scheme is None:
             continue
-        factors = _factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
+        factors = truncated_factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
         del decs
         if is_linear_like(dense):
             new = FactorizedLinear.from_factors(dense, factors)

@@ -75,7 +75,7 @@ def _weight(row: dict) -> float:
     return float(row["weight"] if "weight" in row else row["lam"])
 
 
-def _families(rows: list[dict]) -> dict[str, str | None]:
+def method_families(rows: list[dict]) -> dict[str, str | None]:
     """``{label: family}`` of the compressed rows' methods (``None`` for a method this version does not know)."""
     families = {}
     for r in rows:
@@ -87,7 +87,8 @@ def _families(rows: list[dict]) -> dict[str, str | None]:
     return families
 
 
-def _multi(settings) -> bool:
+def several_contexts(settings) -> bool:
+    """Whether the settings span more than one context (model, width, dataset, ...): tables then name it."""
     return len({s.context() for s in settings}) > 1
 
 
@@ -118,17 +119,18 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _index(summary: list[dict]) -> dict[tuple, dict]:
+def index_summary(summary: list[dict]) -> dict[tuple, dict]:
     """(setting, label, rate) -> summary entry (with or without an accuracy)."""
     return {(s["group"], s["label"], s["rate"]): s for s in summary}
 
 
-def _pcts(rates: Sequence[float]) -> str:
+def format_rates(rates: Sequence[float]) -> str:
     """``"70/80%"``."""
     return "/".join(f"{100 * r:.0f}" for r in rates) + "%"
 
 
-def _pct(s: dict | None) -> str:
+def format_accuracy(s: dict | None) -> str:
+    """A summary entry's accuracy in percent, ``"91.20 ± 0.31"`` (``"—"`` without one; no ± for one seed)."""
     if not s or "acc" not in s:
         return "—"
     return f"{100 * s['acc']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['acc']:.2f}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -541,7 +540,7 @@ def _model_kwargs(config: TrainConfig, input_shape: tuple[int, ...]) -> dict[str
     """``width`` plus, when the data's shape differs from the model's default, ``in_channels``/``in_features``."""
     kwargs: dict[str, Any] = {} if config.width is None else {"width": config.width}
     if tuple(input_shape) != tuple(models.model_input_shape(config.model)):
-        accepted = inspect.signature(models._REGISTRY[config.model]).parameters
+        accepted = models.model_options(config.model)
         if "in_channels" in accepted:
             kwargs["in_channels"] = int(input_shape[0])
         elif "in_features" in accepted:
