@@ -20,6 +20,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the layers and no import cycles (contracts in pyproject.toml)
 	$(PY) -m pytest
 
 # The core install alone: a fresh venv with torch and `pip install .` (no extras), then the core flow.
@@ -41,4 +42,4 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict -d site
 
 clean:
-	rm -rf $(VENV) .venv-light build site src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-light build site src/*.egg-info .pytest_cache .ruff_cache .import_linter_cache

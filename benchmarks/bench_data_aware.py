@@ -32,9 +32,9 @@ from _common import data_provenance, rel  # noqa: E402  (benchmarks/, the script
 import smoothcompress as sc
 from smoothcompress.accounting import RateUnreachable
 from smoothcompress.calibration import calibrate, recalibrate_bn
-from smoothcompress.data import load_dataset
 from smoothcompress.files import write_json
-from smoothcompress.training import TrainConfig, evaluate
+from smoothcompress.study.data import load_dataset
+from smoothcompress.study.training import TrainConfig, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "data_aware.json"

@@ -248,7 +248,7 @@ def rate_for_flops(model: nn.Module, budget: float, shape) -> float | None:
 
 
 def accuracy(args) -> dict:
-    from smoothcompress.training import evaluate
+    from smoothcompress.study.training import evaluate
 
     ds = sc.load_dataset(args.data)
     rows, missing = [], []

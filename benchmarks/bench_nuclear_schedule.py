@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from _common import data_provenance, rel  # noqa: E402  (benchmarks/, the script's folder)
 
-from smoothcompress.data import load_dataset
 from smoothcompress.files import write_json
 from smoothcompress.methods import get_method
-from smoothcompress.training import TrainConfig, evaluate, run
+from smoothcompress.study.data import load_dataset
+from smoothcompress.study.training import TrainConfig, evaluate, run
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "nuclear_schedule.json"

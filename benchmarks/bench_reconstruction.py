@@ -24,9 +24,9 @@ import torch
 from _common import data_provenance, rel  # noqa: E402  (benchmarks/, the script's folder)
 
 import smoothcompress as sc
-from smoothcompress.data import load_dataset
 from smoothcompress.files import write_json
-from smoothcompress.training import TrainConfig, evaluate
+from smoothcompress.study.data import load_dataset
+from smoothcompress.study.training import TrainConfig, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "reconstruction.json"

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import smoothcompress as sc
 from smoothcompress.files import write_json
 from smoothcompress.provenance import device_name, provenance
-from smoothcompress.training import TrainConfig, load_dataset_for
+from smoothcompress.study.training import TrainConfig, load_dataset_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -54,7 +54,7 @@ def test_a_missing_data_file_is_not_downloaded(monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", no_network)
     with pytest.raises(sc.DataError, match=r"pets\.tar\.gz: no such file"):
-        sc.training.load_dataset_for(sc.TrainConfig(dataset="cifar10", data="pets.tar.gz"))
+        sc.study.training.load_dataset_for(sc.TrainConfig(dataset="cifar10", data="pets.tar.gz"))
 
 
 @pytest.mark.parametrize("method", ["magnitude", "filter"])
@@ -179,7 +179,9 @@ def test_train_prints_a_line_per_epoch_without_a_terminal(tmp_path):
 def test_the_library_stays_quiet_and_main_restores_logging(tmp_path, capsys):
     logger = logging.getLogger("smoothcompress")
     before = (list(logger.handlers), logger.level)
-    sc.training.run(sc.TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, device="cpu", out=str(tmp_path)))
+    sc.study.training.run(
+        sc.TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, device="cpu", out=str(tmp_path))
+    )
     assert capsys.readouterr() == ("", "")
     argv = ["train", "--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "1", "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import smoothcompress as sc
-from smoothcompress import data as scd
-from smoothcompress.data import imagefolder, official
+from smoothcompress.study import data as scd
+from smoothcompress.study.data import imagefolder, official
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SHARED_CIFAR_SHA256 = "d877bdec11f54282b92da36e9f045bd305d663b1223e3822baff39ca9ff6690a"

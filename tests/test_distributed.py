@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import smoothcompress as sc
-from smoothcompress.training import TrainConfig, run
+from smoothcompress.study.training import TrainConfig, run
 
 
 def torchrun(tmp_path, config: TrainConfig, nproc: int = 2) -> subprocess.CompletedProcess:

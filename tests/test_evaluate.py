@@ -10,8 +10,8 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.cli import main
-from smoothcompress.data import ROOT_ENV, Loader
-from smoothcompress.training import evaluate
+from smoothcompress.study.data import ROOT_ENV, Loader
+from smoothcompress.study.training import evaluate
 
 
 def image_folder(directory: Path, classes: int = 3, size: int = 8, per_class: int = 2) -> Path:

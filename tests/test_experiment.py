@@ -9,9 +9,9 @@ import sys
 import pytest
 
 import smoothcompress as sc
-from smoothcompress.experiment import PRESETS_DIR, SweepConfig, resolve_config, sweep
 from smoothcompress.files import read_jsonl
-from smoothcompress.training import read_toml
+from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, resolve_config, sweep
+from smoothcompress.study.training import read_toml
 
 TINY = {
     "out": "unused",

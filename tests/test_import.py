@@ -20,7 +20,12 @@ def test_import_loads_neither_matplotlib_nor_torch_pruning():
 
 
 def test_pipeline_modules_load_on_first_use():
-    lazy = ("smoothcompress.training", "smoothcompress.data", "smoothcompress.experiment", "smoothcompress.report")
+    lazy = (
+        "smoothcompress.study.training",
+        "smoothcompress.study.data",
+        "smoothcompress.study.experiment",
+        "smoothcompress.study.report",
+    )
     code = (
         f"import smoothcompress as sc, sys; lazy = {lazy!r}; print(*(m in sys.modules for m in lazy)); "
         "sc.prune; print('torch_pruning' in sys.modules); sc.write_report; print('matplotlib' in sys.modules)"
@@ -36,21 +41,25 @@ def test_every_public_name_resolves(name):
 
 def test_dir_lists_the_lazy_names_too():
     assert set(sc.__all__) <= set(dir(sc))
-    assert {"prune", "sweep", "write_report", "TrainConfig", "training", "pruning"} <= set(dir(sc))
+    assert {"prune", "sweep", "write_report", "TrainConfig", "study", "pruning"} <= set(dir(sc))
 
 
 def test_lazy_names_are_the_modules_own_objects():
-    from smoothcompress import experiment, pruning, training
+    from smoothcompress import pruning
+    from smoothcompress.study import experiment, training
 
     assert sc.prune is pruning.prune and sc.sweep is experiment.sweep and sc.train is training.train
-    assert sc.training is training
+    assert sc.study.training is training
 
 
 def test_no_public_name_is_also_a_module_name():
     """A function named like a submodule is replaced by the module once the submodule is imported."""
     modules = {m.name for m in pkgutil.iter_modules(sc.__path__)}
-    assert {"pruning", "training", "methods", "io"} <= modules
+    assert {"pruning", "study", "methods", "io"} <= modules
     assert not modules & set(sc.__all__)
+    study = {m.name for m in pkgutil.iter_modules(sc.study.__path__)}
+    assert {"data", "training", "experiment", "report"} <= study
+    assert not study & set(sc.__all__)
 
 
 def test_unknown_names_raise_attribute_error():

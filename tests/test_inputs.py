@@ -123,7 +123,7 @@ def test_one_linear_definition():
     assert is_linear(Sub(2, 3)) and not is_linear_like(Sub(2, 3))  # read and zeroed, never replaced
     assert is_linear(nn.Linear(2, 3)) and not is_linear(lazy) and not is_linear(nn.Conv2d(1, 1, 1))
     assert LinearType().matches(Sub(2, 3)) and not LinearType().matches(lazy)
-    assert CALIBRATION_IMAGES == sc.experiment.CALIBRATION_IMAGES == 2048
+    assert CALIBRATION_IMAGES == sc.study.experiment.CALIBRATION_IMAGES == 2048
     assert sc.get_method("svd-data").apply.__kwdefaults__["images"] == CALIBRATION_IMAGES
 
 
@@ -183,7 +183,7 @@ def test_evaluate_refuses_data_the_card_does_not_fit(data, match):
 
 
 def test_a_trained_model_records_its_input(tmp_path):
-    from smoothcompress.training import TrainConfig, run
+    from smoothcompress.study.training import TrainConfig, run
 
     result = run(TrainConfig(dataset="digits", model="mlp", width=16, epochs=1, out=str(tmp_path / "r")))
     card = sc.load(result.out_dir / "model.safetensors").sc_input

@@ -168,7 +168,7 @@ def test_gram_decomposition_matches_svd_on_ill_conditioned_matrix():
     s = torch.logspace(0, -6, 40, dtype=torch.float64)
     m = u @ torch.diag(s) @ v.T
     for mat in (m, m.T):
-        dec = factorized._decompose(mat)  # white-box: the Gram-matrix route itself, no public equivalent
+        dec = factorized.decompose(mat)  # white-box: the Gram-matrix route itself, no public equivalent
         # squaring the condition number costs absolute accuracy ~ eps * s_max: fine for truncation and energies
         assert torch.allclose(dec.s, s, rtol=1e-8, atol=1e-10)
 

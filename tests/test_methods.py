@@ -13,8 +13,10 @@ from safetensors.torch import save_file
 
 import smoothcompress as sc
 from smoothcompress import methods
-from smoothcompress.experiment import SweepConfig
-from smoothcompress.methods import CompressionRecord, option
+from smoothcompress import record as records
+from smoothcompress.methods import option
+from smoothcompress.record import CompressionRecord, compression_record, make_record
+from smoothcompress.study.experiment import SweepConfig
 
 METHODS = sc.list_methods()
 RATE = 0.5
@@ -155,6 +157,7 @@ def test_method_from_a_config_entry():
 def registry(monkeypatch):
     """A copy of the registry for a test that registers methods (the module keeps no public way to unregister)."""
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(records, "_LABELS", dict(records._LABELS))
 
 
 def test_a_new_method_is_one_registered_class(registry, cnn, tmp_path):
@@ -170,7 +173,7 @@ def test_a_new_method_is_one_registered_class(registry, cnn, tmp_path):
 
         def apply(self, model, rate, *, exclude=(), input_shape=None):
             out = sc.prune(model, rate * self.factor, method="magnitude", exclude=exclude, input_shape=input_shape)
-            out.sc_compression = methods.make_record(self, model, out, rate)
+            out.sc_compression = make_record(self.name, model, out, rate, options=self.options(), nonzero=self.nonzero)
             return out
 
     assert "half-magnitude" in sc.list_methods("pruning")
@@ -263,8 +266,8 @@ def test_a_saved_filter_pruned_model_says_how_it_was_pruned(cnn, tmp_path):
 def test_a_plain_dict_on_a_model_is_read_as_a_record(cnn):
     model = sc.create_model("cnn", width=16)
     model.sc_compression = dict(FLAT)
-    assert methods.compression_record(model) == CompressionRecord.from_dict(FLAT)
-    assert methods.compression_record(cnn) is None
+    assert compression_record(model) == CompressionRecord.from_dict(FLAT)
+    assert compression_record(cnn) is None
 
 
 def test_the_record_names_what_was_done(cnn):

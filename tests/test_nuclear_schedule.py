@@ -10,7 +10,7 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.regularize import polar_factor
-from smoothcompress.training import TrainConfig
+from smoothcompress.study.training import TrainConfig
 
 
 def nuclear_terms(model: nn.Module, reg: sc.Smoothness) -> torch.Tensor:
@@ -142,8 +142,8 @@ def test_train_config_checks_the_schedule():
 
 
 def test_the_trainer_default_schedule_applies_to_the_plain_nuclear_penalty_only():
-    from smoothcompress.training.config import NUCLEAR_SCHEDULE, effective_schedule
-    from smoothcompress.training.loop import make_regularizer
+    from smoothcompress.study.training.config import NUCLEAR_SCHEDULE, effective_schedule
+    from smoothcompress.study.training.loop import make_regularizer
 
     default = {"reg_every": NUCLEAR_SCHEDULE.get("reg_every", 1), "reg_refresh": NUCLEAR_SCHEDULE.get("reg_refresh", 1)}
     plain = TrainConfig(reg="nuclear", weight=1e-3)
@@ -169,7 +169,7 @@ def test_the_trainer_default_schedule_applies_to_the_plain_nuclear_penalty_only(
 
 
 def test_a_resume_compares_the_schedules_trained_with():
-    from smoothcompress.training import check_same_settings
+    from smoothcompress.study.training import check_same_settings
 
     every_step = TrainConfig(reg="nuclear", weight=1e-3, reg_every=1, reg_refresh=1).to_dict()
     check_same_settings(every_step, TrainConfig(reg="nuclear", weight=1e-3, reg_every=1, reg_refresh=1), "r/c.pt")

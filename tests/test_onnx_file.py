@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import smoothcompress as sc
-from smoothcompress import io
+from smoothcompress import onnxfile
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -43,7 +43,7 @@ def test_a_failed_export_keeps_the_old_file(cnn, tmp_path, monkeypatch):
 
 
 def test_only_the_known_harmless_messages_are_dropped():
-    with pytest.warns(UserWarning, match="something else"), io._quiet_exporter():
+    with pytest.warns(UserWarning, match="something else"), onnxfile._quiet_exporter():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         warnings.warn("something else", UserWarning, stacklevel=1)
 

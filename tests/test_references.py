@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smoothcompress import report
-from smoothcompress.references import against_references, reference_at, reference_points
-from smoothcompress.summary import summarize
+from smoothcompress.study import report
+from smoothcompress.study.references import against_references, reference_at, reference_points
+from smoothcompress.study.summary import summarize
 
 
 def _small_rows(widths=((9, 230_000, 0.78), (7, 140_000, 0.75), (5, 70_000, 0.70)), seeds=(0, 1)):

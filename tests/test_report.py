@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from smoothcompress import report
+from smoothcompress.study import report
 
 RATES = [0.5, 0.7]
 
@@ -179,7 +179,7 @@ def test_the_report_leaves_pyplot_and_the_backend_alone(tmp_path):
     """A notebook user's backend must survive a report: no pyplot import, no matplotlib.use."""
     folder = _write_sweep(tmp_path / "sweep", _rows())
     code = (
-        "import sys, matplotlib; matplotlib.use('svg'); from smoothcompress import report; "
+        "import sys, matplotlib; matplotlib.use('svg'); from smoothcompress.study import report; "
         f"report.write_report({str(folder)!r}, {str(tmp_path / 'out')!r}); "
         "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
     )

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import smoothcompress as sc
-from smoothcompress.data import load_dataset
 from smoothcompress.io import CheckpointError
-from smoothcompress.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run, train
+from smoothcompress.study.data import load_dataset
+from smoothcompress.study.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run, train
 
 EPOCHS, BATCH = 2, 128
 CONFIG = dict(dataset="digits", model="mlp", width=16, epochs=EPOCHS, batch_size=BATCH, lr=0.2, device="cpu")
@@ -23,8 +23,8 @@ KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
     import smoothcompress as sc
-    from smoothcompress.data import load_dataset
-    from smoothcompress.training import TrainConfig, seed_everything, train
+    from smoothcompress.study.data import load_dataset
+    from smoothcompress.study.training import TrainConfig, seed_everything, train
 
     config = TrainConfig.from_toml(sys.argv[1])
     kill_at = int(sys.argv[2])
@@ -169,7 +169,7 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
 
     import numpy as np
 
-    from smoothcompress.training import rng_state, seed_everything, set_rng_state
+    from smoothcompress.study.training import rng_state, seed_everything, set_rng_state
 
     def draws():
         return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(), random.random(), random.gauss()
@@ -184,7 +184,7 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
 
 
 def test_settings_added_since_a_checkpoint_count_as_their_defaults():
-    from smoothcompress.training import check_same_settings
+    from smoothcompress.study.training import check_same_settings
 
     config = TrainConfig(**CONFIG, reg="nuclear", weight=1e-3)
     older = {k: v for k, v in config.to_dict().items() if k not in ("reg_refresh", "reg_axes", "reg_scale_free")}

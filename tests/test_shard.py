@@ -7,10 +7,10 @@ import socket
 import pytest
 from test_experiment import TINY  # the tiny digits grid: two MLP runs (baseline, nuclear), svd and magnitude
 
-from smoothcompress import report
 from smoothcompress.cli import main
-from smoothcompress.experiment import SweepConfig, parse_shard, results_files, sweep
 from smoothcompress.files import read_jsonl, write_jsonl
+from smoothcompress.study import report
+from smoothcompress.study.experiment import SweepConfig, parse_shard, results_files, sweep
 
 
 def _key(rows):

@@ -102,7 +102,7 @@ def test_bad_settings_are_one_line(kwargs, match):
 
 
 def test_train_config_passes_the_target_rate():
-    from smoothcompress.training import TrainConfig, make_regularizer
+    from smoothcompress.study.training import TrainConfig, make_regularizer
 
     reg = make_regularizer(TrainConfig(dataset="digits", model="cnn", reg="nuclear", weight=1e-3, reg_target_rate=0.8))
     assert reg.target_rate == 0.8

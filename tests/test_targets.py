@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothcompress import report
 from smoothcompress.files import append_jsonl
-from smoothcompress.targets import TARGETS, assess_targets, targets_table
+from smoothcompress.study import report
+from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
 
 SETTINGS = [("none", 0.0), ("nuclear", 1e-3), ("second", 1e-4)]
 LABELS = {"svd-global-channel": "svd", "svd+bn-global-channel": "svd+bn", "magnitude": "magnitude"}

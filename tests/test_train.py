@@ -15,8 +15,8 @@ from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.cli import main
-from smoothcompress.data import Loader, load_dataset
-from smoothcompress.training import (
+from smoothcompress.study.data import Loader, load_dataset
+from smoothcompress.study.training import (
     CHECKPOINT_NAME,
     TrainConfig,
     TrainingDiverged,
@@ -257,7 +257,7 @@ def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
 
 def test_run_adapts_the_model_to_the_data(tmp_path):
     # cnn defaults to 1 channel, mlp to 64 inputs: a 3-channel 8x8 ImageFolder-like set needs in_channels=3.
-    from smoothcompress.training.loop import _model_kwargs
+    from smoothcompress.study.training.loop import _model_kwargs
 
     assert _model_kwargs(TrainConfig(model="cnn", width=4), (3, 8, 8)) == {"width": 4, "in_channels": 3}
     assert _model_kwargs(TrainConfig(model="mlp"), (3, 32, 32)) == {"in_features": 3072}

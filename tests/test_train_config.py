@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothcompress.training import TrainConfig
+from smoothcompress.study.training import TrainConfig
 
 
 def test_defaults_are_the_paper_setting():

@@ -3,13 +3,13 @@
 Implements Runkel et al., "Smooth Model Compression without Fine-Tuning" (arXiv 2505.24469, 2025).
 
 ``import smoothcompress`` loads torch and the core only: models, penalties, compression, the method registry,
-accounting and checkpoints. Data, training, sweeps, reports (matplotlib) and the pruning baselines (Torch-Pruning)
-load on first use of one of their names (``sc.prune``, ``sc.train``, ``sc.sweep``, ...), as do the submodules
-``sc.data``, ``sc.training``, ``sc.pruning``, ``sc.experiment`` and ``sc.report``.
+accounting and checkpoints (the modules ``smoothcompress.<module>``). The study pipeline, ``smoothcompress.study``
+(data, training, sweeps, reports with matplotlib), and the pruning baselines (Torch-Pruning) load on first use of
+one of their names (``sc.prune``, ``sc.train``, ``sc.sweep``, ...), as do the submodules ``sc.study``,
+``sc.pruning``, ``sc.calibration``, ``sc.reconstruction`` and ``sc.quantize``.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
 from smoothcompress.accounting import LayerTable, RateUnreachable, Report, count_flops, count_params, layer_report
 from smoothcompress.allocation import plan_compression, plan_ranks
@@ -20,25 +20,24 @@ from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.io import CheckpointError, export_onnx, load, read_metadata, save
 from smoothcompress.layers import LinearSpec, register_linear_like
 from smoothcompress.lowrank import compress, compress_report
-from smoothcompress.methods import CompressionRecord, Method, get_method, list_methods, register_method
+from smoothcompress.methods import Method, get_method, list_methods, register_method
 from smoothcompress.models import create_model, list_models, register_model
+from smoothcompress.provenance import package_version
+from smoothcompress.record import CompressionRecord
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
 from smoothcompress.selection import Selection, select_layers
 
-try:
-    __version__ = version("smoothcompress")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+__version__ = package_version()
 
 _LAZY = {
     # data
-    "DataError": "data",
-    "Dataset": "data",
-    "Loader": "data",
-    "load_dataset": "data",
-    "split_validation": "data",
-    # calibration data (reads batches from data)
+    "DataError": "study.data",
+    "Dataset": "study.data",
+    "Loader": "study.data",
+    "load_dataset": "study.data",
+    "split_validation": "study.data",
+    # calibration data
     "calibrate": "calibration",
     "recalibrate_bn": "calibration",
     "reconstruct": "reconstruction",
@@ -46,20 +45,20 @@ _LAZY = {
     "quantize_onnx": "quantize",
     "read_onnx_record": "quantize",
     # training
-    "TrainConfig": "training",
-    "TrainResult": "training",
-    "TrainingDiverged": "training",
-    "train": "training",
-    "evaluate": "training",
+    "TrainConfig": "study.training",
+    "TrainResult": "study.training",
+    "TrainingDiverged": "study.training",
+    "train": "study.training",
+    "evaluate": "study.training",
     # pruning baselines (Torch-Pruning)
     "prune": "pruning",
     "prune_report": "pruning",
     "max_prune_rate": "pruning",
     "PRUNE_METHODS": "pruning",
     # experiments (matplotlib for the report)
-    "sweep": "experiment",
-    "SweepConfig": "experiment",
-    "write_report": "report",
+    "sweep": "study.experiment",
+    "SweepConfig": "study.experiment",
+    "write_report": "study.report",
 }
 """Public names loaded on first use, and the submodule of each."""
 
@@ -67,11 +66,8 @@ _SUBMODULES = (
     "calibration",
     "reconstruction",
     "quantize",
-    "data",
-    "training",
     "pruning",
-    "experiment",
-    "report",
+    "study",
     "cli",
 )
 """Submodules that ``smoothcompress.<name>`` imports on first use."""

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 RESHAPED = "reshaped"
-"""Key of a :class:`~smoothcompress.methods.CompressionRecord`'s ``details`` under which a method that changes
+"""Key of a :class:`~smoothcompress.record.CompressionRecord`'s ``details`` under which a method that changes
 layer shapes in place (filter pruning) lists the modules it reshaped (:func:`reshaped_modules`);
 :func:`smoothcompress.save` checks that :func:`smoothcompress.load` can rebuild each of them."""
 

@@ -66,14 +66,14 @@ from smoothcompress.accounting import RateUnreachable, bisect_boundary, check_ra
 from smoothcompress.batchnorm import bn_scale, trace_bn_pairs
 from smoothcompress.errors import ConfigError
 from smoothcompress.factorized import (
+    Decomposition,
     Factorized,
     FactorizedConv2d,
     FactorizedLinear,
-    _check_rank,
-    _decompose,
-    _Decomposition,
-    _effective_scheme,
-    _row_weight,
+    check_rank,
+    decompose,
+    effective_scheme,
+    expand_row_weight,
     matricize,
 )
 from smoothcompress.inputs import ExampleInput, as_example
@@ -225,7 +225,7 @@ class _Layer:
     name: str
     module: nn.Module
     dense: int  # weight params
-    decs: dict[str, _Decomposition]  # by scheme
+    decs: dict[str, Decomposition]  # by scheme
     kept: dict[str, list[float]]  # kept energy fraction at rank 1..R, by scheme
     log_loss: bool  # loss -log(kept) if True, else 1 - kept
     multiple: int  # allocated ranks are multiples of this
@@ -362,7 +362,7 @@ def _flop_model(
     out = {}
     for name, m in modules.items():
         linear = {}
-        for s in dict.fromkeys(_effective_scheme(layer_weight(m).shape, s) for s in ("channel", "spatial")):
+        for s in dict.fromkeys(effective_scheme(layer_weight(m).shape, s) for s in ("channel", "spatial")):
             one, two = (_count_meta(_skeleton(m, s, r), shapes[name], layer_weight(m).dtype) for r in (1, 2))
             linear[s] = (2 * one - two, two - one)
         out[name] = _Flops(by_module.get(name, 0), linear)
@@ -403,9 +403,9 @@ def _analyse(
         out_scale = bn_scale(named[bn_pairs[name]]) if name in bn_pairs else None
         wanted = ("channel", "spatial") if scheme == "auto" else (scheme,)
         decs, kept = {}, {}
-        for s in dict.fromkeys(_effective_scheme(w.shape, s) for s in wanted):  # in order: channel first
+        for s in dict.fromkeys(effective_scheme(w.shape, s) for s in wanted):  # in order: channel first
             moment = calibration.moment(name, s, name in centered) if calibration is not None else None
-            decs[s] = _decompose(matricize(w, s), _row_weight(out_scale, w, s), moment)
+            decs[s] = decompose(matricize(w, s), expand_row_weight(out_scale, w, s), moment)
             kept[s] = decs[s].kept_energy().tolist()
         flop_model = flop_models.get(name)
         dense = _Option(0, 0.0, None, None)
@@ -553,12 +553,12 @@ def _max_saving(layers: list[_Layer], allocation: str, key=_params_key) -> int:
 
 def _pinned_option(lay: _Layer, rank: int, scheme: str) -> _Option:
     main = "channel" if scheme == "auto" or scheme not in lay.decs else scheme
-    _check_rank(rank, lay.decs[main].full_rank, lay.name)
+    check_rank(rank, lay.decs[main].full_rank, lay.name)
     opt = lay.option(main, rank)
     return lay.best_with_saving(opt.saving) if scheme == "auto" and opt.scheme else opt
 
 
-def _plan(
+def build_plan(
     model: nn.Module,
     rate: float | None,
     allocation: str,
@@ -572,6 +572,8 @@ def _plan(
     input_shape=None,
     example=None,
 ) -> tuple[Plan, list[_Layer], dict[str, _Option]]:
+    """The :class:`Plan` of :func:`plan_compression` (same arguments), with the eligible layers and the options
+    it chose among, which :func:`smoothcompress.compress` factorizes."""
     if rate is DEFAULT_RATE and flops is not None:
         rate = None
     _check_args(rate, allocation, scheme, flops)
@@ -713,7 +715,7 @@ def plan_compression(
     Plan
         Per-layer decisions, notes on skipped layers and the parameter totals (and FLOP totals when counted).
     """
-    return _plan(
+    return build_plan(
         model,
         rate,
         allocation,

@@ -9,8 +9,8 @@ positions than its ``d`` needs. :func:`smoothcompress.compress` uses them (``cal
 in the metric of its inputs, ``min ||(W - W_r) X||_F``, and to allocate ranks by output error.
 
 :func:`calibration_batches` is the one way calibration data comes in (also for
-:func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.data.Dataset` (its training split only, never
-the test split), a :class:`~smoothcompress.data.Loader` or any iterable of batches, or a tensor of inputs. A batch
+:func:`smoothcompress.recalibrate_bn`): a :class:`~smoothcompress.study.data.Dataset` (its training split only, never
+the test split), a :class:`~smoothcompress.study.data.Loader` or any iterable of batches, or a tensor of inputs. A batch
 is any call of the model (:func:`smoothcompress.inputs.as_batch`): a tensor of any dtype (float images, int64 token
 ids), a dict of keyword tensors (``{"input_ids": ..., "attention_mask": ...}``), an
 :class:`~smoothcompress.inputs.ExampleInput`, or ``(inputs, labels, ...)`` with one of those first.
@@ -24,12 +24,12 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothcompress.data import Dataset, Loader
 from smoothcompress.errors import ConfigError
 from smoothcompress.inputs import CALIBRATION_IMAGES, ExampleInput, as_batch
 from smoothcompress.layers import is_linear, layer_weight
@@ -39,6 +39,7 @@ __all__ = [
     "Batch",
     "Calibration",
     "CalibrationData",
+    "CalibrationSource",
     "calibrate",
     "calibration_batches",
     "describe_source",
@@ -49,7 +50,31 @@ __all__ = [
     "run_batches",
 ]
 
-CalibrationData = Dataset | Loader | Iterable | torch.Tensor
+
+@runtime_checkable
+class CalibrationSource(Protocol):
+    """A source that draws its own calibration batches from its training split, such as
+    :class:`smoothcompress.study.data.Dataset`; :func:`calibration_batches` asks it for them.
+
+    Any object with these three members is one (checked by ``isinstance``, no base class needed).
+    """
+
+    augment: bool
+    """Whether its training augmentation suits its inputs: the default of ``augment`` in :func:`recalibrate_bn`."""
+
+    def calibration_size(self) -> int:
+        """Number of training inputs it holds (calibration never reads anything else)."""
+        ...
+
+    def calibration_batches(
+        self, images: int, batch_size: int, *, seed: int, augment: bool, device: str | torch.device
+    ) -> Iterator[torch.Tensor]:
+        """Batches of ``min(images, calibration_size())`` training inputs drawn at random with ``seed``, model-ready
+        (normalised), with the training augmentation when ``augment``; see :func:`calibration_batches`."""
+        ...
+
+
+CalibrationData = CalibrationSource | Iterable | torch.Tensor
 Batch = torch.Tensor | Mapping | ExampleInput
 """One batch of model inputs as :func:`calibration_batches` yields it (see :func:`smoothcompress.inputs.as_batch`)."""
 
@@ -91,7 +116,7 @@ def calibration_batches(
     Parameters
     ----------
     data : Dataset, Loader, iterable or Tensor
-        A :class:`~smoothcompress.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
+        A :class:`~smoothcompress.study.data.Dataset`: ``images`` training images drawn at random (seeded), normalised
         with the dataset's mean and std; its test split is never read. A Loader or any iterable of batches
         ``x`` or ``(x, y, ...)``, ``x`` a tensor of any dtype, a dict of keyword tensors or an ExampleInput: its
         batches in order until ``images`` inputs were given (rows of the batch's first dimension). A Tensor of
@@ -118,24 +143,8 @@ def calibration_batches(
         raise ValueError(f"images must be at least 1, got {images}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if isinstance(data, Dataset):
-        n = data.x_train.shape[0]
-        gen = torch.Generator().manual_seed(int(seed))
-        pick = torch.randperm(n, generator=gen)[: min(images, n)].sort().values
-        loader = Loader(
-            data.x_train[pick],
-            data.y_train[pick],
-            batch_size,
-            train=augment,
-            augment=augment and data.augment,
-            drop_last=False,
-            mean=data.mean,
-            std=data.std,
-            seed=seed,
-            device=device,
-        )
-        for x, _ in loader:
-            yield x
+    if isinstance(data, CalibrationSource):
+        yield from data.calibration_batches(images, batch_size, seed=seed, augment=augment, device=device)
         return
     if isinstance(data, torch.Tensor):
         if data.dim() < 2:
@@ -174,8 +183,8 @@ def describe_source(data: CalibrationData, images: int) -> dict:
     ``n`` is ``images``, or fewer when a Dataset's training split or a tensor holds fewer (an iterable is taken at
     its word); ``s`` is ``"train"`` for a Dataset (only its training split is ever read), ``"given"`` otherwise.
     """
-    if isinstance(data, Dataset):
-        return {"images": min(int(images), int(data.x_train.shape[0])), "split": "train"}
+    if isinstance(data, CalibrationSource):
+        return {"images": min(int(images), int(data.calibration_size())), "split": "train"}
     if isinstance(data, torch.Tensor):
         return {"images": min(int(images), int(data.shape[0])), "split": "given"}
     return {"images": int(images), "split": "given"}
@@ -573,7 +582,7 @@ def recalibrate_bn(
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     if augment is None:
-        augment = isinstance(data, Dataset) and data.augment
+        augment = isinstance(data, CalibrationSource) and data.augment
 
     def batches():
         for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device):

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import smoothcompress as sc
 from smoothcompress import models
-from smoothcompress.data import OFFICIAL
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.inputs import CALIBRATION_IMAGES, as_example  # CALIBRATION_IMAGES: default --calibrate
-from smoothcompress.methods import compression_record, get_method, list_methods
+from smoothcompress.methods import get_method, list_methods
+from smoothcompress.record import compression_record
 from smoothcompress.selection import ENTRY_HELP
-from smoothcompress.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
+from smoothcompress.study.data import OFFICIAL
+from smoothcompress.study.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
 
 __all__ = ["main", "build_parser", "user_error", "cli_terms", "ParseError", "USER_OS_ERRORS", "LIBRARY_USER_ERRORS"]
 
@@ -210,7 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from smoothcompress.experiment import parse_shard, sweep
+    from smoothcompress.study.experiment import parse_shard, sweep
 
     i, n = parse_shard(args.shard)
     results = sweep(args.config, out=args.out, data=args.data, shard=(i, n))
@@ -223,7 +224,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _report(results: Path, out: Path, reference: Path | None = None) -> int:
-    from smoothcompress.report import write_report
+    from smoothcompress.study.report import write_report
 
     path = write_report(results, out, reference)
     print((path.parent / "summary.md").read_text())
@@ -244,7 +245,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from smoothcompress.experiment import sweep
+    from smoothcompress.study.experiment import sweep
 
     results = sweep("demo", out=args.out)
     return _report(results, results.parent / "report")

@@ -4,8 +4,8 @@ Every error the library raises on user input derives from :class:`Smoothcompress
 (so ``except ValueError`` keeps catching them). Its message is one line that says what is wrong and what to do.
 The command line prints such an error as one line and exits with status 2; any other exception is a bug and keeps
 its traceback. The specific classes live beside the code that raises them and derive from this one:
-:class:`~smoothcompress.io.CheckpointError`, :class:`~smoothcompress.data.DataError`,
-:class:`~smoothcompress.accounting.RateUnreachable`, :class:`~smoothcompress.training.TrainingDiverged`.
+:class:`~smoothcompress.io.CheckpointError`, :class:`~smoothcompress.study.data.DataError`,
+:class:`~smoothcompress.accounting.RateUnreachable`, :class:`~smoothcompress.study.training.TrainingDiverged`.
 """
 
 from __future__ import annotations

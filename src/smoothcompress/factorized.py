@@ -69,7 +69,7 @@ def _check_scheme(scheme: str) -> None:
         raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, _SCHEMES))}")
 
 
-def _effective_scheme(weight_shape: torch.Size | tuple, scheme: str) -> str:
+def effective_scheme(weight_shape: torch.Size | tuple, scheme: str) -> str:
     """ "spatial" on a 1x1 kernel or a Linear layer is the same factorization as "channel"; call it that."""
     if scheme == "spatial" and (len(weight_shape) == 2 or tuple(weight_shape[2:]) == (1, 1)):
         return "channel"
@@ -101,7 +101,7 @@ def matricize(weight: torch.Tensor, scheme: str = "channel") -> torch.Tensor:
     return w.permute(0, 3, 1, 2).reshape(c_out * kw, c_in * kh)
 
 
-def _row_weight(out_scale: torch.Tensor | None, weight: torch.Tensor, scheme: str) -> torch.Tensor | None:
+def expand_row_weight(out_scale: torch.Tensor | None, weight: torch.Tensor, scheme: str) -> torch.Tensor | None:
     """Expand a per-output-channel scale (C_out,) to the rows of :func:`matricize` and clamp dead channels."""
     if out_scale is None:
         return None
@@ -138,14 +138,14 @@ def spectrum(weight: torch.Tensor, scheme: str = "channel", out_scale: torch.Ten
     """
     _check_scheme(scheme)
     m = matricize(weight.detach(), scheme).to(torch.float64)
-    d = _row_weight(out_scale, weight, scheme)
+    d = expand_row_weight(out_scale, weight, scheme)
     if d is not None:
         m = d.to(m)[:, None] * m
     return torch.linalg.svdvals(m)
 
 
 @dataclass
-class _Decomposition:
+class Decomposition:
     """Truncated-SVD data of a row-weighted matrix ``A = diag(w) M``, from the smaller Gram matrix.
 
     ``side == "right"``: ``basis`` (n, k) holds right singular vectors; else ``basis`` (m, k) holds left ones.
@@ -199,9 +199,9 @@ def _sequential_lapack(tensor: torch.Tensor, max_size: int = 1024):
             setter(previous)
 
 
-def _decompose(
+def decompose(
     matrix: torch.Tensor, row_weight: torch.Tensor | None = None, moment: torch.Tensor | None = None
-) -> _Decomposition:
+) -> Decomposition:
     """Truncated-SVD data of ``diag(w) M`` in the metric of an input moment ``C`` (columns of ``M`` are inputs).
 
     Without ``moment`` the spectrum is that of ``A = diag(w) M``. With it, that of ``A L`` for any ``L L^T = C``:
@@ -224,16 +224,16 @@ def _decompose(
             lam, vec = torch.linalg.eigh((gram + gram.T) / 2)
         k = min(rows, cols)  # the rank of M: eigenvalues past it are zero
         s = lam.flip(0)[:k].clamp_min(0).sqrt()
-        return _Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1)[:, :k].to(dtype), side="left")
+        return Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1)[:, :k].to(dtype), side="left")
     side = "left" if rows <= cols else "right"
     gram = a @ a.T if side == "left" else a.T @ a
     with _sequential_lapack(gram):  # multi-threaded LAPACK stalls on small problems when cores are shared
         lam, vec = torch.linalg.eigh(gram.to(torch.float64))
     s = lam.flip(0).clamp_min(0).sqrt()
-    return _Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1).to(dtype), side=side)
+    return Decomposition(matrix=m, row_weight=w, s=s, basis=vec.flip(1).to(dtype), side=side)
 
 
-def _truncate(dec: _Decomposition, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _truncate(dec: Decomposition, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors ``B`` (m, r) and ``A`` (r, n) with ``B @ A`` minimising ``||diag(w) (M - B A)||_F``, balanced."""
     if dec.side == "right":
         a = dec.basis[:, :rank].T  # V_r^T: the best approximation is M V_r V_r^T
@@ -273,8 +273,9 @@ def _reshape_factors(weight_shape: tuple, scheme: str, b: torch.Tensor, a: torch
     return a.reshape(r, c_in, kh, 1), b.reshape(c_out, kw, r).permute(0, 2, 1).reshape(c_out, r, 1, kw)
 
 
-def _factors(weight: torch.Tensor, dec: _Decomposition, rank: int, scheme: str) -> Factors:
-    _check_rank(rank, dec.full_rank)
+def truncated_factors(weight: torch.Tensor, dec: Decomposition, rank: int, scheme: str) -> Factors:
+    """The rank-``rank`` factors of ``weight`` (in ``scheme``) from its decomposition ``dec``."""
+    check_rank(rank, dec.full_rank)
     b, a = _truncate(dec, rank)
     first, second = _reshape_factors(tuple(weight.shape), scheme, b, a)
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
@@ -282,7 +283,8 @@ def _factors(weight: torch.Tensor, dec: _Decomposition, rank: int, scheme: str) 
     return Factors(first.to(dtype).contiguous(), second.to(dtype).contiguous(), energy, dec.full_rank)
 
 
-def _check_rank(rank: int, full_rank: int, name: str = "") -> None:
+def check_rank(rank: int, full_rank: int, name: str = "") -> None:
+    """Raise a one-line ConfigError unless ``rank`` is an int in ``[1, full_rank]`` (``name``: the layer)."""
     where = f" for layer {name!r}" if name else ""
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise ConfigError(f"rank{where} must be an int, got {rank!r}")
@@ -326,10 +328,10 @@ def factorize_weight(
         definite, or when ``W`` has no more rows than columns).
     """
     _check_scheme(scheme)
-    scheme = _effective_scheme(weight.shape, scheme)
+    scheme = effective_scheme(weight.shape, scheme)
     weight = weight.detach()
-    dec = _decompose(matricize(weight, scheme), _row_weight(out_scale, weight, scheme), moment)
-    return _factors(weight, dec, rank, scheme)
+    dec = decompose(matricize(weight, scheme), expand_row_weight(out_scale, weight, scheme), moment)
+    return truncated_factors(weight, dec, rank, scheme)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,7 +358,7 @@ class Factorized(nn.Module):
 
     def __init__(self, rank: int, full_rank: int, energy: float | None = None):
         super().__init__()
-        _check_rank(rank, full_rank)
+        check_rank(rank, full_rank)
         self.rank = int(rank)
         self.full_rank = int(full_rank)
         self.energy = None if energy is None else float(energy)
@@ -552,7 +554,7 @@ class FactorizedConv2d(Factorized):
     ) -> FactorizedConv2d:
         """Factorize ``conv`` (groups must be 1) at ``rank`` (see :func:`factorize_weight`)."""
         _check_conv(conv)
-        scheme = _effective_scheme(conv.weight.shape, scheme)
+        scheme = effective_scheme(conv.weight.shape, scheme)
         return cls.from_factors(conv, factorize_weight(conv.weight, rank, scheme, out_scale), scheme)
 
     @classmethod

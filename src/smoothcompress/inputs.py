@@ -280,7 +280,7 @@ def record_input(model: nn.Module, dataset: Any) -> dict:
         The trained model; :func:`smoothcompress.save` writes the card with the weights and :func:`smoothcompress.load`
         restores it.
     dataset : Dataset
-        A :class:`smoothcompress.data.Dataset` (anything with ``input_shape``, ``classes``, ``mean``, ``std`` and
+        A :class:`smoothcompress.study.data.Dataset` (anything with ``input_shape``, ``classes``, ``mean``, ``std`` and
         ``name``).
 
     Returns

@@ -18,16 +18,16 @@ from torch import nn
 from smoothcompress.accounting import LayerTable, layer_report, measure_latency
 from smoothcompress.allocation import (
     DEFAULT_RATE,
-    _plan,
+    build_plan,
 )
 from smoothcompress.factorized import (
     FactorizedConv2d,
     FactorizedLinear,
-    _factors,
+    truncated_factors,
 )
 from smoothcompress.inputs import as_example
 from smoothcompress.layers import is_linear_like, layer_weight
-from smoothcompress.methods import COMPRESSION_ATTR, CompressionRecord, compression_record
+from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def compress(
         A deep copy of ``model`` (``model`` itself with ``inplace``) in which factorized layers are
         :class:`FactorizedConv2d` / :class:`FactorizedLinear` at the original module names. ``rate=0`` returns an
         exact copy. The result carries
-        ``sc_compression`` (:data:`COMPRESSION_ATTR`): a :class:`~smoothcompress.methods.CompressionRecord` with
+        ``sc_compression`` (:data:`COMPRESSION_ATTR`): a :class:`~smoothcompress.record.CompressionRecord` with
         the request, the achieved rate and parameter counts, the requested and achieved FLOPs fraction (when
         FLOPs were counted), a status note for every skipped layer and, in ``details``, the ranks and BatchNorm
         pairs; :func:`compress_report` and :func:`smoothcompress.save` use it.
@@ -137,7 +137,7 @@ def compress(
         (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction).
     """
     model = unwrap(model)
-    plan, layers, choice = _plan(
+    plan, layers, choice = build_plan(
         model,
         rate,
         allocation,
@@ -159,7 +159,7 @@ def compress(
         lay.decs, lay.module = {}, None  # hold no layer's decomposition or dense weight longer than needed
         if opt.scheme is None:
             continue
-        factors = _factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
+        factors = truncated_factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
         del decs
         if is_linear_like(dense):
             new = FactorizedLinear.from_factors(dense, factors)
@@ -235,7 +235,7 @@ def compress_report(
     -------
     LayerTable
         ``str(report)`` is the table with totals; ``report.to_dict()`` is JSON-ready data; ``report.extra`` holds
-        the ``sc_compression`` record as a dict (:meth:`~smoothcompress.methods.CompressionRecord.to_dict`).
+        the ``sc_compression`` record as a dict (:meth:`~smoothcompress.record.CompressionRecord.to_dict`).
     """
     if latency and input_shape is None and example is None:
         raise ValueError("latency=True needs an input_shape to time, e.g. (128, 3, 32, 32), or an example")

@@ -1,4 +1,4 @@
-"""Compression methods: one registry, and one typed record of what a method did to a model.
+"""Compression methods: one registry of what compresses a model, and how each labels its rows.
 
 A method is a frozen dataclass whose fields are its options, each declared with :func:`option` (default, one-line
 description, allowed values). An instance applies itself (``method.apply(model, rate)`` returns a compressed copy
@@ -18,10 +18,9 @@ and leaves ``model`` alone), names its results rows (``method.label``) and build
     ``+bn`` re-estimates the BatchNorm statistics afterwards (:func:`smoothcompress.recalibrate_bn`). Label
     ``"<name>-<allocation>-<scheme>"`` for the SVD ones.
 
-Every compressed or pruned copy carries one :class:`CompressionRecord` as ``model.sc_compression``
-(:data:`COMPRESSION_ATTR`): the method and its options, the requested and achieved rate, the parameter counts
-before and after, and method-specific details. :func:`smoothcompress.save` writes it, :func:`smoothcompress.load`
-reads it back (files written before the record was typed hold a plain dict, which is converted).
+Every compressed or pruned copy carries one :class:`~smoothcompress.record.CompressionRecord` as
+``model.sc_compression`` (:mod:`smoothcompress.record`): the method and its options, the requested and achieved
+rate, the parameter counts before and after, and method-specific details.
 
 The sweep (``[compress] methods = [{ method = "svd", allocation = "global" }, ...]``), the command line
 (``smoothcompress compress --method``, ``smoothcompress prune --method``) and the report all dispatch through this
@@ -44,13 +43,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from smoothcompress.accounting import count_params
 from smoothcompress.allocation import ALLOCATIONS, SCHEMES
 from smoothcompress.inputs import CALIBRATION_IMAGES
+from smoothcompress.record import COMPRESSION_ATTR, compression_record, register_label
 
 __all__ = [
-    "COMPRESSION_ATTR",
-    "CompressionRecord",
     "Method",
     "SVD",
     "Magnitude",
@@ -61,120 +58,10 @@ __all__ = [
     "get_method",
     "list_methods",
     "method_from_dict",
-    "compression_record",
-    "make_record",
 ]
-
-COMPRESSION_ATTR = "sc_compression"
-"""Attribute of a compressed or pruned model that holds its :class:`CompressionRecord`."""
 
 FAMILIES = ("low-rank", "pruning")
 """What a method does to the layers: factorizes them (``compress``) or removes weights (``prune``)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The record
-
-
-@dataclass(frozen=True)
-class CompressionRecord:
-    """What a compression method did to a model; JSON-able through :meth:`to_dict` / :meth:`from_dict`."""
-
-    method: str
-    """Registry name of the method, e.g. ``"svd"`` or ``"filter"``."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """The method's options, e.g. ``{"allocation": "global", "scheme": "channel", ...}``."""
-    rate_requested: float | None = None
-    """The ``rate`` asked for; ``None`` when only explicit SVD ranks were given."""
-    rate_achieved: float | None = None
-    """``1 - params_after / params_before``; ``None`` only in records of old files that did not store it."""
-    params_before: int | None = None
-    """All parameters of the model that was compressed (``None`` in records of old files)."""
-    params_after: int | None = None
-    """All parameters of the result, or its non-zero ones when ``nonzero`` (``None`` in records of old files)."""
-    flops_requested: float | None = None
-    """The FLOPs budget asked for: fraction of the dense model's FLOPs kept (svd ``flops=``); ``None`` if none."""
-    flops_achieved: float | None = None
-    """FLOPs of the result / FLOPs of the model on the example input; ``None`` when FLOPs were not counted."""
-    nonzero: bool = False
-    """``params_after`` counts non-zero entries: the size of an unstructured-pruned model."""
-    notes: dict[str, str] = field(default_factory=dict)
-    """Why a layer was left alone, by layer name, e.g. ``{"conv0": "skipped: grouped conv (groups=4)"}``."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """Method-specific results; svd: ``ranks`` (``{layer: [scheme, rank]}``), ``bn_pairs``, ``bn_note``."""
-
-    @property
-    def label(self) -> str:
-        """The method's row label, e.g. ``"svd-global-channel"`` (the name alone for an unregistered method)."""
-        try:
-            return get_method(self.method, **self.options).label
-        except ValueError:
-            return self.method
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> CompressionRecord:
-        """Inverse of :meth:`to_dict`; also reads the flat dict that ``compress`` wrote before records were typed.
-
-        Raises ``ValueError`` for anything else.
-        """
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), str):
-            raise ValueError(f"a compression record is a JSON object with a 'method' name, got {raw!r}")
-        if "options" not in raw and "rate_requested" not in raw:
-            return cls._from_flat(raw)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"compression record has unknown key(s) {', '.join(unknown)}")
-        return cls(**{k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()})
-
-    @classmethod
-    def _from_flat(cls, raw: Mapping[str, Any]) -> CompressionRecord:
-        """The record of files written before the typed record: one flat dict of ``compress``'s arguments."""
-        option_keys = ("allocation", "scheme", "bn_aware", "rank_multiple")
-        detail_keys = ("ranks", "bn_pairs", "bn_note")
-        return cls(
-            method=raw["method"],
-            options={k: raw[k] for k in option_keys if k in raw},
-            rate_requested=raw.get("rate"),
-            rate_achieved=raw.get("achieved_rate"),
-            notes=dict(raw.get("notes") or {}),
-            details={k: raw[k] for k in detail_keys if k in raw},
-        )
-
-
-def compression_record(model: nn.Module) -> CompressionRecord | None:
-    """The :class:`CompressionRecord` a model carries (a plain dict set by older code is converted), or ``None``."""
-    record = getattr(model, COMPRESSION_ATTR, None)
-    if record is None or isinstance(record, CompressionRecord):
-        return record
-    return CompressionRecord.from_dict(record)
-
-
-def make_record(
-    method: Method,
-    model: nn.Module,
-    compressed: nn.Module,
-    rate: float | None,
-    notes: Mapping[str, str] | None = None,
-    details: Mapping[str, Any] | None = None,
-) -> CompressionRecord:
-    """The record of ``compressed = method.apply(model, rate)``, counting the parameters of both models."""
-    before, after = count_params(model), count_params(compressed, nonzero=method.nonzero)
-    return CompressionRecord(
-        method=method.name,
-        options=method.options(),
-        rate_requested=rate,
-        rate_achieved=1.0 - after / before if before else 0.0,
-        params_before=before,
-        params_after=after,
-        nonzero=method.nonzero,
-        notes=dict(notes or {}),
-        details=dict(details or {}),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,7 +143,8 @@ class Method:
     ) -> nn.Module:
         """A compressed copy of ``model`` with a fraction ``rate`` of all its parameters removed.
 
-        ``model`` is not modified. The copy carries a :class:`CompressionRecord` as ``sc_compression``.
+        ``model`` is not modified. The copy carries a :class:`~smoothcompress.record.CompressionRecord` as
+        ``sc_compression``.
         ``exclude`` names layers to leave alone (module-name patterns or module types); ``input_shape`` (batch
         included) is an example input for methods that trace the network. Methods that :meth:`uses_data` take
         calibration ``data`` (a Dataset, whose training split is used, a Loader or a tensor of inputs; see
@@ -332,6 +220,7 @@ def register_method(cls: type[Method]) -> type[Method]:
         if f.default is dataclasses.MISSING or "doc" not in f.metadata:
             raise ValueError(f"{cls.__name__}: option {f.name!r} must be declared with option(default, doc)")
     _REGISTRY[cls.name] = cls
+    register_label(cls.name, lambda options: get_method(cls.name, **options).label)
     return cls
 
 

@@ -8,6 +8,7 @@ Every model built through the registry remembers how it was built (``model.sc_ar
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_input_shape",
+    "model_options",
     "default_input_shape",
     "import_factory",
     "ARCH_ATTR",
@@ -104,6 +106,12 @@ def import_factory(spec: str) -> Callable[[], nn.Module]:
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
     return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments the registered model ``name`` takes, e.g. ``("num_classes", "width", "in_channels")``."""
+    _check_name(name)
+    return tuple(inspect.signature(_REGISTRY[name]).parameters)
 
 
 def model_input_shape(name: str) -> tuple[int, int, int]:

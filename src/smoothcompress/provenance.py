@@ -7,11 +7,21 @@ import os
 import platform
 import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
-__all__ = ["git_commit", "device_name", "provenance"]
+__all__ = ["git_commit", "device_name", "package_version", "provenance"]
+
+
+def package_version() -> str:
+    """The installed version of smoothcompress (``smoothcompress.__version__``), ``"0.0.0+unknown"`` when it is
+    run from a source tree without an install."""
+    try:
+        return version("smoothcompress")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0.0.0+unknown"
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
@@ -45,13 +55,11 @@ def device_name(device: str | torch.device | None = None) -> str:
 
 def provenance(device: str | torch.device | None = None, **extra) -> dict:
     """Commit, device, versions and time stamp, plus any ``extra`` fields (dataset, sha256, seed, wall time)."""
-    import smoothcompress
-
     return {
         "commit": git_commit(),
         "device": device_name(device),
         "torch": torch.__version__,
-        "smoothcompress": smoothcompress.__version__,
+        "smoothcompress": package_version(),
         "python": platform.python_version(),
         "host": platform.node(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -75,7 +75,7 @@ from smoothcompress.accounting import (
 from smoothcompress.errors import ConfigError
 from smoothcompress.inputs import ExampleInput, as_example, first_tensor
 from smoothcompress.layers import is_linear, is_weight_layer, layer_weight, linear_spec, tied_weights
-from smoothcompress.methods import COMPRESSION_ATTR, get_method, make_record
+from smoothcompress.record import COMPRESSION_ATTR, make_record
 from smoothcompress.selection import Entries, select_layers, unwrap
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
@@ -131,7 +131,7 @@ def prune(
     nn.Module
         The pruned copy, in the same train/eval mode as ``model``. Magnitude methods keep every shape and
         zero entries; ``"filter"`` returns narrower Conv2d / BatchNorm / Linear layers. The copy carries a
-        :class:`~smoothcompress.methods.CompressionRecord` as ``sc_compression``, which
+        :class:`~smoothcompress.record.CompressionRecord` as ``sc_compression``, which
         :func:`smoothcompress.save` writes; for the magnitude methods its ``notes`` name every weight layer left
         alone and why (``{"lm_head": "skipped: weight tied to transformer.wte (...)"}``); for ``"filter"`` its
         ``details["reshaped"]`` lists the modules whose tensors changed shape
@@ -171,8 +171,9 @@ def _recorded(
     notes: dict[str, str] | None = None,
     details: dict | None = None,
 ) -> nn.Module:
-    """``pruned`` with its :class:`~smoothcompress.methods.CompressionRecord` set as ``sc_compression``."""
-    setattr(pruned, COMPRESSION_ATTR, make_record(get_method(method), model, pruned, rate, notes, details))
+    """``pruned`` with its :class:`~smoothcompress.record.CompressionRecord` set as ``sc_compression``."""
+    nonzero = method != "filter"  # the magnitude methods leave shapes alone: their size is the non-zero count
+    setattr(pruned, COMPRESSION_ATTR, make_record(method, model, pruned, rate, notes, details, nonzero=nonzero))
     return pruned
 
 

@@ -43,10 +43,10 @@ from smoothcompress.calibration import CalibrationData, calibration_batches, des
 from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 from smoothcompress.inputs import as_batch
-from smoothcompress.io import export_onnx
 from smoothcompress.layers import is_linear_like
-from smoothcompress.methods import CompressionRecord, compression_record
 from smoothcompress.models import default_input_shape
+from smoothcompress.onnxfile import export_float
+from smoothcompress.record import CompressionRecord, compression_record
 
 # one line naming the extra when onnx or onnxruntime is missing
 onnx = require("onnx", "onnx")
@@ -206,7 +206,7 @@ def quantize_onnx(
             raise ValueError("quantize_onnx needs an input_shape, e.g. (1, 3, 32, 32), for a model not built by name")
     with tempfile.TemporaryDirectory(prefix="sc-int8-") as tmp:
         float_path, prepared, quantized = Path(tmp, "float.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
-        export_onnx(
+        export_float(
             model,
             float_path,
             input_shape,

@@ -1,6 +1,6 @@
 """Results rows: reading the files a sweep writes, checking them, merging the shards of one sweep.
 
-A sweep (:func:`smoothcompress.experiment.sweep`) writes one row per cell to ``results.jsonl`` and one row per run
+A sweep (:func:`smoothcompress.study.experiment.sweep`) writes one row per cell to ``results.jsonl`` and one row per run
 to ``spectra.jsonl``; a sharded sweep (``smoothcompress sweep CONFIG --shard i/n``) writes them per shard, into
 ``out/shard-i-of-n/``. :func:`load_results` reads one sweep whole: it merges the shards' files, refuses files of
 different sweep configs (each row carries the config's ``sweep_fingerprint``), and warns when a shard is missing.
@@ -67,7 +67,7 @@ def load_results(
 
 def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Every results file that ``path`` (a sweep folder, a file, or several of either) names."""
-    from smoothcompress.experiment import results_files
+    from smoothcompress.study.experiment import results_files
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     files = []

@@ -46,7 +46,7 @@ grid and ``n``, never on what is already done. Shard i of n is a sweep folder of
 (its ``results.jsonl``, ``spectra.jsonl``, ``runs/`` and lock), so shards on several hosts can share ``out``
 and each resumes exactly as an unsharded sweep does; ``--shard 1/1`` is the unsharded sweep. Keep ``n`` and
 the grid fixed for a sharded sweep's life: a shard refuses to resume when the grid has changed so much that its
-folder holds runs another shard now owns. :func:`smoothcompress.report.load_results` merges the shards of
+folder holds runs another shard now owns. :func:`smoothcompress.study.report.load_results` merges the shards of
 ``out``. Every row records its ``shard`` and ``shards`` (i and n; 1 and 1 unsharded) and the
 ``sweep_fingerprint`` of :meth:`SweepConfig.fingerprint`, by which the report refuses to merge shards of
 different configs.
@@ -71,13 +71,13 @@ from torch import nn
 
 from smoothcompress import io
 from smoothcompress.accounting import RateUnreachable, count_flops, count_params
-from smoothcompress.data import Dataset, split_validation
 from smoothcompress.errors import ConfigError
 from smoothcompress.files import FolderLock, append_jsonl, read_jsonl, write_json
 from smoothcompress.inputs import CALIBRATION_IMAGES  # default [compress] calibration_images
 from smoothcompress.methods import Method, method_from_dict
 from smoothcompress.provenance import git_commit, provenance
-from smoothcompress.training import (
+from smoothcompress.study.data import Dataset, split_validation
+from smoothcompress.study.training import (
     TrainConfig,
     check_same_settings,
     evaluate,
@@ -85,8 +85,8 @@ from smoothcompress.training import (
     read_toml,
     resolve_device,
 )
-from smoothcompress.training import run as train_run
-from smoothcompress.training.config import RUNTIME_KEYS
+from smoothcompress.study.training import run as train_run
+from smoothcompress.study.training.config import RUNTIME_KEYS
 
 __all__ = [
     "RunSpec",

@@ -1,6 +1,6 @@
 """Top-1 accuracy: :func:`evaluate` for users, and the sharded counting the trainer uses every epoch.
 
-:func:`evaluate` takes a model and a :class:`~smoothcompress.data.Dataset` (its test split, normalised with its
+:func:`evaluate` takes a model and a :class:`~smoothcompress.study.data.Dataset` (its test split, normalised with its
 mean and std) or any iterable of ``(x (B, C, H, W) float, y (B,) int64)`` batches, and returns the fraction of
 correct top-1 predictions. The model's train/eval mode and memory format are restored afterwards.
 
@@ -18,12 +18,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from smoothcompress.data import Dataset, Loader
 from smoothcompress.errors import ConfigError
 from smoothcompress.inputs import check_input
 from smoothcompress.models import default_input_shape
-from smoothcompress.training.config import DEVICES
-from smoothcompress.training.runtime import DistContext, resolve_device
+from smoothcompress.study.data import Dataset, Loader
+from smoothcompress.study.training.config import DEVICES
+from smoothcompress.study.training.runtime import DistContext, resolve_device
 
 __all__ = ["EVAL_BATCH", "evaluate", "count_correct", "eval_loader", "to_input"]
 
@@ -91,8 +91,8 @@ def evaluate(
         Maps ``(B, C, H, W)`` float inputs to ``(B, num_classes)`` logits. Evaluated in eval mode; its
         train/eval mode is restored afterwards.
     data : Dataset or iterable of (x, y)
-        A :class:`~smoothcompress.data.Dataset` (its test split is used, normalised with its mean and std),
-        or a :class:`~smoothcompress.data.Loader` / any iterable of ``(x (B, C, H, W) float, y (B,) int64)``.
+        A :class:`~smoothcompress.study.data.Dataset` (its test split is used, normalised with its mean and std),
+        or a :class:`~smoothcompress.study.data.Loader` / any iterable of ``(x (B, C, H, W) float, y (B,) int64)``.
     device : str or torch.device, optional
         Where to run (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); the model is moved there. Default:
         where the model's parameters already are.

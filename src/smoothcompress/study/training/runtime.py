@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.training.config import DEVICES
+from smoothcompress.study.training.config import DEVICES
 
 __all__ = [
     "DistContext",

@@ -2,7 +2,7 @@
 
 A checkpoint (``OUT/checkpoint.pt``, format ``smoothcompress.checkpoint/1``) is a dict of ``epoch`` (epochs
 completed), ``model``, ``optimizer``, ``scheduler`` and ``regularizer`` state dicts, ``rng`` (every global RNG
-state), ``config`` (the run's :class:`~smoothcompress.training.TrainConfig` as a plain dict) and ``history`` (the
+state), ``config`` (the run's :class:`~smoothcompress.study.training.TrainConfig` as a plain dict) and ``history`` (the
 metrics rows so far). :func:`check_same_settings` guards a resume (or a reuse of a finished run) against changed
 settings; it also reads the configs stored by older versions (``lam`` for ``weight``).
 """
@@ -18,7 +18,7 @@ import torch
 from smoothcompress.errors import ConfigError
 from smoothcompress.files import atomic_file
 from smoothcompress.io import CheckpointError
-from smoothcompress.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule, rename_deprecated
+from smoothcompress.study.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule, rename_deprecated
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "check_same_settings"]
 

@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.summary import BASELINE, Setting
+from smoothcompress.study.summary import BASELINE, Setting
 
 __all__ = ["reference_points", "reference_at", "against_references", "references_table"]
 
@@ -25,7 +25,7 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     Parameters
     ----------
     reference_rows : list of dict
-        Rows of the reference sweep (:func:`smoothcompress.results.load_results`); only dense rows are used.
+        Rows of the reference sweep (:func:`smoothcompress.study.results.load_results`); only dense rows are used.
     params_dense : int
         Parameters of the dense model of the sweep being reported: the rate of a point is ``1 - params /
         params_dense``.

@@ -1,14 +1,14 @@
 """Results rows -> ``report.md``, a summary table and PNG plots.
 
-Everything here is computed from the rows that :func:`smoothcompress.experiment.sweep` writes
+Everything here is computed from the rows that :func:`smoothcompress.study.experiment.sweep` writes
 (``results.jsonl``, and ``spectra.jsonl`` for the spectra and weight pictures), so every figure traces back to a
 row and every row to a command. Plots are drawn on :class:`matplotlib.figure.Figure` objects, so the pyplot state
 and backend of the caller (a notebook, say) are left alone.
 
-Rows are read by :mod:`smoothcompress.results` (a sharded sweep whole, from its folder, its shards merged), pooled
-over seeds by :mod:`smoothcompress.summary`; the weight choice and the λ frontier are in
-:mod:`smoothcompress.frontier`, the paper's claims in :mod:`smoothcompress.claims`. Their public names are
-re-exported here; the targets (:mod:`smoothcompress.targets`) are a section of the report.
+Rows are read by :mod:`smoothcompress.study.results` (a sharded sweep whole, from its folder, its shards merged), pooled
+over seeds by :mod:`smoothcompress.study.summary`; the weight choice and the λ frontier are in
+:mod:`smoothcompress.study.frontier`, the paper's claims in :mod:`smoothcompress.study.claims`. Their public names are
+re-exported here; the targets (:mod:`smoothcompress.study.targets`) are a section of the report.
 """
 
 from __future__ import annotations
@@ -18,24 +18,32 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothcompress.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
-from smoothcompress.frontier import (
+from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
+from smoothcompress.study.frontier import (
     FRONTIER_RATE,
     SELECT_RATES,
-    _has_frontier,
-    _selection_lines,
     frontier,
     frontier_table,
+    has_frontier,
     plot_frontier,
     select_weights,
+    selection_lines,
 )
-from smoothcompress.plotstyle import COLORS
-from smoothcompress.references import against_references, reference_points, references_table
-from smoothcompress.results import load_results, missing_shards, shards_note
-from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
-from smoothcompress.targets import TARGETS, assess_targets, targets_table
+from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.references import against_references, reference_points, references_table
+from smoothcompress.study.results import load_results, missing_shards, shards_note
+from smoothcompress.study.summary import (
+    BASELINE,
+    Setting,
+    format_accuracy,
+    format_rates,
+    index_summary,
+    several_contexts,
+    summarize,
+)
+from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
 
 Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
@@ -92,10 +100,10 @@ PANELS_PER_ROW = 4
 
 def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None = None) -> Path:
     """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed; the
-    network trained small (:func:`smoothcompress.references.reference_points`), when given, dotted grey."""
+    network trained small (:func:`smoothcompress.study.references.reference_points`), when given, dotted grey."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
-    colors, multi = _colors(groups), _multi(groups)
+    colors, multi = _colors(groups), several_contexts(groups)
     n = max(1, len(labels))
     cols = min(n, PANELS_PER_ROW)
     rows = math.ceil(n / cols)
@@ -200,19 +208,19 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
 
 def summary_table(summary: list[dict]) -> str:
     """Markdown table: one row per (setting, method), accuracy (%) at each rate; seeds pooled (mean ± std)."""
-    index = _index(summary)
+    index = index_summary(summary)
     rates = sorted({s["rate"] for s in summary if s["rate"] > 0})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
-    multi = _multi(groups)
+    multi = several_contexts(groups)
     head = "| setting | method | seeds | dense | " + " | ".join(f"{100 * r:.0f}%" for r in rates) + " |"
     lines = [head, "|" + "---|" * (4 + len(rates))]
     for g in groups:
         dense = index.get((g, "dense", 0.0))
         for lab in labels:
-            cells = [_pct(index.get((g, lab, r))) for r in rates]
+            cells = [format_accuracy(index.get((g, lab, r))) for r in rates]
             n = dense["n"] if dense else 0
-            lines.append(f"| {g.name(multi)} | {lab} | {n} | {_pct(dense)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {g.name(multi)} | {lab} | {n} | {format_accuracy(dense)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -227,7 +235,7 @@ def write_report(
     several. When some penalty was trained at more than one weight, the report has a frontier section (table
     and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`); with
     baseline and penalised low-rank rows at the target rates, a targets section (:func:`assess_targets`).
-    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.references`), read the same
+    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.study.references`), read the same
     way: its dense rows become a line on the accuracy plot and a section comparing every compressed cell with it
     at equal parameters. It must be on the same dataset and split.
     """
@@ -239,10 +247,10 @@ def write_report(
     table = summary_table(summary)
     (out / "summary.md").write_text(table + "\n")
     entries = frontier(rows)
-    has_frontier = _has_frontier(entries)
+    show_frontier = has_frontier(entries)
     plots = {
         "Accuracy against parameter reduction": plot_accuracy(summary, out / "accuracy.png", references),
-        "The λ frontier": plot_frontier(entries, out / "frontier.png") if has_frontier else None,
+        "The λ frontier": plot_frontier(entries, out / "frontier.png") if show_frontier else None,
         "Singular-value spectra": plot_spectra(spectra, out / "spectra.png"),
         "Weight smoothness": plot_weights(spectra, out / "weights.png"),
     }
@@ -272,7 +280,7 @@ def write_report(
         table,
         "",
     ]
-    multi = _multi(s["group"] for s in summary)
+    multi = several_contexts(s["group"] for s in summary)
     errors = [(s["group"].name(multi), s["label"], s["rate"], e) for s in summary for e in s["errors"]]
     if errors:
         md += ["Cells out of reach (shown as —):", ""]
@@ -288,12 +296,16 @@ def write_report(
             "trained-small accuracy at the cell's achieved rate (linear between the reference points; cells outside "
             "their range are left out), in points: positive means compression beats training small.",
             "",
-            references_table(references, comparisons, _multi(s["group"] for s in summary)),
+            references_table(references, comparisons, several_contexts(s["group"] for s in summary)),
             "",
         ]
-    if has_frontier:
+    if show_frontier:
         labels = sorted({e["data_label"] for e in entries if e["data_label"]})
-        data = f"; data-aware SVD: per row the best of {', '.join(labels)} at {_pcts(SELECT_RATES)}" if labels else ""
+        data = (
+            f"; data-aware SVD: per row the best of {', '.join(labels)} at {format_rates(SELECT_RATES)}"
+            if labels
+            else ""
+        )
         md += [
             "## The λ frontier: dense accuracy against accuracy after compression",
             "",
@@ -305,7 +317,7 @@ def write_report(
             "",
         ]
     if "val" in splits:
-        md += _selection_lines(rows)
+        md += selection_lines(rows)
     verdicts = assess_targets(rows)
     if verdicts:
         bars = ", ".join(f"within {p:g} points at {100 * r:.0f}%" for r, p in sorted(TARGETS.items()))

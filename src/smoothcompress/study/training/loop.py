@@ -1,8 +1,8 @@
-"""The training loop: :func:`train` (any model, any :class:`~smoothcompress.data.Dataset`) and :func:`run` (the
-dataset, model and penalty a :class:`~smoothcompress.training.TrainConfig` names), plus the pure pieces they use:
+"""The training loop: :func:`train` (any model, any :class:`~smoothcompress.study.data.Dataset`) and :func:`run` (the
+dataset, model and penalty a :class:`~smoothcompress.study.training.TrainConfig` names), plus the pure pieces they use:
 the learning-rate schedule, the penalty warm-up, the optimiser and the penalty built from a config.
 
-The contract of a run folder, of resume and of DDP training is described in :mod:`smoothcompress.training`.
+The contract of a run folder, of resume and of DDP training is described in :mod:`smoothcompress.study.training`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -31,17 +30,22 @@ from tqdm.auto import tqdm
 
 from smoothcompress import io as sc_io
 from smoothcompress import models
-from smoothcompress.data import DataError, Dataset, Loader, load_dataset, split_validation
-from smoothcompress.data.imagefolder import archive_stem
 from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.inputs import record_input
 from smoothcompress.io import CheckpointError
 from smoothcompress.regularize import Smoothness
-from smoothcompress.training.checkpoint import CHECKPOINT_NAME, check_same_settings, load_checkpoint, save_checkpoint
-from smoothcompress.training.config import SCHEDULES, TrainConfig, make_regularizer
-from smoothcompress.training.evaluation import count_correct, eval_loader, to_input
-from smoothcompress.training.runtime import (
+from smoothcompress.study.data import DataError, Dataset, Loader, load_dataset, split_validation
+from smoothcompress.study.data.imagefolder import archive_stem
+from smoothcompress.study.training.checkpoint import (
+    CHECKPOINT_NAME,
+    check_same_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
+from smoothcompress.study.training.config import SCHEDULES, TrainConfig, make_regularizer
+from smoothcompress.study.training.evaluation import count_correct, eval_loader, to_input
+from smoothcompress.study.training.runtime import (
     DistContext,
     dist_from_env,
     process_group,
@@ -190,7 +194,7 @@ def train(
         Any classifier mapping ``(B, C, H, W)`` float inputs to ``(B, num_classes)`` logits. Trained in place
         and moved to the config's device.
     dataset : Dataset
-        From :func:`smoothcompress.data.load_dataset` (uint8 images, labels, mean and std).
+        From :func:`smoothcompress.study.data.load_dataset` (uint8 images, labels, mean and std).
     config : TrainConfig, optional
         Hyperparameters; default ``TrainConfig()``. ``dataset``, ``data``, ``model`` and ``width`` are ignored
         here (they are :func:`run`'s).
@@ -536,7 +540,7 @@ def _model_kwargs(config: TrainConfig, input_shape: tuple[int, ...]) -> dict[str
     """``width`` plus, when the data's shape differs from the model's default, ``in_channels``/``in_features``."""
     kwargs: dict[str, Any] = {} if config.width is None else {"width": config.width}
     if tuple(input_shape) != tuple(models.model_input_shape(config.model)):
-        accepted = inspect.signature(models._REGISTRY[config.model]).parameters
+        accepted = models.model_options(config.model)
         if "in_channels" in accepted:
             kwargs["in_channels"] = int(input_shape[0])
         elif "in_features" in accepted:
@@ -551,7 +555,7 @@ def load_dataset_for(config: TrainConfig) -> Dataset:
     ``train/`` and ``test/`` folders), loaded as is, or the data root under which ``dataset`` ("cifar10", ...)
     lives or is downloaded to. Without ``data``, ``dataset`` is loaded from the default root. A ``data`` named
     like an archive (``.tar.gz``, ``.tgz``, ``.tar``) that does not exist raises
-    :class:`~smoothcompress.data.DataError` ("no such file"), without trying a download.
+    :class:`~smoothcompress.study.data.DataError` ("no such file"), without trying a download.
     """
     if config.data is not None:
         source = Path(config.data).expanduser()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from smoothcompress.summary import BASELINE, Setting, _families, _index, _multi, summarize
+from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, several_contexts, summarize
 
 __all__ = ["CLAIM_MIN_RATE", "PAR_POINTS", "assess_claims"]
 
@@ -71,14 +71,14 @@ def assess_claims(rows: list[dict]) -> list[dict]:
     same model, width and variant. Claim 4 compares equal requested rates and lists the achieved ones.
     """
     summary = summarize(rows)
-    index = _index(summary)
+    index = index_summary(summary)
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     rates = sorted({s["rate"] for s in summary if s["rate"] >= CLAIM_MIN_RATE})
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
-    families = _families(rows)
+    families = method_families(rows)
     svd = [lab for lab in labels if families.get(lab) == "low-rank"]
     pruning = [lab for lab in labels if families.get(lab) == "pruning"]
-    multi = _multi(groups)
+    multi = several_contexts(groups)
     claims = []
 
     def add(claim: str, setting: str, verdict: str, evidence: str) -> None:

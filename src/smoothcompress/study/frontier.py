@@ -17,8 +17,16 @@ from pathlib import Path
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.methods import get_method
-from smoothcompress.plotstyle import COLORS
-from smoothcompress.summary import BASELINE, Setting, _index, _multi, _pct, _pcts, summarize
+from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.summary import (
+    BASELINE,
+    Setting,
+    format_accuracy,
+    format_rates,
+    index_summary,
+    several_contexts,
+    summarize,
+)
 
 Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
@@ -119,7 +127,7 @@ def select_weights(
             "sweep with [train] val_fraction > 0 (as the cifar10-cpu-search preset does)"
         )
     summary = summarize(rows)
-    index = _index(summary)
+    index = index_summary(summary)
     plain, data = _svd_labels(rows)
     label = label or (plain[0] if plain else None)
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
@@ -153,7 +161,7 @@ def _choose(
     floor = -math.inf if baseline is None else baseline - tolerance - 1e-9  # 1e-9: float noise is no violation
     feasible = [w for w, acc in dense.items() if acc is not None and acc >= floor]
     if not swept:
-        note = f"no {label or 'SVD'} rows at {_pcts(rates)}: chose the most accurate dense λ"
+        note = f"no {label or 'SVD'} rows at {format_rates(rates)}: chose the most accurate dense λ"
     elif not feasible:
         note = (
             f"no λ keeps dense accuracy within {100 * tolerance:g} point of the baseline's {100 * baseline:.2f}%: "
@@ -196,7 +204,7 @@ def frontier(rows: list[dict], rates: Sequence[float] = SELECT_RATES) -> list[di
     summary entry or None}}``. A summary entry holds ``acc``, ``std`` and ``n`` (see :func:`summarize`).
     """
     summary = summarize(rows)
-    index = _index(summary)
+    index = index_summary(summary)
     plain, data = _svd_labels(rows)
     svd = plain[0] if plain else None
     entries = []
@@ -216,7 +224,7 @@ def frontier(rows: list[dict], rates: Sequence[float] = SELECT_RATES) -> list[di
     return entries
 
 
-def _has_frontier(entries: list[dict]) -> bool:
+def has_frontier(entries: list[dict]) -> bool:
     """Whether some penalty kind was trained at more than one weight (within one model, width and variant)."""
     weights = defaultdict(set)
     for e in entries:
@@ -229,7 +237,7 @@ def _has_frontier(entries: list[dict]) -> bool:
 def frontier_table(entries: list[dict], rates: Sequence[float] = SELECT_RATES) -> str:
     """Markdown table of :func:`frontier`: one row per setting, accuracies (%) as mean ± std over seeds."""
     groups = [e["group"] for e in entries]
-    multi, variants = _multi(groups), any(g.variant for g in groups)
+    multi, variants = several_contexts(groups), any(g.variant for g in groups)
     data = any(e["data_label"] for e in entries)
     head = (["model"] if multi else []) + ["penalty", "λ"] + (["variant"] if variants else []) + ["seeds", "dense"]
     head += [f"SVD {100 * r:.0f}%" for r in rates]
@@ -241,23 +249,23 @@ def frontier_table(entries: list[dict], rates: Sequence[float] = SELECT_RATES) -
             ["baseline", "—"] if g.reg == BASELINE else [g.reg, f"{g.weight:g}"]
         )
         cells += ([g.variant or "—"] if variants else []) + [str(e["dense"]["n"] if e["dense"] else 0)]
-        cells += [_pct(e["dense"])] + [_pct(e["svd"][r]) for r in rates]
-        cells += ([e["data_label"] or "—"] + [_pct(e["data"][r]) for r in rates]) if data else []
+        cells += [format_accuracy(e["dense"])] + [format_accuracy(e["svd"][r]) for r in rates]
+        cells += ([e["data_label"] or "—"] + [format_accuracy(e["data"][r]) for r in rates]) if data else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _selection_lines(rows: list[dict]) -> list[str]:
+def selection_lines(rows: list[dict]) -> list[str]:
     """The report's weight-selection section (validation split): one table row per penalty and SVD method."""
     md = [
         "## Weight selection (validation split)",
         "",
-        f"Per model and penalty, the chosen λ has the best mean accuracy after SVD at {_pcts(SELECT_RATES)} fewer "
-        f"parameters among the λ whose dense accuracy is within {100 * DENSE_TOLERANCE:g} point of the "
-        "baseline's (seed means; `select_weights`); when none is, the most accurate dense λ is chosen. Each SVD "
-        "method that uses calibration data chooses on its own accuracies.",
+        "Per model and penalty, the chosen λ has the best mean accuracy after SVD at "
+        f"{format_rates(SELECT_RATES)} fewer parameters among the λ whose dense accuracy is within "
+        f"{100 * DENSE_TOLERANCE:g} point of the baseline's (seed means; `select_weights`); when none is, the most "
+        "accurate dense λ is chosen. Each SVD method that uses calibration data chooses on its own accuracies.",
         "",
-        f"| model | penalty | chosen λ | method | dense (baseline) | score {_pcts(SELECT_RATES)} "
+        f"| model | penalty | chosen λ | method | dense (baseline) | score {format_rates(SELECT_RATES)} "
         "| all λ: dense / score | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -298,7 +306,7 @@ def plot_frontier(entries: list[dict], path: Path, rate: float = FRONTIER_RATE) 
     contexts = list(dict.fromkeys(g.context() for g in groups))
     kinds = list(dict.fromkeys(g.penalty() for g in groups if g.reg != BASELINE))  # options make a penalty of its own
     colors = {k: COLORS[i % len(COLORS)] for i, k in enumerate(kinds)} | {BASELINE: "black"}
-    multi = _multi(groups)
+    multi = several_contexts(groups)
     fig = Figure(figsize=(5.2 * len(panels), 4.4))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
     drawn = False

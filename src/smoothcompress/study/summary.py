@@ -1,12 +1,12 @@
 """The summary of results rows: settings, and accuracies pooled over seeds (means, stds).
 
 A :class:`Setting` is what a training run was (model, width, variant, penalty, weight), seeds pooled;
-:func:`summarize` turns the rows that :func:`smoothcompress.experiment.sweep` writes into one entry per setting,
+:func:`summarize` turns the rows that :func:`smoothcompress.study.experiment.sweep` writes into one entry per setting,
 method label and rate. Rows written before the penalty weight was named ``weight`` carry it as ``lam``; both are
 read. A row's method is looked up in :mod:`smoothcompress.methods` to tell SVD (family ``"low-rank"``) from
 pruning (``"pruning"``), and plain SVD (``"svd"``) from the SVD methods that use calibration data (``"svd+bn"``,
-``"svd-data"``, ``"svd-data+bn"``). The weight choice and the λ frontier (:mod:`smoothcompress.frontier`), the
-claims (:mod:`smoothcompress.claims`) and the report (:mod:`smoothcompress.report`) all read this summary.
+``"svd-data"``, ``"svd-data+bn"``). The weight choice and the λ frontier (:mod:`smoothcompress.study.frontier`), the
+claims (:mod:`smoothcompress.study.claims`) and the report (:mod:`smoothcompress.study.report`) all read this summary.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _weight(row: dict) -> float:
     return float(row["weight"] if "weight" in row else row["lam"])
 
 
-def _families(rows: list[dict]) -> dict[str, str | None]:
+def method_families(rows: list[dict]) -> dict[str, str | None]:
     """``{label: family}`` of the compressed rows' methods (``None`` for a method this version does not know)."""
     families = {}
     for r in rows:
@@ -87,7 +87,8 @@ def _families(rows: list[dict]) -> dict[str, str | None]:
     return families
 
 
-def _multi(settings) -> bool:
+def several_contexts(settings) -> bool:
+    """Whether the settings span more than one context (model, width, dataset, ...): tables then name it."""
     return len({s.context() for s in settings}) > 1
 
 
@@ -118,17 +119,18 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _index(summary: list[dict]) -> dict[tuple, dict]:
+def index_summary(summary: list[dict]) -> dict[tuple, dict]:
     """(setting, label, rate) -> summary entry (with or without an accuracy)."""
     return {(s["group"], s["label"], s["rate"]): s for s in summary}
 
 
-def _pcts(rates: Sequence[float]) -> str:
+def format_rates(rates: Sequence[float]) -> str:
     """``"70/80%"``."""
     return "/".join(f"{100 * r:.0f}" for r in rates) + "%"
 
 
-def _pct(s: dict | None) -> str:
+def format_accuracy(s: dict | None) -> str:
+    """A summary entry's accuracy in percent, ``"91.20 ± 0.31"`` (``"—"`` without one; no ± for one seed)."""
     if not s or "acc" not in s:
         return "—"
     return f"{100 * s['acc']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['acc']:.2f}"

@@ -2,7 +2,7 @@
 
 Three entry points:
 
-* :func:`train` trains any ``nn.Module`` on a :class:`~smoothcompress.data.Dataset` with a :class:`TrainConfig`.
+* :func:`train` trains any ``nn.Module`` on a :class:`~smoothcompress.study.data.Dataset` with a :class:`TrainConfig`.
 * :func:`run` builds the dataset, model and penalty named in a :class:`TrainConfig` and calls :func:`train`
   (this is ``smoothcompress train``).
 * :func:`evaluate` is the top-1 accuracy of a model on a dataset's test split or on a loader.
@@ -41,21 +41,21 @@ wraps the model in ``DistributedDataParallel``.
   summed, so it is the accuracy on the whole test set. ``images_per_s`` counts the images of all processes.
 * Only rank 0 writes files. BatchNorm running statistics are rank 0's (DDP broadcasts them every step).
 
-Modules: :mod:`~smoothcompress.training.config` (:class:`TrainConfig`), :mod:`~smoothcompress.training.loop`
-(:func:`train`, :func:`run`, schedule, optimiser), :mod:`~smoothcompress.training.checkpoint`,
-:mod:`~smoothcompress.training.evaluation` (:func:`evaluate`) and :mod:`~smoothcompress.training.runtime` (device,
-torchrun process group, RNG states).
+Modules: :mod:`~smoothcompress.study.training.config` (:class:`TrainConfig`),
+:mod:`~smoothcompress.study.training.loop` (:func:`train`, :func:`run`, schedule, optimiser),
+:mod:`~smoothcompress.study.training.checkpoint`, :mod:`~smoothcompress.study.training.evaluation`
+(:func:`evaluate`) and :mod:`~smoothcompress.study.training.runtime` (device, torchrun process group, RNG states).
 """
 
-from smoothcompress.training.checkpoint import (
+from smoothcompress.study.training.checkpoint import (
     CHECKPOINT_NAME,
     check_same_settings,
     load_checkpoint,
     save_checkpoint,
 )
-from smoothcompress.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml
-from smoothcompress.training.evaluation import EVAL_BATCH, evaluate
-from smoothcompress.training.loop import (
+from smoothcompress.study.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml
+from smoothcompress.study.training.evaluation import EVAL_BATCH, evaluate
+from smoothcompress.study.training.loop import (
     TrainingDiverged,
     TrainResult,
     load_dataset_for,
@@ -66,7 +66,7 @@ from smoothcompress.training.loop import (
     run,
     train,
 )
-from smoothcompress.training.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from smoothcompress.study.training.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "TrainConfig",

@@ -3,7 +3,7 @@
 When an archive is absent from the data root it is downloaded from :data:`BASE_URL` (or
 ``$SMOOTHCOMPRESS_DATA_URL``), verified against its published md5 and extracted; every extracted file is checked
 against its own md5 before it is read, and the batches are read by an unpickler that rebuilds numpy arrays only.
-Problems raise :class:`~smoothcompress.data.DataError` with a message that says what to do.
+Problems raise :class:`~smoothcompress.study.data.DataError` with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothcompress.data.dataset import ROOT_ENV, DataError, Dataset
 from smoothcompress.files import atomic_file, file_digest, sha256_file
+from smoothcompress.study.data.dataset import ROOT_ENV, DataError, Dataset
 
 __all__ = ["BASE_URL", "DOWNLOAD_TIMEOUT", "OFFICIAL", "URL_ENV", "OfficialArchive", "load_official", "official_at"]
 

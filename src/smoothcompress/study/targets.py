@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from smoothcompress.summary import BASELINE, Setting, _families, _index, summarize
+from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
 
 __all__ = ["TARGETS", "assess_targets", "targets_table"]
 
@@ -30,7 +30,7 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
     Parameters
     ----------
     rows : list of dict
-        Results rows of one sweep (``smoothcompress.results.load_results``), on any split; the caller says which.
+        Results rows of one sweep (``smoothcompress.study.results.load_results``), on any split; the caller says which.
     targets : mapping of float to float
         ``{rate: points}``, the largest allowed drop (in accuracy points) below the baseline's dense accuracy at
         each requested rate.
@@ -47,8 +47,8 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
         ``100 * (best acc - baseline dense)`` in points and ``met`` whether ``gap >= -allowed``.
     """
     summary = summarize(rows)
-    index = _index(summary)
-    families = _families(rows)
+    index = index_summary(summary)
+    families = method_families(rows)
     low_rank = {lab for lab, fam in families.items() if fam == "low-rank"}
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     out = []

@@ -1,30 +1,26 @@
-"""The in-memory :class:`Dataset` and :func:`load_dataset`, which gives one from any of three kinds of source:
+"""The in-memory :class:`Dataset`: a classification dataset as uint8 tensors, its statistics and validation split.
 
-- ``"cifar10"`` / ``"cifar100"``: the official python-format archives (:mod:`smoothcompress.data.official`).
-- ``"digits"``: scikit-learn's bundled 8x8 digits, split 80/20 (stratified) by a fixed seed. No download.
-- a path to an ImageFolder directory or ``.tar.gz`` of one (:mod:`smoothcompress.data.imagefolder`).
-
-The data root is the ``root`` argument, else ``$SMOOTHCOMPRESS_DATA``, else ``~/.cache/smoothcompress``.
-Every problem with the data itself (missing, offline, corrupt) raises :class:`DataError`, whose message says what
-to do; the CLI prints it without a traceback.
+:func:`smoothcompress.study.data.sources.load_dataset` gives one from a name or path. The data root is the ``root``
+argument, else ``$SMOOTHCOMPRESS_DATA``, else ``~/.cache/smoothcompress`` (:func:`default_root`). Every problem with
+the data itself (missing, offline, corrupt) raises :class:`DataError`, whose message says what to do; the CLI prints
+it without a traceback.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from smoothcompress.data.loader import mix_seed
 from smoothcompress.errors import ConfigError, SmoothcompressError
-from smoothcompress.extras import require
+from smoothcompress.study.data.loader import Loader, mix_seed
 
-__all__ = ["DataError", "Dataset", "ROOT_ENV", "channel_stats", "default_root", "load_dataset", "split_validation"]
+__all__ = ["DataError", "Dataset", "ROOT_ENV", "channel_stats", "default_root", "split_validation"]
 
 ROOT_ENV = "SMOOTHCOMPRESS_DATA"
 """Environment variable naming the data root (official archives, ImageFolder caches)."""
@@ -101,6 +97,34 @@ class Dataset:
         """(C, H, W) of one image."""
         return tuple(self.x_train.shape[1:])
 
+    def calibration_size(self) -> int:
+        """Number of training images: all that calibration may read (never the test split)."""
+        return int(self.x_train.shape[0])
+
+    def calibration_batches(
+        self, images: int, batch_size: int, *, seed: int = 0, augment: bool = False, device="cpu"
+    ) -> Iterator[torch.Tensor]:
+        """Calibration batches (:class:`smoothcompress.calibration.CalibrationSource`): ``images`` training images
+        drawn at random with ``seed`` (all of them when there are fewer), in index order, normalised with
+        :attr:`mean` and :attr:`std`, with the training augmentation when ``augment`` and :attr:`augment`."""
+        n = self.x_train.shape[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        pick = torch.randperm(n, generator=gen)[: min(int(images), n)].sort().values
+        loader = Loader(
+            self.x_train[pick],
+            self.y_train[pick],
+            int(batch_size),
+            train=augment,
+            augment=augment and self.augment,
+            drop_last=False,
+            mean=self.mean,
+            std=self.std,
+            seed=seed,
+            device=device,
+        )
+        for x, _ in loader:
+            yield x
+
     def __str__(self) -> str:
         c, h, w = self.input_shape
         return (
@@ -162,59 +186,6 @@ def default_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or "~/.cache/smoothcompress").expanduser()
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = True) -> Dataset:
-    """Load a dataset by name or path.
-
-    Parameters
-    ----------
-    name : str
-        ``"cifar10"``, ``"cifar100"``, ``"digits"``, or a path: an ImageFolder directory or ``.tar.gz`` archive
-        with ``train/<class>/`` and ``test/<class>/`` folders, or the official CIFAR archive, its extracted folder,
-        or a folder holding either (then ``root`` is that folder).
-    root : str or path, optional
-        Data root: where the official archives live or are downloaded to, and where ImageFolder caches are
-        written. Default :func:`default_root`.
-    download : bool
-        Download an official archive that is not under ``root``. With False a missing archive raises.
-
-    Returns
-    -------
-    Dataset
-
-    Raises
-    ------
-    DataError
-        Unknown name, missing or corrupt data, or a download that failed (offline).
-    """
-    from smoothcompress.data import imagefolder, official  # they build on this module
-
-    key = str(name).strip().lower()
-    root = Path(root).expanduser() if root is not None else default_root()
-    if key in official.OFFICIAL:
-        spec = official.OFFICIAL[key]
-        if root.is_file() and root.name != spec.filename:
-            raise DataError(
-                f"the data root {root} is a file, not the folder that holds {spec.filename}. To train on an "
-                f"ImageFolder archive, pass it as the dataset instead (--dataset {root})."
-            )
-        return official.load_official(key, root.parent if root.is_file() else root, download)
-    if key == "digits":
-        return _load_digits()
-    path = Path(str(name)).expanduser()
-    found = official.official_at(path)
-    if found is not None:
-        return official.load_official(found[0], found[1], download)
-    if path.is_dir() or (path.is_file() and imagefolder.archive_stem(path) is not None):
-        return imagefolder.load_imagefolder(path, root)
-    if path.exists():
-        raise DataError(f"{path} is neither a directory nor a .tar.gz/.tgz/.tar archive of an ImageFolder")
-    known = ", ".join([*official.OFFICIAL, "digits"])
-    raise DataError(
-        f"unknown dataset {name!r}: use one of {known}, or the path of an ImageFolder directory or .tar.gz "
-        f"(train/<class>/*.jpg and test/<class>/*.jpg); no such file or directory"
-    )
-
-
 def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Carve a stratified validation set out of the training split, fixed by ``seed``.
 
@@ -262,27 +233,4 @@ def split_validation(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Datas
         y_test=ds.y_train[is_val],
         mean=mean,
         std=tuple(max(s, 1e-8) for s in std),
-    )
-
-
-def _load_digits() -> Dataset:
-    from importlib import resources
-
-    load_digits = require("sklearn.datasets", "data").load_digits
-    train_test_split = require("sklearn.model_selection", "data").train_test_split
-
-    bunch = load_digits()
-    x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), 0..16 -> 0..255
-    y = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    source = resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
-    return Dataset.from_arrays(
-        "digits",
-        np.ascontiguousarray(x_train),
-        y_train,
-        np.ascontiguousarray(x_test),
-        y_test,
-        [str(c) for c in bunch.target_names],
-        hashlib.sha256(source.read_bytes()).hexdigest(),
-        augment=False,
     )

@@ -97,7 +97,7 @@ class TrainConfig:
     width: int | None = None  # None: the model's own default width (64 for resnet18, the paper's)
     # -- optimisation
     epochs: int = 30  # a one-cycle schedule gets most of its accuracy in tens of epochs; raise for final numbers
-    batch_size: int = 512  # GLOBAL batch (see smoothcompress.training); large enough to keep a GPU busy on 32x32
+    batch_size: int = 512  # GLOBAL batch (see smoothcompress.study.training); large enough to keep a GPU busy on 32x32
     lr: float = 0.4  # peak lr: 0.1 per 128 images (He et al. 2016), scaled linearly with the batch (Goyal 2017)
     momentum: float = 0.9  # Nesterov momentum 0.9, the standard for CIFAR ResNets
     weight_decay: float = 5e-4  # the standard for CIFAR ResNets; applied to weights only, not to BN or biases

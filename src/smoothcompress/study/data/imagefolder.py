@@ -4,7 +4,7 @@
 Classes are the sorted class folders of ``train/``; images are read in sorted path order, must all have the size of
 the first one, and are converted to its mode (one channel for grayscale, else RGB). The decoded arrays are cached
 under ``<root>/imagefolder/<stem>-<sha256 prefix>.npz``, keyed by the source's sha256 and verified by a checksum
-of their contents on every load. Problems raise :class:`~smoothcompress.data.DataError`.
+of their contents on every load. Problems raise :class:`~smoothcompress.study.data.DataError`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothcompress.data.dataset import DataError, Dataset
 from smoothcompress.extras import require
 from smoothcompress.files import atomic_file, sha256_file
+from smoothcompress.study.data.dataset import DataError, Dataset
 
 __all__ = ["IMAGE_SUFFIXES", "archive_stem", "decode_imagefolder", "load_imagefolder"]
 
