@@ -185,6 +185,65 @@ def test_sigkill_while_appending_rows_loses_at_most_the_row_in_flight(tmp_path):
     assert [r["i"] for r in read_jsonl(path)] == list(range(len(rows) + 1))
 
 
+KILLED_SWEEP = {
+    "out": "unused",
+    "train": {"dataset": "digits", "model": "mlp", "width": 64, "epochs": 2, "batch_size": 128, "device": "cpu"},
+    "grid": {"seeds": [0, 1], "regularizers": [{"kind": "none"}]},
+    "compress": {"rates": [0.5, 0.8], "methods": [{"method": "svd"}, {"method": "magnitude"}]},
+}
+
+STUDY = textwrap.dedent(
+    """
+    import json, sys
+    from smoothcompress.study.experiment import SweepConfig, sweep
+    from smoothcompress.study.report import write_report
+    kind, out, raw = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    print("ready", flush=True)
+    if kind == "sweep":
+        sweep(SweepConfig.from_dict(raw, out=out))
+    else:
+        for _ in range(10**6):
+            write_report(out, out + "/report")
+    """
+)
+
+
+def _killed_study(kind: str, out, delay: float) -> None:
+    args = [sys.executable, "-c", STUDY, kind, str(out), json.dumps(KILLED_SWEEP)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _no_partial_files(folder) -> None:
+    """Every model file under its final name loads (a killed writer leaves at most a ``*.part`` temporary)."""
+    for p in folder.rglob("*.safetensors"):
+        sc.load(p)
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_during_a_sweep_and_its_report_then_reruns_complete(tmp_path):
+    from smoothcompress.study.experiment import SweepConfig, sweep
+    from smoothcompress.study.report import write_report
+
+    out = tmp_path / "sweep"
+    _killed_study("sweep", out, 3.0)  # killed while training or compressing
+    _no_partial_files(out)
+    results = sweep(SweepConfig.from_dict(KILLED_SWEEP, out=out))  # the rerun resumes and completes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = read_jsonl(results)
+    keys = [(r["run"], r["label"], r["rate_requested"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * (1 + 2 * 2)  # every cell once
+    write_report(out, out / "report")
+    _killed_study("report", out, 2.0)  # killed while rewriting the report
+    for name in ("report.md", "summary.md", "accuracy.png"):
+        assert (out / "report" / name).stat().st_size > 0  # the old file or the new one, never a partial one
+    assert "# smoothcompress report" in (out / "report" / "report.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # JSON lines
 

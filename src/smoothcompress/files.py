@@ -22,6 +22,7 @@ from smoothcompress.errors import FileContentError
 
 __all__ = [
     "atomic_file",
+    "write_text",
     "write_json",
     "write_jsonl",
     "read_jsonl",
@@ -66,6 +67,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically (:func:`atomic_file`). Returns ``path`` as a :class:`~pathlib.Path`."""
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
 from smoothcompress.methods import get_method
-from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.plotstyle import COLORS, save_figure
 from smoothcompress.study.summary import (
     BASELINE,
     Setting,
@@ -342,5 +342,5 @@ def plot_frontier(entries: list[dict], path: Path, rate: float = FRONTIER_RATE) 
         return None
     axes[0][0].set_ylabel(f"accuracy at {100 * rate:.0f}% fewer parameters (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
+from smoothcompress.files import write_text
 from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.study.frontier import (
     FRONTIER_RATE,
@@ -31,7 +32,7 @@ from smoothcompress.study.frontier import (
     select_weights,
     selection_lines,
 )
-from smoothcompress.study.plotstyle import COLORS
+from smoothcompress.study.plotstyle import COLORS, save_figure
 from smoothcompress.study.references import against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, shards_note
 from smoothcompress.study.summary import (
@@ -138,7 +139,7 @@ def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None
         row[0].set_ylabel("accuracy (%), no fine-tuning")
     axes.flat[n - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     return path
 
 
@@ -172,7 +173,7 @@ def plot_spectra(spectra: list[dict], path: Path) -> Path | None:
     axes[0][0].set_ylabel("σ_i / σ_1")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     return path
 
 
@@ -198,7 +199,7 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
     tap = " (centre tap of each kernel)" if runs[0][1].get("slice_is_conv") else ""
     fig.suptitle(f"weights{tap}, first 64 x 64 entries", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     return path
 
 
@@ -245,7 +246,7 @@ def write_report(
     summary = summarize(rows)
     references = _references(rows, reference) if reference is not None else None
     table = summary_table(summary)
-    (out / "summary.md").write_text(table + "\n")
+    write_text(out / "summary.md", table + "\n")
     entries = frontier(rows)
     show_frontier = has_frontier(entries)
     plots = {
@@ -359,5 +360,5 @@ def write_report(
     md += ["## Plots", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in plots.items() if p is not None]
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    write_text(path, "\n".join(md) + "\n")
     return path
