@@ -140,9 +140,28 @@ def test_explicit_ranks_beyond_the_rate_raise(resnet):
         sc.compress(resnet, 0.05, ranks={f"layers.2.{i}.conv{j}": 1 for i in range(3) for j in (1, 2)})
 
 
-def test_no_rate_and_no_ranks_raises(cnn):
-    with pytest.raises(ValueError, match="rate"):
-        sc.compress(cnn, None)
+def test_no_budget_at_all_is_the_default_rate(cnn):
+    """rate=None: 0.7 when neither flops nor ranks is given; with either of them, no parameter budget."""
+    default = sc.compress(cnn)
+    assert default.sc_compression.rate_requested == sc.allocation.DEFAULT_RATE == 0.7
+    explicit = sc.compress(cnn, 0.7).state_dict()
+    for small in (default, sc.compress(cnn, None)):
+        got = small.state_dict()
+        assert got.keys() == explicit.keys() and all(torch.equal(got[k], explicit[k]) for k in got)
+    assert sc.allocation.requested_rate(None, None, None) == sc.allocation.requested_rate(None, None, {}) == 0.7
+    assert sc.allocation.requested_rate(None, 0.5, None) is None and sc.allocation.requested_rate(0.3, 0.5, None) == 0.3
+    assert sc.allocation.requested_rate(None, None, {"14": 2}) is None
+
+
+def test_allocations_are_registered_objects():
+    from smoothcompress.allocation import ALLOCATIONS, Allocation, get_allocation
+
+    assert list(ALLOCATIONS) == ["global", "global-linear", "uniform", "energy"]
+    for name, strategy in ALLOCATIONS.items():
+        assert isinstance(strategy, Allocation) and strategy.name == name and get_allocation(name) is strategy
+    assert [ALLOCATIONS[n].log_loss for n in ALLOCATIONS] == [True, False, True, True]
+    with pytest.raises(ValueError, match=r"^unknown allocation 'greedy'; choose one of 'global', 'global-linear'"):
+        get_allocation("greedy")
 
 
 def test_exclude_by_pattern_and_type(resnet):

@@ -127,14 +127,10 @@ def test_a_regularizer_entry_sets_its_own_penalty_options():
         SweepConfig.from_dict(dict(TINY, grid=clash))
 
 
-def test_the_old_name_lam_still_reads_with_a_warning():
+def test_the_old_name_lam_is_an_unknown_key():
     old = dict(TINY, grid={"regularizers": [{"kind": "nuclear", "lam": [1e-3, 1e-2]}]})
-    with pytest.warns(DeprecationWarning, match="'lam' is deprecated, write 'weight'"):
-        cfg = SweepConfig.from_dict(old)
-    assert [r.weight for r in cfg.runs] == [1e-3, 1e-2]
-    both = dict(TINY, grid={"regularizers": [{"kind": "nuclear", "lam": 1e-3, "weight": 1e-3}]})
-    with pytest.raises(ValueError, match="both 'weight' and its old name 'lam'"):
-        SweepConfig.from_dict(both)
+    with pytest.raises(ValueError, match=r"^\[grid\] regularizers entry: unknown key\(s\) lam; expected "):
+        SweepConfig.from_dict(old)
 
 
 def test_methods_dispatch_through_the_registry():

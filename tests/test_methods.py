@@ -205,31 +205,25 @@ def test_register_refuses_duplicates_and_undeclared_options(registry):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The record of old files
+# Reading a record back
 
 
-FLAT = {  # what compress recorded before the record was typed
+FLAT = {  # a flat dict of compress's arguments, not a record
     "method": "svd",
     "rate": 0.5,
     "achieved_rate": 0.502,
     "allocation": "global",
     "scheme": "channel",
-    "bn_aware": False,
-    "rank_multiple": 1,
-    "bn_pairs": {},
-    "bn_note": None,
     "ranks": {"fc": ["channel", 3]},
-    "notes": {"conv0": "excluded"},
 }
 
 
-def test_flat_records_of_old_files_are_read():
-    record = CompressionRecord.from_dict(FLAT)
-    assert record.label == "svd-global-channel"
-    assert (record.rate_requested, record.rate_achieved, record.params_before) == (0.5, 0.502, None)
-    assert record.details == {"ranks": {"fc": ["channel", 3]}, "bn_pairs": {}, "bn_note": None}
-    assert record.notes == {"conv0": "excluded"} and record.options["scheme"] == "channel"
+def test_a_record_reads_back_and_a_flat_dict_is_refused():
+    record = CompressionRecord(method="svd", options={"allocation": "global", "scheme": "channel"}, rate_requested=0.5)
     assert CompressionRecord.from_dict(record.to_dict()) == record
+    assert record.label == "svd-global-channel"
+    with pytest.raises(ValueError, match=r"^compression record has unknown key\(s\) achieved_rate, allocation, "):
+        CompressionRecord.from_dict(FLAT)
     with pytest.raises(ValueError, match="unknown key"):
         CompressionRecord.from_dict({**record.to_dict(), "extra": 1})
     with pytest.raises(ValueError, match="'method' name"):
@@ -244,13 +238,12 @@ def _with_record(path, tmp_path, record):
     return out
 
 
-def test_old_files_with_a_flat_or_null_record_still_load(cnn, tmp_path):
+def test_a_file_with_a_flat_record_is_refused_and_a_null_one_is_dense(cnn, tmp_path):
     small = sc.compress(cnn, RATE)
     path = sc.save(small, tmp_path / "new.safetensors")
-    flat = {**FLAT, "ranks": small.sc_compression.details["ranks"], "notes": small.sc_compression.notes}
-    loaded = sc.load(_with_record(path, tmp_path, flat))
-    assert isinstance(loaded.sc_compression, CompressionRecord) and loaded.sc_compression.rate_achieved == 0.502
-    assert "factorized" in str(sc.compress_report(cnn, loaded))
+    flat = {**FLAT, "ranks": small.sc_compression.details["ranks"]}
+    with pytest.raises(sc.CheckpointError, match="not a compression record: compression record has unknown key"):
+        sc.load(_with_record(path, tmp_path, flat))
     dense = sc.load(_with_record(sc.save(cnn, tmp_path / "d.safetensors"), tmp_path, None))
     assert not hasattr(dense, "sc_compression")
     with pytest.raises(sc.CheckpointError, match="not a compression record"):
@@ -265,8 +258,12 @@ def test_a_saved_filter_pruned_model_says_how_it_was_pruned(cnn, tmp_path):
 
 def test_a_plain_dict_on_a_model_is_read_as_a_record(cnn):
     model = sc.create_model("cnn", width=16)
+    record = CompressionRecord(method="svd", options={"scheme": "channel"}, rate_requested=0.5)
+    model.sc_compression = record.to_dict()
+    assert compression_record(model) == record
     model.sc_compression = dict(FLAT)
-    assert compression_record(model) == CompressionRecord.from_dict(FLAT)
+    with pytest.raises(ValueError, match="unknown key"):
+        compression_record(model)
     assert compression_record(cnn) is None
 
 

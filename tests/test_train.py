@@ -366,11 +366,13 @@ def test_cli_train_into_a_folder_in_use_is_a_one_line_error(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written, the owner's lock kept
 
 
-def test_cli_lam_is_a_deprecated_spelling_of_weight(tmp_path, capsys):
-    assert main(_cli_train("--reg", "first", "--lam", "0.01", "--out", str(tmp_path / "r"))) == 0
+def test_cli_lam_is_refused(tmp_path, capsys):
+    """``lam``, an old name of ``weight``, is neither a flag nor a config key."""
+    assert main(_cli_train("--reg", "first", "--lam", "0.01")) == 2
+    assert "error: unrecognized arguments: --lam 0.01" in capsys.readouterr().err
+    config = tmp_path / "old.toml"
+    config.write_text('reg = "first"\nlam = 0.01\n')
+    assert main(_cli_train("--config", str(config), "--out", str(tmp_path / "r"))) == 2
     err = capsys.readouterr().err
-    assert "smoothcompress train: warning: --lam is deprecated and will be removed; use --weight" in err
-    saved = (tmp_path / "r" / "config.toml").read_text()
-    assert re.search(r"^weight = 0.01$", saved, re.M) and not re.search(r"^lam\b", saved, re.M)
-    assert main(_cli_train("--reg", "first", "--lam", "0.01", "--weight", "0.01")) == 2
-    assert "give only --weight" in capsys.readouterr().err
+    assert err.startswith("smoothcompress train: error: unknown config key(s) lam; valid keys are: ")
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()

@@ -115,32 +115,21 @@ def test_round_trip_property(tmp_path_factory, epochs, lr, reg, weight, axes, wi
 
 
 # ---------------------------------------------------------------------------------------------------------
-# `lam`, the deprecated name of `weight`
+# `lam`, an old name of `weight`, is no longer read
 
 
-def test_lam_is_a_deprecated_alias_of_weight(tmp_path):
-    want = TrainConfig(reg="first", weight=0.01)
-    with pytest.warns(DeprecationWarning, match="'lam' is deprecated.*use 'weight'"):
-        assert TrainConfig(reg="first", lam=0.01) == want
-    with pytest.warns(DeprecationWarning, match="'lam'"):
-        assert TrainConfig.from_dict({"reg": "first", "lam": 0.01}) == want
+def test_lam_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lam'"):
+        TrainConfig(reg="first", lam=0.01)
+    with pytest.raises(ValueError, match=r"^unknown config key\(s\) lam; valid keys are: "):
+        TrainConfig.from_dict({"reg": "first", "lam": 0.01})
     path = tmp_path / "old.toml"
     path.write_text('reg = "first"\nlam = 0.01\n')
-    with pytest.warns(DeprecationWarning, match="'lam'"):
-        assert TrainConfig.from_toml(path) == want
-    with pytest.warns(DeprecationWarning, match="'lam'"):
-        assert TrainConfig.from_sources(path, weight=0.02) == TrainConfig(reg="first", weight=0.02)  # flags win
-    with pytest.warns(DeprecationWarning, match="TrainConfig.lam is deprecated"):
-        assert want.lam == 0.01
-    text = want.to_toml(tmp_path / "new.toml").read_text()
-    assert "weight = 0.01" in text and "lam" not in text
-
-
-def test_lam_and_weight_together_are_an_error():
-    with pytest.raises(ValueError, match="'lam' and 'weight' name the same setting"):
-        TrainConfig(reg="first", lam=0.01, weight=0.01)
-    with pytest.raises(ValueError, match="same setting"):
-        TrainConfig.from_dict({"reg": "first", "lam": 0.01, "weight": 0.02})
+    with pytest.raises(ValueError, match=r"^unknown config key\(s\) lam;"):
+        TrainConfig.from_toml(path)
+    with pytest.raises(ValueError, match=r"^unknown config key\(s\) lam;"):
+        TrainConfig.from_sources(path, weight=0.02)
+    assert not hasattr(TrainConfig(), "lam")
 
 
 def test_weight_needs_no_warning():

@@ -11,7 +11,7 @@ one of their names (``sc.prune``, ``sc.train``, ``sc.sweep``, ...), as do the su
 
 from importlib import import_module
 
-from smoothcompress.accounting import LayerTable, RateUnreachable, Report, count_flops, count_params, layer_report
+from smoothcompress.accounting import LayerTable, RateUnreachable, count_flops, count_params, layer_report
 from smoothcompress.allocation import plan_compression, plan_ranks
 from smoothcompress.batchnorm import find_bn_pairs
 from smoothcompress.errors import ConfigError, FileContentError, SmoothcompressError
@@ -88,7 +88,6 @@ __all__ = [
     "count_flops",
     "layer_report",
     "LayerTable",
-    "Report",
     # what a model takes as input (FLOPs, tracing, pruning, export, calibration batches)
     "ExampleInput",
     "as_example",

@@ -25,7 +25,6 @@ __all__ = [
     "measure_latency",
     "LayerRow",
     "LayerTable",
-    "Report",
     "layer_report",
     "RateUnreachable",
     "check_rate",
@@ -370,10 +369,6 @@ class LayerTable:
                 f"({speedup:.2f}x faster; median forward pass, input {shape}, eval, no_grad)"
             )
         return "\n".join(out)
-
-
-Report = LayerTable
-"""Former name of :class:`LayerTable`, kept as an alias."""
 
 
 def _si(n: int | None) -> str:

@@ -11,7 +11,8 @@ skipped. A layer is factorized only when that saves parameters, ``r * (rows + co
 Let ``kept_l(r) = sum_{i<=r} s_i**2 / sum_i s_i**2`` be the fraction of layer ``l``'s spectral energy kept at
 rank ``r``. With a ``calibration`` (:func:`smoothcompress.calibrate`) the ``s_i`` are the singular values of
 ``W L`` (``L L^T`` the layer's input moment), so ``kept_l`` is the fraction of the layer's *output* energy on the
-calibration inputs, and every allocation below shares ranks out by output error. Allocations (:data:`ALLOCATIONS`):
+calibration inputs, and every allocation below shares ranks out by output error. Allocations (:data:`ALLOCATIONS`,
+each a registered :class:`Allocation`):
 
 * ``"global"`` (default): all ranks chosen jointly to minimise ``sum_l -log kept_l(r_l)`` at the parameter
   budget, greedily along each layer's lower convex hull of (parameters saved, loss).
@@ -54,9 +55,9 @@ from __future__ import annotations
 import bisect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -86,31 +87,33 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMES",
     "ALLOCATIONS",
+    "Allocation",
+    "GlobalAllocation",
+    "GlobalLinearAllocation",
+    "SharedFractionAllocation",
+    "UniformAllocation",
+    "EnergyAllocation",
+    "get_allocation",
     "DEFAULT_RATE",
+    "requested_rate",
     "LayerPlan",
     "Plan",
     "plan_compression",
     "plan_ranks",
     "check_flops",
+    "build_plan",
 ]
 
 SCHEMES = ("channel", "spatial", "auto")
 """Factorization schemes accepted by :func:`smoothcompress.compress`."""
 
-ALLOCATIONS = ("global", "global-linear", "uniform", "energy")
-"""Rank allocation strategies accepted by :func:`smoothcompress.compress`."""
-
 _RATE_TOLERANCE = 0.01
 _MIX_STEPS = 10  # rate and flops together: the weight t of the FLOPs in the cost goes 0, 1/10, ..., 1
 
 
-class _DefaultRate(float):
-    """The type of :data:`DEFAULT_RATE`: a float 0.7 that can be told apart from an explicit ``rate=0.7``."""
-
-
-DEFAULT_RATE = _DefaultRate(0.7)
-"""Default ``rate`` of :func:`plan_compression` and :func:`smoothcompress.compress`: 0.7, unless ``flops`` is given,
-in which case only the FLOPs budget applies (pass ``rate`` explicitly to have both)."""
+DEFAULT_RATE = 0.7
+"""The ``rate`` of :func:`plan_compression` and :func:`smoothcompress.compress` when no budget is given (no
+``rate``, ``flops`` or ``ranks``; see :func:`requested_rate`)."""
 
 
 def check_flops(flops) -> float:
@@ -271,17 +274,6 @@ class _Layer:
         """The least-loss option saving at least ``params`` parameters and ``flops`` FLOPs (ties: smaller key)."""
         ok = [o for o in self.options if o.saving >= params and o.flops_saving >= flops]
         return min(ok, key=lambda o: (o.loss, key(o))) if ok else None
-
-
-def _check_args(rate, allocation: str, scheme: str, flops=None) -> None:
-    if rate is not None:
-        check_rate(rate)
-    if flops is not None:
-        check_flops(flops)
-    if allocation not in ALLOCATIONS:
-        raise ConfigError(f"unknown allocation {allocation!r}; choose one of {', '.join(map(repr, ALLOCATIONS))}")
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
 
 
 _MHA_NOTE = (
@@ -498,19 +490,6 @@ def _allocate_both(
     return best
 
 
-def _uniform_choice(lay: _Layer, fraction: float) -> _Option:
-    main = "channel" if "channel" in lay.decs else next(iter(lay.decs))
-    opt = lay.option(main, lay.snap(main, round(fraction * lay.decs[main].full_rank), up=False))
-    return lay.best_with_saving(opt.saving) if len(lay.decs) > 1 and opt.scheme else opt
-
-
-def _energy_choice(lay: _Layer, keep: float) -> _Option:
-    opts = []
-    for s, kept in lay.kept.items():
-        opts.append(lay.option(s, lay.snap(s, bisect.bisect_left(kept, keep) + 1, up=True)))
-    return max(opts, key=lambda o: (o.saving, -o.loss))
-
-
 def _allocate_by(
     layers: list[_Layer], need: float, rule, need_flops: float = -math.inf, key=_params_key
 ) -> dict[str, _Option]:
@@ -543,12 +522,183 @@ def _allocate_by(
     return choice
 
 
-def _max_saving(layers: list[_Layer], allocation: str, key=_params_key) -> int:
-    if allocation == "uniform":
-        return sum(key(_uniform_choice(lay, 0.0)) for lay in layers)
-    if allocation == "energy":
-        return sum(key(_energy_choice(lay, 0.0)) for lay in layers)
-    return sum(max(key(o) for o in lay.options) for lay in layers)
+# ------------------------------------------------------------------------------------------------------------
+# The allocation strategies
+
+
+class Allocation:
+    """A rank allocation strategy: how the free layers' ranks are chosen to meet a budget.
+
+    Each strategy is registered once in :data:`ALLOCATIONS` under its :attr:`name` (:func:`get_allocation`) and
+    answers four questions about a list of eligible layers: the choices that save a number of parameters
+    (:meth:`for_params`), a number of FLOPs (:meth:`for_flops`) or both (:meth:`for_both`), and the most it can
+    save (:meth:`max_saving`). A choice maps each layer's name to one of its options (dense, or a scheme and a
+    rank); ``None`` means the budget is out of reach.
+    """
+
+    name: ClassVar[str]
+    """The name ``compress(..., allocation=...)`` takes."""
+    log_loss: ClassVar[bool] = True
+    """A layer's loss at a rank: ``-log kept`` when true, else ``1 - kept`` (``kept``: its spectral energy kept)."""
+
+    def for_params(self, layers: list[_Layer], need: float) -> dict[str, _Option] | None:
+        """Choices that save at least ``need`` weight parameters."""
+        raise NotImplementedError
+
+    def for_flops(
+        self, layers: list[_Layer], need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        """Choices that save at least ``need_flops`` FLOPs (``params_total``, ``flops_total``: the model's totals)."""
+        raise NotImplementedError
+
+    def for_both(
+        self, layers: list[_Layer], need: float, need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        """Choices that save at least ``need`` weight parameters and ``need_flops`` FLOPs."""
+        raise NotImplementedError
+
+    def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
+        """The most the strategy can save, in units of ``key`` (parameters by default, or FLOPs)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+ALLOCATIONS: dict[str, Allocation] = {}
+"""The registered rank allocation strategies by name, in the order the documentation lists them."""
+
+
+def _registered(cls: type[Allocation]) -> type[Allocation]:
+    ALLOCATIONS[cls.name] = cls()
+    return cls
+
+
+def get_allocation(name: str) -> Allocation:
+    """The registered :class:`Allocation` called ``name``; ``ValueError`` (one line) naming the choices otherwise."""
+    if not isinstance(name, str) or name not in ALLOCATIONS:
+        raise ConfigError(f"unknown allocation {name!r}; choose one of {', '.join(map(repr, ALLOCATIONS))}")
+    return ALLOCATIONS[name]
+
+
+@_registered
+class GlobalAllocation(Allocation):
+    """``"global"``: all ranks chosen jointly to minimise ``sum_l -log kept_l``, greedily along the layers' hulls."""
+
+    name: ClassVar[str] = "global"
+
+    def for_params(self, layers: list[_Layer], need: float) -> dict[str, _Option] | None:
+        return _allocate_global(layers, need)
+
+    def for_flops(
+        self, layers: list[_Layer], need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        # the least-loss of the greedy walks by FLOPs (t = 1), by parameters (t = 0: the parameter-rate plan that
+        # first reaches the budget) and their mixes: never worse than a parameter rate of equal FLOPs
+        return _allocate_both(layers, -math.inf, need_flops, params_total, flops_total)
+
+    def for_both(
+        self, layers: list[_Layer], need: float, need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        return _allocate_both(layers, need, need_flops, params_total, flops_total)
+
+    def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
+        return sum(max(key(o) for o in lay.options) for lay in layers)
+
+
+@_registered
+class GlobalLinearAllocation(GlobalAllocation):
+    """``"global-linear"``: the greedy of ``"global"`` with the loss ``sum_l (1 - kept_l)``."""
+
+    name: ClassVar[str] = "global-linear"
+    log_loss: ClassVar[bool] = False
+
+
+class SharedFractionAllocation(Allocation):
+    """A strategy with one parameter that every layer shares (a fraction of its rank or of its energy).
+
+    :meth:`choose` gives a layer's option at a value of that parameter; the budgets move it until they hold.
+    """
+
+    def choose(self, lay: _Layer, fraction: float) -> _Option:
+        """``lay``'s option at the shared ``fraction`` (0: the most saving)."""
+        raise NotImplementedError
+
+    def for_params(self, layers: list[_Layer], need: float) -> dict[str, _Option] | None:
+        return _allocate_by(layers, need, self.choose)
+
+    def for_flops(
+        self, layers: list[_Layer], need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        return _allocate_by(layers, -math.inf, self.choose, need_flops, _flops_key)
+
+    def for_both(
+        self, layers: list[_Layer], need: float, need_flops: float, params_total: int, flops_total: int
+    ) -> dict[str, _Option] | None:
+        return _allocate_by(layers, need, self.choose, need_flops, _mixed_key(0.5, params_total, flops_total))
+
+    def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
+        return sum(key(self.choose(lay, 0.0)) for lay in layers)
+
+
+@_registered
+class UniformAllocation(SharedFractionAllocation):
+    """``"uniform"``: the same fraction of the full rank in every layer."""
+
+    name: ClassVar[str] = "uniform"
+
+    def choose(self, lay: _Layer, fraction: float) -> _Option:
+        main = "channel" if "channel" in lay.decs else next(iter(lay.decs))
+        opt = lay.option(main, lay.snap(main, round(fraction * lay.decs[main].full_rank), up=False))
+        return lay.best_with_saving(opt.saving) if len(lay.decs) > 1 and opt.scheme else opt
+
+
+@_registered
+class EnergyAllocation(SharedFractionAllocation):
+    """``"energy"``: the same fraction of spectral energy in every layer."""
+
+    name: ClassVar[str] = "energy"
+
+    def choose(self, lay: _Layer, fraction: float) -> _Option:
+        opts = []
+        for s, kept in lay.kept.items():
+            opts.append(lay.option(s, lay.snap(s, bisect.bisect_left(kept, fraction) + 1, up=True)))
+        return max(opts, key=lambda o: (o.saving, -o.loss))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+def requested_rate(rate: float | None, flops: float | None, ranks: Mapping[str, int] | None) -> float | None:
+    """The parameter rate a call asks for: ``rate`` as given, or :data:`DEFAULT_RATE` when no budget is given at
+    all (``rate`` and ``flops`` ``None`` and no explicit ``ranks``)."""
+    if rate is None and flops is None and not ranks:
+        return DEFAULT_RATE
+    return rate
+
+
+def _check_args(rate, allocation: str, scheme: str, flops, rank_multiple) -> Allocation:
+    """Check the arguments that need no model; the :class:`Allocation` named ``allocation``."""
+    if rate is not None:
+        check_rate(rate)
+    if flops is not None:
+        check_flops(flops)
+    strategy = get_allocation(allocation)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
+    if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
+        raise ConfigError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
+    return strategy
+
+
+def _check_ranks(ranks: Mapping[str, int], by_name: Mapping[str, _Layer], notes: Mapping[str, str]) -> None:
+    """Every layer named by ``ranks`` is eligible."""
+    for name in ranks:
+        if name not in by_name:
+            why = f" ({notes[name]})" if name in notes else ""
+            shown = ", ".join(list(by_name)[:8]) + (", ..." if len(by_name) > 8 else "")
+            raise ConfigError(f"ranks names {name!r}, which is not an eligible layer{why}; eligible: {shown}")
 
 
 def _pinned_option(lay: _Layer, rank: int, scheme: str) -> _Option:
@@ -556,6 +706,136 @@ def _pinned_option(lay: _Layer, rank: int, scheme: str) -> _Option:
     check_rank(rank, lay.decs[main].full_rank, lay.name)
     opt = lay.option(main, rank)
     return lay.best_with_saving(opt.saving) if scheme == "auto" and opt.scheme else opt
+
+
+def _flops_need(
+    flops: float | None,
+    flops_total: int | None,
+    pinned: Mapping[str, _Option],
+    free: list[_Layer],
+    strategy: Allocation,
+    scheme: str,
+    rank_multiple: int,
+    skipped: int,
+) -> float:
+    """The FLOPs the free layers must save (``-inf`` without a FLOPs budget); ``RateUnreachable`` if they cannot."""
+    if flops is None:
+        return -math.inf
+    pinned_flops = sum(o.flops_saving for o in pinned.values())
+    kept = math.floor(flops * flops_total)
+    need_flops = flops_total - kept - pinned_flops
+    best = flops_total - pinned_flops - strategy.max_saving(free, _flops_key)  # least FLOPs reachable
+    if need_flops > 0 and best > kept:
+        raise RateUnreachable(
+            f"flops {flops} is out of reach: with allocation={strategy.name!r}, scheme={scheme!r} and "
+            f"rank_multiple={rank_multiple} the eligible layers keep at least {best / flops_total:.4f} of the "
+            f"FLOPs (every layer at its cheapest rank; {skipped} weight layers skipped or excluded). Ask for "
+            f"flops of at least {math.ceil(best / flops_total * 1000) / 1000:.3f}."
+        )
+    return need_flops
+
+
+def _params_need(
+    rate: float | None,
+    total: int,
+    pinned: Mapping[str, _Option],
+    free: list[_Layer],
+    strategy: Allocation,
+    scheme: str,
+    skipped: int,
+) -> float:
+    """The parameters the free layers must save (``-inf`` without a rate); ``RateUnreachable`` if they cannot."""
+    if rate is None:
+        return -math.inf
+    target = math.ceil(rate * total)
+    pinned_saving = sum(o.saving for o in pinned.values())
+    if pinned_saving > target + _RATE_TOLERANCE * total:
+        raise ConfigError(
+            f"the explicit ranks alone remove {pinned_saving / total:.4f} of the parameters, more than the "
+            f"requested rate {rate}; raise the rate or pass rate=None to apply only the explicit ranks"
+        )
+    need = target - pinned_saving
+    reachable = pinned_saving + strategy.max_saving(free)
+    if need > 0 and reachable < target:
+        raise RateUnreachable(
+            f"rate {rate} is out of reach: with allocation={strategy.name!r} and scheme={scheme!r} the eligible "
+            f"layers can remove at most {reachable / total:.4f} of the parameters (every layer at rank 1; "
+            f"{skipped} weight layers skipped or excluded). Ask for a rate of at most "
+            f"{math.floor(reachable / total * 1000) / 1000:.3f}."
+        )
+    return need
+
+
+def _allocate(
+    strategy: Allocation,
+    free: list[_Layer],
+    need: float,
+    need_flops: float,
+    rate: float | None,
+    flops: float | None,
+    totals: tuple[int, int | None],
+    scheme: str,
+) -> dict[str, _Option]:
+    """The free layers' choices that save ``need`` parameters and ``need_flops`` FLOPs (``-inf``: no such budget):
+    the strategy's, or dense when only explicit ranks were asked for."""
+    total, flops_total = totals
+    if rate is None and flops is None:
+        return {lay.name: lay.options[0] for lay in free}
+    if rate is None:
+        return strategy.for_flops(free, need_flops, total, flops_total)
+    if flops is None:
+        return strategy.for_params(free, need)
+    both = strategy.for_both(free, need, need_flops, total, flops_total)
+    if both is None:
+        raise RateUnreachable(
+            f"rate {rate} and flops {flops} together are out of reach with allocation={strategy.name!r} and "
+            f"scheme={scheme!r} (each alone is reachable); relax one of them"
+        )
+    return both
+
+
+def _warn_coarse(
+    choice: Mapping[str, _Option],
+    rate: float | None,
+    flops: float | None,
+    totals: tuple[int, int | None],
+    need_flops: float,
+    allocation: str,
+) -> int | None:
+    """Warn when the rank steps kept the result far from the request; the FLOPs after (``None``: not counted)."""
+    total, flops_total = totals
+    saved = sum(o.saving for o in choice.values())
+    if rate is not None and flops is None and abs(saved / total - rate) > _RATE_TOLERANCE:
+        warnings.warn(
+            f"achieved rate {saved / total:.4f} is more than {_RATE_TOLERANCE} away from the requested {rate} "
+            f"(allocation={allocation!r}): the rank steps of this model's layers are coarse",
+            stacklevel=4,
+        )
+    if flops_total is None:
+        return None
+    flops_after = flops_total - sum(o.flops_saving for o in choice.values())
+    coarse = need_flops > 0 and flops - flops_after / flops_total > _RATE_TOLERANCE  # not the explicit ranks
+    if rate is None and flops is not None and coarse:
+        warnings.warn(
+            f"achieved FLOPs fraction {flops_after / flops_total:.4f} is more than {_RATE_TOLERANCE} below the "
+            f"budget {flops} (allocation={allocation!r}): the rank steps of this model's layers are coarse",
+            stacklevel=4,
+        )
+    return flops_after
+
+
+def _layer_plans(layers: list[_Layer], choice: Mapping[str, _Option]) -> dict[str, LayerPlan]:
+    """The :class:`LayerPlan` of every eligible layer under ``choice``."""
+    plans = {}
+    for lay in layers:
+        o = choice[lay.name]
+        full = lay.decs[o.scheme or next(iter(lay.decs))].full_rank
+        energy = lay.kept[o.scheme][o.rank - 1] if o.scheme else 1.0
+        fb = lay.flops.dense if lay.flops is not None else None
+        plans[lay.name] = LayerPlan(
+            lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o)
+        )
+    return plans
 
 
 def build_plan(
@@ -574,121 +854,33 @@ def build_plan(
 ) -> tuple[Plan, list[_Layer], dict[str, _Option]]:
     """The :class:`Plan` of :func:`plan_compression` (same arguments), with the eligible layers and the options
     it chose among, which :func:`smoothcompress.compress` factorizes."""
-    if rate is DEFAULT_RATE and flops is not None:
-        rate = None
-    _check_args(rate, allocation, scheme, flops)
+    rate = requested_rate(rate, flops, ranks)
+    strategy = _check_args(rate, allocation, scheme, flops, rank_multiple)
     model = unwrap(model)
-    if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
-        raise ConfigError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
     ranks = dict(ranks or {})
-    if rate is None and flops is None and not ranks:
-        raise ConfigError(
-            "pass a rate (fraction of parameters to remove), flops (fraction of FLOPs to keep) or explicit ranks"
-        )
     ex = _flops_example(model, input_shape, flops, example)
-    log_loss = allocation != "global-linear"
     layers, notes, bn_pairs, bn_note, flops_total = _analyse(
-        model, scheme, exclude, bn_aware, log_loss, rank_multiple, calibration, ex
+        model, scheme, exclude, bn_aware, strategy.log_loss, rank_multiple, calibration, ex
     )
     by_name = {lay.name: lay for lay in layers}
-    for name in ranks:
-        if name not in by_name:
-            why = f" ({notes[name]})" if name in notes else ""
-            shown = ", ".join(list(by_name)[:8]) + (", ..." if len(by_name) > 8 else "")
-            raise ConfigError(f"ranks names {name!r}, which is not an eligible layer{why}; eligible: {shown}")
+    _check_ranks(ranks, by_name, notes)
     total = count_params(model)
     choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
-    pinned_saving = sum(o.saving for o in choice.values())
     free = [lay for lay in layers if lay.name not in ranks]
-    need_flops = -math.inf
-    if flops is not None:
-        pinned_flops = sum(o.flops_saving for o in choice.values())
-        need_flops = flops_total - math.floor(flops * flops_total) - pinned_flops
-        best = flops_total - pinned_flops - _max_saving(free, allocation, _flops_key)  # least FLOPs reachable
-        if need_flops > 0 and best > math.floor(flops * flops_total):
-            raise RateUnreachable(
-                f"flops {flops} is out of reach: with allocation={allocation!r}, scheme={scheme!r} and "
-                f"rank_multiple={rank_multiple} the eligible layers keep at least {best / flops_total:.4f} of the "
-                f"FLOPs (every layer at its cheapest rank; {len(notes)} weight layers skipped or excluded). Ask for "
-                f"flops of at least {math.ceil(best / flops_total * 1000) / 1000:.3f}."
-            )
-    if rate is None and flops is None:
-        choice.update({lay.name: lay.options[0] for lay in free})
-    elif rate is None:
-        if allocation in ("global", "global-linear"):
-            # the least-loss of the greedy walks by FLOPs (t = 1), by parameters (t = 0: the parameter-rate plan
-            # that first reaches the budget) and their mixes: never worse than a parameter rate of equal FLOPs
-            choice.update(_allocate_both(free, -math.inf, need_flops, total, flops_total))
-        else:
-            rule = _uniform_choice if allocation == "uniform" else _energy_choice
-            choice.update(_allocate_by(free, -math.inf, rule, need_flops, _flops_key))
-    else:
-        target = math.ceil(rate * total)
-        if pinned_saving > target + _RATE_TOLERANCE * total:
-            raise ConfigError(
-                f"the explicit ranks alone remove {pinned_saving / total:.4f} of the parameters, more than the "
-                f"requested rate {rate}; raise the rate or pass rate=None to apply only the explicit ranks"
-            )
-        need = target - pinned_saving
-        reachable = pinned_saving + _max_saving(free, allocation)
-        if need > 0 and reachable < target:
-            raise RateUnreachable(
-                f"rate {rate} is out of reach: with allocation={allocation!r} and scheme={scheme!r} the eligible "
-                f"layers can remove at most {reachable / total:.4f} of the parameters (every layer at rank 1; "
-                f"{len(notes)} weight layers skipped or excluded). Ask for a rate of at most "
-                f"{math.floor(reachable / total * 1000) / 1000:.3f}."
-            )
-        if flops is not None:
-            if allocation in ("global", "global-linear"):
-                both = _allocate_both(free, need, need_flops, total, flops_total)
-            else:
-                rule = _uniform_choice if allocation == "uniform" else _energy_choice
-                both = _allocate_by(free, need, rule, need_flops, _mixed_key(0.5, total, flops_total))
-            if both is None:
-                raise RateUnreachable(
-                    f"rate {rate} and flops {flops} together are out of reach with allocation={allocation!r} and "
-                    f"scheme={scheme!r} (each alone is reachable); relax one of them"
-                )
-            choice.update(both)
-        elif allocation in ("global", "global-linear"):
-            choice.update(_allocate_global(free, need))
-        else:
-            rule = _uniform_choice if allocation == "uniform" else _energy_choice
-            choice.update(_allocate_by(free, need, rule))
+    need_flops = _flops_need(flops, flops_total, choice, free, strategy, scheme, rank_multiple, len(notes))
+    need = _params_need(rate, total, choice, free, strategy, scheme, len(notes))
+    choice.update(_allocate(strategy, free, need, need_flops, rate, flops, (total, flops_total), scheme))
+    flops_after = _warn_coarse(choice, rate, flops, (total, flops_total), need_flops, allocation)
     saved = sum(o.saving for o in choice.values())
-    if rate is not None and flops is None and abs(saved / total - rate) > _RATE_TOLERANCE:
-        warnings.warn(
-            f"achieved rate {saved / total:.4f} is more than {_RATE_TOLERANCE} away from the requested {rate} "
-            f"(allocation={allocation!r}): the rank steps of this model's layers are coarse",
-            stacklevel=3,
-        )
-    flops_after = None
-    if flops_total is not None:
-        flops_after = flops_total - sum(o.flops_saving for o in choice.values())
-        coarse = need_flops > 0 and flops - flops_after / flops_total > _RATE_TOLERANCE  # not the explicit ranks
-        if rate is None and flops is not None and coarse:
-            warnings.warn(
-                f"achieved FLOPs fraction {flops_after / flops_total:.4f} is more than {_RATE_TOLERANCE} below the "
-                f"budget {flops} (allocation={allocation!r}): the rank steps of this model's layers are coarse",
-                stacklevel=3,
-            )
-    plans = {}
-    for lay in layers:
-        o = choice[lay.name]
-        full = lay.decs[o.scheme or next(iter(lay.decs))].full_rank
-        energy = lay.kept[o.scheme][o.rank - 1] if o.scheme else 1.0
-        fb = lay.flops.dense if lay.flops is not None else None
-        plans[lay.name] = LayerPlan(
-            lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o)
-        )
     shape = ex.shape if ex is not None else None
+    plans = _layer_plans(layers, choice)
     plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape)
     return plan, layers, choice
 
 
 def plan_compression(
     model: nn.Module,
-    rate: float | None = DEFAULT_RATE,
+    rate: float | None = None,
     allocation: str = "global",
     scheme: str = "channel",
     *,
@@ -733,7 +925,7 @@ def plan_compression(
 
 def plan_ranks(
     model: nn.Module,
-    rate: float | None = DEFAULT_RATE,
+    rate: float | None = None,
     allocation: str = "global",
     scheme: str = "channel",
     **kwargs,

@@ -74,17 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
     speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
-    notes = []
-    if args.lam is not None:  # the deprecated spelling of --weight
-        if args.weight is not None:
-            raise ConfigError("--lam is the deprecated name of --weight; give only --weight")
-        overrides["weight"] = args.lam
-        notes.append("--lam is deprecated and will be removed; use --weight")
-    with warnings.catch_warnings(record=True) as caught:  # e.g. `lam` in the --config file
-        warnings.simplefilter("always", DeprecationWarning)
-        config = TrainConfig.from_sources(args.config, **overrides)
-    for note in [*notes, *(str(w.message) for w in caught)] if speaks else []:
-        print(f"smoothcompress train: warning: {note}", file=sys.stderr)
+    config = TrainConfig.from_sources(args.config, **overrides)
     result = run(config)
     if speaks:
         split, acc = ("validation", result.val_acc) if result.val_acc is not None else ("test", result.test_acc)
@@ -341,7 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
     p.add_argument("--reg", choices=REG_KINDS, help="smoothness penalty")
     p.add_argument("--weight", type=float, metavar="W", help="penalty weight (on weight decay's scale)")
-    p.add_argument("--lam", type=float, metavar="W", help="deprecated name of --weight")
     p.add_argument("--seed", type=int, metavar="N", help="random seed")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument(

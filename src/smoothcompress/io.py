@@ -553,7 +553,7 @@ def _base_model(arch, path: Path) -> nn.Module:
 
 
 def _record(raw, path: Path) -> CompressionRecord | None:
-    """The file's compression record; files written before the record was typed hold a plain dict."""
+    """The file's compression record (``None`` for a dense model); anything else is a :class:`CheckpointError`."""
     if raw is None:
         return None
     try:

@@ -16,10 +16,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from smoothcompress.accounting import LayerTable, layer_report, measure_latency
-from smoothcompress.allocation import (
-    DEFAULT_RATE,
-    build_plan,
-)
+from smoothcompress.allocation import build_plan, requested_rate
 from smoothcompress.factorized import (
     FactorizedConv2d,
     FactorizedLinear,
@@ -38,7 +35,7 @@ __all__ = ["compress", "compress_report"]
 
 def compress(
     model: nn.Module,
-    rate: float | None = DEFAULT_RATE,
+    rate: float | None = None,
     allocation: str = "global",
     scheme: str = "channel",
     *,
@@ -69,8 +66,10 @@ def compress(
     rate : float or None
         Fraction of ALL parameters to remove (BatchNorm and biases included), in [0, 1); 0.7 means 70% fewer
         parameters. The achieved rate is at least ``rate`` and overshoots it by about one rank step of one layer.
-        ``None``: apply only the explicit ``ranks`` (and ``flops``). Defaults to 0.7 without ``flops`` and to
-        ``None`` with it; pass both to have both budgets met.
+        ``None``: no parameter budget; only ``flops`` and the explicit ``ranks`` apply. When no budget is given at
+        all (``rate`` and ``flops`` ``None``, no ``ranks``) the rate is 0.7
+        (:data:`~smoothcompress.allocation.DEFAULT_RATE`): ``compress(model)`` removes 70% of the parameters,
+        ``compress(model, flops=0.5)`` meets the FLOPs budget alone and ``compress(model, 0.7, flops=0.5)`` both.
     allocation : {"global", "global-linear", "uniform", "energy"}
         How ranks are chosen, see :mod:`smoothcompress.allocation`.
     scheme : {"channel", "spatial", "auto"}
@@ -137,6 +136,7 @@ def compress(
         (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction).
     """
     model = unwrap(model)
+    rate = requested_rate(rate, flops, ranks)
     plan, layers, choice = build_plan(
         model,
         rate,
@@ -151,8 +151,6 @@ def compress(
         input_shape,
         example,
     )
-    if rate is DEFAULT_RATE and flops is not None:
-        rate = None
     out = model if inplace else copy.deepcopy(model)
     for lay in layers:
         opt, decs, dense = choice[lay.name], lay.decs, lay.module

@@ -268,7 +268,7 @@ class SVD(Method):
     name: ClassVar[str] = "svd"
     family: ClassVar[str] = "low-rank"
 
-    allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", ALLOCATIONS)
+    allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", tuple(ALLOCATIONS))
     scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", SCHEMES)
     bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
     rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")

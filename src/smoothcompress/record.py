@@ -3,9 +3,9 @@
 Every compressed or pruned copy carries one as ``model.sc_compression`` (:data:`COMPRESSION_ATTR`): the method
 and its options, the requested and achieved rate, the parameter counts before and after, and method-specific
 details. :func:`smoothcompress.lowrank.compress` and :func:`smoothcompress.pruning.prune` set it,
-:func:`smoothcompress.save` writes it and :func:`smoothcompress.load` reads it back (files written before the record
-was typed hold a plain dict, which is converted). The record knows nothing of the method registry
-(:mod:`smoothcompress.methods`) beyond the row label each registered method declares (:func:`register_label`).
+:func:`smoothcompress.save` writes it and :func:`smoothcompress.load` reads it back. The record knows nothing of the
+method registry (:mod:`smoothcompress.methods`) beyond the row label each registered method declares
+(:func:`register_label`).
 """
 
 from __future__ import annotations
@@ -72,37 +72,19 @@ class CompressionRecord:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CompressionRecord:
-        """Inverse of :meth:`to_dict`; also reads the flat dict that ``compress`` wrote before records were typed.
-
-        Raises ``ValueError`` for anything else.
-        """
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` (one line) for anything else."""
         if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), str):
             raise ValueError(f"a compression record is a JSON object with a 'method' name, got {raw!r}")
-        if "options" not in raw and "rate_requested" not in raw:
-            return cls._from_flat(raw)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"compression record has unknown key(s) {', '.join(unknown)}")
         return cls(**{k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()})
 
-    @classmethod
-    def _from_flat(cls, raw: Mapping[str, Any]) -> CompressionRecord:
-        """The record of files written before the typed record: one flat dict of ``compress``'s arguments."""
-        option_keys = ("allocation", "scheme", "bn_aware", "rank_multiple")
-        detail_keys = ("ranks", "bn_pairs", "bn_note")
-        return cls(
-            method=raw["method"],
-            options={k: raw[k] for k in option_keys if k in raw},
-            rate_requested=raw.get("rate"),
-            rate_achieved=raw.get("achieved_rate"),
-            notes=dict(raw.get("notes") or {}),
-            details={k: raw[k] for k in detail_keys if k in raw},
-        )
-
 
 def compression_record(model: nn.Module) -> CompressionRecord | None:
-    """The :class:`CompressionRecord` a model carries (a plain dict set by older code is converted), or ``None``."""
+    """The :class:`CompressionRecord` a model carries (a plain dict is read by :meth:`CompressionRecord.from_dict`),
+    or ``None``."""
     record = getattr(model, COMPRESSION_ATTR, None)
     if record is None or isinstance(record, CompressionRecord):
         return record

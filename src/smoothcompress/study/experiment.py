@@ -21,7 +21,7 @@ A sweep is described by a TOML file (see ``configs/``)::
     calibration_images = 2048              # training images for the methods that use data (default 2048)
 
 A ``methods`` entry names a registered compression method and sets its options (see
-:mod:`smoothcompress.methods`); ``weight`` was once spelled ``lam``, which is still read, with a warning. Methods
+:mod:`smoothcompress.methods`). Methods
 that use data (``svd+bn``, ``svd-data``, ``svd-data+bn``, ``magnitude+bn``, ``filter+bn``) draw
 ``calibration_images`` images from the training split (never the validation or test split; forward passes only,
 no gradient step); a data-aware run's calibration is computed once and reused at every rate, and their rows
@@ -61,7 +61,6 @@ import json
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -183,10 +182,10 @@ class SweepConfig:
             variants.append(tuple(sorted(v.items())))
         runs: list[RunSpec] = []
         for entry in grid.get("regularizers", [{"kind": "none"}]):
-            _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "lam", "seeds", *PENALTY_OPTIONS})
+            _check_keys("[grid] regularizers entry", entry, {"kind", "weight", "seeds", *PENALTY_OPTIONS})
             if "kind" not in entry:
                 raise ConfigError(f"regularizer entry {entry} has no 'kind'")
-            weights = _grid_weights(entry)
+            weights = entry.get("weight", 0.0)
             options = tuple(
                 (k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in PENALTY_OPTIONS
             )
@@ -301,18 +300,6 @@ def results_files(folder: str | os.PathLike) -> list[Path]:
             shards.append(((int(m[2]), int(m[1])), sub / "results.jsonl"))
     own = [folder / "results.jsonl"] if (folder / "results.jsonl").is_file() else []
     return own + [path for _, path in sorted(shards)]
-
-
-def _grid_weights(entry: dict) -> float | list:
-    """The penalty weight(s) of a ``[grid] regularizers`` entry; the old spelling ``lam`` is read with a warning."""
-    if "lam" not in entry:
-        return entry.get("weight", 0.0)
-    if "weight" in entry:
-        raise ConfigError(f"regularizer entry {entry} gives both 'weight' and its old name 'lam'; keep 'weight'")
-    warnings.warn(
-        "[grid] regularizers: 'lam' is deprecated, write 'weight' (same meaning)", DeprecationWarning, stacklevel=4
-    )
-    return entry["lam"]
 
 
 def _method(entry: dict) -> Method:

@@ -4,7 +4,7 @@ A checkpoint (``OUT/checkpoint.pt``, format ``smoothcompress.checkpoint/1``) is 
 completed), ``model``, ``optimizer``, ``scheduler`` and ``regularizer`` state dicts, ``rng`` (every global RNG
 state), ``config`` (the run's :class:`~smoothcompress.study.training.TrainConfig` as a plain dict) and ``history`` (the
 metrics rows so far). :func:`check_same_settings` guards a resume (or a reuse of a finished run) against changed
-settings; it also reads the configs stored by older versions (``lam`` for ``weight``).
+settings, and refuses a stored config with a key this version does not know.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from smoothcompress.errors import ConfigError
 from smoothcompress.files import atomic_file
 from smoothcompress.io import CheckpointError
-from smoothcompress.study.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule, rename_deprecated
+from smoothcompress.study.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "check_same_settings"]
 
@@ -67,21 +67,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     required = {"epoch", "model", "optimizer", "scheduler", "rng", "config", "history"}
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or required - set(state):
         raise CheckpointError(f"{path} is not a smoothcompress training checkpoint ({CHECKPOINT_FORMAT})")
-    if isinstance(state["config"], dict):
-        state["config"] = rename_deprecated(state["config"], warn=False)  # written before lam became weight
     return state
 
 
 def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | os.PathLike) -> None:
     """Raise ``ValueError`` naming every training setting (runtime keys aside) where ``config`` differs from ``saved``.
 
-    ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``), in this version's
-    keys or an older version's; continuing or reusing that run under other settings would silently mix two
-    experiments. A key the saved config lacks (a setting added since) counts as its default: that run was trained
-    the default's way. Penalty schedules compare as trained (``training.config.effective_schedule``).
+    ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``); a key this version
+    does not know raises the one-line unknown-key error. Continuing or reusing that run under other settings would
+    silently mix two experiments. A key the saved config lacks (a setting added since) counts as its default: that
+    run was trained the default's way. Penalty schedules compare as trained (``training.config.effective_schedule``).
     """
-    saved = rename_deprecated(saved, warn=False)  # configs stored before the rename of lam to weight
     defaults = TrainConfig().to_dict()
+    unknown = sorted(set(saved) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown config key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(defaults))}"
+        )
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     saved |= effective_schedule(saved)  # compare the schedules trained with, not how they were spelled
     now = config.to_dict() | effective_schedule(config)

@@ -4,22 +4,17 @@ A config is built from defaults, then a flat TOML file of ``key = value`` lines,
 (command-line flags) (:meth:`TrainConfig.from_sources`); every value is type-checked (ints are accepted for floats,
 lists for tuples) and validated, and a bad key or value raises ``ValueError`` naming it.
 
-The penalty strength is ``weight`` (as in :class:`~smoothcompress.Smoothness`). Its old name ``lam`` is still
-accepted, for one release, wherever a config is built (``TrainConfig(lam=...)``, :meth:`TrainConfig.from_dict`,
-TOML files, ``--lam``) with a ``DeprecationWarning``; configs stored by older versions (checkpoints, ``config.toml``)
-load unchanged.
+The penalty strength is ``weight`` (as in :class:`~smoothcompress.Smoothness`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import sys
 import types
 import typing
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +42,6 @@ __all__ = [
     "NUCLEAR_SCHEDULE",
     "effective_schedule",
     "make_regularizer",
-    "rename_deprecated",
 ]
 
 SCHEDULES = ("onecycle", "cosine")
@@ -55,29 +49,6 @@ REG_KINDS = ("none", "nuclear", "first", "second")
 DEVICES = ("cpu", "cuda", "auto")
 RUNTIME_KEYS = frozenset({"resume", "out", "data", "device", "bf16", "channels_last", "compile"})
 """Settings that may change between a run and its resume: where and how fast it runs, not what it computes."""
-
-DEPRECATED_KEYS = {"lam": "weight"}
-"""Old config key -> its current name; the old one is accepted with a ``DeprecationWarning``."""
-
-
-def rename_deprecated(values: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
-    """``values`` with every deprecated key (``lam``) renamed to its current name (``weight``).
-
-    Warns (``DeprecationWarning``) for each old key when ``warn``; raises ``ValueError`` when a mapping holds both
-    the old and the new name of one setting.
-    """
-    out = dict(values)
-    for old, new in DEPRECATED_KEYS.items():
-        if old not in out:
-            continue
-        if new in out:
-            raise ConfigError(f"config keys {old!r} and {new!r} name the same setting; give only {new!r}")
-        if warn:
-            warnings.warn(
-                f"config key {old!r} is deprecated and will be removed; use {new!r}", DeprecationWarning, stacklevel=3
-            )
-        out[new] = out.pop(old)
-    return out
 
 
 @dataclass(frozen=True)
@@ -142,8 +113,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping; unknown keys raise ``ValueError`` naming them. ``lam`` is read as ``weight``."""
-        values = rename_deprecated(values)
+        """Build from a mapping; unknown keys raise ``ValueError`` naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -166,8 +136,8 @@ class TrainConfig:
         **overrides
             Config keys. ``None`` values are ignored, so a CLI can pass every flag with ``None`` for "not given".
         """
-        values = rename_deprecated(read_toml(toml_path)) if toml_path is not None else {}
-        values.update(rename_deprecated({k: v for k, v in overrides.items() if v is not None}))
+        values = read_toml(toml_path) if toml_path is not None else {}
+        values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,12 +152,6 @@ class TrainConfig:
         with atomic_file(path) as f:
             f.write(text.encode())
         return Path(path)
-
-    @property
-    def lam(self) -> float:
-        """Deprecated name of :attr:`weight`."""
-        warnings.warn("TrainConfig.lam is deprecated; use TrainConfig.weight", DeprecationWarning, stacklevel=2)
-        return self.weight
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -304,18 +268,3 @@ def _validate(c: TrainConfig) -> None:
     make_regularizer(c)  # the penalty's own checks (axes, p, every, refresh, polar, target rate), one message each
     need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")
-
-
-def _accept_deprecated_keywords(init):
-    """Wrap the dataclass ``__init__`` so that ``TrainConfig(lam=...)`` still works (see :func:`rename_deprecated`)."""
-
-    @functools.wraps(init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if any(old in kwargs for old in DEPRECATED_KEYS):
-            kwargs = rename_deprecated(kwargs)
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
-TrainConfig.__init__ = _accept_deprecated_keywords(TrainConfig.__init__)
