@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for the timing (2: the target's machine)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--timing-only", action="store_true", help="only the timing of svd-seq, not the comparison")
+    p.add_argument("--no-timing", action="store_true", help="only the comparison (e.g. while other jobs share the CPU)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), help="methods compared (default: all)")
+    p.add_argument("--rates", nargs="+", type=float, default=list(RATES), help="rates compared (default: 0.7 0.8 0.9)")
     args = p.parse_args()
     ds = load_dataset("cifar10", args.data)
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -72,15 +75,15 @@ def main() -> None:
         config = TrainConfig.from_toml(run / "config.toml")
         model = sc.load(run / "model.safetensors").eval()
         name = run.name
-        if not any(t["run"] == name for t in timing):
+        if not args.no_timing and not any(t["run"] == name for t in timing):
             timing.append({"run": name, **_timed(model, ds, args.threads)})
             save()
             print(f"{name}: svd-seq at {TIMED_RATE:.0%} in {timing[-1]['seconds']:.1f} s on {args.threads} threads")
         if args.timing_only:
             continue
         dense = evaluate(model, ds)
-        for rate in RATES:
-            for method in METHODS:
+        for rate in args.rates:
+            for method in args.methods:
                 if (name, method, rate) in done:
                     continue
                 start = time.perf_counter()
