@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), help="methods compared (default: all)")
     p.add_argument("--rates", nargs="+", type=float, default=list(RATES), help="rates compared (default: 0.7 0.8 0.9)")
     args = p.parse_args()
-    ds = load_dataset("cifar10", args.data)
+    ds = load_dataset(args.data)  # the ImageFolder copy (a .tar.gz or a folder)
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows, timing = old.get("rows", []), old.get("timing", [])
     done = {(r["run"], r["method"], r["rate"]) for r in rows}
