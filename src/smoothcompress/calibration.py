@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import CALIBRATION_IMAGES, ExampleInput, as_batch
 from smoothcompress.layers import is_linear, layer_weight
 
@@ -200,7 +200,7 @@ def run_batch(model: nn.Module, batch: Batch) -> object:
     try:
         return call.run(model)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"calibration inputs {call.describe()} do not fit the model: {first}") from e
 
 

@@ -10,7 +10,7 @@ its traceback. The specific classes live beside the code that raises them and de
 
 from __future__ import annotations
 
-__all__ = ["SmoothcompressError", "ConfigError", "FileContentError"]
+__all__ = ["SmoothcompressError", "ConfigError", "FileContentError", "first_line"]
 
 
 class SmoothcompressError(ValueError):
@@ -25,3 +25,11 @@ class ConfigError(SmoothcompressError):
 class FileContentError(SmoothcompressError):
     """A file the user named is not what it should be: corrupt, truncated, or a file of another kind (a model
     file where results rows are expected, a pickle where a safetensors file is expected)."""
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type name when it has none:
+    what a one-line error quotes of the error behind it."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:limit] if limit is not None else line

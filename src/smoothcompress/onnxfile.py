@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import ExampleInput, as_example
 
 __all__ = ["HARMLESS_EXPORT_MESSAGES", "ONNX_SIZE_LIMIT", "export_float"]
@@ -151,7 +151,7 @@ def export_float(
             try:
                 ex.run(model)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e)
                 raise ConfigError(
                     f"{what} does not fit the model ({first}); pass the shape it takes, batch "
                     "included, e.g. (1, 3, 32, 32), or an example_input (int64 token ids, a tuple or dict of tensors)"

@@ -72,7 +72,7 @@ from smoothcompress.accounting import (
     layer_report,
     reshaped_modules,
 )
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import ExampleInput, as_example, first_tensor
 from smoothcompress.layers import is_linear, is_weight_layer, layer_weight, linear_spec, tied_weights
 from smoothcompress.record import COMPRESSION_ATTR, make_record
@@ -573,7 +573,7 @@ _UNPRUNABLE = (RuntimeError, AttributeError, TypeError, IndexError)
 
 
 def _unprunable(model: nn.Module, e: Exception) -> ConfigError:
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    first = first_line(e, 200)
     return ConfigError(
         f"filter pruning cannot narrow {type(model).__name__}: Torch-Pruning failed ({type(e).__name__}: {first}); "
         "attention layers and models with tuple outputs need magnitude pruning or compress instead"

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from smoothcompress.calibration import CalibrationData, calibration_batches, describe_source
+from smoothcompress.errors import first_line
 from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 from smoothcompress.inputs import as_batch
@@ -117,7 +118,7 @@ def _check_fits(model: nn.Module, x: torch.Tensor) -> None:
         with torch.no_grad():
             model(x[:2])
     except (RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ValueError(
             f"calibration inputs of shape {tuple(x.shape)} do not fit the model ({first}); pass inputs of its shape"
         ) from None

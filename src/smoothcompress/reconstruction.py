@@ -48,7 +48,7 @@ from smoothcompress.calibration import (
     input_dim,
     sample_patches,
 )
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.factorized import Factorized, FactorizedConv2d, factorize_weight
 from smoothcompress.inputs import ExampleInput, as_batch
 from smoothcompress.layers import layer_weight, linear_bias
@@ -385,7 +385,7 @@ def reconstruct(
             try:
                 order, calls = _forward_order(compressed, batches[0].head(2))
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e)
                 raise ConfigError(f"calibration inputs {batches[0].describe()} do not fit the model: {first}") from e
         bn_pairs, _ = trace_bn_pairs(reference)
         for name in factorized:

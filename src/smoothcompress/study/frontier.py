@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.extras import require
 from smoothcompress.methods import get_method
-from smoothcompress.study.plotstyle import COLORS, save_figure
+from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 from smoothcompress.study.summary import (
     BASELINE,
     Setting,
@@ -27,8 +26,6 @@ from smoothcompress.study.summary import (
     several_contexts,
     summarize,
 )
-
-Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
 __all__ = [
     "SELECT_RATES",

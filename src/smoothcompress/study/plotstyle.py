@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from smoothcompress.extras import require
 from smoothcompress.files import atomic_file
 
-__all__ = ["COLORS", "DPI", "save_figure"]
+__all__ = ["COLORS", "DPI", "Figure", "save_figure"]
+
+Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
 # Distinct colours for smooth settings or penalty kinds, in order; baselines are drawn black.
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.extras import require
 from smoothcompress.files import write_text
 from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.study.frontier import (
@@ -32,7 +31,7 @@ from smoothcompress.study.frontier import (
     select_weights,
     selection_lines,
 )
-from smoothcompress.study.plotstyle import COLORS, save_figure
+from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 from smoothcompress.study.references import against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, shards_note
 from smoothcompress.study.summary import (
@@ -45,8 +44,6 @@ from smoothcompress.study.summary import (
     summarize,
 )
 from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
-
-Figure = require("matplotlib.figure", "report").Figure  # one line naming the extra when it is missing
 
 __all__ = [
     "summarize",

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import check_input
 from smoothcompress.models import default_input_shape
 from smoothcompress.study.data import Dataset, Loader
@@ -173,7 +173,7 @@ def _check_fits(
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(
             f"the model cannot take the {_shape_text(shape[1:])} inputs of {source} ({first}); evaluate the model "
             "on the data it was trained for"
