@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.cli import cli_terms, main, user_error
@@ -56,11 +57,20 @@ def test_a_bug_keeps_its_traceback(model_file, monkeypatch):
         main(["export", model_file, "-o", "never.onnx"])
 
 
-def test_a_value_error_of_an_unconverted_module_is_a_user_error_by_origin_and_prefix():
-    with pytest.raises(ValueError) as info:
-        sc.get_method("svd", rank_multiple=0)
-    assert user_error(info.value).startswith("method 'svd': rank_multiple")
-    assert user_error(ValueError("method 'svd': raised elsewhere")) is None  # no traceback in a listed module
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sc.get_method("svd", rank_multiple=0),
+        lambda: sc.get_method("nope"),
+        lambda: sc.Smoothness("nope", 1e-3),
+        lambda: sc.penalty(torch.zeros(3), "first"),
+        lambda: sc.calibrate(nn.Linear(2, 2), [torch.zeros(1, 2)], images=0),
+    ],
+)
+def test_methods_penalties_and_calibration_raise_config_errors_on_user_input(call):
+    with pytest.raises(ConfigError) as info:
+        call()
+    assert user_error(info.value) == str(info.value)  # one line, status 2 on the command line
 
 
 @pytest.mark.parametrize(

@@ -140,9 +140,9 @@ def calibration_batches(
     """
     images, batch_size = int(images), int(batch_size)
     if images < 1:
-        raise ValueError(f"images must be at least 1, got {images}")
+        raise ConfigError(f"images must be at least 1, got {images}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(data, CalibrationSource):
         yield from data.calibration_batches(images, batch_size, seed=seed, augment=augment, device=device)
         return
@@ -156,7 +156,7 @@ def calibration_batches(
             yield data[start : min(start + batch_size, images)].to(device)
         return
     if not isinstance(data, Iterable):
-        raise ValueError(
+        raise ConfigError(
             f"calibration data must be a Dataset, a Loader, an iterable of batches or a tensor, got {data!r}"
         )
     given = 0
@@ -315,17 +315,17 @@ class Calibration:
         }
 
     def check(self, model: nn.Module, names: Iterable[str]) -> None:
-        """Raise a one-line ValueError unless every layer in ``names`` was calibrated on a layer of its shape."""
+        """Raise a one-line ConfigError unless every layer in ``names`` was calibrated on a layer of its shape."""
         modules = dict(model.named_modules())
         for name in names:
             shape = tuple(layer_weight(modules[name]).shape)
             if name not in self.shapes:
-                raise ValueError(
+                raise ConfigError(
                     f"the calibration has no layer {name!r}: it was made for another model; run calibrate() on "
                     "this model"
                 )
             if self.shapes[name] != shape:
-                raise ValueError(
+                raise ConfigError(
                     f"the calibration was made for another model: layer {name!r} had weight shape "
                     f"{self.shapes[name]}, this model's has {shape}; run calibrate() on this model"
                 )
@@ -442,14 +442,14 @@ def calibrate(
 
     Raises
     ------
-    ValueError
+    ConfigError
         Data that does not fit the model, or a layer name that is not a Conv2d/Linear of the model. A warning
         says which layers saw fewer input vectors than their input dimension (their moment is singular and
         :func:`smoothcompress.compress` damps it) and how many images would be needed.
     """
     start = time.perf_counter()
     if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
+        raise ConfigError(f"damping must be >= 0, got {damping}")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -460,9 +460,9 @@ def calibrate(
         names = list(layers)
         bad = [n for n in names if n not in modules or not _is_calibratable(modules[n])]
         if bad:
-            raise ValueError(f"not a Conv2d (groups=1) or Linear layer of the model: {', '.join(map(repr, bad))}")
+            raise ConfigError(f"not a Conv2d (groups=1) or Linear layer of the model: {', '.join(map(repr, bad))}")
     if not names:
-        raise ValueError("the model has no Conv2d or Linear layer to calibrate")
+        raise ConfigError("the model has no Conv2d or Linear layer to calibrate")
     gen = torch.Generator().manual_seed(int(seed) + 1)
     hooks = {}
     for n in names:
@@ -571,7 +571,7 @@ def recalibrate_bn(
 
     Raises
     ------
-    ValueError
+    ConfigError
         Data that does not fit the model; the statistics are then left as they were.
     """
     bns = _batchnorms(model)

@@ -6,9 +6,7 @@ takes any registered method of the command's family, and every option a method d
 User errors print one line, ``smoothcompress COMMAND: error: ...``, and exit with status 2: the project's errors
 (:class:`~smoothcompress.errors.SmoothcompressError`: bad arguments, missing or corrupt data and files, impossible
 rates, diverged training), argument-parsing errors, and a file named on the command line that cannot be opened
-(:data:`USER_OS_ERRORS`). A few ``ValueError`` errors of modules that do not raise the project's errors yet are user
-errors too, recognised by the module that raised them and the start of their message
-(:data:`LIBRARY_USER_ERRORS`). Any other exception is a bug and keeps its traceback; set
+(:data:`USER_OS_ERRORS`). Any other exception is a bug and keeps its traceback; set
 ``SMOOTHCOMPRESS_DEBUG=1`` for the traceback of a user error as well. Library warnings print as one line,
 ``smoothcompress COMMAND: warning: ...``, in the command line's terms (``--calibrate 128``, not ``images >= 128``).
 
@@ -26,7 +24,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
@@ -40,18 +37,10 @@ from smoothcompress.selection import ENTRY_HELP
 from smoothcompress.study.data import OFFICIAL
 from smoothcompress.study.training import DEVICES, REG_KINDS, TrainConfig, evaluate, load_dataset_for, run
 
-__all__ = ["main", "build_parser", "user_error", "cli_terms", "ParseError", "USER_OS_ERRORS", "LIBRARY_USER_ERRORS"]
+__all__ = ["main", "build_parser", "user_error", "cli_terms", "ParseError", "USER_OS_ERRORS"]
 
 USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 """Errors of opening a file the user named (or of an output folder another process holds): one line, status 2."""
-
-LIBRARY_USER_ERRORS = {
-    "smoothcompress.methods": ("method ",),  # an option out of range; a method that needs calibration data
-    "smoothcompress.calibration": ("images must be", "calibration inputs", "the calibration data gave no inputs"),
-    "smoothcompress.regularize": ("unknown penalty kind",),
-}
-"""``ValueError`` errors of the modules that do not raise the project's errors yet and that are user errors: the module
-that raised one, and the starts of the messages that make it a user error."""
 
 CLI_TERMS = (
     (re.compile(r"([Pp])ass images >= (\d+)"), r"\1ass --calibrate \2"),
@@ -451,28 +440,16 @@ def user_error(e: BaseException) -> str | None:
     """The one-line message of a user error, or ``None`` when ``e`` is a bug (which keeps its traceback).
 
     User errors: a :class:`~smoothcompress.errors.SmoothcompressError`, an error of opening a named file
-    (:data:`USER_OS_ERRORS`), and the ``ValueError`` errors listed in :data:`LIBRARY_USER_ERRORS`.
+    (:data:`USER_OS_ERRORS`).
     """
     if isinstance(e, SmoothcompressError):
         text = str(e)
     elif isinstance(e, USER_OS_ERRORS):
         name = e.filename if e.filename is not None else None
         text = f"{name}: {e.strerror.lower()}" if name is not None and e.strerror else str(e)
-    elif type(e) is ValueError and _raised_in_listed_module(e):
-        text = str(e)
     else:
         return None
     return " ".join(text.split()) or type(e).__name__
-
-
-def _raised_in_listed_module(e: ValueError) -> bool:
-    frames = traceback.extract_tb(e.__traceback__)
-    if not frames:
-        return False
-    module = Path(frames[-1].filename)
-    name = f"smoothcompress.{module.stem}" if module.parent.name == "smoothcompress" else ""
-    prefixes = LIBRARY_USER_ERRORS.get(name, ())
-    return bool(prefixes) and str(e).startswith(prefixes)
 
 
 def cli_terms(message: str) -> str:

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from smoothcompress.allocation import ALLOCATIONS, SCHEMES
+from smoothcompress.errors import ConfigError
 from smoothcompress.inputs import CALIBRATION_IMAGES
 from smoothcompress.record import COMPRESSION_ATTR, compression_record, register_label
 
@@ -108,11 +109,11 @@ class Method:
                 value = float(value)
                 object.__setattr__(self, f.name, value)
             if type(value) is not kind:
-                raise ValueError(
+                raise ConfigError(
                     f"method {self.name!r}: option {f.name} must be of type {kind.__name__}, got {value!r}"
                 )
             if choices and value not in choices:
-                raise ValueError(
+                raise ConfigError(
                     f"method {self.name!r}: {f.name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
                 )
 
@@ -151,7 +152,7 @@ class Method:
         :func:`smoothcompress.calibration.calibration_batches`) and the number of ``images`` to use; a data-aware
         method also takes a ready ``calibration`` of ``model`` (:func:`smoothcompress.calibrate`), so that one
         calibration serves every rate. Raises :class:`smoothcompress.accounting.RateUnreachable` for a rate out
-        of reach, and ValueError when data is needed but not given.
+        of reach, and ConfigError when data is needed but not given.
         """
         raise NotImplementedError
 
@@ -168,7 +169,7 @@ class Method:
 
     def _need_data(self, data: Any) -> Any:
         if data is None:
-            raise ValueError(
+            raise ConfigError(
                 f"method {self.name!r} needs calibration data (training images, forward passes only): pass data=..."
                 " (a Dataset, a Loader or a tensor of inputs), or --calibrate N with --data on the command line"
             )
@@ -205,20 +206,22 @@ _REGISTRY: dict[str, type[Method]] = {}
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: add a :class:`Method` subclass to the registry under its ``name``.
 
-    Raises ``ValueError`` for a duplicate or missing name, an unknown family, or a class that is not a frozen
+    Raises ``ConfigError`` for a duplicate or missing name, an unknown family, or a class that is not a frozen
     dataclass whose options all have defaults and descriptions (:func:`option`).
     """
     if not (isinstance(cls, type) and issubclass(cls, Method)) or not dataclasses.is_dataclass(cls):
-        raise ValueError(f"register_method takes a Method subclass decorated with @dataclass(frozen=True), got {cls!r}")
+        raise ConfigError(
+            f"register_method takes a Method subclass decorated with @dataclass(frozen=True), got {cls!r}"
+        )
     if not cls.name or cls.name == "dense":
-        raise ValueError(f"{cls.__name__} needs a class attribute `name` (not 'dense', which names dense rows)")
+        raise ConfigError(f"{cls.__name__} needs a class attribute `name` (not 'dense', which names dense rows)")
     if cls.name in _REGISTRY:
-        raise ValueError(f"method {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+        raise ConfigError(f"method {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
     if cls.family not in FAMILIES:
-        raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}, got {cls.family!r}")
+        raise ConfigError(f"{cls.__name__}.family must be one of {FAMILIES}, got {cls.family!r}")
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING or "doc" not in f.metadata:
-            raise ValueError(f"{cls.__name__}: option {f.name!r} must be declared with option(default, doc)")
+            raise ConfigError(f"{cls.__name__}: option {f.name!r} must be declared with option(default, doc)")
     _REGISTRY[cls.name] = cls
     register_label(cls.name, lambda options: get_method(cls.name, **options).label)
     return cls
@@ -227,31 +230,31 @@ def register_method(cls: type[Method]) -> type[Method]:
 def list_methods(family: str | None = None) -> tuple[str, ...]:
     """Names of the registered methods in registration order, optionally only those of one family."""
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
     return tuple(n for n, cls in _REGISTRY.items() if family is None or cls.family == family)
 
 
 def get_method(name: str, **options: Any) -> Method:
     """The registered method ``name`` with the given options, e.g. ``get_method("svd", scheme="spatial")``.
 
-    Raises ``ValueError`` naming the registered methods for an unknown name, and the method's options for an
+    Raises ``ConfigError`` naming the registered methods for an unknown name, and the method's options for an
     unknown option.
     """
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}")
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}")
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(known))
     if unknown:
         has = f"options {', '.join(known)}" if known else "no options"
-        raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; it has {has}")
+        raise ConfigError(f"method {name!r} has no option {', '.join(unknown)}; it has {has}")
     return cls(**options)
 
 
 def method_from_dict(entry: Mapping[str, Any]) -> Method:
     """A method from a config entry such as ``{"method": "svd", "allocation": "global", "scheme": "channel"}``."""
     if not isinstance(entry, Mapping) or "method" not in entry:
-        raise ValueError(f"a method entry needs a 'method' name, e.g. {{ method = \"svd\" }}; got {entry!r}")
+        raise ConfigError(f"a method entry needs a 'method' name, e.g. {{ method = \"svd\" }}; got {entry!r}")
     options = dict(entry)
     return get_method(options.pop("method"), **options)
 
@@ -276,7 +279,7 @@ class SVD(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank_multiple < 1:
-            raise ValueError(f"method 'svd': rank_multiple must be a positive int, got {self.rank_multiple}")
+            raise ConfigError(f"method 'svd': rank_multiple must be a positive int, got {self.rank_multiple}")
 
     @property
     def label(self) -> str:

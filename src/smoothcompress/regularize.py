@@ -93,6 +93,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from smoothcompress.errors import ConfigError
 from smoothcompress.layers import is_linear, linear_spec, linear_weight
 from smoothcompress.selection import Entries, as_entries, select_layers, unwrap
 
@@ -123,7 +124,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"unknown penalty kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
+        raise ConfigError(f"unknown penalty kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
     return kind
 
 
@@ -132,30 +133,30 @@ def _check_axes(axes: str | Iterable[str]) -> tuple[int, ...]:
     names = (axes,) if isinstance(axes, str) else tuple(axes) if isinstance(axes, Iterable) else None
     valid = ", ".join(map(repr, AXES))
     if not names:
-        raise ValueError(f"axes must be a non-empty sequence of axis names from {valid}, got {axes!r}")
+        raise ConfigError(f"axes must be a non-empty sequence of axis names from {valid}, got {axes!r}")
     bad = [a for a in names if a not in AXES]
     if bad:
-        raise ValueError(f"unknown axis name(s) {bad}; valid axes are {valid}")
+        raise ConfigError(f"unknown axis name(s) {bad}; valid axes are {valid}")
     if len(set(names)) != len(names):
-        raise ValueError(f"axes must not repeat, got {names}")
+        raise ConfigError(f"axes must not repeat, got {names}")
     return tuple(sorted(AXES[a] + 1 for a in names))
 
 
 def _check_p(p: float) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p < 1:
-        raise ValueError(f"p must be a real number >= 1 (2: squared differences, 1: total variation), got {p!r}")
+        raise ConfigError(f"p must be a real number >= 1 (2: squared differences, 1: total variation), got {p!r}")
     return float(p)
 
 
 def _check_count(value: int, name: str, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1 ({meaning}), got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1 ({meaning}), got {value!r}")
     return int(value)
 
 
 def _check_weight(weight: float) -> float:
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"the penalty weight must be a finite number >= 0, got {weight!r}")
+        raise ConfigError(f"the penalty weight must be a finite number >= 0, got {weight!r}")
     return float(weight)
 
 
@@ -175,13 +176,13 @@ def _as_blocks(weight: Tensor, groups: int = 1) -> Tensor:
         Conv groups; ``C_out`` must be divisible by it.
     """
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
-        raise ValueError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
+        raise ConfigError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
     if weight.ndim == 2:
         weight = weight[:, :, None, None]
     elif weight.ndim != 4:
-        raise ValueError(f"weight must be 2-D (out, in) or 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
+        raise ConfigError(f"weight must be 2-D (out, in) or 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
     if groups < 1 or weight.shape[0] % groups:
-        raise ValueError(f"groups={groups} does not divide C_out={weight.shape[0]}")
+        raise ConfigError(f"groups={groups} does not divide C_out={weight.shape[0]}")
     if weight.dtype in _LOW_PRECISION:
         weight = weight.float()
     return weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
@@ -294,13 +295,13 @@ def polar_factor(mats: Tensor, method: str = "svd") -> Tensor:
 
     Raises
     ------
-    ValueError
+    ConfigError
         An unknown method or a tensor that is not 3-dimensional.
     """
     if method not in POLARS:
-        raise ValueError(f"unknown polar method {method!r}; choose one of {', '.join(POLARS)}")
+        raise ConfigError(f"unknown polar method {method!r}; choose one of {', '.join(POLARS)}")
     if mats.ndim != 3:
-        raise ValueError(f"mats must be (B, m, n), got shape {tuple(mats.shape)}")
+        raise ConfigError(f"mats must be (B, m, n), got shape {tuple(mats.shape)}")
     with torch.no_grad(), torch.autocast(device_type=mats.device.type, enabled=False):
         mats = mats.detach().float() if mats.dtype in _LOW_PRECISION else mats.detach()
         if method == "newton-schulz":
@@ -562,7 +563,7 @@ class Smoothness:
 
     Raises
     ------
-    ValueError
+    ConfigError
         An unknown kind, axis or polar method, ``p < 1``, a negative weight, ``every < 1``, ``refresh < 1``,
         ``proximal``, ``refresh > 1`` or ``polar`` other than "svd" with a derivative kind (or ``proximal`` with
         either); and, when called on a model, a filter item that matches no layer or a filter that leaves none.
@@ -598,25 +599,27 @@ class Smoothness:
         self.exclude = as_entries(exclude, "exclude")
         self.every = _check_count(every, "every", "penalise every k-th step")
         if proximal and self.kind != "nuclear":
-            raise ValueError(f"proximal=True is only available for kind='nuclear', not {self.kind!r}")
+            raise ConfigError(f"proximal=True is only available for kind='nuclear', not {self.kind!r}")
         self.proximal = bool(proximal)
         self.refresh = _check_count(refresh, "refresh", "recompute the polar factor every k-th step")
         if polar not in POLARS:
-            raise ValueError(f"unknown polar method {polar!r}; choose one of {', '.join(POLARS)}")
+            raise ConfigError(f"unknown polar method {polar!r}; choose one of {', '.join(POLARS)}")
         self.polar = polar
         if (self.refresh > 1 or polar != "svd") and (self.kind != "nuclear" or self.proximal):
-            raise ValueError(
+            raise ConfigError(
                 "refresh and polar shape the nuclear penalty's gradient; they need kind='nuclear' without proximal"
             )
         if target_rate is not None:
             if isinstance(target_rate, bool) or not isinstance(target_rate, numbers.Real) or not 0 < target_rate < 1:
-                raise ValueError(f"target_rate must be a fraction of parameters removed in (0, 1), got {target_rate!r}")
+                raise ConfigError(
+                    f"target_rate must be a fraction of parameters removed in (0, 1), got {target_rate!r}"
+                )
             if self.kind != "nuclear" or self.proximal or polar != "svd":
-                raise ValueError("target_rate needs kind='nuclear' without proximal, with polar='svd'")
+                raise ConfigError("target_rate needs kind='nuclear' without proximal, with polar='svd'")
         self.target_rate = None if target_rate is None else float(target_rate)
         self.scale_free = bool(scale_free)
         if self.scale_free and (self.proximal or self.lagged):
-            raise ValueError("scale_free=True needs the loss-term penalty: not proximal, refresh=1, polar='svd'")
+            raise ConfigError("scale_free=True needs the loss-term penalty: not proximal, refresh=1, polar='svd'")
         self._polars: list[Tensor] = []  # the lagged polar factors, one per block group (_blocks_by_shape order)
         self._polar_step = 0  # the step they were computed at
         self._polar_owner: list[int] | None = None  # storages of the weights they belong to (None: not yet known)
@@ -658,16 +661,16 @@ class Smoothness:
 
         Raises
         ------
-        ValueError
+        ConfigError
             If the model has no Conv2d/Linear layer, an include or exclude item matches none of them, or the
             filters leave none.
         """
         root = unwrap(model)
         if not any(_layer_type(m) is not None for m in root.modules()):
-            raise ValueError(f"{type(root).__name__} has no Conv2d or Linear layer with an initialised weight")
+            raise ConfigError(f"{type(root).__name__} has no Conv2d or Linear layer with an initialised weight")
         chosen = select_layers(root, self.include, self.exclude, types=_penalised).chosen
         if not chosen:
-            raise ValueError("the include/exclude filters leave no layer to penalise")
+            raise ConfigError("the include/exclude filters leave no layer to penalise")
         return chosen
 
     def _blocks_by_shape(self, model: nn.Module) -> tuple[list[Tensor], list[list[str]]]:
@@ -814,7 +817,7 @@ class Smoothness:
         if not self.proximal or self.weight == 0 or self.step % self.every:
             return
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+            raise ConfigError(f"lr must be a finite number >= 0, got {lr!r}")
         eta_weight = float(lr) * self.every * self.weight
         by_key: dict[tuple, list[Tensor]] = {}
         for module in self.layers(model).values():
