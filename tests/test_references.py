@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smoothcompress.study import report
-from smoothcompress.study.references import against_references, reference_at, reference_points
+from smoothcompress.study.references import KINDS, against_references, reference_at, reference_points
 from smoothcompress.study.summary import summarize
 
 
@@ -92,3 +92,21 @@ def test_a_reference_on_other_data_is_refused(tmp_path):
     small = _write(tmp_path / "small", [{**r, "dataset_sha256": "other"} for r in _small_rows()])
     with pytest.raises(ValueError, match="same data and split"):
         report.write_report(tier, tmp_path / "out", reference=small)
+
+
+def test_the_factorized_architecture_trained_from_scratch_is_a_curve_of_its_own(tmp_path):
+    factorized = [
+        {**r, "width": 16, "variant": f"lowrank_rate={rate}", "params_dense": params, "run": f"{r['run']}-{rate}"}
+        for rate, params in ((0.7, 210_000), (0.8, 140_000))
+        for r in _small_rows(widths=((16, params, 0.8),))
+    ]
+    points = reference_points(_small_rows() + factorized, 700_000)
+    assert {p["kind"] for p in points} == set(KINDS)
+    assert sum(p["kind"] == KINDS[1] for p in points) == 2  # not pooled with each other nor with the widths
+    comparisons = against_references(summarize(_tier_rows()), points)
+    mine = [c for c in comparisons if c["kind"] == KINDS[1]]
+    assert mine and all(0.7 <= c["rate_achieved"] <= 0.8 for c in mine)
+    tier = _write(tmp_path / "tier", _tier_rows())
+    small, lowrank = _write(tmp_path / "small", _small_rows()), _write(tmp_path / "lowrank", factorized)
+    md = report.write_report(tier, tmp_path / "out", reference=[small, lowrank]).read_text()
+    assert "Against the network factorized from scratch" in md and "resnet18-w16 lowrank_rate=0.8" in md

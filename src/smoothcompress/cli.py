@@ -202,7 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(results: Path, out: Path, reference: Path | None = None) -> int:
+def _report(results: Path, out: Path, reference: list[Path] | None = None) -> int:
     from smoothcompress.study.report import write_report
 
     path = write_report(results, out, reference)
@@ -217,7 +217,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(os.path.commonpath(folders)) / "report"
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)
-        code = _report(paths[0] if len(paths) == 1 else paths, out, Path(args.reference) if args.reference else None)
+        references = [Path(r) for r in args.reference] if args.reference else None
+        code = _report(paths[0] if len(paths) == 1 else paths, out, references)
     for w in caught:
         print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
     return code
@@ -405,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference",
         metavar="FOLDER",
-        help="a sweep of the same network trained small (e.g. the cifar10-cpu-small preset): a line on the plot "
-        "and a section comparing each compressed cell with it at equal parameters",
+        action="append",
+        help="a sweep of the same network trained small (e.g. the cifar10-cpu-small or cifar10-cpu-lowrank preset): "
+        "a line on the plot and a section comparing each compressed cell with it at equal parameters; repeat "
+        "for several",
     )
     p.set_defaults(func=cmd_report)
 

@@ -1,11 +1,16 @@
-"""Reference rows: the same network trained small, against which a compressed model is judged at equal parameters.
+"""Reference rows: the network trained small, against which a compressed model is judged at equal parameters.
 
 Compression without fine-tuning is worth its name only if it beats simply training a smaller network for the same
-schedule. A reference sweep (e.g. ``configs/cifar10-cpu-small.toml``) trains the architecture at smaller widths;
-its dense rows become points ``(fraction of parameters removed, accuracy)`` measured against the dense size of the
-sweep being reported (:func:`reference_points`). Every compressed cell is then compared with the reference curve,
-linearly interpolated in the fraction removed, at the cell's achieved rate (:func:`against_references`); cells
-outside the curve's range are not judged.
+schedule. A reference sweep trains small networks from scratch; its dense rows become points ``(fraction of
+parameters removed, accuracy)`` measured against the dense size of the sweep being reported
+(:func:`reference_points`). Two kinds of small network (:data:`KINDS`):
+
+* ``"trained small"``: the architecture at smaller widths (``configs/cifar10-cpu-small.toml``);
+* ``"factorized from scratch"``: the factorized architecture that ``compress`` picks, trained from scratch
+  (runs with ``lowrank_ranks``/``lowrank_rate``, ``configs/cifar10-cpu-lowrank.toml``).
+
+Every compressed cell is compared with each kind's curve, linearly interpolated in the fraction removed, at the
+cell's achieved rate (:func:`against_references`); cells outside a curve's range are not judged against it.
 """
 
 from __future__ import annotations
@@ -16,11 +21,19 @@ from collections import defaultdict
 from smoothcompress.errors import ConfigError
 from smoothcompress.study.summary import BASELINE, Setting
 
-__all__ = ["reference_points", "reference_at", "against_references", "references_table"]
+__all__ = ["KINDS", "reference_kind", "reference_points", "reference_at", "against_references", "references_table"]
+
+KINDS = ("trained small", "factorized from scratch")
+"""The kinds of reference, in the order tables and plots show them."""
+
+
+def reference_kind(row: dict) -> str:
+    """The kind of small network a reference row was trained as: factorized when its variant sets ``lowrank_*``."""
+    return KINDS[1] if "lowrank_" in str(row.get("variant", "")) else KINDS[0]
 
 
 def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict]:
-    """One point per (model, width) of the reference sweep's dense rows, seeds pooled, sorted by rate.
+    """One point per (model, width, variant) of the reference sweep's dense rows, seeds pooled, sorted by rate.
 
     Parameters
     ----------
@@ -33,7 +46,9 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     Returns
     -------
     list of dict
-        ``{"model", "width", "params", "rate", "acc", "std", "n"}``, by increasing rate.
+        ``{"model", "width", "variant", "name", "kind", "params", "rate", "acc", "std", "n"}``, by increasing
+        rate; ``name`` is e.g. ``"resnet18-w9"`` or ``"resnet18-w16 lowrank_rate=0.8"``, ``kind`` one of
+        :data:`KINDS`.
 
     Raises
     ------
@@ -45,17 +60,20 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in reference_rows:
         if r.get("label") == "dense" and r.get("accuracy") is not None:
-            cells[(r["model"], r.get("width"))].append(r)
+            cells[(r["model"], r.get("width"), str(r.get("variant", "")))].append(r)
     if not cells:
         raise ConfigError("the reference rows hold no dense row with an accuracy: give the folder of a finished sweep")
     points = []
-    for (model, width), rs in cells.items():
+    for (model, width, variant), rs in cells.items():
         accs = [r["accuracy"] for r in rs]
         params = rs[0]["params_dense"]
         points.append(
             {
                 "model": model,
                 "width": width,
+                "variant": variant,
+                "name": f"{model}-w{width}" + (f" {variant}" if variant else ""),
+                "kind": reference_kind(rs[0]),
                 "params": params,
                 "rate": 1 - params / params_dense,
                 "acc": statistics.fmean(accs),
@@ -67,8 +85,8 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
 
 
 def reference_at(points: list[dict], rate: float) -> float | None:
-    """The reference accuracy at ``rate``, linearly interpolated between the two nearest points; ``None`` outside
-    the points' range (no extrapolation)."""
+    """The reference accuracy at ``rate``, linearly interpolated between the two nearest points (of one kind);
+    ``None`` outside the points' range (no extrapolation)."""
     for lo, hi in zip(points, points[1:], strict=False):
         if lo["rate"] <= rate <= hi["rate"]:
             t = (rate - lo["rate"]) / (hi["rate"] - lo["rate"]) if hi["rate"] > lo["rate"] else 0.0
@@ -79,51 +97,58 @@ def reference_at(points: list[dict], rate: float) -> float | None:
 
 
 def against_references(summary: list[dict], points: list[dict]) -> list[dict]:
-    """Every compressed cell of ``summary`` with an accuracy, against the reference curve at its achieved rate.
+    """Every compressed cell of ``summary`` with an accuracy, against each kind's reference curve at its achieved
+    rate.
 
     Returns
     -------
     list of dict
-        ``{"group", "label", "rate", "rate_achieved", "acc", "reference", "margin"}`` (``margin = acc -
-        reference``), only for cells whose achieved rate lies within the reference points' range.
+        ``{"kind", "group", "label", "rate", "rate_achieved", "acc", "reference", "margin"}`` (``margin = acc -
+        reference``), per kind of reference only for cells whose achieved rate lies within its points' range.
     """
     out = []
-    for s in summary:
-        if s["label"] == "dense" or "acc" not in s:
-            continue
-        ref = reference_at(points, s["rate_achieved"])
-        if ref is None:
-            continue
-        out.append({**{k: s[k] for k in ("group", "label", "rate", "rate_achieved", "acc")}, "reference": ref,
-                    "margin": s["acc"] - ref})  # fmt: skip
+    for kind in KINDS:
+        curve = [p for p in points if p.get("kind", KINDS[0]) == kind]
+        for s in summary:
+            if s["label"] == "dense" or "acc" not in s:
+                continue
+            ref = reference_at(curve, s["rate_achieved"])
+            if ref is None:
+                continue
+            out.append({"kind": kind, **{k: s[k] for k in ("group", "label", "rate", "rate_achieved", "acc")},
+                        "reference": ref, "margin": s["acc"] - ref})  # fmt: skip
     return out
 
 
 def references_table(points: list[dict], comparisons: list[dict], multi: bool) -> str:
-    """Markdown: the reference points, then per setting and method how many cells beat the reference."""
+    """Markdown: the reference points, then per kind of reference, setting and method the margin of each cell."""
     lines = [
-        "| trained small | params | fewer parameters | accuracy (%) | seeds |",
-        "|---|---|---|---|---|",
+        "| reference | network | params | fewer parameters | accuracy (%) | seeds |",
+        "|---|---|---|---|---|---|",
     ]
-    for p in points:
+    for p in sorted(points, key=lambda p: (KINDS.index(p.get("kind", KINDS[0])), p["rate"])):
         acc = f"{100 * p['acc']:.2f} ± {100 * p['std']:.2f}" if p["n"] > 1 else f"{100 * p['acc']:.2f}"
-        lines.append(f"| {p['model']}-w{p['width']} | {p['params']:,} | {100 * p['rate']:.1f}% | {acc} | {p['n']} |")
-    if not comparisons:
-        return "\n".join(lines)
-    by_cell: dict[tuple[Setting, str], list[dict]] = defaultdict(list)
-    for c in comparisons:
-        by_cell[(c["group"], c["label"])].append(c)
-    lines += [
-        "",
-        "| setting | method | "
-        + " | ".join(f"{100 * r:.0f}%" for r in sorted({c["rate"] for c in comparisons}))
-        + " |",  # fmt: skip
-        "|---|---|" + "---|" * len({c["rate"] for c in comparisons}),
-    ]
-    rates = sorted({c["rate"] for c in comparisons})
-    order = sorted(by_cell, key=lambda k: (k[0].reg != BASELINE, k[0].sort_key(), k[1]))
-    for group, label in order:
-        cells = {c["rate"]: c for c in by_cell[(group, label)]}
-        text = [f"{100 * cells[r]['margin']:+.2f}" if r in cells else "—" for r in rates]
-        lines.append(f"| {group.name(multi)} | {label} | " + " | ".join(text) + " |")
+        name = p.get("name", f"{p['model']}-w{p['width']}")
+        kind = p.get("kind", KINDS[0])
+        lines.append(f"| {kind} | {name} | {p['params']:,} | {100 * p['rate']:.1f}% | {acc} | {p['n']} |")
+    for kind in KINDS:
+        mine = [c for c in comparisons if c.get("kind", KINDS[0]) == kind]
+        if not mine:
+            continue
+        by_cell: dict[tuple[Setting, str], list[dict]] = defaultdict(list)
+        for c in mine:
+            by_cell[(c["group"], c["label"])].append(c)
+        rates = sorted({c["rate"] for c in mine})
+        lines += [
+            "",
+            f"Against the network {kind}, in points:",
+            "",
+            "| setting | method | " + " | ".join(f"{100 * r:.0f}%" for r in rates) + " |",
+            "|---|---|" + "---|" * len(rates),
+        ]
+        order = sorted(by_cell, key=lambda k: (k[0].reg != BASELINE, k[0].sort_key(), k[1]))
+        for group, label in order:
+            cells = {c["rate"]: c for c in by_cell[(group, label)]}
+            text = [f"{100 * cells[r]['margin']:+.2f}" if r in cells else "—" for r in rates]
+            lines.append(f"| {group.name(multi)} | {label} | " + " | ".join(text) + " |")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from smoothcompress.study.frontier import (
     selection_lines,
 )
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
-from smoothcompress.study.references import against_references, reference_points, references_table
+from smoothcompress.study.references import KINDS, against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, shards_note
 from smoothcompress.study.summary import (
     BASELINE,
@@ -62,8 +62,12 @@ __all__ = [
 
 
 def _references(rows: list[dict], reference) -> list[dict]:
-    """The trained-small points of ``reference`` against the dense size of ``rows``' baseline (its median)."""
-    ref_rows, _ = load_results(reference)
+    """The points of the reference sweep(s) against the dense size of ``rows``' baseline (its median).
+
+    ``reference``: a sweep folder or results file, or a list of them, each a reference sweep of its own.
+    """
+    sweeps = [reference] if isinstance(reference, str | os.PathLike) else list(reference)
+    ref_rows = [r for sweep in sweeps for r in load_results(sweep)[0]]
     for key in ("dataset_sha256", "split"):
         mine, theirs = {r.get(key) for r in rows}, {r.get(key) for r in ref_rows}
         if mine != theirs:
@@ -98,7 +102,8 @@ PANELS_PER_ROW = 4
 
 def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None = None) -> Path:
     """Accuracy against parameter reduction: one panel per method, one line per setting, baseline dashed; the
-    network trained small (:func:`smoothcompress.study.references.reference_points`), when given, dotted grey."""
+    network trained small (:func:`smoothcompress.study.references.reference_points`), when given: dotted grey for
+    narrower widths, dash-dotted black for the factorized architecture trained from scratch."""
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     colors, multi = _colors(groups), several_contexts(groups)
@@ -123,12 +128,14 @@ def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None
                 x, y, yerr=e if any(e) else None, color=colors[g], marker="o", ms=3.5, capsize=2, lw=1.4,
                 ls=_style(g), label=g.name(multi),
             )  # fmt: skip
-        if references:
-            ax.errorbar(
-                [100 * p["rate"] for p in references], [100 * p["acc"] for p in references],
-                yerr=[100 * p["std"] for p in references], color="grey", marker="s", ms=3.5, capsize=2, lw=1.2,
-                ls=":", label="trained small",
-            )  # fmt: skip
+        for kind, style in zip(KINDS, ((":", "s"), ("-.", "D")), strict=True):
+            curve = [p for p in references or () if p["kind"] == kind]
+            if curve:
+                ax.errorbar(
+                    [100 * p["rate"] for p in curve], [100 * p["acc"] for p in curve],
+                    yerr=[100 * p["std"] for p in curve], color="grey" if kind == KINDS[0] else "black",
+                    marker=style[1], ms=3.5, capsize=2, lw=1.2, ls=style[0], label=kind,
+                )  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("parameters removed (%)")
         ax.grid(alpha=0.3)
@@ -233,9 +240,10 @@ def write_report(
     several. When some penalty was trained at more than one weight, the report has a frontier section (table
     and ``frontier.png``); on a validation split, a weight-selection section (:func:`select_weights`); with
     baseline and penalised low-rank rows at the target rates, a targets section (:func:`assess_targets`).
-    ``reference`` is a second sweep of the network trained small (:mod:`smoothcompress.study.references`), read the same
-    way: its dense rows become a line on the accuracy plot and a section comparing every compressed cell with it
-    at equal parameters. It must be on the same dataset and split.
+    ``reference`` is a sweep of the network trained small (:mod:`smoothcompress.study.references`), a sweep folder
+    or results file, or a list of such sweeps (e.g. narrower widths and the factorized architecture trained from
+    scratch): their dense rows become lines on the accuracy plot and a section comparing every compressed cell
+    with them at equal parameters. They must be on the same dataset and split.
     """
     rows, spectra = load_results(results)
     out = Path(out_dir)
@@ -289,9 +297,10 @@ def write_report(
         md += [
             "## Against the network trained small",
             "",
-            "The same architecture trained from scratch at smaller widths with the same schedule (no penalty), its "
-            "parameters counted against this sweep's dense model. Below, each compressed cell's accuracy minus the "
-            "trained-small accuracy at the cell's achieved rate (linear between the reference points; cells outside "
+            "Small networks trained from scratch with the same schedule (no penalty): the architecture at smaller "
+            "widths, and where given the factorized architecture that compress picks (its ranks file), parameters "
+            "counted against this sweep's dense model. Below, each compressed cell's accuracy minus the reference "
+            "accuracy at the cell's achieved rate (linear between the reference points of one kind; cells outside "
             "their range are left out), in points: positive means compression beats training small.",
             "",
             references_table(references, comparisons, several_contexts(s["group"] for s in summary)),

@@ -90,6 +90,11 @@ class TrainConfig:
     reg_exclude: tuple[str, ...] = ()  # layers left unpenalised, e.g. ["<first>", "<last>"] (stem, classifier)
     reg_target_rate: float | None = None  # "nuclear": penalise only what truncation at this rate drops (tail)
     augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR, none for 8x8 digits)
+    # the factorized architecture trained from scratch (a reference for compression without fine-tuning): the
+    # layers get the ranks of this ranks file (smoothcompress.rankfile) at `lowrank_rate`, initialised from the
+    # truncated SVD of the fresh model's weights (spectral initialisation), and train like any model
+    lowrank_ranks: str | None = None  # path of a ranks file; None: the dense architecture
+    lowrank_rate: float | None = None  # which of the file's rates; required with lowrank_ranks
     val_fraction: float = 0.0  # > 0: hold out this fraction of train as validation to tune on, not the test set
     val_seed: int = 0  # seed of the validation split, apart from `seed`: runs of all seeds tune on the same images
     # -- reproducibility and runtime
@@ -266,5 +271,13 @@ def _validate(c: TrainConfig) -> None:
         f"reg_delay_epochs must be in [0, epochs={c.epochs}) (the penalty must start), got {c.reg_delay_epochs}",
     )
     make_regularizer(c)  # the penalty's own checks (axes, p, every, refresh, polar, target rate), one message each
+    need(
+        (c.lowrank_ranks is None) == (c.lowrank_rate is None),
+        "lowrank_ranks (a ranks file) and lowrank_rate (one of its rates) go together; give both or neither",
+    )
+    need(
+        c.lowrank_rate is None or 0 < c.lowrank_rate < 1,
+        f"lowrank_rate must be a fraction of parameters removed in (0, 1), got {c.lowrank_rate}",
+    )
     need(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     need(c.width is None or c.width >= 1, f"width must be >= 1, got {c.width}")

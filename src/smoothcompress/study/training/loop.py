@@ -34,6 +34,8 @@ from smoothcompress.errors import ConfigError, SmoothcompressError
 from smoothcompress.files import FolderLock, append_jsonl, write_jsonl
 from smoothcompress.inputs import record_input
 from smoothcompress.io import CheckpointError
+from smoothcompress.lowrank import compress
+from smoothcompress.rankfile import read_ranks
 from smoothcompress.regularize import Smoothness
 from smoothcompress.study.data import DataError, Dataset, Loader, load_dataset, split_validation
 from smoothcompress.study.data.imagefolder import archive_stem
@@ -574,7 +576,10 @@ def run(config: TrainConfig) -> TrainResult:
 
     Loads the dataset (``config.dataset``, from ``config.data``), seeds, builds
     ``create_model(config.model, num_classes, width=config.width)`` (adapted to the data's channels) and the
-    penalty, and calls :func:`train`. Under torchrun, rank 0 loads (and if needed downloads) the data first.
+    penalty, and calls :func:`train`. With ``config.lowrank_ranks`` the model is first factorized at the ranks
+    file's ranks for ``config.lowrank_rate`` (:func:`smoothcompress.compress` with explicit ``ranks``: the
+    truncated SVD of the fresh weights), so that the small architecture is trained from scratch. Under
+    torchrun, rank 0 loads (and if needed downloads) the data first.
     """
     ctx = dist_from_env()
     device = resolve_device(config.device, ctx.local_rank)
@@ -588,4 +593,6 @@ def run(config: TrainConfig) -> TrainResult:
         model = models.create_model(
             config.model, num_classes=dataset.num_classes, **_model_kwargs(config, dataset.input_shape)
         )
+        if config.lowrank_ranks is not None:  # the factorized architecture, spectrally initialised
+            model = compress(model, ranks=read_ranks(config.lowrank_ranks, config.lowrank_rate))
         return train(model, dataset, config, out_dir=config.out)
