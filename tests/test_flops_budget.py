@@ -204,7 +204,7 @@ def test_flops_budget_with_calibration():
     record = small.sc_compression
     assert record.flops_achieved <= 0.5 and "calibration" in record.details
     again = sc.get_method("svd-data").apply(model, None, flops=0.5, calibration=calibration).sc_compression
-    assert again == dataclasses.replace(record, method="svd-data")
+    assert again == dataclasses.replace(record, method="svd-data", options={**record.options, "budget": "params"})
 
 
 def test_report_totals_flops_and_latency():
@@ -260,3 +260,26 @@ def test_a_flops_budget_is_never_worse_than_a_parameter_rate_of_equal_flops(mode
                 break
             if by_rate.flops_fraction <= budget:
                 assert _objective(by_flops) <= _objective(by_rate) + 1e-9, (rate, by_rate.flops_fraction)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.sampled_from([0.3, 0.5, 0.7]), name=st.sampled_from(["svd", "svd-seq"]))
+def test_a_flops_budget_method_keeps_the_flops_of_the_parameter_plan(rate, name):
+    model = cnn(3, 16, 24, 3, 1).eval()
+    shape = (1, 3, 12, 12)
+    data = torch.randn(64, 3, 12, 12)
+    by_params = sc.get_method(name).apply(model, rate, input_shape=shape, data=data, images=64)
+    by_flops = sc.get_method(name, budget="flops").apply(model, rate, input_shape=shape, data=data, images=64)
+    assert sc.count_flops(by_flops, shape) <= sc.count_flops(by_params, shape)
+    assert by_flops.sc_compression.flops_requested is not None  # the record holds the FLOPs budget it met
+    assert sc.get_method(name, budget="flops").label.endswith("-flops")
+
+
+def test_a_method_option_at_its_default_leaves_the_sweep_fingerprint_alone():
+    from smoothcompress.study.experiment import SweepConfig
+
+    def fingerprint(entry):
+        return SweepConfig.from_dict({"compress": {"methods": [entry]}}).fingerprint()
+
+    assert fingerprint({"method": "svd"}) == fingerprint({"method": "svd", "budget": "params"})
+    assert fingerprint({"method": "svd"}) != fingerprint({"method": "svd", "budget": "flops"})

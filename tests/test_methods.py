@@ -116,7 +116,13 @@ def test_data_methods_record_their_calibration(cnn):
 def test_svd_options_reach_compress(cnn):
     small = sc.get_method("svd", scheme="spatial", rank_multiple=2).apply(cnn, RATE, exclude=["<last>"])
     record = small.sc_compression
-    assert record.options == {"allocation": "global", "scheme": "spatial", "bn_aware": False, "rank_multiple": 2}
+    assert record.options == {
+        "allocation": "global",
+        "scheme": "spatial",
+        "bn_aware": False,
+        "rank_multiple": 2,
+        "budget": "params",
+    }
     assert all(rank % 2 == 0 for _, rank in record.details["ranks"].values())
     last = [n for n, m in cnn.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     assert last in record.notes and type(small.get_submodule(last)) is torch.nn.Linear

@@ -192,7 +192,9 @@ class Method:
             recalibrate_bn(compressed, data, images, reference=model)
             details["bn_recalibration"] = describe_source(data, images)
         if record is not None:
-            setattr(compressed, COMPRESSION_ATTR, dataclasses.replace(record, method=self.name, details=details))
+            options = {**record.options, **self.options()}
+            replaced = dataclasses.replace(record, method=self.name, options=options, details=details)
+            setattr(compressed, COMPRESSION_ATTR, replaced)
         return compressed
 
     def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
@@ -262,6 +264,10 @@ def method_from_dict(entry: Mapping[str, Any]) -> Method:
 # ---------------------------------------------------------------------------------------------------------
 # The registered methods
 
+BUDGETS = ("params", "flops")
+"""What a rate asks of a low-rank method (its ``budget`` option): that fraction of parameters removed, or the FLOPs
+of that parameter plan."""
+
 
 @register_method
 @dataclass(frozen=True)
@@ -275,6 +281,12 @@ class SVD(Method):
     scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", SCHEMES)
     bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
     rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
+    budget: str = option(
+        "params",
+        "what a rate asks for: 'params' removes that fraction of all parameters; 'flops' keeps the FLOPs of that "
+        "parameter plan, with the ranks allocated to save FLOPs (compress(flops=...)): equal FLOPs, its own size",
+        BUDGETS,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -283,8 +295,10 @@ class SVD(Method):
 
     @property
     def label(self) -> str:
-        """``"svd-<allocation>-<scheme>"``, then ``"-bn"`` if ``bn_aware`` and ``"-x<k>"`` for a rank multiple."""
+        """``"svd-<allocation>-<scheme>"``, then ``"-bn"`` if ``bn_aware``, ``"-x<k>"`` for a rank multiple and
+        ``"-flops"`` for the FLOPs budget."""
         suffix = ("-bn" if self.bn_aware else "") + (f"-x{self.rank_multiple}" if self.rank_multiple != 1 else "")
+        suffix += "-flops" if self.budget == "flops" else ""
         return f"{self.name}-{self.allocation}-{self.scheme}{suffix}"
 
     def apply(
@@ -302,23 +316,37 @@ class SVD(Method):
     ) -> nn.Module:
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
         only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
-        alone), counted on ``input_shape`` (needed only with ``flops``, and only for non-registry models)."""
+        alone), counted on ``input_shape`` (needed only with a FLOPs budget, and only for non-registry models).
+        With ``budget="flops"``, ``rate`` names the parameter plan whose FLOPs fraction becomes the budget."""
         from smoothcompress.lowrank import compress
 
-        small = compress(
-            model,
-            rate,
-            self.allocation,
-            self.scheme,
-            ranks=ranks,
-            exclude=exclude,
-            bn_aware=self.bn_aware,
-            rank_multiple=self.rank_multiple,
-            calibration=self._calibration(model, data, images, calibration),
-            flops=flops,
-            input_shape=input_shape if flops is not None else None,
-        )
-        return self._finish(model, small, data, images)
+        calibration = self._calibration(model, data, images, calibration)
+
+        def plan(rate: float | None, flops: float | None) -> nn.Module:
+            return compress(
+                model,
+                rate,
+                self.allocation,
+                self.scheme,
+                ranks=ranks,
+                exclude=exclude,
+                bn_aware=self.bn_aware,
+                rank_multiple=self.rank_multiple,
+                calibration=calibration,
+                flops=flops,
+                input_shape=input_shape if flops is not None else None,
+            )
+
+        if self.budget != "flops" or rate is None:
+            return self._finish(model, plan(rate, flops), data, images)
+        from smoothcompress.accounting import count_flops
+
+        matched = count_flops(plan(rate, None), input_shape) / count_flops(model, input_shape)
+        small = self._finish(model, plan(None, matched if flops is None else min(flops, matched)), data, images)
+        record = compression_record(small)
+        details = {**record.details, "budget": {"rate": float(rate), "flops_of_rate": matched}}
+        setattr(small, COMPRESSION_ATTR, dataclasses.replace(record, details=details))
+        return small
 
     def report(self, model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None):
         """:func:`smoothcompress.compress_report`."""

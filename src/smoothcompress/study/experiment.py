@@ -226,7 +226,8 @@ class SweepConfig:
         variant; values as :class:`TrainConfig` reads them, so ``lr = 1`` equals ``lr = 1.0``; defaults left
         unwritten are not hashed), the rates, the methods and their options, ``calibration_images`` and
         ``spectra_layers``. It leaves out ``out``, ``source`` and the runtime training keys (``data``,
-        ``device``, ... see ``training.config.RUNTIME_KEYS``). The order of the runs, rates and methods in the
+        ``device``, ... see ``training.config.RUNTIME_KEYS``) and method options at their defaults (so that a new
+        option leaves the fingerprints of existing sweeps alone). The order of the runs, rates and methods in the
         file does not matter. Returns 16 hex digits of a sha256.
         """
 
@@ -238,7 +239,7 @@ class SweepConfig:
         canonical = {
             "runs": sorted(json.dumps(train(s), sort_keys=True) for s in self.runs),
             "rates": sorted(set(self.rates)),
-            "methods": sorted(json.dumps({"method": m.name, **m.options()}, sort_keys=True) for m in self.methods),
+            "methods": sorted(json.dumps({"method": m.name, **_set_options(m)}, sort_keys=True) for m in self.methods),
             "calibration_images": self.calibration_images,
             "spectra_layers": self.spectra_layers,
         }
@@ -300,6 +301,11 @@ def results_files(folder: str | os.PathLike) -> list[Path]:
             shards.append(((int(m[2]), int(m[1])), sub / "results.jsonl"))
     own = [folder / "results.jsonl"] if (folder / "results.jsonl").is_file() else []
     return own + [path for _, path in sorted(shards)]
+
+
+def _set_options(method: Method) -> dict[str, Any]:
+    """The options of ``method`` that differ from their defaults."""
+    return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if getattr(method, f.name) != f.default}
 
 
 def _method(entry: dict) -> Method:
