@@ -264,15 +264,19 @@ def test_a_flops_budget_is_never_worse_than_a_parameter_rate_of_equal_flops(mode
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rate=st.sampled_from([0.3, 0.5, 0.7]), name=st.sampled_from(["svd", "svd-seq"]))
-def test_a_flops_budget_method_keeps_the_flops_of_the_parameter_plan(rate, name):
+def test_flops_budget_methods_remove_flops_or_keep_those_of_the_parameter_plan(rate, name):
     model = cnn(3, 16, 24, 3, 1).eval()
     shape = (1, 3, 12, 12)
     data = torch.randn(64, 3, 12, 12)
     by_params = sc.get_method(name).apply(model, rate, input_shape=shape, data=data, images=64)
-    by_flops = sc.get_method(name, budget="flops").apply(model, rate, input_shape=shape, data=data, images=64)
+    matched = sc.get_method(name, budget="flops-matched")
+    by_flops = matched.apply(model, rate, input_shape=shape, data=data, images=64)
     assert sc.count_flops(by_flops, shape) <= sc.count_flops(by_params, shape)
     assert by_flops.sc_compression.flops_requested is not None  # the record holds the FLOPs budget it met
-    assert sc.get_method(name, budget="flops").label.endswith("-flops")
+    assert matched.label.endswith("-flops-matched") and by_flops.sc_compression.label == matched.label
+    removed = sc.get_method(name, budget="flops").apply(model, rate, input_shape=shape, data=data, images=64)
+    assert sc.count_flops(removed, shape) <= (1 - rate) * sc.count_flops(model, shape)
+    assert removed.sc_compression.details["budget"] == {"kind": "flops", "rate": rate, "flops_kept": 1 - rate}
 
 
 def test_a_method_option_at_its_default_leaves_the_sweep_fingerprint_alone():

@@ -264,9 +264,9 @@ def method_from_dict(entry: Mapping[str, Any]) -> Method:
 # ---------------------------------------------------------------------------------------------------------
 # The registered methods
 
-BUDGETS = ("params", "flops")
-"""What a rate asks of a low-rank method (its ``budget`` option): that fraction of parameters removed, or the FLOPs
-of that parameter plan."""
+BUDGETS = ("params", "flops", "flops-matched")
+"""What a rate asks of a low-rank method (its ``budget`` option): that fraction of parameters removed, that fraction
+of FLOPs removed, or the FLOPs of that parameter plan."""
 
 
 @register_method
@@ -283,8 +283,9 @@ class SVD(Method):
     rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
     budget: str = option(
         "params",
-        "what a rate asks for: 'params' removes that fraction of all parameters; 'flops' keeps the FLOPs of that "
-        "parameter plan, with the ranks allocated to save FLOPs (compress(flops=...)): equal FLOPs, its own size",
+        "what a rate asks for: 'params' removes that fraction of all parameters; 'flops' removes that fraction of "
+        "the dense FLOPs (compress(flops=1 - rate)); 'flops-matched' keeps the FLOPs of the parameter plan at that "
+        "rate; both FLOPs budgets allocate ranks to save FLOPs, and the parameter count is their own",
         BUDGETS,
     )
 
@@ -296,9 +297,9 @@ class SVD(Method):
     @property
     def label(self) -> str:
         """``"svd-<allocation>-<scheme>"``, then ``"-bn"`` if ``bn_aware``, ``"-x<k>"`` for a rank multiple and
-        ``"-flops"`` for the FLOPs budget."""
+        ``"-flops"`` or ``"-flops-matched"`` for a FLOPs budget."""
         suffix = ("-bn" if self.bn_aware else "") + (f"-x{self.rank_multiple}" if self.rank_multiple != 1 else "")
-        suffix += "-flops" if self.budget == "flops" else ""
+        suffix += "" if self.budget == "params" else f"-{self.budget}"
         return f"{self.name}-{self.allocation}-{self.scheme}{suffix}"
 
     def apply(
@@ -317,7 +318,8 @@ class SVD(Method):
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
         only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
         alone), counted on ``input_shape`` (needed only with a FLOPs budget, and only for non-registry models).
-        With ``budget="flops"``, ``rate`` names the parameter plan whose FLOPs fraction becomes the budget."""
+        With ``budget="flops"``, ``rate`` is the fraction of FLOPs removed; with ``budget="flops-matched"``, it names
+        the parameter plan whose FLOPs fraction becomes the budget."""
         from smoothcompress.lowrank import compress
 
         calibration = self._calibration(model, data, images, calibration)
@@ -337,14 +339,17 @@ class SVD(Method):
                 input_shape=input_shape if flops is not None else None,
             )
 
-        if self.budget != "flops" or rate is None:
+        if self.budget == "params" or rate is None:
             return self._finish(model, plan(rate, flops), data, images)
-        from smoothcompress.accounting import count_flops
+        if self.budget == "flops":
+            kept = 1.0 - rate
+        else:
+            from smoothcompress.accounting import count_flops
 
-        matched = count_flops(plan(rate, None), input_shape) / count_flops(model, input_shape)
-        small = self._finish(model, plan(None, matched if flops is None else min(flops, matched)), data, images)
+            kept = count_flops(plan(rate, None), input_shape) / count_flops(model, input_shape)
+        small = self._finish(model, plan(None, kept if flops is None else min(flops, kept)), data, images)
         record = compression_record(small)
-        details = {**record.details, "budget": {"rate": float(rate), "flops_of_rate": matched}}
+        details = {**record.details, "budget": {"kind": self.budget, "rate": float(rate), "flops_kept": kept}}
         setattr(small, COMPRESSION_ATTR, dataclasses.replace(record, details=details))
         return small
 
