@@ -47,6 +47,15 @@ def test_float_file_computes_the_model(files):
     assert list(model.parameters()) == []
 
 
+def test_files_hold_no_exporter_debug_metadata(files):
+    import onnx
+
+    for path in files[1:]:
+        proto = onnx.load(str(path))
+        assert all(len(node.metadata_props) == 0 for node in proto.graph.node), path.name
+        assert b"stack_trace" not in path.read_bytes() and b'File "' not in path.read_bytes()
+
+
 def test_int8_file_carries_its_record(files):
     small, _, int8_path = files
     model = sc.OnnxModel(int8_path)
