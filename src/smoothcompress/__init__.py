@@ -6,7 +6,7 @@ Implements Runkel et al., "Smooth Model Compression without Fine-Tuning" (arXiv 
 accounting and checkpoints (the modules ``smoothcompress.<module>``). The study pipeline, ``smoothcompress.study``
 (data, training, sweeps, reports with matplotlib), and the pruning baselines (Torch-Pruning) load on first use of
 one of their names (``sc.prune``, ``sc.train``, ``sc.sweep``, ...), as do the submodules ``sc.study``,
-``sc.pruning``, ``sc.calibration``, ``sc.reconstruction`` and ``sc.quantize``.
+``sc.pruning``, ``sc.calibration``, ``sc.reconstruction``, ``sc.quantize`` and ``sc.onnxmodel``.
 """
 
 from importlib import import_module
@@ -44,6 +44,8 @@ _LAZY = {
     # int8 ONNX files (onnxruntime.quantization; calibration data)
     "quantize_onnx": "quantize",
     "read_onnx_record": "quantize",
+    # ONNX files run by onnxruntime
+    "OnnxModel": "onnxmodel",
     # training
     "TrainConfig": "study.training",
     "TrainResult": "study.training",
@@ -66,6 +68,7 @@ _SUBMODULES = (
     "calibration",
     "reconstruction",
     "quantize",
+    "onnxmodel",
     "pruning",
     "study",
     "cli",
@@ -141,6 +144,7 @@ __all__ = [
     # int8 ONNX (lazy)
     "quantize_onnx",
     "read_onnx_record",
+    "OnnxModel",
     # training (lazy)
     "TrainConfig",
     "TrainResult",

@@ -167,10 +167,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model = _load(args)
+    onnx = Path(args.model).suffix == ".onnx"
+    if onnx and args.model_factory:
+        raise ConfigError("--model-factory applies to .safetensors files; an .onnx file holds its graph")
+    model = sc.OnnxModel(args.model) if onnx else _load(args)
     ds = _dataset(args)
     if ds is None:
         raise ConfigError("evaluate needs data: pass --dataset NAME and/or --data PATH")
+    if onnx:  # onnxruntime on the CPU
+        acc = evaluate(model, ds)
+        q = model.quantization
+        what = f"int8 {q['mode']}, {q['calibration_images']} calibration images" if q else "float"
+        print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} (onnxruntime, {what})")
+        return 0
     acc = evaluate(model, ds, device=args.device)
     print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} ({sc.count_params(model):,} params)")
     return 0
@@ -294,8 +303,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEVICE", default="auto", help="cpu, cuda or auto (default)")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="a model file written by smoothcompress (.safetensors)")
+def _add_model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
+    what = "(.safetensors, or .onnx run by onnxruntime)" if onnx else "(.safetensors)"
+    p.add_argument("model", metavar="MODEL", help=f"a model file written by smoothcompress {what}")
     p.add_argument("--model-factory", metavar="MODULE:FUNCTION", help=MODEL_FACTORY_HELP)
 
 
@@ -368,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    _add_model_args(p)
+    p = sub.add_parser("evaluate", help="test accuracy of a saved model or of an ONNX file (onnxruntime)")
+    _add_model_args(p, onnx=True)
     _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 

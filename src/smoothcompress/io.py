@@ -749,7 +749,8 @@ def export_onnx(
         :data:`~smoothcompress.onnxfile.ONNX_SIZE_LIMIT` bytes (about 2 GB); beyond that the weights go to
         ``NAME.onnx.data`` beside it. Written atomically (a temporary file renamed): a crash leaves the old file or
         the new one. The exporter's known harmless warnings
-        (:data:`~smoothcompress.onnxfile.HARMLESS_EXPORT_MESSAGES`) are not shown.
+        (:data:`~smoothcompress.onnxfile.HARMLESS_EXPORT_MESSAGES`) are not shown, and its per-node debug
+        metadata (source stack traces with the exporting machine's paths, module and FX node names) is left out.
     input_shape : tuple of int, optional
         Full input shape with the batch dimension, e.g. ``(1, 3, 32, 32)``; the model is traced on a random
         normal input of that shape in its dtype. The graph's input is named ``"input"`` and its output

@@ -64,7 +64,11 @@ def _quiet_exporter():
 
 def _write_onnx(program, path: Path, weight_bytes: int) -> None:
     """Write an exported program to ``path`` atomically: one file when the weights fit in it, else the file and
-    its ``NAME.data`` beside it (the data first, so the ``.onnx`` never names missing data)."""
+    its ``NAME.data`` beside it (the data first, so the ``.onnx`` never names missing data). The nodes' metadata
+    (the exporter's source stack traces, with the exporting machine's paths, module and FX node names) is left
+    out."""
+    for node in program.model.graph.all_nodes():  # the exporter's debug notes: no use at run time
+        node.metadata_props.clear()
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".part"))
     try:
         if weight_bytes <= ONNX_SIZE_LIMIT:

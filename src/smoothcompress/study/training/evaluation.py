@@ -1,8 +1,9 @@
 """Top-1 accuracy: :func:`evaluate` for users, and the sharded counting the trainer uses every epoch.
 
-:func:`evaluate` takes a model and a :class:`~smoothcompress.study.data.Dataset` (its test split, normalised with its
-mean and std) or any iterable of ``(x (B, C, H, W) float, y (B,) int64)`` batches, and returns the fraction of
-correct top-1 predictions. The model's train/eval mode and memory format are restored afterwards.
+:func:`evaluate` takes a model (or an ``.onnx`` file, run by onnxruntime through
+:class:`~smoothcompress.onnxmodel.OnnxModel`) and a :class:`~smoothcompress.study.data.Dataset` (its test split,
+normalised with its mean and std) or any iterable of ``(x (B, C, H, W) float, y (B,) int64)`` batches, and returns
+the fraction of correct top-1 predictions. The model's train/eval mode and memory format are restored afterwards.
 
 Before counting, :func:`evaluate` checks that model and data fit, so that a mismatch is an error instead of a
 meaningless accuracy: the images' channels match those of a registry model (``sc_arch``), one forward pass of a
@@ -13,7 +14,9 @@ batches, which does not say how many classes it has: every label is below ``K``)
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -75,7 +78,7 @@ def eval_loader(
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     data: Dataset | Iterable,
     *,
     device: str | torch.device | None = None,
@@ -87,9 +90,12 @@ def evaluate(
 
     Parameters
     ----------
-    model : nn.Module
+    model : nn.Module, or str or PathLike of an ``.onnx`` file
         Maps ``(B, C, H, W)`` float inputs to ``(B, num_classes)`` logits. Evaluated in eval mode; its
-        train/eval mode is restored afterwards.
+        train/eval mode is restored afterwards. An ``.onnx`` file (float or int8, e.g. from
+        :func:`smoothcompress.export_onnx`) runs in onnxruntime on the CPU as
+        :class:`~smoothcompress.onnxmodel.OnnxModel` (the ``[onnx]`` extra); pass ``OnnxModel(path, threads=N)``
+        to choose its threads.
     data : Dataset or iterable of (x, y)
         A :class:`~smoothcompress.study.data.Dataset` (its test split is used, normalised with its mean and std),
         or a :class:`~smoothcompress.study.data.Loader` / any iterable of ``(x (B, C, H, W) float, y (B,) int64)``.
@@ -110,8 +116,13 @@ def evaluate(
         When ``data`` yields no samples, ``device`` names no usable device, or model and data do not fit: images
         of other channels than a registry model's, inputs the model cannot take, outputs that are not
         ``(batch, classes)`` logits, or a number of outputs other than the dataset's number of classes (for
-        batches: a label the outputs cannot score). The one-line message names both sides.
+        batches: a label the outputs cannot score), or a path that is not an ``.onnx`` file. The one-line message
+        names both sides.
+    FileNotFoundError
+        No file at the ``.onnx`` path.
     """
+    if isinstance(model, str | os.PathLike):
+        model = _onnx_model(Path(model))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if channels_last is None:
         channels_last = bool(convs)
@@ -123,6 +134,18 @@ def evaluate(
     finally:
         if convert:
             model.to(memory_format=torch.contiguous_format)
+
+
+def _onnx_model(path: Path) -> nn.Module:
+    """The ``.onnx`` file at ``path`` as an onnxruntime-backed module; ConfigError for another kind of path."""
+    if path.suffix != ".onnx":
+        raise ConfigError(
+            f"evaluate takes a model or an .onnx file, not {path.name}; load a checkpoint first: "
+            "evaluate(smoothcompress.load(path), data)"
+        )
+    from smoothcompress.onnxmodel import OnnxModel  # imported here: it loads onnxruntime
+
+    return OnnxModel(path)
 
 
 def _accuracy(model, data, device, batch_size: int, bf16: bool, channels_last: bool) -> float:
