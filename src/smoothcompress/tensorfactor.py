@@ -523,7 +523,7 @@ class TuckerConv2d(_TensorConv):
     energy : float, optional
         Kept energy ``1 - err**2`` of the fit, for reports.
     out_rank, in_rank : int, optional
-        Explicit mode ranks (``1 <= r_out <= out_channels``, ``1 <= r_in <= in_channels``).
+        Explicit mode ranks (positive; above the channel count only in shape-only skeletons that count FLOPs).
     device, dtype
         Factory arguments of the convs.
     """
@@ -540,8 +540,9 @@ class TuckerConv2d(_TensorConv):
                          full_rank, energy)  # fmt: skip
         r_out, r_in = tucker_ranks(out_channels, in_channels, rank)
         r_out, r_in = out_rank or r_out, in_rank or r_in
-        check_rank(r_out, out_channels, "out_rank")
-        check_rank(r_in, in_channels, "in_rank")
+        for name, r in (("out_rank", r_out), ("in_rank", r_in)):
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ConfigError(f"{name} must be a positive int, got {r!r}")
         self.out_rank, self.in_rank = int(r_out), int(r_in)
         fk = {"device": device, "dtype": dtype}
         self.first = nn.Conv2d(in_channels, r_in, 1, bias=False, **fk)
