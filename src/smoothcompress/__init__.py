@@ -27,6 +27,7 @@ from smoothcompress.record import CompressionRecord
 from smoothcompress.regularize import KINDS as PENALTY_KINDS
 from smoothcompress.regularize import Smoothness, normalized_penalty, penalty, roughness
 from smoothcompress.selection import Selection, select_layers
+from smoothcompress.tensorfactor import CPConv2d, TuckerConv2d
 
 __version__ = package_version()
 
@@ -108,6 +109,8 @@ __all__ = [
     "find_bn_pairs",
     "FactorizedConv2d",
     "FactorizedLinear",
+    "CPConv2d",
+    "TuckerConv2d",
     # compression methods (registry) and their record
     "Method",
     "CompressionRecord",

@@ -21,7 +21,13 @@ each a registered :class:`Allocation`):
 * ``"energy"``: the same fraction of spectral energy in every layer.
 
 Schemes (:data:`SCHEMES`): ``"channel"`` and ``"spatial"`` (see :mod:`smoothcompress.factorized`), or ``"auto"``:
-per layer, whichever of the two loses less spectral energy at the same parameter cost.
+per layer, whichever of the two loses less spectral energy at the same parameter cost; or the tensor schemes
+``"cp"`` and ``"tucker"`` (see :mod:`smoothcompress.tensorfactor`, the ``tensor`` extra), which factorize every
+conv with a kernel larger than ``1 x 1`` as a 4-way tensor and every other layer (``1 x 1`` convs, Linear layers,
+where both reduce to an SVD) with the channel scheme. Their ``kept_l(r)`` is ``1 - err_l(r)**2``, ``err_l`` the
+relative error of the CP or Tucker-2 fit at rank ``r``: fitted at a grid of ranks and interpolated between them
+(:class:`~smoothcompress.tensorfactor.TensorFit`), so a plan's ``energy`` off the grid is an interpolation; the
+built layer's ``energy`` is its own fit's. They take no ``calibration``.
 
 The achieved rate is never below the request and overshoots it by at most about one rank step of one layer; a
 rate the eligible layers cannot reach raises :class:`smoothcompress.accounting.RateUnreachable`.
@@ -80,6 +86,7 @@ from smoothcompress.factorized import (
 from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, tied_weights
 from smoothcompress.selection import Entries, select_layers, unwrap
+from smoothcompress.tensorfactor import TENSOR_SCHEMES, CPConv2d, TensorFit, TuckerConv2d, tensor_scheme, tucker_ranks
 
 if TYPE_CHECKING:
     from smoothcompress.calibration import Calibration
@@ -104,8 +111,9 @@ __all__ = [
     "build_plan",
 ]
 
-SCHEMES = ("channel", "spatial", "auto")
-"""Factorization schemes accepted by :func:`smoothcompress.compress`."""
+SCHEMES = ("channel", "spatial", "auto", *TENSOR_SCHEMES)
+"""Factorization schemes accepted by :func:`smoothcompress.compress`: the matrix schemes of
+:mod:`smoothcompress.factorized`, ``"auto"``, and the tensor schemes of :mod:`smoothcompress.tensorfactor`."""
 
 _RATE_TOLERANCE = 0.01
 _MIX_STEPS = 10  # rate and flops together: the weight t of the FLOPs in the cost goes 0, 1/10, ..., 1
@@ -209,10 +217,10 @@ class _Option(NamedTuple):
 
 
 class _Flops(NamedTuple):
-    """A layer's FLOPs on the example input: dense, and ``base + per_rank * r`` factorized, by scheme."""
+    """A layer's FLOPs on the example input: dense, and factorized at rank ``r`` by scheme."""
 
     dense: int
-    linear: dict[str, tuple[int, int]]  # scheme -> (base, per_rank)
+    after: dict[str, Callable[[int], int]]  # scheme -> FLOPs at rank r
 
 
 def _params_key(o: _Option) -> float:
@@ -228,35 +236,44 @@ class _Layer:
     name: str
     module: nn.Module
     dense: int  # weight params
-    decs: dict[str, Decomposition]  # by scheme
+    decs: dict[str, Decomposition | TensorFit]  # by scheme
     kept: dict[str, list[float]]  # kept energy fraction at rank 1..R, by scheme
     log_loss: bool  # loss -log(kept) if True, else 1 - kept
     multiple: int  # allocated ranks are multiples of this
     options: list[_Option]  # dense first, then every allowed (scheme, rank) that saves params
     flops: _Flops | None = None  # None: FLOPs not counted
 
-    def unit(self, scheme: str) -> int:
-        m, n = self.decs[scheme].matrix.shape
-        return m + n
+    def params(self, scheme: str, rank: int) -> int:
+        """Weight parameters of the factors at ``rank``."""
+        dec = self.decs[scheme]
+        if isinstance(dec, TensorFit):
+            return dec.params(rank)
+        m, n = dec.matrix.shape
+        return rank * (m + n)
+
+    def max_rank(self, scheme: str) -> int:
+        """The largest rank whose factors have fewer parameters than the dense weight (0: none)."""
+        dec = self.decs[scheme]
+        if isinstance(dec, TensorFit):
+            return dec.max_rank
+        return min(dec.full_rank, (self.dense - 1) // self.params(scheme, 1))
 
     def flops_after(self, o: _Option) -> int | None:
         if self.flops is None:
             return None
         if o.scheme is None:
             return self.flops.dense
-        base, per_rank = self.flops.linear[o.scheme]
-        return base + per_rank * o.rank
+        return self.flops.after[o.scheme](o.rank)
 
     def option(self, scheme: str, rank: int) -> _Option:
-        saving = self.dense - rank * self.unit(scheme)
+        saving = self.dense - self.params(scheme, rank)
         if saving <= 0:
             return self.options[0]
         kept = self.kept[scheme][rank - 1]
         loss = -math.log(max(kept, 1e-300)) if self.log_loss else 1.0 - kept
         if self.flops is None:
             return _Option(saving, loss, scheme, rank)
-        base, per_rank = self.flops.linear[scheme]
-        return _Option(saving, loss, scheme, rank, self.flops.dense - base - per_rank * rank)
+        return _Option(saving, loss, scheme, rank, self.flops.dense - self.flops.after[scheme](rank))
 
     def snap(self, scheme: str, rank: int, up: bool) -> int:
         """``rank`` moved to a multiple of ``self.multiple`` (nearest, or the next one up), within [1, full rank]."""
@@ -321,17 +338,25 @@ def _eligible(model: nn.Module, exclude: Entries) -> tuple[dict[str, nn.Module],
     return sel.chosen, {name: f"skipped: {why}" for name, why in sel.skipped.items()}
 
 
-def _skeleton(module: nn.Module, scheme: str, rank: int) -> nn.Module:
+def _skeleton(module: nn.Module, scheme: str, rank: int, in_rank: int | None = None) -> nn.Module:
     """A factorized replacement of ``module`` at ``rank`` on the meta device (shapes only), for counting FLOPs.
 
-    Any rank is allowed (``full_rank=rank``): FLOPs are linear in the rank, ranks 1 and 2 give the line."""
+    Any rank is allowed (``full_rank=rank``): FLOPs are linear in the rank (ranks 1 and 2 give the line), and for
+    Tucker-2 bilinear in the mode ranks (``rank`` is then the output rank, ``in_rank`` the input one)."""
     w = layer_weight(module)
     if is_linear_like(module):
         return FactorizedLinear(w.shape[1], w.shape[0], rank, False, rank, device="meta", dtype=w.dtype)
+    geometry = (module.stride, module.padding, module.dilation)
+    fk = {"padding_mode": module.padding_mode, "device": "meta", "dtype": w.dtype}
+    if scheme == "cp":
+        return CPConv2d(w.shape[1], w.shape[0], module.kernel_size, rank, *geometry, False, full_rank=rank, **fk)
+    if scheme == "tucker":
+        return TuckerConv2d(
+            w.shape[1], w.shape[0], module.kernel_size, 1, *geometry, False, out_rank=rank, in_rank=in_rank, **fk
+        )
     return FactorizedConv2d(
-        w.shape[1], w.shape[0], module.kernel_size, rank, module.stride, module.padding, module.dilation,
-        bias=False, padding_mode=module.padding_mode, scheme=scheme, full_rank=rank, device="meta", dtype=w.dtype,
-    )  # fmt: skip
+        w.shape[1], w.shape[0], module.kernel_size, rank, *geometry, bias=False, scheme=scheme, full_rank=rank, **fk
+    )
 
 
 def _count_meta(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> int:
@@ -342,22 +367,46 @@ def _count_meta(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.d
     return int(counter.get_total_flops())
 
 
+def _layer_schemes(shape: torch.Size | tuple, scheme: str) -> tuple[str, ...]:
+    """The schemes a layer of this weight shape is factorized with under ``scheme``, channel first."""
+    wanted = ("channel", "spatial") if scheme == "auto" else (scheme,)
+    return tuple(dict.fromkeys(tensor_scheme(shape, effective_scheme(shape, s)) for s in wanted))
+
+
+def _flops_at(m: nn.Module, s: str, shapes: list, dtype: torch.dtype) -> Callable[[int], int]:
+    """FLOPs of ``m``'s factorization in scheme ``s`` as a function of the rank, from a few counted skeletons."""
+    if s == "tucker":  # bilinear in (r_out, r_in): four corners give it exactly
+        w = layer_weight(m)
+        (f11, f12), (f21, f22) = [[_count_meta(_skeleton(m, s, o, i), shapes, dtype) for i in (1, 2)] for o in (1, 2)]
+        cross, d_out, d_in = f22 - f21 - f12 + f11, f21 - f11, f12 - f11
+        base = f11 - d_out - d_in + cross  # the value at (0, 0)
+        d_out, d_in = d_out - cross, d_in - cross  # slopes at 0
+
+        def tucker(r: int) -> int:
+            r_out, r_in = tucker_ranks(w.shape[0], w.shape[1], r)
+            return base + d_out * r_out + d_in * r_in + cross * r_out * r_in
+
+        return tucker
+    one, two = (_count_meta(_skeleton(m, s, r), shapes, dtype) for r in (1, 2))
+    base, per_rank = 2 * one - two, two - one
+    return lambda r: base + per_rank * r
+
+
 def _flop_model(
-    model: nn.Module, modules: dict[str, nn.Module], example: ExampleInput
+    model: nn.Module, modules: dict[str, nn.Module], example: ExampleInput, scheme: str
 ) -> tuple[int, dict[str, _Flops]]:
     """Total FLOPs of ``model`` on ``example``, and each eligible layer's :class:`_Flops` by scheme.
 
     One traced forward pass gives the dense FLOPs and the input shapes of every call of each layer; each scheme's
-    factorized layer is then counted at ranks 1 and 2 on those shapes (FLOPs are linear in the rank).
+    factorized layer is then counted on those shapes at ranks 1 and 2 (FLOPs are linear in the rank), or for
+    Tucker-2 at mode ranks (1 or 2, 1 or 2) (bilinear in them).
     """
     by_module, shapes = trace_flops(model, inputs_of=modules, example=example)
     out = {}
     for name, m in modules.items():
-        linear = {}
-        for s in dict.fromkeys(effective_scheme(layer_weight(m).shape, s) for s in ("channel", "spatial")):
-            one, two = (_count_meta(_skeleton(m, s, r), shapes[name], layer_weight(m).dtype) for r in (1, 2))
-            linear[s] = (2 * one - two, two - one)
-        out[name] = _Flops(by_module.get(name, 0), linear)
+        dtype = layer_weight(m).dtype
+        after = {s: _flops_at(m, s, shapes[name], dtype) for s in _layer_schemes(layer_weight(m).shape, scheme)}
+        out[name] = _Flops(by_module.get(name, 0), after)
     return by_module[""], out
 
 
@@ -385,7 +434,7 @@ def _analyse(
         calibration.check(model, modules)
         if calibration.center:
             centered = set(trace_bn_pairs(model)[0])
-    total_flops, flop_models = _flop_model(model, modules, example) if example is not None else (None, {})
+    total_flops, flop_models = _flop_model(model, modules, example, scheme) if example is not None else (None, {})
     bn_pairs, bn_note = trace_bn_pairs(model) if bn_aware and modules else ({}, None)
     bn_pairs = {k: v for k, v in bn_pairs.items() if k in modules}
     named = dict(model.named_modules())
@@ -393,21 +442,23 @@ def _analyse(
     for name, m in modules.items():
         w = layer_weight(m).detach()
         out_scale = bn_scale(named[bn_pairs[name]]) if name in bn_pairs else None
-        wanted = ("channel", "spatial") if scheme == "auto" else (scheme,)
         decs, kept = {}, {}
-        for s in dict.fromkeys(effective_scheme(w.shape, s) for s in wanted):  # in order: channel first
-            moment = calibration.moment(name, s, name in centered) if calibration is not None else None
-            decs[s] = decompose(matricize(w, s), expand_row_weight(out_scale, w, s), moment)
+        for s in _layer_schemes(w.shape, scheme):
+            if s in TENSOR_SCHEMES:
+                decs[s] = TensorFit(w, s, out_scale)
+            else:
+                moment = calibration.moment(name, s, name in centered) if calibration is not None else None
+                decs[s] = decompose(matricize(w, s), expand_row_weight(out_scale, w, s), moment)
             kept[s] = decs[s].kept_energy().tolist()
         flop_model = flop_models.get(name)
         dense = _Option(0, 0.0, None, None)
         layer = _Layer(name, m, w.numel(), decs, kept, log_loss, multiple, [dense], flop_model)
         for s in decs:
-            r_max = min(decs[s].full_rank, (layer.dense - 1) // layer.unit(s))
+            r_max = layer.max_rank(s)
             layer.options += [layer.option(s, r) for r in range(multiple, r_max + 1, multiple)]
             # a rank above r_max saves nothing (option() keeps the layer dense), so its basis columns are never
             # used: keep only the first r_max (about half of a square layer's), which bounds compress's memory
-            if decs[s].basis.shape[1] > max(r_max, 1):
+            if isinstance(decs[s], Decomposition) and decs[s].basis.shape[1] > max(r_max, 1):
                 decs[s].basis = decs[s].basis[:, : max(r_max, 1)].clone()
         layers.append(layer)
     return layers, notes, bn_pairs, bn_note, total_flops
@@ -856,6 +907,11 @@ def build_plan(
     it chose among, which :func:`smoothcompress.compress` factorizes."""
     rate = requested_rate(rate, flops, ranks)
     strategy = _check_args(rate, allocation, scheme, flops, rank_multiple)
+    if calibration is not None and scheme in TENSOR_SCHEMES:
+        raise ConfigError(
+            f"scheme {scheme!r} does not take a calibration (whitened truncation is for the matrix schemes): pass "
+            "calibration=None, or use scheme='channel' with the calibration"
+        )
     model = unwrap(model)
     ranks = dict(ranks or {})
     ex = _flops_example(model, input_shape, flops, example)

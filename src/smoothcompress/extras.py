@@ -9,6 +9,7 @@ numpy, safetensors and tqdm only. Everything else is an extra of ``pip install '
 * ``train``: training configs and sweeps (TOML files: tomli-w, and tomli before Python 3.11);
 * ``report``: reports and plots (matplotlib);
 * ``hf``: Hugging Face models in the tests and guides (transformers);
+* ``tensor``: the CP and Tucker schemes of :mod:`smoothcompress.tensorfactor` (tensorly);
 * ``all``: every extra above.
 
 :func:`require` imports an optional module or raises :class:`MissingExtra` naming the ``pip install`` to run.
@@ -28,6 +29,7 @@ EXTRAS: dict[str, str] = {
     "train": "training configs and sweeps",
     "report": "reports and plots",
     "hf": "Hugging Face models",
+    "tensor": "CP and Tucker factorization",
 }
 """The extras and what each one is for."""
 

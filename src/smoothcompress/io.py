@@ -6,7 +6,8 @@ string-to-string map) holds everything needed to rebuild the module tree, as JSO
 * ``format`` = ``"smoothcompress"`` and ``format_version`` (currently 1);
 * ``arch``: ``model.sc_arch`` of a registry-built model, ``{"name": ..., "kwargs": {...}}`` (or ``null``);
 * ``modules``: ``{path: {"type": ..., "config": {...}}}`` for every module of a known type (Conv1d/2d/3d,
-  Linear, BatchNorm1d/2d/3d, LayerNorm, GroupNorm, Embedding, FactorizedConv2d, FactorizedLinear), with its
+  Linear, BatchNorm1d/2d/3d, LayerNorm, GroupNorm, Embedding, FactorizedConv2d, FactorizedLinear, CPConv2d,
+  TuckerConv2d), with its
   constructor arguments read off its current tensors, so channel counts changed by filter pruning are captured;
 * ``compression``: the model's :class:`~smoothcompress.record.CompressionRecord` (``sc_compression``, set by
   :func:`smoothcompress.compress` and :func:`smoothcompress.prune`) as a JSON object, or ``null``;
@@ -66,6 +67,7 @@ from smoothcompress.models import ARCH_ATTR, INPUT_ATTR, create_model
 from smoothcompress.onnxfile import export_float
 from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import set_submodule
+from smoothcompress.tensorfactor import CPConv2d, TuckerConv2d
 
 if TYPE_CHECKING:  # calibration loads on first use, not at import
     from smoothcompress.calibration import CalibrationData
@@ -189,6 +191,8 @@ _KNOWN: dict[str, tuple[type[nn.Module], object]] = {
     "Embedding": (nn.Embedding, _embedding_config),
     "FactorizedConv2d": (FactorizedConv2d, FactorizedConv2d.config),
     "FactorizedLinear": (FactorizedLinear, FactorizedLinear.config),
+    "CPConv2d": (CPConv2d, CPConv2d.config),
+    "TuckerConv2d": (TuckerConv2d, TuckerConv2d.config),
 }
 
 

@@ -1,7 +1,9 @@
 """Low-rank SVD compression of a model, without fine-tuning: :func:`compress` and :func:`compress_report`.
 
 :func:`compress` plans the ranks (:mod:`smoothcompress.allocation`), then replaces every layer the plan factorizes
-by a :class:`FactorizedConv2d` or :class:`FactorizedLinear` (:mod:`smoothcompress.factorized`) at the same module
+by a :class:`FactorizedConv2d` or :class:`FactorizedLinear` (:mod:`smoothcompress.factorized`), or with a tensor
+scheme a :class:`~smoothcompress.tensorfactor.CPConv2d` or :class:`~smoothcompress.tensorfactor.TuckerConv2d`
+(:mod:`smoothcompress.tensorfactor`), at the same module
 name, in a deep copy of the model. BatchNorm-aware truncation lives in :mod:`smoothcompress.batchnorm`, the layer
 selection (``exclude``) in :mod:`smoothcompress.selection`.
 """
@@ -26,6 +28,7 @@ from smoothcompress.inputs import as_example
 from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
+from smoothcompress.tensorfactor import TENSOR_SCHEMES, TensorFit, tensor_factorized
 
 if TYPE_CHECKING:
     from smoothcompress.calibration import Calibration
@@ -72,8 +75,11 @@ def compress(
         ``compress(model, flops=0.5)`` meets the FLOPs budget alone and ``compress(model, 0.7, flops=0.5)`` both.
     allocation : {"global", "global-linear", "uniform", "energy"}
         How ranks are chosen, see :mod:`smoothcompress.allocation`.
-    scheme : {"channel", "spatial", "auto"}
+    scheme : {"channel", "spatial", "auto", "cp", "tucker"}
         The factorization, see :mod:`smoothcompress.factorized` (``"auto"``: per layer, whichever loses less).
+        ``"cp"`` and ``"tucker"`` factorize every conv with a kernel larger than ``1 x 1`` as a tensor
+        (:class:`~smoothcompress.tensorfactor.CPConv2d`, :class:`~smoothcompress.tensorfactor.TuckerConv2d`;
+        :mod:`smoothcompress.tensorfactor`, the ``tensor`` extra) and the other layers with the channel scheme.
     ranks : mapping of str to int, optional
         Explicit ranks of some layers, by module name. These layers are pinned; the others are allocated to reach
         ``rate``. With ``scheme="auto"`` an explicit rank is a channel-scheme rank, and the spatial scheme is used
@@ -157,19 +163,25 @@ def compress(
         lay.decs, lay.module = {}, None  # hold no layer's decomposition or dense weight longer than needed
         if opt.scheme is None:
             continue
-        factors = truncated_factors(layer_weight(dense).detach(), decs.pop(opt.scheme), opt.rank, opt.scheme)
+        dec = decs.pop(opt.scheme)
         del decs
-        if is_linear_like(dense):
-            new = FactorizedLinear.from_factors(dense, factors)
+        if isinstance(dec, TensorFit):
+            new = tensor_factorized(dense, dec, opt.rank)
         else:
-            new = FactorizedConv2d.from_factors(dense, factors, opt.scheme)
+            factors = truncated_factors(layer_weight(dense).detach(), dec, opt.rank, opt.scheme)
+            if is_linear_like(dense):
+                new = FactorizedLinear.from_factors(dense, factors)
+            else:
+                new = FactorizedConv2d.from_factors(dense, factors, opt.scheme)
+            del factors
         new.train(dense.training)
-        del factors, dense
+        del dec, dense
         set_submodule(out, lay.name, new)
     if plan.bn_note:
         warnings.warn(plan.bn_note, stacklevel=2)
     record = CompressionRecord(
-        method="svd" if calibration is None else "svd-data",  # what was done: whitened truncation with a calibration
+        # what was done: a tensor factorization, whitened truncation with a calibration, or the paper's SVD
+        method=scheme if scheme in TENSOR_SCHEMES else "svd" if calibration is None else "svd-data",
         options={
             "allocation": allocation,
             "scheme": scheme,

@@ -8,6 +8,11 @@ and leaves ``model`` alone), names its results rows (``method.label``) and build
 ``"svd"``
     Truncated SVD of every eligible Conv2d and Linear layer (:func:`smoothcompress.compress`); options
     ``allocation``, ``scheme``, ``bn_aware``, ``rank_multiple``; label ``"svd-<allocation>-<scheme>"``.
+``"cp"``, ``"tucker"``
+    CP or Tucker-2 factorization of every conv kernel larger than ``1 x 1`` (:mod:`smoothcompress.tensorfactor`,
+    the ``tensor`` extra), the channel-scheme SVD of the other layers; options ``allocation``, ``bn_aware``,
+    ``rank_multiple`` (``scheme`` is the method's); label ``"<name>-<allocation>"``. ``"cp+bn"`` and
+    ``"tucker+bn"`` re-estimate the BatchNorm statistics afterwards.
 ``"magnitude"``, ``"magnitude-layerwise"``, ``"filter"``
     The pruning baselines (:func:`smoothcompress.prune`); no options; the label is the name.
 ``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"svd-seq"``, ``"svd-seq+bn"``, ``"svd-data-seq"``,
@@ -31,7 +36,8 @@ runs every registered method through apply, rate and save/load.
 >>> sc.get_method("svd", scheme="spatial").label
 'svd-global-spatial'
 >>> sc.list_methods("low-rank")
-('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn', 'svd-data-seq')
+('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn', 'svd-data-seq', 'cp', 'cp+bn', 'tucker', \
+'tucker+bn')
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from smoothcompress.allocation import ALLOCATIONS, SCHEMES
 from smoothcompress.errors import ConfigError
 from smoothcompress.inputs import CALIBRATION_IMAGES
 from smoothcompress.record import COMPRESSION_ATTR, compression_record, register_label
+from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
 __all__ = [
     "Method",
@@ -54,12 +61,17 @@ __all__ = [
     "Magnitude",
     "MagnitudeLayerwise",
     "Filter",
+    "CP",
+    "Tucker",
     "option",
     "register_method",
     "get_method",
     "list_methods",
     "method_from_dict",
 ]
+
+MATRIX_SCHEMES = tuple(s for s in SCHEMES if s not in TENSOR_SCHEMES)
+"""The schemes of the ``svd`` family; the tensor schemes are the methods ``cp`` and ``tucker``."""
 
 FAMILIES = ("low-rank", "pruning")
 """What a method does to the layers: factorizes them (``compress``) or removes weights (``prune``)."""
@@ -278,7 +290,7 @@ class SVD(Method):
     family: ClassVar[str] = "low-rank"
 
     allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", tuple(ALLOCATIONS))
-    scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", SCHEMES)
+    scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", MATRIX_SCHEMES)
     bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
     rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
     budget: str = option(
@@ -298,9 +310,12 @@ class SVD(Method):
     def label(self) -> str:
         """``"svd-<allocation>-<scheme>"``, then ``"-bn"`` if ``bn_aware``, ``"-x<k>"`` for a rank multiple and
         ``"-flops"`` or ``"-flops-matched"`` for a FLOPs budget."""
+        return f"{self.name}-{self.allocation}-{self.scheme}{self._suffix()}"
+
+    def _suffix(self) -> str:
+        """``"-bn"`` if ``bn_aware``, ``"-x<k>"`` for a rank multiple, ``"-<budget>"`` for a FLOPs budget."""
         suffix = ("-bn" if self.bn_aware else "") + (f"-x{self.rank_multiple}" if self.rank_multiple != 1 else "")
-        suffix += "" if self.budget == "params" else f"-{self.budget}"
-        return f"{self.name}-{self.allocation}-{self.scheme}{suffix}"
+        return suffix + ("" if self.budget == "params" else f"-{self.budget}")
 
     def apply(
         self,
@@ -482,6 +497,53 @@ class SVDDataSequential(SVD):
     name: ClassVar[str] = "svd-data-seq"
     data_aware: ClassVar[bool] = True
     reconstructs: ClassVar[bool] = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensor factorizations (the ``tensor`` extra): CP and Tucker-2 of every conv kernel larger than 1x1
+
+
+@register_method
+@dataclass(frozen=True)
+class CP(SVD):
+    """CP factorization of every conv kernel larger than ``1 x 1`` (four standard convs), the channel-scheme SVD of
+    every other layer, ranks allocated globally (:func:`smoothcompress.compress` with ``scheme="cp"``)."""
+
+    name: ClassVar[str] = "cp"
+    scheme: str = option("cp", "the tensor factorization of conv kernels (see tensorfactor)", ("cp",))
+
+    @property
+    def label(self) -> str:
+        """``"<name>-<allocation>"``, then the suffixes of :attr:`SVD.label`."""
+        return f"{self.name}-{self.allocation}{self._suffix()}"
+
+
+@register_method
+@dataclass(frozen=True)
+class CPRecalibrated(CP):
+    """``cp``, then BatchNorm statistics re-estimated on calibration images (``+bn``)."""
+
+    name: ClassVar[str] = "cp+bn"
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class Tucker(CP):
+    """Tucker-2 factorization of every conv kernel larger than ``1 x 1`` (1x1, core and 1x1 convs), the
+    channel-scheme SVD of every other layer (:func:`smoothcompress.compress` with ``scheme="tucker"``)."""
+
+    name: ClassVar[str] = "tucker"
+    scheme: str = option("tucker", "the tensor factorization of conv kernels (see tensorfactor)", ("tucker",))
+
+
+@register_method
+@dataclass(frozen=True)
+class TuckerRecalibrated(Tucker):
+    """``tucker``, then BatchNorm statistics re-estimated on calibration images (``+bn``)."""
+
+    name: ClassVar[str] = "tucker+bn"
+    recalibrates_bn: ClassVar[bool] = True
 
 
 @register_method

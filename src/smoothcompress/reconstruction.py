@@ -23,7 +23,8 @@ without bias is solved without one (uncentered moments).
 Moments are accumulated batch by batch in float64 from the same randomly chosen input positions (conv patches
 or rows) of both models, never storing whole activations: one pass of the dense model keeps each layer's sampled
 input vectors (``samples * d`` floats per layer), then each layer costs one pass of the compressed model over the
-calibration inputs, stopped at that layer. Layers of another scheme than ``"channel"``, layers called more
+calibration inputs, stopped at that layer. Layers of another scheme than ``"channel"`` (the spatial scheme, CP and
+Tucker layers of :mod:`smoothcompress.tensorfactor`), layers called more
 than once per forward pass and layers the calibration inputs never reach are left as compressed, with a note.
 
 Calibration data is training data (:func:`smoothcompress.calibration.calibration_batches`); the dense model is
@@ -49,7 +50,7 @@ from smoothcompress.calibration import (
     sample_patches,
 )
 from smoothcompress.errors import ConfigError, first_line
-from smoothcompress.factorized import Factorized, FactorizedConv2d, factorize_weight
+from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear, factorize_weight
 from smoothcompress.inputs import ExampleInput, as_batch
 from smoothcompress.layers import layer_weight, linear_bias
 
@@ -393,6 +394,8 @@ def reconstruct(
                 result.skipped[name] = "not reached by the calibration inputs"
             elif calls[name] > 1:
                 result.skipped[name] = f"called {calls[name]} times per forward pass"
+            elif not isinstance(factorized[name], (FactorizedConv2d, FactorizedLinear)):
+                result.skipped[name] = f"{type(factorized[name]).__name__} (only the 'channel' scheme is reconstructed)"
             elif isinstance(factorized[name], FactorizedConv2d) and factorized[name].scheme != "channel":
                 result.skipped[name] = f"scheme {factorized[name].scheme!r} (only 'channel' is reconstructed)"
         todo = {n: dense_modules[n] for n in order if n not in result.skipped}
