@@ -23,6 +23,7 @@ __all__ = [
     "flops_by_module",
     "trace_flops",
     "measure_latency",
+    "timed_input",
     "LayerRow",
     "LayerTable",
     "layer_report",
@@ -230,7 +231,7 @@ def measure_latency(
     named = dict(models) if isinstance(models, Mapping) else dict(enumerate(models))
     if reps < 1 or warmup < 0:
         raise ConfigError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    inputs = {k: _timed_input(m, input_shape, example) for k, m in named.items()}
+    inputs = {k: timed_input(m, input_shape, example) for k, m in named.items()}
     modes = {k: m.training for k, m in named.items()}
     times: dict = {k: [] for k in named}
 
@@ -259,8 +260,9 @@ def measure_latency(
     return medians if isinstance(models, Mapping) else [medians[k] for k in named]
 
 
-def _timed_input(model: nn.Module, input_shape: Iterable[int] | None, example: object) -> ExampleInput:
-    """What :func:`measure_latency` times ``model`` on: ``example`` on its device, else a random normal input."""
+def timed_input(model: nn.Module, input_shape: Iterable[int] | None, example: object) -> ExampleInput:
+    """What :func:`measure_latency` times ``model`` on: ``example`` on its device, else a random normal input of
+    ``input_shape`` on its device and dtype, in channels_last memory format when its first conv weight is."""
     if example is None:
         return ExampleInput((_like_model(model, as_example(model, None, input_shape).args[0].normal_()),))
     ref = next(iter(model.parameters()), None)
@@ -368,6 +370,9 @@ class LayerTable:
                 f"latency: {1e3 * self.latency_before:.3g} ms -> {1e3 * self.latency_after:.3g} ms "
                 f"({speedup:.2f}x faster; median forward pass, input {shape}, eval, no_grad)"
             )
+        budget = self.extra.get("details", {}).get("latency") if isinstance(self.extra, dict) else None
+        if isinstance(budget, dict) and budget.get("summary"):
+            out.append(str(budget["summary"]))
         return "\n".join(out)
 
 
