@@ -87,6 +87,7 @@ from smoothcompress.factorized import (
 from smoothcompress.inputs import ExampleInput, as_example
 from smoothcompress.latency import (
     RUNTIMES,
+    LatencyTable,
     LatencyUnreachable,
     Timing,
     check_latency,
@@ -188,6 +189,8 @@ class Plan:
         With a latency budget: the request, runtime, the table's predicted fraction of the dense time, its dense
         and fixed seconds, the rank multiple chosen and the candidates compared, and the table's provenance
         (:class:`smoothcompress.latency.LatencyTable`); ``None`` otherwise.
+    table : LatencyTable or None
+        With a latency budget, the measured table itself (``table.plan_time(plan.layers)``: seconds of a plan).
     """
 
     layers: dict[str, LayerPlan]
@@ -200,6 +203,7 @@ class Plan:
     flops_after: int | None = None
     input_shape: tuple[int, ...] | None = None
     latency: dict | None = None
+    table: LatencyTable | None = field(default=None, repr=False)
 
     @property
     def rate(self) -> float:
@@ -265,7 +269,6 @@ class _Layer:
     top: dict[str, int] = field(default_factory=dict)  # by scheme: the largest rank that saves params
     dense_time: float | None = None  # measured seconds of the dense layer (None: no latency table)
     time_of: Callable[[str, int], float] | None = None  # measured seconds at (scheme, rank)
-    faster_only: bool = False  # a (scheme, rank) not faster than the dense layer keeps it dense
 
     def unit(self, scheme: str) -> int:
         m, n = self.decs[scheme].matrix.shape
@@ -292,8 +295,6 @@ class _Layer:
         time_saving = 0.0
         if self.time_of is not None:
             time_saving = self.dense_time - self.time_of(scheme, rank)
-            if self.faster_only and time_saving <= 0:
-                return self.options[0]
         return _Option(saving, loss, scheme, rank, flops_saving, time_saving)
 
     def set_options(self, multiple: int) -> None:
@@ -547,12 +548,49 @@ def _allocate_time(
     keys = [_mix(i / _MIX_STEPS, _params_key, params_total, _time_key, time_total) for i in range(_MIX_STEPS + 1)]
     if flops_total:
         keys += [_mix(i / _MIX_STEPS, _flops_key, flops_total, _time_key, time_total) for i in range(_MIX_STEPS)]
+    found = [_allocate_global(layers, need, need_flops, key, need_time) for key in keys]
+    found.append(_best_rate_plan(layers, needs))
     best, best_loss = None, math.inf
-    for key in keys:
-        choice = _allocate_global(layers, need, need_flops, key, need_time)
+    for choice in found:
         loss = math.inf if choice is None else sum(o.loss for o in choice.values())
         if loss < best_loss:
             best, best_loss = choice, loss
+    return best
+
+
+def _best_rate_plan(layers: list[_Layer], needs: tuple[float, float, float]) -> dict[str, _Option] | None:
+    """The least-loss plan that the parameter budget (:func:`_allocate_global` by parameters) gives at some rate
+    and that meets ``needs``, or ``None``: each step of its walk, with the step's layer at any option between its
+    previous vertex and the next (the refinement of the step that meets a rate picks one of these)."""
+    need, need_flops, need_time = needs
+    choice = {lay.name: lay.options[0] for lay in layers}
+    sums = [0.0, 0.0, 0.0, 0.0]  # parameters, FLOPs and seconds saved, loss
+    steps = []
+    for i, lay in enumerate(layers):
+        hull = _lower_hull(lay.options)
+        for j in range(1, len(hull)):
+            ds, dl = hull[j].saving - hull[j - 1].saving, hull[j].loss - hull[j - 1].loss
+            steps.append((dl / ds, i, j, hull[j]))
+    steps.sort(key=lambda t: t[:3])
+    by_saving = [sorted(lay.options, key=lambda o: o.saving) for lay in layers]
+    savings = [[o.saving for o in opts] for opts in by_saving]
+    best, best_loss = None, math.inf
+    for _, i, _, vertex in steps:
+        lay = layers[i]
+        old = choice[lay.name]
+        rest = [sums[0] - old.saving, sums[1] - old.flops_saving, sums[2] - old.time_saving, sums[3] - old.loss]
+        lo, hi = bisect.bisect_right(savings[i], old.saving), bisect.bisect_right(savings[i], vertex.saving)
+        for o in by_saving[i][lo:hi]:
+            meets = (
+                rest[0] + o.saving >= need
+                and rest[1] + o.flops_saving >= need_flops
+                and rest[2] + o.time_saving >= need_time
+            )
+            if meets and rest[3] + o.loss < best_loss:
+                best, best_loss = {**choice, lay.name: o}, rest[3] + o.loss
+        choice[lay.name] = vertex
+        sums = [rest[0] + vertex.saving, rest[1] + vertex.flops_saving, rest[2] + vertex.time_saving]
+        sums.append(rest[3] + vertex.loss)
     return best
 
 
@@ -1023,18 +1061,30 @@ def _choose(
     rate, flops, latency = requests
     total, flops_total, time_total = totals
     by_name = {lay.name: lay for lay in layers}
-    for lay in layers:
-        lay.faster_only = False  # explicit ranks are taken as given
     choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
     free = [lay for lay in layers if lay.name not in ranks]
     for lay in free:
-        lay.faster_only = latency is not None and rate is None  # never a layer made slower for nothing
         lay.set_options(multiple)
     need_flops = _flops_need(flops, flops_total, choice, free, strategy, scheme, multiple, skipped)
     need = _params_need(rate, total, choice, free, strategy, scheme, skipped)
     need_time = _time_need(latency, time_total, choice, free, strategy, where, fixed)
-    choice.update(_allocate(strategy, free, (need, need_flops, need_time), requests, totals, scheme))
+    allocated = _allocate(strategy, free, (need, need_flops, need_time), requests, totals, scheme)
+    if latency is not None and rate is None:  # no layer made slower for nothing
+        allocated = _no_slower(allocated, need_flops)
+    choice.update(allocated)
     return choice, need_flops
+
+
+def _no_slower(choice: dict[str, _Option], need_flops: float) -> dict[str, _Option]:
+    """``choice`` with every factorized layer that is not faster than its dense layer made dense again, as long as
+    the FLOPs budget holds (this loses no energy and no time; the layers that save the least FLOPs go first)."""
+    out = dict(choice)
+    saved = sum(o.flops_saving for o in out.values())
+    for name, o in sorted(choice.items(), key=lambda kv: (kv[1].flops_saving, kv[0])):
+        if o.scheme is not None and o.time_saving <= 0 and saved - o.flops_saving >= need_flops:
+            out[name] = _Option(0, 0.0, None, None)
+            saved -= o.flops_saving
+    return out
 
 
 _LATENCY_MULTIPLES = (1, 8, 16)
@@ -1054,10 +1104,10 @@ def _choose_latency(
     ex: ExampleInput,
     runtime: str,
     timing: Timing,
-) -> tuple[dict[str, _Option], float, dict]:
+) -> tuple[dict[str, _Option], float, dict, LatencyTable]:
     """:func:`_choose` under a latency budget: measure the latency table, then for each rank multiple to compare
-    keep the allocation with the most kept energy (least total loss; ties: the faster); the plan's latency
-    details."""
+    keep the allocation with the most kept energy (least total loss; ties: the faster, then the larger multiple);
+    the plan's latency details, and the table."""
     table = measure_table(model, {lay.name: lay.module for lay in layers}, ex, {lay.name: lay.top for lay in layers},
                           runtime, timing)  # fmt: skip
     for lay in layers:
@@ -1080,11 +1130,12 @@ def _choose_latency(
         loss = sum(o.loss for o in choice.values())
         fraction = table.plan_time(choice) / table.dense_total
         candidates[k] = {"loss": loss, "table_fraction": fraction}
-        if best is None or (loss, fraction) < best[0]:
-            best = ((loss, fraction), k, choice, need_flops)
+        rank = (round(loss, 9), fraction, -k)  # equal energy (to 1e-9): the faster, then the coarser multiple
+        if best is None or rank < best[0]:
+            best = (rank, k, choice, need_flops)
     if best is None:
         raise error
-    (_, fraction), k, choice, need_flops = best
+    (_, fraction, _), k, choice, need_flops = best
     for lay in layers:
         lay.multiple = k
     details = {
@@ -1098,7 +1149,7 @@ def _choose_latency(
         "rank_multiple_candidates": {str(m): c for m, c in candidates.items()},
         "table": table.provenance,
     }
-    return choice, need_flops, details
+    return choice, need_flops, details, table
 
 
 def build_plan(
@@ -1133,14 +1184,14 @@ def build_plan(
     _check_ranks(ranks, {lay.name: lay for lay in layers}, notes)
     total = count_params(model)
     requests = (rate, flops, latency)
-    details = None
+    details = table = None
     if latency is None:
         multiple = rank_multiple or 1
         totals = (total, flops_total, None)
         choice, need_flops = _choose(layers, ranks, strategy, scheme, requests, totals, len(notes), multiple)
     else:
         timed = timed_input(model, input_shape, example)  # random values, in the model's memory format
-        choice, need_flops, details = _choose_latency(
+        choice, need_flops, details, table = _choose_latency(
             model, layers, ranks, strategy, scheme, requests, (total, flops_total), len(notes), rank_multiple, timed,
             runtime, timing,
         )  # fmt: skip
@@ -1148,7 +1199,7 @@ def build_plan(
     saved = sum(o.saving for o in choice.values())
     shape = ex.shape if ex is not None else None
     plans = _layer_plans(layers, choice)
-    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape, details)
+    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape, details, table)
     return plan, layers, choice
 
 

@@ -296,10 +296,13 @@ class SVD(Method):
         calibration: Any = None,
         ranks: Mapping[str, int] | None = None,
         flops: float | None = None,
+        latency: float | None = None,
+        runtime: str = "eager",
     ) -> nn.Module:
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
         only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
-        alone), counted on ``input_shape`` (needed only with ``flops``, and only for non-registry models)."""
+        alone), counted on ``input_shape`` (needed only with ``flops``, and only for non-registry models);
+        ``latency`` a budget of measured time in ``runtime`` on ``input_shape`` (batch included, required)."""
         from smoothcompress.lowrank import compress
 
         small = compress(
@@ -313,7 +316,9 @@ class SVD(Method):
             rank_multiple=self.rank_multiple,
             calibration=self._calibration(model, data, images, calibration),
             flops=flops,
-            input_shape=input_shape if flops is not None else None,
+            input_shape=input_shape if flops is not None or latency is not None else None,
+            latency=latency,
+            runtime=runtime,
         )
         return self._finish(model, small, data, images)
 
