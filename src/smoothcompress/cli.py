@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "measured time to keep, e.g. 0.5, on --input-shape in --runtime on this machine "
                            "(with --rate/--flops, all budgets hold)")  # fmt: skip
             p.add_argument("--runtime", choices=("eager", "onnxruntime"), default=None,
-                           help="where --latency is measured (default eager; onnxruntime needs the onnx extra)")  # fmt: skip
+                           help="where --latency is measured (default eager; onnxruntime: the onnx extra)")  # fmt: skip
             p.add_argument("--input-shape", type=int, nargs="+", metavar="N", help="input shape with the batch "
                            "for --latency (and --flops), e.g. 128 3 32 32 (default: the model's, batch 1)")  # fmt: skip
         p.add_argument(
