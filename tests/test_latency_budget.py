@@ -153,7 +153,7 @@ def test_compress_record_and_report(tmp_path):
 def test_missed_budget_is_recorded_and_warned(tmp_path):
     model, shape = cnn(), (4, 3, 12, 12)
     lying = Timing(cache=False, timer=CostModel(extra=1.0))  # the whole compressed model is far slower
-    with pytest.warns(UserWarning, match="misses the budget 0.6") as caught:
+    with pytest.warns(UserWarning, match="misses the latency budget 0.6") as caught:
         small = sc.compress(model, latency=0.6, input_shape=shape, timing=lying)
     assert len([w for w in caught if "misses" in str(w.message)]) == 1
     record = small.sc_compression

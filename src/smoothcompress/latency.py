@@ -20,8 +20,9 @@ machine, in the runtime the model will run in. :func:`measure_table` measures it
 Every measurement runs ``warmup`` untimed passes and then ``reps`` timed ones, with the thread count of
 :class:`Timing`. A layer's variants (dense and every measured rank) run in turns and each keeps its fastest pass:
 one layer takes well under a scheduler's time slice, so on a busy machine an interrupted pass is much slower than
-the others, and the fastest pass is the layer's own cost. Whole models keep the median of their passes, also
-timed in turns; what their time exceeds the layers' sum goes to the fixed part.
+the others, and the fastest pass is the layer's own cost. The whole dense model is timed the same way (its fastest
+pass); what it takes beyond the layers' sum goes to the fixed part. The end-to-end check of a result
+(:func:`measure_models`) keeps the median of dense and compressed passes timed in turns.
 
 Between the measured ranks a layer's time is interpolated linearly, after the measured times are made
 non-decreasing in the rank (a running maximum, so noise never makes a larger rank look faster). Ranks that are
@@ -424,15 +425,8 @@ def _time_variants(
     if timing.timer is not None:
         return [float(timing.timer(m, ExampleInput((x,)))) for m in modules]
     if runtime == "eager":
-        modes = [m.training for m in modules]
-        try:
-            for m in modules:
-                m.eval()
-            with torch.no_grad():
-                return _in_turns([lambda m=m: m(x) for m in modules], timing.reps, timing.warmup, min)
-        finally:
-            for m, mode in zip(modules, modes, strict=True):
-                m.train(mode)
+        kw = {"reps": timing.reps, "warmup": timing.warmup, "fastest": True}
+        return measure_latency(list(modules), example=ExampleInput((x,)), **kw)
     sessions = [_onnx_session(m, x, threads) for m in modules]
     feed = {"input": x.detach().cpu().contiguous().numpy()}
     return _in_turns([lambda s=s: s.run(None, feed) for s in sessions], timing.reps, timing.warmup, min)
@@ -507,7 +501,7 @@ def measure_table(
             for (s, r), t in seconds.items():
                 times.points.setdefault(s, {})[r] = t
             layers[name] = times
-        whole = measure_models([model], example, runtime, timing)[0]
+        whole = measure_models([model], example, runtime, timing, fastest=True)[0]
     cache.save()
     stamps = sorted(e["measured"] for e in used.values())
     provenance = {
@@ -533,10 +527,15 @@ def _device(model: nn.Module) -> torch.device | None:
 
 
 def measure_models(
-    models: Sequence[nn.Module], example: ExampleInput, runtime: str = "eager", timing: Timing | None = None
+    models: Sequence[nn.Module],
+    example: ExampleInput,
+    runtime: str = "eager",
+    timing: Timing | None = None,
+    fastest: bool = False,
 ) -> list[float]:
-    """Seconds of one forward pass of each model on ``example`` in ``runtime``, timed in turns (median of
-    ``timing.reps`` after ``timing.warmup`` untimed passes each), with ``timing.threads`` threads.
+    """Seconds of one forward pass of each model on ``example`` in ``runtime``, timed in turns (the median, or with
+    ``fastest`` the minimum, of ``timing.reps`` passes after ``timing.warmup`` untimed ones each), with
+    ``timing.threads`` threads.
 
     ``"eager"``: :func:`smoothcompress.accounting.measure_latency`. ``"onnxruntime"``: each model exported by
     :func:`smoothcompress.export_onnx`'s exporter (fixed batch) to a temporary file and run by a CPU session. A
@@ -544,15 +543,17 @@ def measure_models(
     """
     timing = timing or Timing()
     threads = timing.threads or torch.get_num_threads()
+    stat = min if fastest else statistics.median
     with _threads(threads):
         if timing.timer is not None:
             return [float(timing.timer(m, example)) for m in models]
         if runtime == "eager":
-            return measure_latency(list(models), reps=timing.reps, warmup=timing.warmup, example=example)
-        return _onnx_models(models, example, threads, timing)
+            kw = {"reps": timing.reps, "warmup": timing.warmup, "example": example, "fastest": fastest}
+            return measure_latency(list(models), **kw)
+        return _onnx_models(models, example, threads, timing, stat)
 
 
-def _onnx_models(models: Sequence[nn.Module], example: ExampleInput, threads: int, timing: Timing) -> list[float]:
+def _onnx_models(models: Sequence[nn.Module], example: ExampleInput, threads: int, timing: Timing, stat) -> list[float]:
     from smoothcompress.onnxfile import export_float
 
     ort = require("onnxruntime", "onnx")
@@ -567,4 +568,4 @@ def _onnx_models(models: Sequence[nn.Module], example: ExampleInput, threads: in
     values = [t.detach().cpu().contiguous().numpy() for t in example.tensors()]
     feeds = [dict(zip([i.name for i in s.get_inputs()], values, strict=False)) for s in sessions]
     return _in_turns([lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)],
-                     timing.reps, timing.warmup)  # fmt: skip
+                     timing.reps, timing.warmup, stat)  # fmt: skip

@@ -263,7 +263,7 @@ def _measured(
     )
     if not met:
         warnings.warn(
-            f"the measured latency fraction {fraction:.3f} misses the budget {requested} ({runtime}; the table "
+            f"the measured latency fraction {fraction:.3f} misses the latency budget {requested} ({runtime}; the table "
             f"predicted {planned['table_fraction']:.3f}): time on a quieter machine, or ask for a smaller latency",
             stacklevel=3,
         )
