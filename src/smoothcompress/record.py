@@ -63,9 +63,14 @@ class CompressionRecord:
 
     def summary(self) -> str:
         """A few lines of text: the method, the rate, the FLOPs and latency budgets and what was achieved."""
-        lines = [f"{self.label}: rate {self.rate_requested} requested, {self.rate_achieved} achieved"]
-        if self.flops_requested is not None or self.flops_achieved is not None:
-            lines.append(f"FLOPs kept: {self.flops_requested} requested, {self.flops_achieved} achieved")
+
+        def asked(value: float | None) -> str:
+            return "none requested" if value is None else f"{value:g} requested"
+
+        removed = "unknown" if self.rate_achieved is None else f"{self.rate_achieved:.4f}"
+        lines = [f"{self.label}: parameters removed {removed} ({asked(self.rate_requested)})"]
+        if self.flops_achieved is not None:
+            lines.append(f"FLOPs kept {self.flops_achieved:.4f} ({asked(self.flops_requested)})")
         latency = self.details.get("latency")
         if isinstance(latency, dict) and "summary" in latency:
             lines.append(str(latency["summary"]))
