@@ -271,7 +271,7 @@ class SVD(Method):
     allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", tuple(ALLOCATIONS))
     scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", SCHEMES)
     bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
-    rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
+    rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (--latency: 1 lets its table pick)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,7 +302,8 @@ class SVD(Method):
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
         only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
         alone), counted on ``input_shape`` (needed only with ``flops``, and only for non-registry models);
-        ``latency`` a budget of measured time in ``runtime`` on ``input_shape`` (batch included, required)."""
+        ``latency`` a budget of measured time in ``runtime`` on ``input_shape`` (batch included, required); with it,
+        ``rank_multiple=1`` lets the latency table choose the multiple (1, 8 or 16)."""
         from smoothcompress.lowrank import compress
 
         small = compress(
@@ -313,7 +314,7 @@ class SVD(Method):
             ranks=ranks,
             exclude=exclude,
             bn_aware=self.bn_aware,
-            rank_multiple=self.rank_multiple,
+            rank_multiple=None if latency is not None and self.rank_multiple == 1 else self.rank_multiple,
             calibration=self._calibration(model, data, images, calibration),
             flops=flops,
             input_shape=input_shape if flops is not None or latency is not None else None,
