@@ -32,8 +32,9 @@ channel counts faster, and the table keeps both.
 
 Measurements are cached on disk (:func:`cache_path`: ``$SMOOTHCOMPRESS_LATENCY_CACHE``, else
 ``$XDG_CACHE_HOME/smoothcompress/latency.json``, else ``~/.cache/smoothcompress/latency.json``), one entry per
-key: runtime, thread count, torch (and onnxruntime) version, device, layer kind and configuration, scheme and rank,
-input shapes, dtype and memory format. The file is rewritten atomically (:func:`smoothcompress.files.write_json`).
+key: runtime, thread count, torch (and onnxruntime) version, host name, device, layer kind and configuration,
+scheme and rank, input shapes, dtype and memory format. The file is rewritten atomically
+(:func:`smoothcompress.files.write_json`).
 
 A custom ``timer`` (:class:`Timing`) replaces the measurements: ``timer(module, example) -> seconds`` for one
 forward pass of ``module`` on ``example`` (an :class:`~smoothcompress.inputs.ExampleInput`); tests use a
@@ -48,6 +49,7 @@ import io
 import json
 import math
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -260,7 +262,7 @@ class LatencyTable:
 
 def _environment(runtime: str, timer: Timer | None, threads: int) -> tuple[str, dict]:
     """The part of every cache key that describes where and how the measurements run, and its fields."""
-    fields = {"runtime": runtime, "threads": threads, "torch": torch.__version__}
+    fields = {"runtime": runtime, "threads": threads, "torch": torch.__version__, "host": platform.node()}
     if timer is not None:
         fields["timer"] = str(getattr(timer, "name", "custom"))
     if runtime == "onnxruntime" and timer is None:
