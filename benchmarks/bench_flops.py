@@ -34,7 +34,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import rel  # noqa: E402  (benchmarks/, the script's folder)
+from _common import interleaved, rel  # noqa: E402  (benchmarks/, the script's folder)
 from torch import nn
 
 import smoothcompress as sc
@@ -77,31 +76,6 @@ def _section_provenance(t0: float, threads: int, load_before) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------
 # Latency
-
-
-def interleaved(runners: dict[str, callable], reps: int, warmup: int = 2) -> dict[str, dict]:
-    """Time every runner in turns; per-repetition speed-up against ``"dense"``, then medians."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no variant always runs first
-        for name in order:
-            t = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - t)
-    out = {}
-    for name, ts in times.items():
-        ratios = [d / t for d, t in zip(times["dense"], ts, strict=True)]
-        out[name] = {
-            "ms": 1e3 * statistics.median(ts),
-            "speedup": statistics.median(ratios),
-            "speedup_min": min(ratios),
-            "speedup_max": max(ratios),
-        }
-    return out
 
 
 def torch_runners(models: dict[str, nn.Module], batch: int) -> dict:

@@ -23,6 +23,7 @@ __all__ = [
     "flops_by_module",
     "trace_flops",
     "measure_latency",
+    "timed_input",
     "LayerRow",
     "LayerTable",
     "layer_report",
@@ -202,6 +203,7 @@ def measure_latency(
     warmup: int = 3,
     *,
     example: object = None,
+    fastest: bool = False,
 ) -> dict[str, float] | list[float]:
     """Median wall-clock seconds of one forward pass of each model, timed in turns (eval mode, no gradient).
 
@@ -218,6 +220,8 @@ def measure_latency(
         Timed and untimed forward passes per model.
     example : Tensor, tuple, dict, callable or ExampleInput, optional
         The input instead (:func:`smoothcompress.inputs.as_example`), moved to each model's device.
+    fastest : bool
+        Report the fastest timed pass instead of the median (the cost of the work itself, on a busy machine).
 
     Returns
     -------
@@ -230,7 +234,7 @@ def measure_latency(
     named = dict(models) if isinstance(models, Mapping) else dict(enumerate(models))
     if reps < 1 or warmup < 0:
         raise ConfigError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    inputs = {k: _timed_input(m, input_shape, example) for k, m in named.items()}
+    inputs = {k: timed_input(m, input_shape, example) for k, m in named.items()}
     modes = {k: m.training for k, m in named.items()}
     times: dict = {k: [] for k in named}
 
@@ -255,12 +259,14 @@ def measure_latency(
     finally:
         for k, m in named.items():
             m.train(modes[k])
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    stat = min if fastest else statistics.median
+    medians = {k: stat(v) for k, v in times.items()}
     return medians if isinstance(models, Mapping) else [medians[k] for k in named]
 
 
-def _timed_input(model: nn.Module, input_shape: Iterable[int] | None, example: object) -> ExampleInput:
-    """What :func:`measure_latency` times ``model`` on: ``example`` on its device, else a random normal input."""
+def timed_input(model: nn.Module, input_shape: Iterable[int] | None, example: object) -> ExampleInput:
+    """What :func:`measure_latency` times ``model`` on: ``example`` on its device, else a random normal input of
+    ``input_shape`` on its device and dtype, in channels_last memory format when its first conv weight is."""
     if example is None:
         return ExampleInput((_like_model(model, as_example(model, None, input_shape).args[0].normal_()),))
     ref = next(iter(model.parameters()), None)
@@ -368,6 +374,9 @@ class LayerTable:
                 f"latency: {1e3 * self.latency_before:.3g} ms -> {1e3 * self.latency_after:.3g} ms "
                 f"({speedup:.2f}x faster; median forward pass, input {shape}, eval, no_grad)"
             )
+        budget = self.extra.get("details", {}).get("latency") if isinstance(self.extra, dict) else None
+        if isinstance(budget, dict) and budget.get("summary"):
+            out.append(str(budget["summary"]))
         return "\n".join(out)
 
 

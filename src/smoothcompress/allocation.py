@@ -69,7 +69,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from smoothcompress.accounting import RateUnreachable, bisect_boundary, check_rate, count_params, trace_flops
+from smoothcompress.accounting import (
+    RateUnreachable,
+    bisect_boundary,
+    check_rate,
+    count_params,
+    timed_input,
+    trace_flops,
+)
 from smoothcompress.batchnorm import bn_scale, trace_bn_pairs
 from smoothcompress.errors import ConfigError
 from smoothcompress.factorized import (
@@ -84,6 +91,15 @@ from smoothcompress.factorized import (
     matricize,
 )
 from smoothcompress.inputs import ExampleInput, as_example
+from smoothcompress.latency import (
+    RUNTIMES,
+    LatencyTable,
+    LatencyUnreachable,
+    Timing,
+    check_latency,
+    check_runtime,
+    measure_table,
+)
 from smoothcompress.layers import is_linear_like, is_weight_layer, layer_weight, tied_weights
 from smoothcompress.selection import Entries, select_layers, unwrap
 from smoothcompress.tensorfactor import TENSOR_SCHEMES, CPConv2d, TensorFit, TuckerConv2d, tensor_scheme, tucker_ranks
@@ -139,7 +155,8 @@ class LayerPlan:
 
     ``scheme`` and ``rank`` are ``None`` when the layer stays dense. ``params_before``/``params_after`` count the
     layer's weight only (its bias is unchanged). ``energy`` is the kept fraction of spectral energy (1.0 if dense).
-    ``flops_before``/``flops_after`` are the layer's FLOPs on the example input, when FLOPs were counted.
+    ``flops_before``/``flops_after`` are the layer's FLOPs on the example input, when FLOPs were counted;
+    ``time_before``/``time_after`` its measured seconds per forward pass (latency table), when measured.
     """
 
     name: str
@@ -151,6 +168,8 @@ class LayerPlan:
     params_after: int
     flops_before: int | None = None
     flops_after: int | None = None
+    time_before: float | None = None
+    time_after: float | None = None
 
 
 @dataclass
@@ -174,6 +193,12 @@ class Plan:
         ``None`` when FLOPs were not counted (no ``flops`` budget and no ``input_shape`` given).
     input_shape : tuple of int or None
         The example input the FLOPs were counted on, batch included.
+    latency : dict or None
+        With a latency budget: the request, runtime, the table's predicted fraction of the dense time, its dense
+        and fixed seconds, the rank multiple chosen and the candidates compared, and the table's provenance
+        (:class:`smoothcompress.latency.LatencyTable`); ``None`` otherwise.
+    table : LatencyTable or None
+        With a latency budget, the measured table itself (``table.plan_time(plan.layers)``: seconds of a plan).
     """
 
     layers: dict[str, LayerPlan]
@@ -185,6 +210,8 @@ class Plan:
     flops_before: int | None = None
     flops_after: int | None = None
     input_shape: tuple[int, ...] | None = None
+    latency: dict | None = None
+    table: LatencyTable | None = field(default=None, repr=False)
 
     @property
     def rate(self) -> float:
@@ -214,6 +241,7 @@ class _Option(NamedTuple):
     scheme: str | None  # None: dense
     rank: int | None
     flops_saving: int = 0  # FLOPs saved vs dense on the example input (0 when FLOPs are not counted)
+    time_saving: float = 0.0  # measured seconds saved vs dense (0 when no latency table)
 
 
 class _Flops(NamedTuple):
@@ -231,6 +259,10 @@ def _flops_key(o: _Option) -> float:
     return o.flops_saving
 
 
+def _time_key(o: _Option) -> float:
+    return o.time_saving
+
+
 @dataclass
 class _Layer:
     name: str
@@ -242,6 +274,9 @@ class _Layer:
     multiple: int  # allocated ranks are multiples of this
     options: list[_Option]  # dense first, then every allowed (scheme, rank) that saves params
     flops: _Flops | None = None  # None: FLOPs not counted
+    top: dict[str, int] = field(default_factory=dict)  # by scheme: the largest rank that saves params
+    dense_time: float | None = None  # measured seconds of the dense layer (None: no latency table)
+    time_of: Callable[[str, int], float] | None = None  # measured seconds at (scheme, rank)
 
     def params(self, scheme: str, rank: int) -> int:
         """Weight parameters of the factors at ``rank``."""
@@ -271,9 +306,21 @@ class _Layer:
             return self.options[0]
         kept = self.kept[scheme][rank - 1]
         loss = -math.log(max(kept, 1e-300)) if self.log_loss else 1.0 - kept
-        if self.flops is None:
-            return _Option(saving, loss, scheme, rank)
-        return _Option(saving, loss, scheme, rank, self.flops.dense - self.flops.after[scheme](rank))
+        flops_saving = 0
+        if self.flops is not None:
+            flops_saving = self.flops.dense - self.flops.after[scheme](rank)
+        time_saving = 0.0
+        if self.time_of is not None:
+            time_saving = self.dense_time - self.time_of(scheme, rank)
+        return _Option(saving, loss, scheme, rank, flops_saving, time_saving)
+
+    def set_options(self, multiple: int) -> None:
+        """Dense, then every scheme's ranks that are multiples of ``multiple`` and save parameters."""
+        self.multiple = multiple
+        self.options = [self.options[0]]
+        for s, top in self.top.items():
+            opts = (self.option(s, r) for r in range(multiple, top + 1, multiple))
+            self.options += [o for o in opts if o.scheme is not None]
 
     def snap(self, scheme: str, rank: int, up: bool) -> int:
         """``rank`` moved to a multiple of ``self.multiple`` (nearest, or the next one up), within [1, full rank]."""
@@ -287,9 +334,10 @@ class _Layer:
         ok = [o for o in self.options if o.saving >= at_least]
         return min(ok, key=lambda o: (o.loss, o.saving)) if ok else max(self.options, key=lambda o: o.saving)
 
-    def best_meeting(self, params: float, flops: float, key) -> _Option | None:
-        """The least-loss option saving at least ``params`` parameters and ``flops`` FLOPs (ties: smaller key)."""
-        ok = [o for o in self.options if o.saving >= params and o.flops_saving >= flops]
+    def best_meeting(self, params: float, flops: float, key, seconds: float = -math.inf) -> _Option | None:
+        """The least-loss option saving at least ``params`` parameters, ``flops`` FLOPs and ``seconds`` of measured
+        time (ties: smaller key)."""
+        ok = [o for o in self.options if o.saving >= params and o.flops_saving >= flops and o.time_saving >= seconds]
         return min(ok, key=lambda o: (o.loss, key(o))) if ok else None
 
 
@@ -455,11 +503,12 @@ def _analyse(
         layer = _Layer(name, m, w.numel(), decs, kept, log_loss, multiple, [dense], flop_model)
         for s in decs:
             r_max = layer.max_rank(s)
-            layer.options += [layer.option(s, r) for r in range(multiple, r_max + 1, multiple)]
+            layer.top[s] = r_max
             # a rank above r_max saves nothing (option() keeps the layer dense), so its basis columns are never
             # used: keep only the first r_max (about half of a square layer's), which bounds compress's memory
             if isinstance(decs[s], Decomposition) and decs[s].basis.shape[1] > max(r_max, 1):
                 decs[s].basis = decs[s].basis[:, : max(r_max, 1)].clone()
+        layer.set_options(multiple)
         layers.append(layer)
     return layers, notes, bn_pairs, bn_note, total_flops
 
@@ -488,15 +537,16 @@ def _lower_hull(options: list[_Option], key=_params_key) -> list[_Option]:
 
 
 def _allocate_global(
-    layers: list[_Layer], need: float, need_flops: float = -math.inf, key=_params_key
+    layers: list[_Layer], need: float, need_flops: float = -math.inf, key=_params_key, need_time: float = -math.inf
 ) -> dict[str, _Option] | None:
     """Greedy along each layer's lower hull of (``key``, loss), least loss per unit of key first, until the choices
-    save at least ``need`` parameters and ``need_flops`` FLOPs; ``None`` if the hulls end first.
+    save at least ``need`` parameters, ``need_flops`` FLOPs and ``need_time`` seconds; ``None`` if the hulls end
+    first.
 
-    The step that meets both budgets is refined: its layer takes the least-loss option that still meets them.
+    The step that meets every budget is refined: its layer takes the least-loss option that still meets them.
     """
     choice = {lay.name: lay.options[0] for lay in layers}
-    if need <= 0 and need_flops <= 0:
+    if need <= 0 and need_flops <= 0 and need_time <= 0:
         return choice
     steps = []
     for i, lay in enumerate(layers):
@@ -505,27 +555,94 @@ def _allocate_global(
             ds, dl = key(hull[j]) - key(hull[j - 1]), hull[j].loss - hull[j - 1].loss
             steps.append((dl / ds, i, j, hull[j]))
     steps.sort(key=lambda t: t[:3])
-    saved = saved_flops = 0
+    saved = saved_flops = saved_time = 0
     for _, i, _, vertex in steps:
         lay = layers[i]
         old = choice[lay.name]
         rest, rest_flops = saved - old.saving, saved_flops - old.flops_saving  # the other layers' savings
-        if rest + vertex.saving >= need and rest_flops + vertex.flops_saving >= need_flops:
-            choice[lay.name] = lay.best_meeting(need - rest, need_flops - rest_flops, key)
+        rest_time = saved_time - old.time_saving
+        if (
+            rest + vertex.saving >= need
+            and rest_flops + vertex.flops_saving >= need_flops
+            and rest_time + vertex.time_saving >= need_time
+        ):
+            choice[lay.name] = lay.best_meeting(need - rest, need_flops - rest_flops, key, need_time - rest_time)
             return choice
         choice[lay.name] = vertex
         saved, saved_flops = rest + vertex.saving, rest_flops + vertex.flops_saving
+        saved_time = rest_time + vertex.time_saving
     return None
 
 
 def _mixed_key(t: float, params_total: int, flops_total: int):
     """The cost of an option when both budgets apply: ``(1 - t) * params saved / params + t * FLOPs saved / FLOPs``."""
+    return _mix(t, _params_key, params_total, _flops_key, flops_total)
+
+
+def _mix(t: float, key_a, total_a: float, key_b, total_b: float):
+    """The cost ``(1 - t) * key_a / total_a + t * key_b / total_b`` (``key_a`` at ``t = 0``, ``key_b`` at 1)."""
     if t == 0.0:
-        return _params_key
+        return key_a
     if t == 1.0:
-        return _flops_key
-    params_total, flops_total = max(params_total, 1), max(flops_total, 1)
-    return lambda o: (1.0 - t) * o.saving / params_total + t * o.flops_saving / flops_total
+        return key_b
+    total_a, total_b = total_a or 1, total_b or 1
+    return lambda o: (1.0 - t) * key_a(o) / total_a + t * key_b(o) / total_b
+
+
+def _allocate_time(
+    layers: list[_Layer], needs: tuple[float, float, float], totals: tuple[int, int | None, float]
+) -> dict[str, _Option] | None:
+    """The least-loss :func:`_allocate_global` that meets the time budget and any parameter and FLOPs budget, over
+    the walks by mixes of time with parameters (``t = 0``: the parameter-rate walk) and with FLOPs."""
+    need, need_flops, need_time = needs
+    params_total, flops_total, time_total = totals
+    keys = [_mix(i / _MIX_STEPS, _params_key, params_total, _time_key, time_total) for i in range(_MIX_STEPS + 1)]
+    if flops_total:
+        keys += [_mix(i / _MIX_STEPS, _flops_key, flops_total, _time_key, time_total) for i in range(_MIX_STEPS)]
+    found = [_allocate_global(layers, need, need_flops, key, need_time) for key in keys]
+    found.append(_best_rate_plan(layers, needs))
+    best, best_loss = None, math.inf
+    for choice in found:
+        loss = math.inf if choice is None else sum(o.loss for o in choice.values())
+        if loss < best_loss:
+            best, best_loss = choice, loss
+    return best
+
+
+def _best_rate_plan(layers: list[_Layer], needs: tuple[float, float, float]) -> dict[str, _Option] | None:
+    """The least-loss plan that the parameter budget (:func:`_allocate_global` by parameters) gives at some rate
+    and that meets ``needs``, or ``None``: each step of its walk, with the step's layer at any option between its
+    previous vertex and the next (the refinement of the step that meets a rate picks one of these)."""
+    need, need_flops, need_time = needs
+    choice = {lay.name: lay.options[0] for lay in layers}
+    sums = [0.0, 0.0, 0.0, 0.0]  # parameters, FLOPs and seconds saved, loss
+    steps = []
+    for i, lay in enumerate(layers):
+        hull = _lower_hull(lay.options)
+        for j in range(1, len(hull)):
+            ds, dl = hull[j].saving - hull[j - 1].saving, hull[j].loss - hull[j - 1].loss
+            steps.append((dl / ds, i, j, hull[j]))
+    steps.sort(key=lambda t: t[:3])
+    by_saving = [sorted(lay.options, key=lambda o: o.saving) for lay in layers]
+    savings = [[o.saving for o in opts] for opts in by_saving]
+    best, best_loss = None, math.inf
+    for _, i, _, vertex in steps:
+        lay = layers[i]
+        old = choice[lay.name]
+        rest = [sums[0] - old.saving, sums[1] - old.flops_saving, sums[2] - old.time_saving, sums[3] - old.loss]
+        lo, hi = bisect.bisect_right(savings[i], old.saving), bisect.bisect_right(savings[i], vertex.saving)
+        for o in by_saving[i][lo:hi]:
+            meets = (
+                rest[0] + o.saving >= need
+                and rest[1] + o.flops_saving >= need_flops
+                and rest[2] + o.time_saving >= need_time
+            )
+            if meets and rest[3] + o.loss < best_loss:
+                best, best_loss = {**choice, lay.name: o}, rest[3] + o.loss
+        choice[lay.name] = vertex
+        sums = [rest[0] + vertex.saving, rest[1] + vertex.flops_saving, rest[2] + vertex.time_saving]
+        sums.append(rest[3] + vertex.loss)
+    return best
 
 
 def _allocate_both(
@@ -542,7 +659,12 @@ def _allocate_both(
 
 
 def _allocate_by(
-    layers: list[_Layer], need: float, rule, need_flops: float = -math.inf, key=_params_key
+    layers: list[_Layer],
+    need: float,
+    rule,
+    need_flops: float = -math.inf,
+    key=_params_key,
+    need_time: float = -math.inf,
 ) -> dict[str, _Option]:
     """Choices of a one-parameter rule (a rank or energy fraction shared by all layers) that save ``need``
     parameters and ``need_flops`` FLOPs.
@@ -551,11 +673,16 @@ def _allocate_by(
     of the jump, layers are moved one by one (least loss per unit of ``key`` first) and stop as soon as both
     budgets are met: every layer still follows the rule to within one step.
     """
-    if need <= 0 and need_flops <= 0:
+    if need <= 0 and need_flops <= 0 and need_time <= 0:
         return {lay.name: lay.options[0] for lay in layers}
 
     def met(choices) -> bool:
-        return sum(o.saving for o in choices) >= need and sum(o.flops_saving for o in choices) >= need_flops
+        choices = list(choices)
+        return (
+            sum(o.saving for o in choices) >= need
+            and sum(o.flops_saving for o in choices) >= need_flops
+            and sum(o.time_saving for o in choices) >= need_time
+        )
 
     lo, hi = bisect_boundary(lambda x: met([rule(lay, x) for lay in layers]))
     choice = {lay.name: rule(lay, hi) for lay in layers}
@@ -568,7 +695,7 @@ def _allocate_by(
         if met(choice.values()):
             break
         choice[name] = b
-    if not met(choice.values()):  # a rule whose FLOPs saving is not monotone in its parameter (scheme="auto")
+    if not met(choice.values()):  # a rule whose saving is not monotone in its parameter (scheme="auto", time)
         choice = {lay.name: rule(lay, lo) for lay in layers}
     return choice
 
@@ -608,8 +735,15 @@ class Allocation:
         """Choices that save at least ``need`` weight parameters and ``need_flops`` FLOPs."""
         raise NotImplementedError
 
+    def for_time(
+        self, layers: list[_Layer], needs: tuple[float, float, float], totals: tuple[int, int | None, float]
+    ) -> dict[str, _Option] | None:
+        """Choices that save at least ``needs = (parameters, FLOPs, seconds)`` (``-inf``: no such budget);
+        ``totals``: the model's parameters, FLOPs and measured seconds."""
+        raise NotImplementedError
+
     def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
-        """The most the strategy can save, in units of ``key`` (parameters by default, or FLOPs)."""
+        """The most the strategy can save, in units of ``key`` (parameters by default, FLOPs or seconds)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -653,6 +787,13 @@ class GlobalAllocation(Allocation):
     ) -> dict[str, _Option] | None:
         return _allocate_both(layers, need, need_flops, params_total, flops_total)
 
+    def for_time(
+        self, layers: list[_Layer], needs: tuple[float, float, float], totals: tuple[int, int | None, float]
+    ) -> dict[str, _Option] | None:
+        # the least-loss of the walks by time, by parameters (the parameter-rate plan that first meets the budgets),
+        # by FLOPs and their mixes: never worse than any of them
+        return _allocate_time(layers, needs, totals)
+
     def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
         return sum(max(key(o) for o in lay.options) for lay in layers)
 
@@ -688,6 +829,13 @@ class SharedFractionAllocation(Allocation):
     ) -> dict[str, _Option] | None:
         return _allocate_by(layers, need, self.choose, need_flops, _mixed_key(0.5, params_total, flops_total))
 
+    def for_time(
+        self, layers: list[_Layer], needs: tuple[float, float, float], totals: tuple[int, int | None, float]
+    ) -> dict[str, _Option] | None:
+        choice = _allocate_by(layers, needs[0], self.choose, needs[1], _time_key, needs[2])
+        saved = [sum(key(o) for o in choice.values()) for key in (_params_key, _flops_key, _time_key)]
+        return choice if all(s >= n for s, n in zip(saved, needs, strict=True)) else None
+
     def max_saving(self, layers: list[_Layer], key: Callable[[_Option], float] = _params_key) -> float:
         return sum(key(self.choose(lay, 0.0)) for lay in layers)
 
@@ -721,10 +869,12 @@ class EnergyAllocation(SharedFractionAllocation):
 # The plan
 
 
-def requested_rate(rate: float | None, flops: float | None, ranks: Mapping[str, int] | None) -> float | None:
+def requested_rate(
+    rate: float | None, flops: float | None, ranks: Mapping[str, int] | None, latency: float | None = None
+) -> float | None:
     """The parameter rate a call asks for: ``rate`` as given, or :data:`DEFAULT_RATE` when no budget is given at
-    all (``rate`` and ``flops`` ``None`` and no explicit ``ranks``)."""
-    if rate is None and flops is None and not ranks:
+    all (``rate``, ``flops`` and ``latency`` ``None`` and no explicit ``ranks``)."""
+    if rate is None and flops is None and latency is None and not ranks:
         return DEFAULT_RATE
     return rate
 
@@ -738,9 +888,29 @@ def _check_args(rate, allocation: str, scheme: str, flops, rank_multiple) -> All
     strategy = get_allocation(allocation)
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown scheme {scheme!r}; choose one of {', '.join(map(repr, SCHEMES))}")
-    if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
+    if rank_multiple is not None and (
+        isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1
+    ):
         raise ConfigError(f"rank_multiple must be a positive int (e.g. 8 or 16 for CPU speed), got {rank_multiple!r}")
     return strategy
+
+
+def _check_latency_args(latency, runtime, timing, input_shape, example) -> Timing:
+    """Check a latency budget's arguments (before any work); the :class:`~smoothcompress.latency.Timing`."""
+    check_latency(latency)
+    timing = Timing() if timing is None else timing
+    if not isinstance(timing, Timing):
+        raise ConfigError(f"timing must be a smoothcompress.latency.Timing, got {type(timing).__name__}")
+    if timing.timer is None:
+        check_runtime(runtime)
+    elif runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(map(repr, RUNTIMES))}")
+    if input_shape is None and example is None:
+        raise ConfigError(
+            "a latency budget needs the input to time: pass input_shape=(batch, C, H, W) with the batch size you "
+            "will run (or example=, any model input)"
+        )
+    return timing
 
 
 def _check_ranks(ranks: Mapping[str, int], by_name: Mapping[str, _Layer], notes: Mapping[str, str]) -> None:
@@ -817,21 +987,55 @@ def _params_need(
     return need
 
 
+def _time_need(
+    latency: float | None,
+    time_total: float | None,
+    pinned: Mapping[str, _Option],
+    free: list[_Layer],
+    strategy: Allocation,
+    where: str,
+    fixed: float,
+) -> float:
+    """The seconds the free layers must save (``-inf`` without a latency budget); ``LatencyUnreachable`` if they
+    cannot."""
+    if latency is None:
+        return -math.inf
+    pinned_time = sum(o.time_saving for o in pinned.values())
+    need = time_total * (1.0 - latency) - pinned_time
+    best = (time_total - pinned_time - strategy.max_saving(free, _time_key)) / time_total
+    if need > 0 and best > latency:
+        raise LatencyUnreachable(
+            f"latency {latency} is out of reach {where}: the model keeps at least {best:.4f} of its measured time "
+            f"(every layer at its fastest rank; {fixed / time_total:.4f} of it is outside the eligible layers). "
+            f"Ask for latency of at least {math.ceil(best * 1000) / 1000:.3f}."
+        )
+    return need
+
+
 def _allocate(
     strategy: Allocation,
     free: list[_Layer],
-    need: float,
-    need_flops: float,
-    rate: float | None,
-    flops: float | None,
-    totals: tuple[int, int | None],
+    needs: tuple[float, float, float],
+    requests: tuple[float | None, float | None, float | None],
+    totals: tuple[int, int | None, float | None],
     scheme: str,
 ) -> dict[str, _Option]:
-    """The free layers' choices that save ``need`` parameters and ``need_flops`` FLOPs (``-inf``: no such budget):
+    """The free layers' choices that save ``needs`` = (parameters, FLOPs, seconds) (``-inf``: no such budget):
     the strategy's, or dense when only explicit ranks were asked for."""
-    total, flops_total = totals
-    if rate is None and flops is None:
+    need, need_flops, _ = needs
+    rate, flops, latency = requests
+    total, flops_total, _ = totals
+    if rate is None and flops is None and latency is None:
         return {lay.name: lay.options[0] for lay in free}
+    if latency is not None:
+        choice = strategy.for_time(free, needs, totals)
+        if choice is None:
+            asked = ", ".join(f"{k} {v}" for k, v in (("rate", rate), ("flops", flops)) if v is not None)
+            raise LatencyUnreachable(
+                f"latency {latency} and {asked} together are out of reach with allocation={strategy.name!r} and "
+                f"scheme={scheme!r} (each alone is reachable); relax one of them"
+            )
+        return choice
     if rate is None:
         return strategy.for_flops(free, need_flops, total, flops_total)
     if flops is None:
@@ -883,10 +1087,120 @@ def _layer_plans(layers: list[_Layer], choice: Mapping[str, _Option]) -> dict[st
         full = lay.decs[o.scheme or next(iter(lay.decs))].full_rank
         energy = lay.kept[o.scheme][o.rank - 1] if o.scheme else 1.0
         fb = lay.flops.dense if lay.flops is not None else None
+        tb = lay.dense_time
+        ta = None if tb is None else tb - o.time_saving
         plans[lay.name] = LayerPlan(
-            lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o)
+            lay.name, o.scheme, o.rank, full, energy, lay.dense, lay.dense - o.saving, fb, lay.flops_after(o), tb, ta
         )
     return plans
+
+
+def _choose(
+    layers: list[_Layer],
+    ranks: Mapping[str, int],
+    strategy: Allocation,
+    scheme: str,
+    requests: tuple[float | None, float | None, float | None],
+    totals: tuple[int, int | None, float | None],
+    skipped: int,
+    multiple: int,
+    where: str = "",
+    fixed: float = 0.0,
+) -> tuple[dict[str, _Option], float]:
+    """Every layer's option under the budgets ``requests`` = (rate, flops, latency), with the free layers' ranks
+    multiples of ``multiple``; and the FLOPs the free layers had to save."""
+    rate, flops, latency = requests
+    total, flops_total, time_total = totals
+    by_name = {lay.name: lay for lay in layers}
+    choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
+    free = [lay for lay in layers if lay.name not in ranks]
+    for lay in free:
+        lay.set_options(multiple)
+    need_flops = _flops_need(flops, flops_total, choice, free, strategy, scheme, multiple, skipped)
+    need = _params_need(rate, total, choice, free, strategy, scheme, skipped)
+    need_time = _time_need(latency, time_total, choice, free, strategy, where, fixed)
+    allocated = _allocate(strategy, free, (need, need_flops, need_time), requests, totals, scheme)
+    if latency is not None and rate is None:  # no layer made slower for nothing
+        allocated = _no_slower(allocated, need_flops)
+    choice.update(allocated)
+    return choice, need_flops
+
+
+def _no_slower(choice: dict[str, _Option], need_flops: float) -> dict[str, _Option]:
+    """``choice`` with every factorized layer that is not faster than its dense layer made dense again, as long as
+    the FLOPs budget holds (this loses no energy and no time; the layers that save the least FLOPs go first)."""
+    out = dict(choice)
+    saved = sum(o.flops_saving for o in out.values())
+    for name, o in sorted(choice.items(), key=lambda kv: (kv[1].flops_saving, kv[0])):
+        if o.scheme is not None and o.time_saving <= 0 and saved - o.flops_saving >= need_flops:
+            out[name] = _Option(0, 0.0, None, None)
+            saved -= o.flops_saving
+    return out
+
+
+_LATENCY_MULTIPLES = (1, 8, 16)
+"""The rank multiples a latency budget compares when ``rank_multiple`` is not given."""
+
+
+def _choose_latency(
+    model: nn.Module,
+    layers: list[_Layer],
+    ranks: Mapping[str, int],
+    strategy: Allocation,
+    scheme: str,
+    requests: tuple[float | None, float | None, float | None],
+    totals: tuple[int, int | None],
+    skipped: int,
+    rank_multiple: int | None,
+    ex: ExampleInput,
+    runtime: str,
+    timing: Timing,
+) -> tuple[dict[str, _Option], float, dict, LatencyTable]:
+    """:func:`_choose` under a latency budget: measure the latency table, then for each rank multiple to compare
+    keep the allocation with the most kept energy (least total loss; ties: the faster, then the larger multiple);
+    the plan's latency details, and the table."""
+    table = measure_table(model, {lay.name: lay.module for lay in layers}, ex, {lay.name: lay.top for lay in layers},
+                          runtime, timing)  # fmt: skip
+    for lay in layers:
+        lay.dense_time, lay.time_of = table.layers[lay.name].dense, table.layers[lay.name].time
+    full = (*totals, table.dense_total)
+    candidates: dict[int, dict] = {}
+    best, error = None, None
+    for k in (rank_multiple,) if rank_multiple else _LATENCY_MULTIPLES:
+        where = (
+            f"on runtime {runtime!r} with allocation={strategy.name!r}, scheme={scheme!r} and rank_multiple={k} "
+            f"({skipped} weight layers skipped or excluded)"
+        )
+        try:
+            args = (strategy, scheme, requests, full, skipped, k, where, table.fixed)
+            choice, need_flops = _choose(layers, ranks, *args)
+        except RateUnreachable as e:
+            candidates[k] = {"unreachable": str(e)}
+            error = error or e
+            continue
+        loss = sum(o.loss for o in choice.values())
+        fraction = table.plan_time(choice) / table.dense_total
+        candidates[k] = {"loss": loss, "table_fraction": fraction}
+        rank = (round(loss, 9), fraction, -k)  # equal energy (to 1e-9): the faster, then the coarser multiple
+        if best is None or rank < best[0]:
+            best = (rank, k, choice, need_flops)
+    if best is None:
+        raise error
+    (_, fraction, _), k, choice, need_flops = best
+    for lay in layers:
+        lay.multiple = k
+    details = {
+        "requested": requests[2],
+        "runtime": runtime,
+        "table_fraction": fraction,
+        "dense_seconds": table.dense_total,
+        "fixed_seconds": table.fixed,
+        "predicted_seconds": table.plan_time(choice),
+        "rank_multiple": k,
+        "rank_multiple_candidates": {str(m): c for m, c in candidates.items()},
+        "table": table.provenance,
+    }
+    return choice, need_flops, details, table
 
 
 def build_plan(
@@ -897,40 +1211,56 @@ def build_plan(
     ranks: Mapping[str, int] | None,
     exclude: Entries,
     bn_aware: bool,
-    rank_multiple: int,
+    rank_multiple: int | None,
     calibration: Calibration | None = None,
     flops: float | None = None,
     input_shape=None,
     example=None,
+    latency: float | None = None,
+    runtime: str = "eager",
+    timing: Timing | None = None,
 ) -> tuple[Plan, list[_Layer], dict[str, _Option]]:
     """The :class:`Plan` of :func:`plan_compression` (same arguments), with the eligible layers and the options
     it chose among, which :func:`smoothcompress.compress` factorizes."""
-    rate = requested_rate(rate, flops, ranks)
+    rate = requested_rate(rate, flops, ranks, latency)
     strategy = _check_args(rate, allocation, scheme, flops, rank_multiple)
     if calibration is not None and scheme in TENSOR_SCHEMES:
         raise ConfigError(
             f"scheme {scheme!r} does not take a calibration (whitened truncation is for the matrix schemes): pass "
             "calibration=None, or use scheme='channel' with the calibration"
         )
+    if latency is not None and scheme in TENSOR_SCHEMES:
+        raise ConfigError(
+            f"scheme {scheme!r} has no latency table (it is measured for the matrix schemes): use scheme='channel' "
+            "with latency=, or a FLOPs budget (flops=) with the tensor scheme"
+        )
+    if latency is not None:
+        timing = _check_latency_args(latency, runtime, timing, input_shape, example)
     model = unwrap(model)
     ranks = dict(ranks or {})
     ex = _flops_example(model, input_shape, flops, example)
     layers, notes, bn_pairs, bn_note, flops_total = _analyse(
-        model, scheme, exclude, bn_aware, strategy.log_loss, rank_multiple, calibration, ex
+        model, scheme, exclude, bn_aware, strategy.log_loss, rank_multiple or 1, calibration, ex
     )
-    by_name = {lay.name: lay for lay in layers}
-    _check_ranks(ranks, by_name, notes)
+    _check_ranks(ranks, {lay.name: lay for lay in layers}, notes)
     total = count_params(model)
-    choice = {n: _pinned_option(by_name[n], r, scheme) for n, r in ranks.items()}
-    free = [lay for lay in layers if lay.name not in ranks]
-    need_flops = _flops_need(flops, flops_total, choice, free, strategy, scheme, rank_multiple, len(notes))
-    need = _params_need(rate, total, choice, free, strategy, scheme, len(notes))
-    choice.update(_allocate(strategy, free, need, need_flops, rate, flops, (total, flops_total), scheme))
+    requests = (rate, flops, latency)
+    details = table = None
+    if latency is None:
+        multiple = rank_multiple or 1
+        totals = (total, flops_total, None)
+        choice, need_flops = _choose(layers, ranks, strategy, scheme, requests, totals, len(notes), multiple)
+    else:
+        timed = timed_input(model, input_shape, example)  # random values, in the model's memory format
+        choice, need_flops, details, table = _choose_latency(
+            model, layers, ranks, strategy, scheme, requests, (total, flops_total), len(notes), rank_multiple, timed,
+            runtime, timing,
+        )  # fmt: skip
     flops_after = _warn_coarse(choice, rate, flops, (total, flops_total), need_flops, allocation)
     saved = sum(o.saving for o in choice.values())
     shape = ex.shape if ex is not None else None
     plans = _layer_plans(layers, choice)
-    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape)
+    plan = Plan(plans, notes, total, total - saved, bn_pairs, bn_note, flops_total, flops_after, shape, details, table)
     return plan, layers, choice
 
 
@@ -943,11 +1273,14 @@ def plan_compression(
     ranks: Mapping[str, int] | None = None,
     exclude: Entries = (),
     bn_aware: bool = False,
-    rank_multiple: int = 1,
+    rank_multiple: int | None = None,
     calibration: Calibration | None = None,
     flops: float | None = None,
     input_shape: Sequence[int] | None = None,
     example: object = None,
+    latency: float | None = None,
+    runtime: str = "eager",
+    timing: Timing | None = None,
 ) -> Plan:
     """Decide, without building anything, which layers :func:`smoothcompress.compress` factorizes, and how.
 
@@ -955,8 +1288,10 @@ def plan_compression(
 
     Parameters
     ----------
-    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape, example
+    model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape
         As in :func:`smoothcompress.compress`.
+    example, latency, runtime, timing
+        As in :func:`smoothcompress.compress`; a latency budget measures the latency table (or reads its cache).
 
     Returns
     -------
@@ -976,6 +1311,9 @@ def plan_compression(
         flops,
         input_shape,
         example,
+        latency,
+        runtime,
+        timing,
     )[0]
 
 

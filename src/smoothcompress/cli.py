@@ -150,7 +150,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if "flops" not in inspect.signature(method.apply).parameters:
             raise ConfigError(f"--flops does not apply to method {method.name!r}")
         extra |= {"flops": flops, "input_shape": models.default_input_shape(model)}
-    rate = args.rate if args.rate is not None or ranks or flops is not None else 0.7
+    latency = getattr(args, "latency", None)
+    if latency is not None:
+        if "latency" not in inspect.signature(method.apply).parameters:
+            raise ConfigError(f"--latency does not apply to method {method.name!r}")
+        shape = tuple(args.input_shape) if args.input_shape else models.default_input_shape(model)
+        if shape is None:
+            raise ConfigError("--latency needs the input to time: pass --input-shape with the batch, e.g. 128 3 32 32")
+        extra |= {"latency": latency, "runtime": args.runtime or "eager", "input_shape": shape}
+    elif getattr(args, "runtime", None) is not None:
+        raise ConfigError("--runtime says where --latency is measured; pass --latency F too")
+    elif getattr(args, "input_shape", None) and flops is not None:
+        extra["input_shape"] = tuple(args.input_shape)
+    rate = args.rate if args.rate is not None or ranks or flops is not None or latency is not None else 0.7
     ds = _dataset(args)
     if args.calibrate is not None and args.calibrate < 1:
         raise ConfigError(f"--calibrate takes a number of images, at least 1; got {args.calibrate}")
@@ -351,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compress":
             p.add_argument("--flops", type=float, metavar="F", help="FLOPs budget: fraction of the model's FLOPs "
                            "to keep, e.g. 0.5 (at most; with --rate, both budgets hold)")  # fmt: skip
+            p.add_argument("--latency", type=float, metavar="F", help="latency budget: fraction of the model's "
+                           "measured time to keep, e.g. 0.5, on --input-shape in --runtime on this machine "
+                           "(with --rate/--flops, all budgets hold)")  # fmt: skip
+            p.add_argument("--runtime", choices=("eager", "onnxruntime"), default=None,
+                           help="where --latency is measured (default eager; onnxruntime: the onnx extra)")  # fmt: skip
+            p.add_argument("--input-shape", type=int, nargs="+", metavar="N", help="input shape with the batch "
+                           "for --latency (and --flops), e.g. 128 3 32 32 (default: the model's, batch 1)")  # fmt: skip
         p.add_argument(
             "--exclude",
             action="append",

@@ -11,20 +11,22 @@ selection (``exclude``) in :mod:`smoothcompress.selection`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from smoothcompress.accounting import LayerTable, layer_report, measure_latency
+from smoothcompress.accounting import LayerTable, layer_report, measure_latency, timed_input
 from smoothcompress.allocation import build_plan, requested_rate
 from smoothcompress.factorized import (
     FactorizedConv2d,
     FactorizedLinear,
     truncated_factors,
 )
-from smoothcompress.inputs import as_example
+from smoothcompress.inputs import ExampleInput, as_example
+from smoothcompress.latency import Timing, measure_models
 from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
@@ -45,12 +47,15 @@ def compress(
     ranks: Mapping[str, int] | None = None,
     exclude: Entries = (),
     bn_aware: bool = False,
-    rank_multiple: int = 1,
+    rank_multiple: int | None = None,
     calibration: Calibration | None = None,
     inplace: bool = False,
     flops: float | None = None,
     input_shape: Sequence[int] | None = None,
     example: object = None,
+    latency: float | None = None,
+    runtime: str = "eager",
+    timing: Timing | None = None,
 ) -> nn.Module:
     """A smaller copy of ``model`` with eligible Conv2d and Linear layers replaced by truncated-SVD factors.
 
@@ -92,9 +97,11 @@ def compress(
     bn_aware : bool
         Truncate ``diag(g) W`` for layers followed by a BatchNorm with scale ``g`` (see :func:`bn_scale`) rather
         than ``W`` (see :mod:`smoothcompress.batchnorm`). Off by default.
-    rank_multiple : int
+    rank_multiple : int, optional
         Allocate only ranks that are multiples of this (explicit ``ranks`` are taken as given), e.g. 8 or 16, which
-        CPU convolution kernels tend to run faster, at a coarser rate granularity.
+        CPU convolution kernels tend to run faster, at a coarser rate granularity. ``None`` (default): 1, or with a
+        ``latency`` budget whichever of 1, 8 and 16 keeps the most spectral energy within the budget on the
+        measured table (recorded in ``details["latency"]``).
     calibration : Calibration, optional
         Input moments of this model's layers from :func:`smoothcompress.calibrate` (training images, forward
         passes only). Each layer is then truncated in the metric of its inputs, ``min ||(W - W_r) X||_F``
@@ -112,9 +119,21 @@ def compress(
         models know theirs), unless ``example`` is given. When given, the record also holds the achieved FLOPs
         fraction.
     example : Tensor, tuple, dict, callable or ExampleInput, optional
-        The input FLOPs are counted on instead of a zero float input (:func:`smoothcompress.inputs.as_example`):
-        int64 token ids (B, T) for a language model, a tuple of positional or a dict of keyword tensors, or
-        ``f(model)``.
+        The input FLOPs are counted (and latency measured) on instead of a zero float input
+        (:func:`smoothcompress.inputs.as_example`): int64 token ids (B, T) for a language model, a tuple of
+        positional or a dict of keyword tensors, or ``f(model)`` (eager runtime only).
+    latency : float, optional
+        Latency budget: the fraction of the dense model's MEASURED time of one forward pass to keep, in (0, 1], on
+        ``input_shape`` (or ``example``; required, batch included) in ``runtime`` on this machine. A latency table
+        is measured (:mod:`smoothcompress.latency`: each layer alone, dense and factorized on a grid of ranks;
+        cached on disk) and the same allocation objective is met under it, with ``rate`` and ``flops`` too when
+        given (see :mod:`smoothcompress.allocation`). The result is then timed against the dense model; the
+        record holds the measured fraction and speed-up and warns when the measured fraction misses the budget.
+    runtime : {"eager", "onnxruntime"}
+        Where latency is measured: PyTorch eager, or onnxruntime (the ``onnx`` extra) on the exported model.
+    timing : Timing, optional
+        How latency is measured (:class:`smoothcompress.latency.Timing`: threads, repetitions, the cache file, or
+        a custom timer); default: torch's thread count, median of 5 after 1 warm-up, the user cache.
     inplace : bool
         Replace the layers in ``model`` itself, one by one, instead of in a deep copy: each dense weight is freed
         as soon as its factors replace it, so peak memory stays near the model's own size (see
@@ -139,10 +158,14 @@ def compress(
         layer name, an exclude entry that matches nothing, a rate that the eligible layers cannot reach (the
         message names the largest reachable rate), or a calibration made for another model; ``flops`` outside
         (0, 1] or without a known input shape; a FLOPs budget out of reach
-        (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction).
+        (:class:`~smoothcompress.accounting.RateUnreachable`, naming the smallest reachable fraction);
+        ``latency`` outside (0, 1], without ``input_shape`` or ``example``, an unknown ``runtime``, or out of reach
+        (:class:`~smoothcompress.latency.LatencyUnreachable`, naming the smallest reachable fraction).
+    MissingExtra
+        ``runtime="onnxruntime"`` without onnxruntime installed.
     """
     model = unwrap(model)
-    rate = requested_rate(rate, flops, ranks)
+    rate = requested_rate(rate, flops, ranks, latency)
     plan, layers, choice = build_plan(
         model,
         rate,
@@ -156,7 +179,13 @@ def compress(
         flops,
         input_shape,
         example,
+        latency,
+        runtime,
+        timing,
     )
+    dense_seconds = None
+    if plan.latency is not None and inplace:  # the dense model is timed before its layers are replaced
+        dense_seconds = measure_models([model], timed_input(model, input_shape, example), runtime, timing)[0]
     out = model if inplace else copy.deepcopy(model)
     for lay in layers:
         opt, decs, dense = choice[lay.name], lay.decs, lay.module
@@ -186,7 +215,7 @@ def compress(
             "allocation": allocation,
             "scheme": scheme,
             "bn_aware": bool(bn_aware),
-            "rank_multiple": rank_multiple,
+            "rank_multiple": plan.latency["rank_multiple"] if plan.latency else rank_multiple or 1,
         },
         rate_requested=None if rate is None else float(rate),
         rate_achieved=plan.rate,
@@ -194,6 +223,7 @@ def compress(
         params_after=plan.params_after,
         flops_requested=None if flops is None else float(flops),
         flops_achieved=plan.flops_fraction,
+        latency_requested=None if latency is None else float(latency),
         notes=dict(plan.notes),
         details={
             "ranks": {n: [p.scheme, p.rank] for n, p in plan.layers.items() if p.rank is not None},
@@ -203,8 +233,53 @@ def compress(
             **({"flops": plan.flops_details()} if plan.flops_before is not None else {}),
         },
     )
+    if plan.latency is not None:
+        ex = timed_input(model, input_shape, example)
+        record = _measured(record, plan.latency, model, out, ex, runtime, timing, dense_seconds)
     setattr(out, COMPRESSION_ATTR, record)
     return out
+
+
+def _measured(
+    record: CompressionRecord,
+    planned: dict,
+    model: nn.Module,
+    out: nn.Module,
+    ex: ExampleInput,
+    runtime: str,
+    timing: Timing | None,
+    dense_seconds: float | None,
+) -> CompressionRecord:
+    """``record`` with the end-to-end times of ``model`` (dense, unless ``dense_seconds`` is given) and ``out``
+    measured in turns, the measured fraction and speed-up; one warning when the fraction misses the budget."""
+    if dense_seconds is None:
+        dense_seconds, seconds = measure_models([model, out], ex, runtime, timing)
+    else:
+        seconds = measure_models([out], ex, runtime, timing)[0]
+    fraction = seconds / dense_seconds if dense_seconds > 0 else 1.0
+    requested = planned["requested"]
+    met = fraction <= requested
+    info = {
+        **planned,
+        "measured_dense_seconds": dense_seconds,
+        "measured_seconds": seconds,
+        "measured_fraction": fraction,
+        "speedup": dense_seconds / seconds if seconds > 0 else float("inf"),
+        "met": met,
+    }
+    table = planned["table"]
+    info["summary"] = (
+        f"latency budget {requested} ({runtime}, input {table['input']}, {table['threads']} threads): measured "
+        f"{fraction:.3f} of the dense time ({info['speedup']:.2f}x faster; the table predicted "
+        f"{planned['table_fraction']:.3f}), {'met' if met else 'MISSED'}; rank multiple {planned['rank_multiple']}"
+    )
+    if not met:
+        warnings.warn(
+            f"the measured latency fraction {fraction:.3f} misses the latency budget {requested} ({runtime}; the table "
+            f"predicted {planned['table_fraction']:.3f}): time on a quieter machine, or ask for a smaller latency",
+            stacklevel=3,
+        )
+    return dataclasses.replace(record, latency_achieved=fraction, details={**record.details, "latency": info})
 
 
 def compress_report(

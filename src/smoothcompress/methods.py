@@ -292,7 +292,7 @@ class SVD(Method):
     allocation: str = option("global", "how ranks are shared out across layers (see lowrank)", tuple(ALLOCATIONS))
     scheme: str = option("channel", "how a conv kernel becomes a matrix (see lowrank)", MATRIX_SCHEMES)
     bn_aware: bool = option(False, "truncate the BN-scaled weight (off by default: benchmarks/results/allocation.json)")
-    rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (benchmarks/results/compress.json)")
+    rank_multiple: int = option(1, "round ranks to multiples, e.g. 16 for CPU speed (--latency: 1 lets its table pick)")
     budget: str = option(
         "params",
         "what a rate asks for: 'params' removes that fraction of all parameters; 'flops' removes that fraction of "
@@ -329,12 +329,16 @@ class SVD(Method):
         calibration: Any = None,
         ranks: Mapping[str, int] | None = None,
         flops: float | None = None,
+        latency: float | None = None,
+        runtime: str = "eager",
     ) -> nn.Module:
         """:func:`smoothcompress.compress` with these options; ``ranks`` pins some layers' ranks (``rate=None``:
         only those); ``flops`` is a FLOPs budget (fraction of the dense FLOPs kept; ``rate=None``: that budget
-        alone), counted on ``input_shape`` (needed only with a FLOPs budget, and only for non-registry models).
-        With ``budget="flops"``, ``rate`` is the fraction of FLOPs removed; with ``budget="flops-matched"``, it names
-        the parameter plan whose FLOPs fraction becomes the budget."""
+        alone), counted on ``input_shape`` (needed only with a FLOPs budget, and only for non-registry models);
+        ``latency`` a budget of measured time in ``runtime`` on ``input_shape`` (batch included, required); with it,
+        ``rank_multiple=1`` lets the latency table choose the multiple (1, 8 or 16). With ``budget="flops"``,
+        ``rate`` is the fraction of FLOPs removed; with ``budget="flops-matched"``, it names the parameter plan whose
+        FLOPs fraction becomes the budget."""
         from smoothcompress.lowrank import compress
 
         calibration = self._calibration(model, data, images, calibration)
@@ -348,10 +352,12 @@ class SVD(Method):
                 ranks=ranks,
                 exclude=exclude,
                 bn_aware=self.bn_aware,
-                rank_multiple=self.rank_multiple,
+                rank_multiple=None if latency is not None and self.rank_multiple == 1 else self.rank_multiple,
                 calibration=calibration,
                 flops=flops,
-                input_shape=input_shape if flops is not None else None,
+                input_shape=input_shape if flops is not None or latency is not None else None,
+                latency=latency,
+                runtime=runtime,
             )
 
         if self.budget == "params" or rate is None:

@@ -48,12 +48,33 @@ class CompressionRecord:
     """The FLOPs budget asked for: fraction of the dense model's FLOPs kept (svd ``flops=``); ``None`` if none."""
     flops_achieved: float | None = None
     """FLOPs of the result / FLOPs of the model on the example input; ``None`` when FLOPs were not counted."""
+    latency_requested: float | None = None
+    """The latency budget asked for: fraction of the dense model's measured time kept (svd ``latency=``)."""
+    latency_achieved: float | None = None
+    """Measured time of the result / measured time of the model, end to end in the budget's runtime (``details``
+    holds the times, the speed-up, whether the budget was met, and the latency table's provenance)."""
     nonzero: bool = False
     """``params_after`` counts non-zero entries: the size of an unstructured-pruned model."""
     notes: dict[str, str] = field(default_factory=dict)
     """Why a layer was left alone, by layer name, e.g. ``{"conv0": "skipped: grouped conv (groups=4)"}``."""
     details: dict[str, Any] = field(default_factory=dict)
-    """Method-specific results; svd: ``ranks`` (``{layer: [scheme, rank]}``), ``bn_pairs``, ``bn_note``."""
+    """Method-specific results; svd: ``ranks`` (``{layer: [scheme, rank]}``), ``bn_pairs``, ``bn_note``, and with a
+    latency budget ``latency`` (its ``summary`` is one line of text)."""
+
+    def summary(self) -> str:
+        """A few lines of text: the method, the rate, the FLOPs and latency budgets and what was achieved."""
+
+        def asked(value: float | None) -> str:
+            return "none requested" if value is None else f"{value:g} requested"
+
+        removed = "unknown" if self.rate_achieved is None else f"{self.rate_achieved:.4f}"
+        lines = [f"{self.label}: parameters removed {removed} ({asked(self.rate_requested)})"]
+        if self.flops_achieved is not None:
+            lines.append(f"FLOPs kept {self.flops_achieved:.4f} ({asked(self.flops_requested)})")
+        latency = self.details.get("latency")
+        if isinstance(latency, dict) and "summary" in latency:
+            lines.append(str(latency["summary"]))
+        return "\n".join(lines)
 
     @property
     def label(self) -> str:
