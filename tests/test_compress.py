@@ -85,7 +85,7 @@ def test_unknown_allocation_and_scheme_raise(cnn):
     with pytest.raises(ValueError, match="allocation"):
         sc.compress(cnn, 0.5, allocation="greedy")
     with pytest.raises(ValueError, match="scheme"):
-        sc.compress(cnn, 0.5, scheme="tucker")
+        sc.compress(cnn, 0.5, scheme="tensor-train")
 
 
 def test_unreachable_rate_names_the_largest_reachable_rate(cnn):
