@@ -272,7 +272,8 @@ def selection_lines(rows: list[dict]) -> list[str]:
 
     for (model, width, variant, kind), sel in select_weights(rows).items():
         where = Setting(model, width, variant, kind, 0.0).context_name()
-        for c in [sel, *sel["data_aware"].values()]:
+        shown = [sel] if sel["label"] is not None or not sel["data_aware"] else []  # no plain SVD: its row is empty
+        for c in [*shown, *sel["data_aware"].values()]:
             dense = f"{pct(c['dense'][c['weight']])} ({pct(c['baseline_dense'])})"
             every = ", ".join(f"{w:g}: {pct(d)} / {pct(c['scores'].get(w))}" for w, d in c["dense"].items())
             md.append(
