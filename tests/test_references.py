@@ -110,3 +110,11 @@ def test_the_factorized_architecture_trained_from_scratch_is_a_curve_of_its_own(
     small, lowrank = _write(tmp_path / "small", _small_rows()), _write(tmp_path / "lowrank", factorized)
     md = report.write_report(tier, tmp_path / "out", reference=[small, lowrank]).read_text()
     assert "Against the network factorized from scratch" in md and "resnet18-w16 lowrank_rate=0.8" in md
+
+
+def test_a_cell_just_outside_the_curve_takes_the_end_point_and_no_further():
+    points = reference_points(_small_rows(), 700_000)
+    first, last = points[0], points[-1]
+    assert reference_at(points, first["rate"] - 0.003) == first["acc"]
+    assert reference_at(points, last["rate"] + 0.003) == last["acc"]
+    assert reference_at(points, first["rate"] - 0.02) is None and reference_at(points, last["rate"] + 0.02) is None

@@ -21,7 +21,18 @@ from collections import defaultdict
 from smoothcompress.errors import ConfigError
 from smoothcompress.study.summary import BASELINE, Setting
 
-__all__ = ["KINDS", "reference_kind", "reference_points", "reference_at", "against_references", "references_table"]
+__all__ = [
+    "KINDS",
+    "RATE_SLACK",
+    "reference_kind",
+    "reference_points",
+    "reference_at",
+    "against_references",
+    "references_table",
+]
+
+RATE_SLACK = 0.005
+"""How far (a fraction of parameters) outside a reference curve's ends a cell is still compared with the end."""
 
 KINDS = ("trained small", "factorized from scratch")
 """The kinds of reference, in the order tables and plots show them."""
@@ -84,15 +95,19 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     return sorted(points, key=lambda p: p["rate"])
 
 
-def reference_at(points: list[dict], rate: float) -> float | None:
+def reference_at(points: list[dict], rate: float, slack: float = RATE_SLACK) -> float | None:
     """The reference accuracy at ``rate``, linearly interpolated between the two nearest points (of one kind);
-    ``None`` outside the points' range (no extrapolation)."""
+    ``None`` outside the points' range (no extrapolation), except that a rate within ``slack`` of the first or
+    last point takes that point's accuracy (one rank step of a layer moves an achieved rate by about that much)."""
+    if not points:
+        return None
     for lo, hi in zip(points, points[1:], strict=False):
         if lo["rate"] <= rate <= hi["rate"]:
             t = (rate - lo["rate"]) / (hi["rate"] - lo["rate"]) if hi["rate"] > lo["rate"] else 0.0
             return lo["acc"] + t * (hi["acc"] - lo["acc"])
-    if len(points) == 1 and abs(points[0]["rate"] - rate) < 1e-9:
-        return points[0]["acc"]
+    for end in (points[0], points[-1]):
+        if abs(end["rate"] - rate) <= slack:
+            return end["acc"]
     return None
 
 
