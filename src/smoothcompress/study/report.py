@@ -212,7 +212,8 @@ def plot_weights(spectra: list[dict], path: Path) -> Path | None:
 
 
 def summary_table(summary: list[dict]) -> str:
-    """Markdown table: one row per (setting, method), accuracy (%) at each rate; seeds pooled (mean ± std)."""
+    """Markdown table: one row per (setting, method) that ran, accuracy (%) at each rate; seeds pooled (mean ± std);
+    the seeds column counts the method's seeds (the most of any of its rates)."""
     index = index_summary(summary)
     rates = sorted({s["rate"] for s in summary if s["rate"] > 0})
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
@@ -223,8 +224,11 @@ def summary_table(summary: list[dict]) -> str:
     for g in groups:
         dense = index.get((g, "dense", 0.0))
         for lab in labels:
+            run = [index[(g, lab, r)] for r in rates if (g, lab, r) in index]
+            if not run:  # this setting never ran this method
+                continue
             cells = [format_accuracy(index.get((g, lab, r))) for r in rates]
-            n = dense["n"] if dense else 0
+            n = max(c["n"] for c in run)  # the seeds of the method's cells (a rate out of reach counts 0)
             lines.append(f"| {g.name(multi)} | {lab} | {n} | {format_accuracy(dense)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
