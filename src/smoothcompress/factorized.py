@@ -45,6 +45,7 @@ __all__ = [
     "Factorized",
     "FactorizedLinear",
     "FactorizedConv2d",
+    "conv_config",
 ]
 
 _SCHEMES = ("channel", "spatial")
@@ -570,20 +571,7 @@ class FactorizedConv2d(Factorized):
         return mod._copy_from(factors, conv.bias)
 
     def config(self) -> dict:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "rank": self.rank,
-            "stride": list(self.stride),
-            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-            "dilation": list(self.dilation),
-            "bias": self.second.bias is not None,
-            "padding_mode": self.padding_mode,
-            "scheme": self.scheme,
-            "full_rank": self.full_rank,
-            "energy": self.energy,
-        }
+        return {**conv_config(self), "scheme": self.scheme}
 
     def dense_weight(self) -> torch.Tensor:
         a, b = self.first.weight, self.second.weight
@@ -599,3 +587,22 @@ class FactorizedConv2d(Factorized):
 def _check_conv(conv: nn.Conv2d) -> None:
     if conv.groups != 1:
         raise ValueError(f"cannot factorize a grouped conv (groups={conv.groups})")
+
+
+def conv_config(module: nn.Module) -> dict:
+    """The constructor settings a factorized conv (``FactorizedConv2d``, ``CPConv2d``, ``TuckerConv2d``) is saved
+    with: the dense conv's geometry, its rank, whether its output layer ``second`` has a bias, and the fit's
+    ``full_rank`` and ``energy``."""
+    return {
+        "in_channels": module.in_channels,
+        "out_channels": module.out_channels,
+        "kernel_size": list(module.kernel_size),
+        "rank": module.rank,
+        "stride": list(module.stride),
+        "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
+        "dilation": list(module.dilation),
+        "bias": module.second.bias is not None,
+        "padding_mode": module.padding_mode,
+        "full_rank": module.full_rank,
+        "energy": module.energy,
+    }

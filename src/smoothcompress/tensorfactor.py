@@ -51,7 +51,7 @@ from torch import nn
 
 from smoothcompress.errors import ConfigError
 from smoothcompress.extras import require
-from smoothcompress.factorized import Factorized, check_rank, expand_row_weight
+from smoothcompress.factorized import Factorized, check_rank, conv_config, expand_row_weight
 
 __all__ = [
     "TENSOR_SCHEMES",
@@ -409,19 +409,7 @@ class _TensorConv(Factorized):
         return x
 
     def config(self) -> dict:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "rank": self.rank,
-            "stride": list(self.stride),
-            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-            "dilation": list(self.dilation),
-            "bias": self.second.bias is not None,
-            "padding_mode": self.padding_mode,
-            "full_rank": self.full_rank,
-            "energy": self.energy,
-        }
+        return conv_config(self)
 
     def _copy_weights(self, factors: TensorFactors, bias: torch.Tensor | None):
         with torch.no_grad():
