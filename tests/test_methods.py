@@ -89,9 +89,10 @@ def test_labels_of_rows_are_unchanged():
     assert sc.get_method("svd", allocation="uniform", scheme="spatial").label == "svd-uniform-spatial"
     assert sc.get_method("svd", bn_aware=True, rank_multiple=16).label == "svd-global-channel-bn-x16"
     assert sc.list_methods("low-rank") == (
-        "svd", "svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq", "cp", "cp+bn", "tucker",
-        "tucker+bn",
+        "svd", "svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq", "cp", "cp+bn", "cp-seq",
+        "cp-seq+bn", "tucker", "tucker+bn", "tucker-seq", "tucker-seq+bn",
     )  # fmt: skip
+    assert sc.get_method("cp-seq+bn", budget="flops").label == "cp-seq+bn-global-flops"
     assert sc.list_methods("pruning") == ("magnitude", "magnitude-layerwise", "filter", "magnitude+bn", "filter+bn")
     assert sc.get_method("svd-data+bn").label == "svd-data+bn-global-channel"
 
@@ -99,6 +100,7 @@ def test_labels_of_rows_are_unchanged():
 def test_which_methods_use_data():
     uses = {n for n in METHODS if sc.get_method(n).uses_data()}
     low_rank = {"svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq", "cp+bn", "tucker+bn"}
+    low_rank |= {"cp-seq", "cp-seq+bn", "tucker-seq", "tucker-seq+bn"}
     assert uses == low_rank | {"magnitude+bn", "filter+bn"}
     with pytest.raises(ValueError, match="needs calibration data") as e:
         sc.get_method("svd-data").apply(sc.create_model("cnn", width=16), RATE)

@@ -1,4 +1,4 @@
-"""Propagation-aware reconstruction (reconstruct, the svd-seq methods): exactness, error, refusals."""
+"""Propagation-aware reconstruction (reconstruct, the -seq methods): exactness, error, refusals."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 import smoothcompress as sc
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear
 from smoothcompress.selection import set_submodule
+from smoothcompress.tensorfactor import CPConv2d, TuckerConv2d
 
 
 def _cnn(seed: int, c: int = 6, bias: bool = False, bn: bool = True) -> nn.Module:
@@ -146,6 +147,52 @@ def test_spatial_layers_are_left_as_they_are_with_a_note():
     result = sc.reconstruct(model, small, torch.randn(32, 3, 8, 8), images=32)
     spatial = [n for n, m in small.named_modules() if isinstance(m, FactorizedConv2d) and m.scheme == "spatial"]
     assert spatial and all("scheme 'spatial'" in result.skipped[n] for n in spatial)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), scheme=st.sampled_from(["cp", "tucker"]), ranks=st.tuples(*[st.integers(1, 6)] * 2))
+def test_tensor_layers_get_their_last_factor_solved_and_no_layer_error_grows(seed, scheme, ranks):
+    pytest.importorskip("tensorly")
+    model = _cnn(seed, c=6)
+    x = torch.randn(128, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    small = sc.compress(model, None, scheme=scheme, ranks={"0": ranks[0], "3": ranks[1], "6": 4, "9": 3})
+    firsts = {n: m.first.weight.clone() for n, m in small.named_modules() if isinstance(m, (CPConv2d, TuckerConv2d))}
+    done = sc.reconstruct(model, small, x, images=128, samples=2048)
+    assert not done.skipped and firsts
+    for name, info in done.layers.items():
+        assert info["solved"] == ("last factor" if name in firsts else "layer")
+        # the solve minimises the layer's output error plus a ridge towards the fit: it cannot end above the fit
+        assert info["error_after"] <= info["error_before"] * (1 + 1e-6) + 1e-9
+    modules = dict(small.named_modules())
+    for name, before in firsts.items():  # only the last factor changes
+        assert torch.equal(modules[name].first.weight, before)
+
+
+def test_an_exact_tensor_layer_stays_exact():
+    pytest.importorskip("tensorly")
+    model = _cnn(5, c=4, bias=True, bn=False).double()
+    x = torch.randn(128, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    small, exact = copy.deepcopy(model), []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1):  # Tucker-2 at full mode ranks: exact
+            set_submodule(small, name, TuckerConv2d.from_dense(m, max(m.weight.shape[:2])))
+            exact.append(name)
+    done = sc.reconstruct(model, small, x, images=128, samples=2048)
+    assert [n for n, v in done.layers.items() if v["solved"] == "last factor"] == exact
+    with torch.no_grad():
+        want, got = model(x), small(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+def test_cp_seq_beats_cp_end_to_end_on_the_calibration_inputs():
+    pytest.importorskip("tensorly")
+    model = _cnn(6, c=8)
+    x = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    cp = sc.get_method("cp").apply(model, 0.7)
+    seq = sc.get_method("cp-seq").apply(model, 0.7, data=x, images=256)
+    assert sc.count_params(seq) == sc.count_params(cp)
+    assert seq.sc_compression.details["reconstruction"]["layers"] == len(cp.sc_compression.details["ranks"])
+    assert _end_to_end_error(model, seq, x) < _end_to_end_error(model, cp, x)
 
 
 def test_needs_data():

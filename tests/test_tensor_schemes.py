@@ -207,12 +207,6 @@ def test_onnx_export_of_cp_layers(cnn, tmp_path):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_reconstruction_leaves_tensor_layers_with_a_note(cnn):
-    small = sc.compress(cnn, 0.5, scheme="tucker")
-    done = sc.reconstruct(cnn, small, torch.randn(32, 1, 8, 8, generator=_gen(8)), images=32)
-    assert done.skipped and all("TuckerConv2d" in why for why in done.skipped.values())
-
-
 def test_bad_uses_are_one_line_errors(cnn, monkeypatch):
     with pytest.raises(ConfigError, match="does not take a calibration"):
         sc.compress(cnn, 0.5, scheme="cp", calibration=sc.calibrate(cnn, torch.randn(64, 1, 8, 8), images=64))

@@ -12,7 +12,9 @@ and leaves ``model`` alone), names its results rows (``method.label``) and build
     CP or Tucker-2 factorization of every conv kernel larger than ``1 x 1`` (:mod:`smoothcompress.tensorfactor`,
     the ``tensor`` extra), the channel-scheme SVD of the other layers; options ``allocation``, ``bn_aware``,
     ``rank_multiple`` (``scheme`` is the method's); label ``"<name>-<allocation>"``. ``"cp+bn"`` and
-    ``"tucker+bn"`` re-estimate the BatchNorm statistics afterwards.
+    ``"tucker+bn"`` re-estimate the BatchNorm statistics afterwards; ``"cp-seq"``, ``"cp-seq+bn"``,
+    ``"tucker-seq"`` and ``"tucker-seq+bn"`` re-solve, in forward order, the last factor of each CP or Tucker
+    layer and every channel-scheme layer against the dense model's outputs (:func:`smoothcompress.reconstruct`).
 ``"magnitude"``, ``"magnitude-layerwise"``, ``"filter"``
     The pruning baselines (:func:`smoothcompress.prune`); no options; the label is the name.
 ``"svd+bn"``, ``"svd-data"``, ``"svd-data+bn"``, ``"svd-seq"``, ``"svd-seq+bn"``, ``"svd-data-seq"``,
@@ -36,8 +38,8 @@ runs every registered method through apply, rate and save/load.
 >>> sc.get_method("svd", scheme="spatial").label
 'svd-global-spatial'
 >>> sc.list_methods("low-rank")
-('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn', 'svd-data-seq', 'cp', 'cp+bn', 'tucker', \
-'tucker+bn')
+('svd', 'svd+bn', 'svd-data', 'svd-data+bn', 'svd-seq', 'svd-seq+bn', 'svd-data-seq', 'cp', 'cp+bn', 'cp-seq', \
+'cp-seq+bn', 'tucker', 'tucker+bn', 'tucker-seq', 'tucker-seq+bn')
 """
 
 from __future__ import annotations
@@ -535,6 +537,26 @@ class CPRecalibrated(CP):
 
 @register_method
 @dataclass(frozen=True)
+class CPSequential(CP):
+    """``cp``, then in forward order the last factor of every CP layer, and every channel-scheme layer, re-solved
+    against the dense model's outputs in closed form (:func:`smoothcompress.reconstruct`)."""
+
+    name: ClassVar[str] = "cp-seq"
+    reconstructs: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class CPSequentialRecalibrated(CP):
+    """``cp-seq``, then BatchNorm statistics re-estimated (``+bn``)."""
+
+    name: ClassVar[str] = "cp-seq+bn"
+    reconstructs: ClassVar[bool] = True
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
 class Tucker(CP):
     """Tucker-2 factorization of every conv kernel larger than ``1 x 1`` (1x1, core and 1x1 convs), the
     channel-scheme SVD of every other layer (:func:`smoothcompress.compress` with ``scheme="tucker"``)."""
@@ -549,6 +571,26 @@ class TuckerRecalibrated(Tucker):
     """``tucker``, then BatchNorm statistics re-estimated on calibration images (``+bn``)."""
 
     name: ClassVar[str] = "tucker+bn"
+    recalibrates_bn: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class TuckerSequential(Tucker):
+    """``tucker``, then in forward order the last factor of every Tucker layer, and every channel-scheme layer,
+    re-solved against the dense model's outputs in closed form (:func:`smoothcompress.reconstruct`)."""
+
+    name: ClassVar[str] = "tucker-seq"
+    reconstructs: ClassVar[bool] = True
+
+
+@register_method
+@dataclass(frozen=True)
+class TuckerSequentialRecalibrated(Tucker):
+    """``tucker-seq``, then BatchNorm statistics re-estimated (``+bn``)."""
+
+    name: ClassVar[str] = "tucker-seq+bn"
+    reconstructs: ClassVar[bool] = True
     recalibrates_bn: ClassVar[bool] = True
 
 

@@ -20,12 +20,19 @@ full rank is exact. The bias ``c`` goes into the factorized layer's bias; a laye
 BatchNorm alone has the offset folded into that BatchNorm's running mean (no parameter is added); any other layer
 without bias is solved without one (uncentered moments).
 
+A CP or Tucker layer (:mod:`smoothcompress.tensorfactor`) ends in a ``1 x 1`` conv ``second`` of shape
+(C_out, r). Its other factors have no closed-form solve, so they stay as fitted, and only the last factor is
+re-solved: with ``z`` the input of ``second`` in the compressed model (``r`` channels at the layer's output
+positions), ``B = argmin E ||W x + b - (B z + c)||^2 + lam ||B - B_0||^2``, that is
+``B* = (W K_z + lam B_0) (C_z + lam I)^-1`` with ``C_z = Cov(z)``, ``K_z = Cov(x, z)`` and ``B_0`` the fitted
+factor, and ``c`` as above. Each output channel is an unconstrained least-squares problem, so the solve never
+increases the layer's output error on the calibration inputs (the ridge pulls towards the fit, not away from it).
+
 Moments are accumulated batch by batch in float64 from the same randomly chosen input positions (conv patches
 or rows) of both models, never storing whole activations: one pass of the dense model keeps each layer's sampled
 input vectors (``samples * d`` floats per layer), then each layer costs one pass of the compressed model over the
-calibration inputs, stopped at that layer. Layers of another scheme than ``"channel"`` (the spatial scheme, CP and
-Tucker layers of :mod:`smoothcompress.tensorfactor`), layers called more
-than once per forward pass and layers the calibration inputs never reach are left as compressed, with a note.
+calibration inputs, stopped at that layer. Layers of the spatial scheme, layers called more than once per forward
+pass and layers the calibration inputs never reach are left as compressed, with a note.
 
 Calibration data is training data (:func:`smoothcompress.calibration.calibration_batches`); the dense model is
 not modified.
@@ -53,6 +60,7 @@ from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear, factorize_weight
 from smoothcompress.inputs import ExampleInput, as_batch
 from smoothcompress.layers import layer_weight, linear_bias
+from smoothcompress.tensorfactor import CPConv2d, TuckerConv2d
 
 __all__ = ["Reconstruction", "reconstruct", "MIN_SAMPLES", "SAMPLES_PER_DIM"]
 
@@ -60,6 +68,8 @@ __all__ = ["Reconstruction", "reconstruct", "MIN_SAMPLES", "SAMPLES_PER_DIM"]
 # (d, d) moments are estimated from several times d vectors (the cost of a layer is d**2 per vector).
 MIN_SAMPLES = 8192
 SAMPLES_PER_DIM = 2
+
+_TENSOR_LAYERS = (CPConv2d, TuckerConv2d)  # layers whose last factor alone is re-solved
 
 
 @dataclass
@@ -69,7 +79,8 @@ class Reconstruction:
     Attributes
     ----------
     layers : dict of str to dict
-        Layer name -> ``{"rank", "samples", "error_before", "error_after", "bias"}``: the relative output error
+        Layer name -> ``{"rank", "samples", "solved", "error_before", "error_after", "bias"}``: what was solved
+        (``"layer"``, or ``"last factor"`` of a CP or Tucker layer), the relative output error
         ``E||y - y_hat||^2 / E||y - E y||^2`` on the calibration inputs before and after the solve (both with
         the best bias, inputs from the already-solved upstream layers), and where the bias went (``"layer"``,
         ``"batchnorm:<name>"`` or ``"none"``).
@@ -112,15 +123,18 @@ class _Stop(Exception):
 
 
 class _Moments:
-    """Running float64 sums over paired input vectors ``x`` (dense) and ``x'`` (compressed)."""
+    """Running float64 sums over paired vectors ``x`` (dense input, ``d`` dims) and ``x'`` (``d'`` dims: the
+    compressed layer's input, or a tensor layer's input to its last factor)."""
 
-    def __init__(self, d: int):
-        self.xx, self.xpxp, self.xxp = (torch.zeros(d, d, dtype=torch.float64) for _ in range(3))
-        self.x, self.xp = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    def __init__(self, d: int, dp: int):
+        self.xx = torch.zeros(d, d, dtype=torch.float64)
+        self.xpxp = torch.zeros(dp, dp, dtype=torch.float64)
+        self.xxp = torch.zeros(d, dp, dtype=torch.float64)
+        self.x, self.xp = torch.zeros(d, dtype=torch.float64), torch.zeros(dp, dtype=torch.float64)
         self.n = 0
 
     def add(self, x: torch.Tensor, xp: torch.Tensor) -> None:
-        """Add paired vectors ``x``, ``xp`` of shape (k, d): products of one batch in float32, sums in float64."""
+        """Add paired vectors ``x`` (k, d) and ``xp`` (k, d'): products of one batch in float32, sums in float64."""
         x, xp = x.float(), xp.float()
         for total, prod in ((self.xx, x.T @ x), (self.xpxp, xp.T @ xp), (self.xxp, x.T @ xp)):
             total += prod.to("cpu", torch.float64)
@@ -201,7 +215,8 @@ def _dense_matrix(dense: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _error(w: torch.Tensor, m: torch.Tensor, cxx: torch.Tensor, cpp: torch.Tensor, cxp: torch.Tensor) -> float:
-    """``E||W x - M x'||^2 / E||W x||^2`` from (centered) moments; 0 for a layer whose output is constant."""
+    """``E||W x - M x'||^2 / E||W x||^2`` from (centered) moments, ``W`` (out, d), ``M`` (out, d'), ``C_xx`` (d, d),
+    ``C_x'x'`` (d', d'), ``C_xx'`` (d, d'); 0 for a layer whose output is constant."""
     target = float(torch.einsum("ij,jk,ik->", w, cxx, w))
     err = target - 2 * float(torch.einsum("ij,jk,ik->", m, cxp.T, w)) + float(torch.einsum("ij,jk,ik->", m, cpp, m))
     return max(err, 0.0) / target if target > 0 else 0.0
@@ -231,8 +246,34 @@ def _solve(
     offset = None
     if centered:
         offset = w @ mu + (b if b is not None else 0.0) - m_r @ mup
-    return m_r, offset, {"rank": layer.rank, "samples": mom.n, "error_before": before,
+    return m_r, offset, {"rank": layer.rank, "samples": mom.n, "solved": "layer", "error_before": before,
                          "error_after": _error(w, m_r, cxx, cpp, cxp)}  # fmt: skip
+
+
+def _solve_last_factor(
+    layer: CPConv2d | TuckerConv2d,
+    dense: nn.Module,
+    mom: _Moments,
+    centered: bool,
+    damping: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Solve the last ``1 x 1`` factor of a tensor layer (module docstring); write it. Returns ``(B, offset,
+    errors)``."""
+    w, b = _dense_matrix(dense)
+    cxx, czz, cxz, mu, muz = mom.get(centered)
+    fitted = layer.second.weight.detach()[:, :, 0, 0].to(torch.float64)  # (C_out, r)
+    before = _error(w, fitted, cxx, czz, cxz)
+    scale = float(czz.diagonal().mean())
+    lam = damping * (scale if scale > 0 else 1.0)
+    metric = czz + lam * torch.eye(czz.shape[0], dtype=czz.dtype)
+    solved = torch.linalg.solve(metric, (w @ cxz + lam * fitted).T).T
+    with torch.no_grad():
+        layer.second.weight.copy_(solved[:, :, None, None])
+    offset = None
+    if centered:
+        offset = w @ mu + (b if b is not None else 0.0) - solved @ muz
+    return solved, offset, {"rank": layer.rank, "samples": mom.n, "solved": "last factor", "error_before": before,
+                            "error_after": _error(w, solved, cxx, czz, cxz)}  # fmt: skip
 
 
 def _factorized_matrix(layer: Factorized) -> torch.Tensor:
@@ -290,21 +331,26 @@ def _dense_vectors(
 def _accumulate(
     compressed: nn.Module,
     dense: nn.Module,
-    layer: nn.Module,
+    layer: Factorized,
     batches: list[ExampleInput],
     dense_vectors: list[torch.Tensor],
     quota: int,
     seed: int,
     index: int,
 ) -> _Moments:
-    """Paired moments of ``dense``'s input vectors (sampled beforehand) and ``layer``'s input in ``compressed``."""
-    mom = _Moments(input_dim(dense))
+    """Paired moments of ``dense``'s input vectors (sampled beforehand) and, in ``compressed``, ``layer``'s input
+    (a matrix layer) or the input of its last factor (a CP or Tucker layer), at the same positions."""
+    tensor = isinstance(layer, _TENSOR_LAYERS)
+    # the dense layer's geometry samples the layer's input; a 1x1 conv at the output positions samples the last
+    # factor's input; both draw the same positions from the same generator
+    point, geometry = (layer.second, layer.second) if tensor else (layer, dense)
+    mom = _Moments(input_dim(dense), input_dim(point) if tensor else input_dim(dense))
     ks = _per_batch(quota, batches)
     for b, (x, vd) in enumerate(zip(batches, dense_vectors, strict=True)):
-        xc = _input_of(compressed, layer, x)
+        xc = _input_of(compressed, point, x)
         if xc is None:
             continue
-        vc = _vectors(dense, xc, ks[b], _generator(seed, index, b))  # the dense layer's geometry: same positions
+        vc = _vectors(geometry, xc, ks[b], _generator(seed, index, b))
         mom.add(vd, vc.float())
     return mom
 
@@ -329,7 +375,9 @@ def reconstruct(
     compressed : nn.Module
         :func:`smoothcompress.compress` of ``reference``: its :class:`~smoothcompress.factorized.FactorizedConv2d`
         (channel scheme) and :class:`~smoothcompress.factorized.FactorizedLinear` layers get new weights of the
-        same ranks, and biases (or BatchNorm running means, module docstring). Nothing else changes.
+        same ranks, its :class:`~smoothcompress.tensorfactor.CPConv2d` and
+        :class:`~smoothcompress.tensorfactor.TuckerConv2d` layers a new last factor, and all of them biases (or
+        BatchNorm running means, module docstring). Nothing else changes.
     data : Dataset, Loader, iterable or Tensor
         Calibration inputs, see :func:`smoothcompress.calibration.calibration_batches` (a Dataset gives training
         images only).
@@ -394,10 +442,11 @@ def reconstruct(
                 result.skipped[name] = "not reached by the calibration inputs"
             elif calls[name] > 1:
                 result.skipped[name] = f"called {calls[name]} times per forward pass"
-            elif not isinstance(factorized[name], (FactorizedConv2d, FactorizedLinear)):
-                result.skipped[name] = f"{type(factorized[name]).__name__} (only the 'channel' scheme is reconstructed)"
+            elif not isinstance(factorized[name], (FactorizedConv2d, FactorizedLinear, *_TENSOR_LAYERS)):
+                result.skipped[name] = f"{type(factorized[name]).__name__} (no closed-form solve for this layer type)"
             elif isinstance(factorized[name], FactorizedConv2d) and factorized[name].scheme != "channel":
-                result.skipped[name] = f"scheme {factorized[name].scheme!r} (only 'channel' is reconstructed)"
+                result.skipped[name] = f"scheme {factorized[name].scheme!r} (the 'channel' scheme and CP and Tucker"
+                " layers are reconstructed)"
         todo = {n: dense_modules[n] for n in order if n not in result.skipped}
         quotas = {
             n: int(samples) if samples is not None else max(MIN_SAMPLES, SAMPLES_PER_DIM * input_dim(m))
@@ -410,7 +459,8 @@ def reconstruct(
             has_bias = layer.second.bias is not None
             bn = comp_modules.get(bn_pairs[name]) if name in bn_pairs else None
             centered = has_bias or bn is not None
-            _, offset, info = _solve(layer, dense, mom, centered, damping)
+            solve = _solve_last_factor if isinstance(layer, _TENSOR_LAYERS) else _solve
+            _, offset, info = solve(layer, dense, mom, centered, damping)
             with torch.no_grad():
                 if has_bias:
                     layer.second.bias.copy_(offset.to(layer.second.bias))
