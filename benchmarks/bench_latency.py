@@ -1,10 +1,11 @@
 """Latency budget (``compress(model, latency=F)``): requested against measured speed-up, per runtime and batch.
 
-The CIFAR ResNet-18 at width 16 (random init: time depends only on the layer shapes; weights and input in
-channels_last) is compressed to keep at most 70%, 50% and 35% of its measured forward time, in each runtime
+The CIFAR ResNet-18 at width 16, or the width given (random init: time depends only on the layer shapes; weights
+and input in channels_last) is compressed to keep at most 70%, 50% and 35% of its measured forward time, in each runtime
 (``eager``: PyTorch on the CPU, ``onnxruntime``: the exported model on the CPU provider) at batch 128 and batch 1,
 with the rank multiple chosen from the latency table (``rank_multiple=None``). Each compression measures (or reads
-from the cache) its latency table on this machine and records its own end-to-end check.
+from the cache) its latency table on this machine, times its plans end to end (the rounds of
+:func:`smoothcompress.compress` under a latency budget) and records them.
 
 Then, independently, the dense and the compressed model are timed in turns in the same run (the order rotates every
 repetition; two warm-up passes each), and the measured speed-up is the median over repetitions of the dense time
@@ -12,7 +13,8 @@ divided by the compressed time of the same repetition. The requested speed-up is
 target is ``measured / requested >= 0.9``. A budget the model cannot reach on the runtime is listed with the
 smallest reachable fraction (``LatencyUnreachable``).
 
-Run: ``.venv/bin/python benchmarks/bench_latency.py [--threads 2] [--reps 7] [--reps1 30]``; ``--quick`` is a
+Run: ``.venv/bin/python benchmarks/bench_latency.py [--threads 2] [--reps 7] [--reps1 30] [--width 64 --out F]``;
+``--quick`` is a
 smoke run (budget 0.95, batch 8, few repetitions, written to a separate file unless ``--out`` is given). Writes
 ``benchmarks/results/latency.json`` with provenance (commit, device, threads, versions, load average).
 """
@@ -107,6 +109,7 @@ def cell(dense: nn.Module, runtime: str, batch: int, args, tmp: Path) -> list[di
             "table_fraction": lat["table_fraction"],
             "record_fraction": lat["measured_fraction"],
             "record_met": lat["met"],
+            "rounds": lat["rounds"],
             "table_measured_now": lat["table"]["measured_now"],
             "table_entries": lat["table"]["entries"],
             "rate": record.rate_achieved,
@@ -155,6 +158,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="latency cache file (default: the user cache)")
     ap.add_argument("--quick", action="store_true", help="smoke run: budget 0.95, batch 8, few repetitions")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=16, help="ResNet-18 width (64: the paper's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -163,7 +167,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    dense = sc.create_model("resnet18", num_classes=10, width=16).eval().to(memory_format=torch.channels_last)
+    dense = sc.create_model("resnet18", num_classes=10, width=args.width).eval().to(memory_format=torch.channels_last)
     t0, load = time.time(), _load()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +177,7 @@ def main() -> None:
                 print(f"{runtime} batch {batch} done", flush=True)
     result = {
         "benchmark": "latency",
-        "model": "resnet18 (CIFAR, width 16, random init, channels_last)",
+        "model": f"resnet18 (CIFAR, width {args.width}, random init, channels_last)",
         "target": f"measured speed-up / requested speed-up (1 / latency) >= {TARGET}",
         "quick": args.quick,
         "reps": {"batch1": args.reps1, "other": args.reps, "table": args.table_reps},

@@ -26,15 +26,17 @@ from smoothcompress.latency import (
     check_latency,
     rank_grid,
 )
+from smoothcompress.lowrank import LATENCY_ROUNDS
 
 
 class CostModel:
     """A deterministic timer: 1 ns per FLOP, plus ``penalty`` times the FLOPs of every factorized layer whose rank
-    is not a multiple of 8 (an aligned-kernel effect), plus ``extra`` seconds for a whole model holding a factorized
-    layer (an effect the per-layer table cannot see). Additive over layers, so the table predicts it exactly."""
+    is not a multiple of 8 (an aligned-kernel effect). A whole model holding a factorized layer costs ``scale``
+    times that, plus ``extra`` seconds (effects the per-layer table cannot see: fusion, caches, overheads). With
+    ``scale=1`` and ``extra=0`` it is additive over layers, so the table predicts it exactly."""
 
-    def __init__(self, penalty: float = 0.0, extra: float = 0.0, name: str = "cost-model"):
-        self.penalty, self.extra, self.name = penalty, extra, name
+    def __init__(self, penalty: float = 0.0, extra: float = 0.0, name: str = "cost-model", scale: float = 1.0):
+        self.penalty, self.extra, self.name, self.scale = penalty, extra, name, scale
         self.calls = []
 
     def __call__(self, module: nn.Module, example) -> float:
@@ -43,8 +45,8 @@ class CostModel:
         total = by[""]
         inner = [(n, m) for n, m in module.named_modules() if isinstance(m, Factorized)]
         total += sum(self.penalty * by.get(n, 0) for n, m in inner if m.rank % 8)
-        whole = isinstance(module, nn.Sequential)
-        return 1e-9 * total + (self.extra if whole and inner else 0.0)
+        whole = isinstance(module, nn.Sequential) and inner
+        return 1e-9 * total * (self.scale if whole else 1.0) + (self.extra if whole else 0.0)
 
 
 def cnn(c_in=3, c1=24, c2=40, classes=5):
@@ -159,6 +161,56 @@ def test_missed_budget_is_recorded_and_warned(tmp_path):
     record = small.sc_compression
     assert record.latency_achieved > 0.6 and not record.details["latency"]["met"]
     assert "MISSED" in record.details["latency"]["summary"]
+
+
+def test_a_table_that_predicts_too_little_is_corrected_end_to_end():
+    model, shape = cnn(), (4, 3, 12, 12)
+    slower = Timing(cache=False, timer=CostModel(scale=1.2))  # the whole model is 20% slower than its layers' sum
+    small = quiet(sc.compress, model, latency=0.6, input_shape=shape, timing=slower)
+    lat = small.sc_compression.details["latency"]
+    rounds = lat["rounds"]
+    assert rounds[0]["table_budget"] == 0.6 and rounds[0]["measured_fraction"] > 0.6  # the table alone misses
+    assert lat["met"] and small.sc_compression.latency_achieved <= 0.6 and 1 < len(rounds) <= LATENCY_ROUNDS
+    assert lat["table_budget"] < 0.6 and lat["measured_fraction"] == pytest.approx(1.2 * lat["table_fraction"])
+
+
+@settings(max_examples=8, deadline=None)
+@given(model_shape=small_models(), budget=st.floats(0.3, 0.9), scale=st.floats(0.5, 1.5))
+def test_the_end_to_end_rounds_keep_the_best_plan_that_meets_the_budget(model_shape, budget, scale):
+    model, shape = model_shape
+    t = Timing(cache=False, timer=CostModel(scale=scale))
+    try:
+        small = quiet(sc.compress, model, latency=budget, input_shape=shape, timing=t)
+    except LatencyUnreachable as e:
+        assert e.reachable > budget
+        return
+    lat = small.sc_compression.details["latency"]
+    rounds = lat["rounds"]
+    within = [r for r in rounds if r["measured_fraction"] <= budget]
+    assert 1 <= len(rounds) <= LATENCY_ROUNDS
+    for r in rounds:  # this timer makes a factorized model exactly `scale` times the table's prediction
+        if r["table_fraction"] < 1:
+            assert r["measured_fraction"] == pytest.approx(scale * r["table_fraction"], rel=1e-9)
+    chosen = [r for r in rounds if r["measured_fraction"] == lat["measured_fraction"]]
+    if within:  # the least loss among the plans measured within the budget
+        assert lat["met"] and any(r["loss"] == min(w["loss"] for w in within) for r in chosen)
+    else:  # none met: the fastest, flagged
+        assert not lat["met"] and lat["measured_fraction"] == min(r["measured_fraction"] for r in rounds)
+
+
+def test_a_budget_beyond_the_table_but_within_reach_end_to_end():
+    model, shape = cnn(), (4, 3, 12, 12)
+    with pytest.raises(LatencyUnreachable) as e:
+        sc.plan_compression(model, latency=0.01, input_shape=shape, timing=Timing(cache=False, timer=CostModel()))
+    floor = e.value.reachable
+    assert 0.01 < floor < 1
+    fused = Timing(cache=False, timer=CostModel(scale=0.7))  # the whole model runs 30% faster than its layers' sum
+    small = quiet(sc.compress, model, latency=0.85 * floor, input_shape=shape, timing=fused)
+    lat = small.sc_compression.details["latency"]
+    assert lat["met"] and lat["rounds"][0]["table_budget"] == pytest.approx(floor)
+    with pytest.raises(LatencyUnreachable, match=r"measured end to end .* at least 0\.\d+") as e:
+        quiet(sc.compress, model, latency=0.5 * floor, input_shape=shape, timing=fused)
+    assert e.value.reachable == pytest.approx(0.7 * floor, rel=1e-6) and "\n" not in str(e.value)
 
 
 def test_with_rate_and_flops_all_budgets_hold(tmp_path):

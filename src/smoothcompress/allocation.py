@@ -1007,7 +1007,8 @@ def _time_need(
         raise LatencyUnreachable(
             f"latency {latency} is out of reach {where}: the model keeps at least {best:.4f} of its measured time "
             f"(every layer at its fastest rank; {fixed / time_total:.4f} of it is outside the eligible layers). "
-            f"Ask for latency of at least {math.ceil(best * 1000) / 1000:.3f}."
+            f"Ask for latency of at least {math.ceil(best * 1000) / 1000:.3f}.",
+            reachable=best,
         )
     return need
 

@@ -104,7 +104,12 @@ Timer = Callable[[nn.Module, ExampleInput], float]
 
 class LatencyUnreachable(RateUnreachable):
     """A latency budget the eligible layers cannot reach in the runtime: even at their fastest ranks the model keeps
-    more of its measured time. The message names the smallest reachable fraction."""
+    more of its measured time. The message names the smallest reachable fraction, and ``reachable`` holds it
+    (``None`` when the budget is out of reach only together with a rate or FLOPs budget)."""
+
+    def __init__(self, message: str, reachable: float | None = None):
+        super().__init__(message)
+        self.reachable = reachable
 
 
 def check_latency(latency) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -25,8 +26,8 @@ from smoothcompress.factorized import (
     FactorizedLinear,
     truncated_factors,
 )
-from smoothcompress.inputs import ExampleInput, as_example
-from smoothcompress.latency import Timing, measure_models
+from smoothcompress.inputs import as_example
+from smoothcompress.latency import LatencyUnreachable, Timing, measure_models
 from smoothcompress.layers import is_linear_like, layer_weight
 from smoothcompress.record import COMPRESSION_ATTR, CompressionRecord, compression_record
 from smoothcompress.selection import Entries, set_submodule, unwrap
@@ -35,7 +36,7 @@ from smoothcompress.tensorfactor import TENSOR_SCHEMES, TensorFit, tensor_factor
 if TYPE_CHECKING:
     from smoothcompress.calibration import Calibration
 
-__all__ = ["compress", "compress_report"]
+__all__ = ["compress", "compress_report", "LATENCY_ROUNDS", "LATENCY_CLOSE"]
 
 
 def compress(
@@ -127,8 +128,10 @@ def compress(
         ``input_shape`` (or ``example``; required, batch included) in ``runtime`` on this machine. A latency table
         is measured (:mod:`smoothcompress.latency`: each layer alone, dense and factorized on a grid of ranks;
         cached on disk) and the same allocation objective is met under it, with ``rate`` and ``flops`` too when
-        given (see :mod:`smoothcompress.allocation`). The result is then timed against the dense model; the
-        record holds the measured fraction and speed-up and warns when the measured fraction misses the budget.
+        given (see :mod:`smoothcompress.allocation`). Each plan is built and timed end to end against the dense
+        model, and up to :data:`LATENCY_ROUNDS` plans are made, each asking the table for its budget scaled by how
+        far the last measurement fell; the result is the plan with the most kept energy measured within the budget
+        (else the fastest, with a warning). The record holds the measured fraction, the speed-up and every round.
     runtime : {"eager", "onnxruntime"}
         Where latency is measured: PyTorch eager, or onnxruntime (the ``onnx`` extra) on the exported model.
     timing : Timing, optional
@@ -166,27 +169,80 @@ def compress(
     """
     model = unwrap(model)
     rate = requested_rate(rate, flops, ranks, latency)
-    plan, layers, choice = build_plan(
-        model,
-        rate,
-        allocation,
-        scheme,
-        ranks,
-        exclude,
-        bn_aware,
-        rank_multiple,
-        calibration,
-        flops,
-        input_shape,
-        example,
-        latency,
-        runtime,
-        timing,
-    )
-    dense_seconds = None
-    if plan.latency is not None and inplace:  # the dense model is timed before its layers are replaced
-        dense_seconds = measure_models([model], timed_input(model, input_shape, example), runtime, timing)[0]
-    out = model if inplace else copy.deepcopy(model)
+    settings = _Settings(rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops,
+                         input_shape, example, latency, runtime, timing)  # fmt: skip
+    if latency is not None:
+        return _within_latency(model, settings, inplace)
+    plan, layers, choice = settings.plan(model, None)
+    out = _factorize(model if inplace else copy.deepcopy(model), layers, choice)
+    setattr(out, COMPRESSION_ATTR, settings.record(plan))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The arguments of one :func:`compress` call (see there), after ``rate`` is resolved."""
+
+    rate: float | None
+    allocation: str
+    scheme: str
+    ranks: Mapping[str, int] | None
+    exclude: Entries
+    bn_aware: bool
+    rank_multiple: int | None
+    calibration: Calibration | None
+    flops: float | None
+    input_shape: Sequence[int] | None
+    example: object
+    latency: float | None
+    runtime: str
+    timing: Timing | None
+
+    def plan(self, model: nn.Module, table_budget: float | None):
+        """:func:`~smoothcompress.allocation.build_plan` of these settings, with the latency table asked for
+        ``table_budget`` (``None``: the requested latency)."""
+        latency = self.latency if table_budget is None else table_budget
+        return build_plan(
+            model, self.rate, self.allocation, self.scheme, self.ranks, self.exclude, self.bn_aware,
+            self.rank_multiple, self.calibration, self.flops, self.input_shape, self.example, latency, self.runtime,
+            self.timing,
+        )  # fmt: skip
+
+    def record(self, plan) -> CompressionRecord:
+        """The record of a result built from ``plan`` (without the end-to-end latency measurement); warns the plan's
+        BatchNorm note, if any."""
+        if plan.bn_note:
+            warnings.warn(plan.bn_note, stacklevel=3)
+        scheme, calibration = self.scheme, self.calibration
+        return CompressionRecord(
+            # what was done: a tensor factorization, whitened truncation with a calibration, or the paper's SVD
+            method=scheme if scheme in TENSOR_SCHEMES else "svd" if calibration is None else "svd-data",
+            options={
+                "allocation": self.allocation,
+                "scheme": scheme,
+                "bn_aware": bool(self.bn_aware),
+                "rank_multiple": plan.latency["rank_multiple"] if plan.latency else self.rank_multiple or 1,
+            },
+            rate_requested=None if self.rate is None else float(self.rate),
+            rate_achieved=plan.rate,
+            params_before=plan.params_before,
+            params_after=plan.params_after,
+            flops_requested=None if self.flops is None else float(self.flops),
+            flops_achieved=plan.flops_fraction,
+            latency_requested=None if self.latency is None else float(self.latency),
+            notes=dict(plan.notes),
+            details={
+                "ranks": {n: [p.scheme, p.rank] for n, p in plan.layers.items() if p.rank is not None},
+                "bn_pairs": dict(plan.bn_pairs),
+                "bn_note": plan.bn_note,
+                **({"calibration": calibration.summary()} if calibration is not None else {}),
+                **({"flops": plan.flops_details()} if plan.flops_before is not None else {}),
+            },
+        )
+
+
+def _factorize(out: nn.Module, layers: list, choice: Mapping) -> nn.Module:
+    """Replace in ``out`` every layer that ``choice`` factorizes (``layers`` and ``choice`` of ``build_plan``)."""
     for lay in layers:
         opt, decs, dense = choice[lay.name], lay.decs, lay.module
         lay.decs, lay.module = {}, None  # hold no layer's decomposition or dense weight longer than needed
@@ -206,78 +262,131 @@ def compress(
         new.train(dense.training)
         del dec, dense
         set_submodule(out, lay.name, new)
-    if plan.bn_note:
-        warnings.warn(plan.bn_note, stacklevel=2)
-    record = CompressionRecord(
-        # what was done: a tensor factorization, whitened truncation with a calibration, or the paper's SVD
-        method=scheme if scheme in TENSOR_SCHEMES else "svd" if calibration is None else "svd-data",
-        options={
-            "allocation": allocation,
-            "scheme": scheme,
-            "bn_aware": bool(bn_aware),
-            "rank_multiple": plan.latency["rank_multiple"] if plan.latency else rank_multiple or 1,
-        },
-        rate_requested=None if rate is None else float(rate),
-        rate_achieved=plan.rate,
-        params_before=plan.params_before,
-        params_after=plan.params_after,
-        flops_requested=None if flops is None else float(flops),
-        flops_achieved=plan.flops_fraction,
-        latency_requested=None if latency is None else float(latency),
-        notes=dict(plan.notes),
-        details={
-            "ranks": {n: [p.scheme, p.rank] for n, p in plan.layers.items() if p.rank is not None},
-            "bn_pairs": dict(plan.bn_pairs),
-            "bn_note": plan.bn_note,
-            **({"calibration": calibration.summary()} if calibration is not None else {}),
-            **({"flops": plan.flops_details()} if plan.flops_before is not None else {}),
-        },
-    )
-    if plan.latency is not None:
-        ex = timed_input(model, input_shape, example)
-        record = _measured(record, plan.latency, model, out, ex, runtime, timing, dense_seconds)
-    setattr(out, COMPRESSION_ATTR, record)
     return out
 
 
-def _measured(
-    record: CompressionRecord,
-    planned: dict,
-    model: nn.Module,
-    out: nn.Module,
-    ex: ExampleInput,
-    runtime: str,
-    timing: Timing | None,
-    dense_seconds: float | None,
-) -> CompressionRecord:
-    """``record`` with the end-to-end times of ``model`` (dense, unless ``dense_seconds`` is given) and ``out``
-    measured in turns, the measured fraction and speed-up; one warning when the fraction misses the budget."""
-    if dense_seconds is None:
+LATENCY_ROUNDS = 4
+"""Plans timed end to end under a latency budget: the first on the latency table's prediction, each next one with
+the table's budget scaled by how far the previous measurement fell from the request."""
+
+LATENCY_CLOSE = 0.97
+"""A measured fraction in ``[LATENCY_CLOSE * latency, latency]`` ends the rounds: met, and close to the request."""
+
+
+@dataclasses.dataclass
+class _Trial:
+    """One plan built and timed end to end."""
+
+    plan: object
+    model: nn.Module
+    dense_seconds: float
+    seconds: float
+    loss: float
+
+    @property
+    def fraction(self) -> float:
+        return self.seconds / self.dense_seconds if self.dense_seconds > 0 else 1.0
+
+
+def _within_latency(model: nn.Module, settings: _Settings, inplace: bool) -> nn.Module:
+    """:func:`compress` under a latency budget, closed on end-to-end measurements.
+
+    The per-layer table predicts the time of a plan; the whole model's measured time is what the budget asks for
+    (layers timed alone miss what a runtime fuses or overlaps, and what caches do between layers). So each plan is
+    built and timed against the dense model, in turns, and the next plan asks the table for its budget scaled by
+    ``latency / measured`` (tighter after a miss, looser when far under), for at most :data:`LATENCY_ROUNDS`
+    plans. A budget below what the table can reach is asked at the table's smallest reachable fraction. The result
+    is the plan with the most kept energy among those measured within the budget, else the fastest one measured,
+    with a warning; ``LatencyUnreachable`` when none meets a budget that the table could not reach either.
+    """
+    latency, runtime, timing = settings.latency, settings.runtime, settings.timing
+    table_budget, asked, rounds, best, out_of_table, ex = latency, set(), [], None, None, None
+    while len(rounds) < LATENCY_ROUNDS:
+        try:
+            plan, layers, choice = settings.plan(model, table_budget)
+        except LatencyUnreachable as e:
+            if table_budget == latency:
+                out_of_table = e  # the request itself is beyond the table
+            if e.reachable is None or e.reachable <= table_budget or round(e.reachable, 6) in asked:
+                if best is None:
+                    raise
+                break
+            table_budget = e.reachable
+            continue
+        asked.add(round(table_budget, 6))
+        if ex is None:  # after the plan has checked the arguments
+            ex = timed_input(model, settings.input_shape, settings.example)
+        out = _factorize(copy.deepcopy(model), layers, choice)
         dense_seconds, seconds = measure_models([model, out], ex, runtime, timing)
-    else:
-        seconds = measure_models([out], ex, runtime, timing)[0]
-    fraction = seconds / dense_seconds if dense_seconds > 0 else 1.0
-    requested = planned["requested"]
+        trial = _Trial(plan, out, dense_seconds, seconds, sum(o.loss for o in choice.values()))
+        rounds.append(
+            {
+                "table_budget": table_budget,
+                "table_fraction": plan.latency["table_fraction"],
+                "measured_fraction": trial.fraction,
+                "loss": trial.loss,
+            }  # fmt: skip
+        )
+        best = trial if best is None else _best([best, trial], latency)
+        if LATENCY_CLOSE * latency <= trial.fraction <= latency:
+            break
+        nxt = min(1.0, table_budget * latency / trial.fraction) if trial.fraction > 0 else 1.0
+        if round(nxt, 6) in asked:
+            break
+        table_budget = nxt
+    if best.fraction > latency and out_of_table is not None:
+        raise LatencyUnreachable(
+            f"latency {latency} is out of reach on runtime {runtime!r}: the fastest plan keeps {best.fraction:.4f} of "
+            f"the dense model's time measured end to end ({out_of_table}). Ask for latency of at least "
+            f"{math.ceil(best.fraction * 1000) / 1000:.3f}.",
+            reachable=best.fraction,
+        )
+    out = best.model
+    if inplace:  # move the chosen factorized layers into the model itself
+        for name in best.plan.layers:
+            if best.plan.layers[name].rank is not None:
+                set_submodule(model, name, out.get_submodule(name))
+        out = model
+    record = settings.record(best.plan)
+    setattr(out, COMPRESSION_ATTR, _measured(record, best, rounds, runtime))
+    return out
+
+
+def _best(trials: Sequence[_Trial], latency: float) -> _Trial:
+    """The trial with the least loss among those within ``latency``, else the fastest."""
+    within = [t for t in trials if t.fraction <= latency]
+    return min(within, key=lambda t: t.loss) if within else min(trials, key=lambda t: t.fraction)
+
+
+def _measured(record: CompressionRecord, trial: _Trial, rounds: list[dict], runtime: str) -> CompressionRecord:
+    """``record`` with the chosen plan's end-to-end measurement, every round's, and one warning when the measured
+    fraction misses the budget."""
+    planned, fraction = trial.plan.latency, trial.fraction
+    requested = record.latency_requested
     met = fraction <= requested
     info = {
         **planned,
-        "measured_dense_seconds": dense_seconds,
-        "measured_seconds": seconds,
+        "requested": requested,
+        "table_budget": planned["requested"],
+        "measured_dense_seconds": trial.dense_seconds,
+        "measured_seconds": trial.seconds,
         "measured_fraction": fraction,
-        "speedup": dense_seconds / seconds if seconds > 0 else float("inf"),
+        "speedup": trial.dense_seconds / trial.seconds if trial.seconds > 0 else float("inf"),
         "met": met,
+        "rounds": rounds,
     }
     table = planned["table"]
     info["summary"] = (
         f"latency budget {requested} ({runtime}, input {table['input']}, {table['threads']} threads): measured "
         f"{fraction:.3f} of the dense time ({info['speedup']:.2f}x faster; the table predicted "
-        f"{planned['table_fraction']:.3f}), {'met' if met else 'MISSED'}; rank multiple {planned['rank_multiple']}"
+        f"{planned['table_fraction']:.3f} at its budget {planned['requested']:.3f}; {len(rounds)} plan(s) timed), "
+        f"{'met' if met else 'MISSED'}; rank multiple {planned['rank_multiple']}"
     )
     if not met:
         warnings.warn(
-            f"the measured latency fraction {fraction:.3f} misses the latency budget {requested} ({runtime}; the table "
-            f"predicted {planned['table_fraction']:.3f}): time on a quieter machine, or ask for a smaller latency",
-            stacklevel=3,
+            f"the measured latency fraction {fraction:.3f} misses the latency budget {requested} ({runtime}; "
+            f"{len(rounds)} plan(s) timed end to end): time on a quieter machine, or ask for a smaller latency",
+            stacklevel=4,
         )
     return dataclasses.replace(record, latency_achieved=fraction, details={**record.details, "latency": info})
 
