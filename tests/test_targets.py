@@ -68,6 +68,27 @@ def test_the_gap_is_the_best_smooth_low_rank_seed_mean_against_the_baseline_dens
         assert v["best"]["n"] == 3 and v["best"]["label"] != "magnitude"
 
 
+def test_the_svd_schemes_are_judged_apart_when_a_tensor_scheme_wins():
+    acc = {(reg, "dense", 0.0): 0.80 for reg, _ in SETTINGS}
+    for (reg, _), lab, rate in itertools.product(SETTINGS, LABELS, RATES):
+        acc[(reg, lab, rate)] = 0.70
+    acc[("nuclear", "svd+bn-global-channel", 0.7)] = 0.78
+    rows = _rows(acc, seeds=(0,), offset=lambda key, seed: 0.0)
+    rows += [
+        {**_row("nuclear", 1e-3, 0, "cp+bn-global", "cp+bn", 0.7, 0.799), "scheme": "cp"},
+        {**_row("none", 0.0, 0, "cp+bn-global", "cp+bn", 0.7, 0.9), "scheme": "cp"},
+    ]
+    v = next(v for v in assess_targets(rows) if v["rate"] == 0.7)
+    assert v["best"]["label"] == "cp+bn-global" and v["met"] and v["gap"] == pytest.approx(-0.1)
+    assert v["best_svd"]["label"] == "svd+bn-global-channel" and not v["met_svd"]
+    assert v["gap_svd"] == pytest.approx(-2.0)
+    table = targets_table([v])
+    assert "SVD schemes only" in table and "-2.00" in table and "**no**" in table
+    assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())
+    plain = next(v for v in assess_targets(_rows(acc, seeds=(0,), offset=lambda key, seed: 0.0)) if v["rate"] == 0.7)
+    assert plain["best_svd"] == plain["best"] and "SVD schemes only" not in targets_table([plain])
+
+
 def _fixed():
     acc = {(reg, "dense", 0.0): 0.80 for reg, _ in SETTINGS}
     for (reg, _), lab, rate in itertools.product(SETTINGS, LABELS, RATES):

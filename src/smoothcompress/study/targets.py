@@ -4,9 +4,10 @@ The bar (``TARGETS``): at 70% fewer parameters the best smooth model, compressed
 at most 0.5 points below the dense, unregularized model of the same schedule; at 80% fewer, at most 2 points; at
 90% fewer, at most 10 points.
 "Best" ranges over every penalty and λ of a sweep and every low-rank method (plain SVD and the variants that use
-calibration data); the row that wins is named, so that a reader sees which method and weight it took. Pruning
-rows are not candidates: the targets are about the low-rank method. Accuracies are seed means; the number of
-seeds is reported next to them, since the bar is stated for 3.
+calibration data, and the tensor schemes CP and Tucker); the row that wins is named, so that a reader sees which
+method and weight it took. Since the bar is stated for the SVD family, the best among the matrix (SVD) schemes
+alone is judged too. Pruning rows are not candidates: the targets are about the low-rank method. Accuracies are
+seed means; the number of seeds is reported next to them, since the bar is stated for 3.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from collections.abc import Mapping
 
 from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
+from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
 __all__ = ["TARGETS", "assess_targets", "targets_table"]
 
@@ -40,16 +42,20 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
     list of dict
         Per context and rate (contexts without baseline dense rows, or without low-rank rows at the rate from a
         penalised setting, are left out): ``{"context", "rate", "allowed", "baseline_dense", "baseline_n",
-        "best_baseline": entry or None, "best": entry, "candidates", "gap", "met"}``; ``candidates`` is the number
+        "best_baseline": entry or None, "best": entry, "candidates", "gap", "met", "best_svd": entry or None,
+        "gap_svd", "met_svd"}``; ``candidates`` is the number
         of (setting, method) cells the best was picked from: picked on the split it is reported on, the best of
         many is an optimistic figure, the more so the more candidates. An entry is ``{"setting", "label", "acc",
         "std", "n"}`` (accuracies as fractions; ``setting`` is a display name); ``gap`` is
-        ``100 * (best acc - baseline dense)`` in points and ``met`` whether ``gap >= -allowed``.
+        ``100 * (best acc - baseline dense)`` in points and ``met`` whether ``gap >= -allowed``; the ``_svd`` keys
+        are the same among the matrix (SVD) schemes alone, rows of CP and Tucker left out (``None`` without such
+        rows).
     """
     summary = summarize(rows)
     index = index_summary(summary)
     families = method_families(rows)
     low_rank = {lab for lab, fam in families.items() if fam == "low-rank"}
+    tensor = {r["label"] for r in rows if r.get("scheme") in TENSOR_SCHEMES}
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     out = []
     for context in sorted({g.context() for g in groups}, key=str):
@@ -65,6 +71,8 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
                 continue
             best = _best(candidates)
             gap = 100 * (best["acc"] - dense["acc"])
+            best_svd = _best(_cells(index, smooth, low_rank - tensor, rate))
+            gap_svd = None if best_svd is None else 100 * (best_svd["acc"] - dense["acc"])
             out.append(
                 {
                     "context": base.context_name(),
@@ -77,6 +85,9 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
                     "candidates": len(candidates),
                     "gap": gap,
                     "met": gap >= -allowed - 1e-9,  # 1e-9: float noise is no miss
+                    "best_svd": best_svd,
+                    "gap_svd": gap_svd,
+                    "met_svd": None if gap_svd is None else gap_svd >= -allowed - 1e-9,
                 }
             )
     return out
@@ -110,14 +121,21 @@ def _seeds(n: int) -> str:
 
 def targets_table(verdicts: list[dict]) -> str:
     """A markdown table of :func:`assess_targets`' entries."""
-    lines = [
-        "| model | rate | baseline dense | best smooth, compressed | gap (points) | bar | met | baseline compressed |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    svd = any(v.get("best_svd") is not None and v["best_svd"] != v["best"] for v in verdicts)
+    head = "| model | rate | baseline dense | best smooth, compressed | gap (points) | bar | met |"
+    head += " best smooth, SVD schemes only | gap | met |" if svd else ""
+    lines = [head + " baseline compressed |", "|---" * head.count("|") + "|"]
     for v in verdicts:
-        lines.append(
+        line = (
             f"| {v['context']} | {100 * v['rate']:.0f}% | {100 * v['baseline_dense']:.2f} ({_seeds(v['baseline_n'])}) "
-            f"| {_cell(v['best'])} | {v['gap']:+.2f} | ≥ -{v['allowed']:g} | {'yes' if v['met'] else '**no**'} "
-            f"| {_cell(v['best_baseline'])} |"
+            f"| {_cell(v['best'])} | {v['gap']:+.2f} | ≥ -{v['allowed']:g} | {_met(v['met'])} |"
         )
+        if svd:
+            gap = "—" if v["gap_svd"] is None else f"{v['gap_svd']:+.2f}"
+            line += f" {_cell(v['best_svd'])} | {gap} | {_met(v['met_svd'])} |"
+        lines.append(line + f" {_cell(v['best_baseline'])} |")
     return "\n".join(lines)
+
+
+def _met(met: bool | None) -> str:
+    return "—" if met is None else "yes" if met else "**no**"
