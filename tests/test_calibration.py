@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import smoothcompress as sc
-from smoothcompress.calibration import calibration_batches
+from smoothcompress.calibration import calibration_batches, sample_patches
 from smoothcompress.factorized import factorize_weight, matricize
 
 
@@ -353,3 +353,28 @@ def test_centered_moment_is_the_covariance():
     patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27).double()
     expect = torch.cov(patches.T, correction=0)
     torch.testing.assert_close(cal.moment("0", centered=True), expect, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.one_of(st.just("same"), st.just("valid"), st.tuples(st.integers(0, 2), st.integers(0, 2))),
+    mode=st.sampled_from(["zeros", "reflect", "circular"]),
+    seed=st.integers(0, 1000),
+)
+def test_sampled_patches_times_the_kernel_are_the_conv_outputs(kernel, dilation, stride, padding, mode, seed):
+    if padding == "same":
+        stride = (1, 1)  # torch allows "same" only without stride
+    conv = nn.Conv2d(3, 5, kernel, stride, padding, dilation, bias=False, padding_mode=mode)
+    x = torch.randn(2, 3, 9, 10, generator=torch.Generator().manual_seed(seed))
+    try:
+        y = conv(x)
+    except RuntimeError:  # a geometry torch itself refuses (e.g. reflect padding wider than the input)
+        return
+    everything = y.shape[0] * y.shape[2] * y.shape[3]
+    patches = sample_patches(conv, x, everything, torch.Generator().manual_seed(seed))
+    assert patches.shape == (everything, 3 * kernel[0] * kernel[1])
+    got = patches @ conv.weight.detach().reshape(5, -1).T
+    torch.testing.assert_close(got, y.detach().permute(0, 2, 3, 1).reshape(-1, 5), rtol=1e-4, atol=1e-4)

@@ -198,18 +198,25 @@ def test_the_end_to_end_rounds_keep_the_best_plan_that_meets_the_budget(model_sh
         assert not lat["met"] and lat["measured_fraction"] == min(r["measured_fraction"] for r in rounds)
 
 
-def test_a_budget_beyond_the_table_but_within_reach_end_to_end():
-    model, shape = cnn(), (4, 3, 12, 12)
-    with pytest.raises(LatencyUnreachable) as e:
-        sc.plan_compression(model, latency=0.01, input_shape=shape, timing=Timing(cache=False, timer=CostModel()))
-    floor = e.value.reachable
-    assert 0.01 < floor < 1
+@settings(max_examples=10, deadline=None)
+@given(model_shape=small_models(), allocation=st.sampled_from(["global", "global-linear", "uniform"]))
+def test_a_budget_beyond_the_table_but_within_reach_end_to_end(model_shape, allocation):
+    model, shape = model_shape
+    kw = {"input_shape": shape, "allocation": allocation}
+    try:
+        quiet(sc.plan_compression, model, latency=0.01, timing=Timing(cache=False, timer=CostModel()), **kw)
+    except LatencyUnreachable as e:
+        floor = e.reachable
+    else:
+        assume(False)
+    assert 0.01 < floor <= 1
+    assume(floor < 1)
     fused = Timing(cache=False, timer=CostModel(scale=0.7))  # the whole model runs 30% faster than its layers' sum
-    small = quiet(sc.compress, model, latency=0.85 * floor, input_shape=shape, timing=fused)
+    small = quiet(sc.compress, model, latency=0.85 * floor, timing=fused, **kw)
     lat = small.sc_compression.details["latency"]
     assert lat["met"] and lat["rounds"][0]["table_budget"] == pytest.approx(floor)
-    with pytest.raises(LatencyUnreachable, match=r"measured end to end .* at least 0\.\d+") as e:
-        quiet(sc.compress, model, latency=0.5 * floor, input_shape=shape, timing=fused)
+    with pytest.raises(LatencyUnreachable, match=r"measured end to end.* at least 0\.\d+") as e:
+        quiet(sc.compress, model, latency=0.5 * floor, timing=fused, **kw)
     assert e.value.reachable == pytest.approx(0.7 * floor, rel=1e-6) and "\n" not in str(e.value)
 
 
@@ -261,6 +268,7 @@ def test_rank_grid_and_interpolation():
     assert rank_grid(0) == [] and rank_grid(1) == [1] and rank_grid(5) == [1, 3, 5]
     grid = rank_grid(115)
     assert grid[0] == 1 and grid[-1] == 115 and {8, 16, 32, 48, 112}.issubset(grid) and 7 in grid
+    assert rank_grid(24) == [1, 3, 7, 8, 15, 16, 23, 24] and rank_grid(8) == [1, 3, 7, 8]
     times = LayerTimes(1.0, {"channel": {1: 0.1, 3: 0.3, 7: 0.2, 8: 0.05, 16: 0.5, 15: 0.9}})
     assert times.time("channel", 8) == 0.05 and times.time("channel", 16) == 0.5  # aligned points
     assert times.time("channel", 24) == 0.5  # flat beyond the last point
@@ -269,6 +277,8 @@ def test_rank_grid_and_interpolation():
     assert times.time("channel", 12) == pytest.approx(0.3 + 5 / 8 * 0.6)
     offs = [times.time("channel", r) for r in range(1, 16) if r % 8]
     assert offs == sorted(offs)
+    short = LayerTimes(1.0, {"channel": {1: 0.1, 7: 0.2, 8: 0.3, 16: 0.5, 24: 0.9}})
+    assert short.time("channel", 20) == pytest.approx(0.7)  # past the last off rank: between the multiples around it
 
 
 def test_cache_round_trip_and_keys(tmp_path):

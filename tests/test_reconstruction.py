@@ -168,9 +168,21 @@ def test_tensor_layers_get_their_last_factor_solved_and_no_layer_error_grows(see
         assert torch.equal(modules[name].first.weight, before)
 
 
-def test_an_exact_tensor_layer_stays_exact():
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 2, "padding": "same"},
+        {"kernel_size": (4, 3), "padding": "same", "dilation": (1, 2)},
+        {"kernel_size": 3, "stride": 2, "padding": (0, 2), "padding_mode": "reflect"},
+    ],
+)
+def test_an_exact_tensor_layer_stays_exact(geometry):
     pytest.importorskip("tensorly")
-    model = _cnn(5, c=4, bias=True, bn=False).double()
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, **geometry), nn.ReLU(), nn.Conv2d(4, 6, **{**geometry, "stride": 1}), nn.Flatten()
+    ).double()
     x = torch.randn(128, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     small, exact = copy.deepcopy(model), []
     for name, m in model.named_modules():
@@ -181,7 +193,8 @@ def test_an_exact_tensor_layer_stays_exact():
     assert [n for n, v in done.layers.items() if v["solved"] == "last factor"] == exact
     with torch.no_grad():
         want, got = model(x), small(x)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+    # float32 moment products: a few 1e-6 of the scale; a misaligned solve is off by tenths
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
 def test_cp_seq_beats_cp_end_to_end_on_the_calibration_inputs():

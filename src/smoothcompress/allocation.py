@@ -566,7 +566,10 @@ def _allocate_global(
             and rest_flops + vertex.flops_saving >= need_flops
             and rest_time + vertex.time_saving >= need_time
         ):
-            choice[lay.name] = lay.best_meeting(need - rest, need_flops - rest_flops, key, need_time - rest_time)
+            met = lay.best_meeting(need - rest, need_flops - rest_flops, key, need_time - rest_time)
+            if met is None:  # the budgets sit at the very edge of reach: float rounding left no option meeting them
+                return None
+            choice[lay.name] = met
             return choice
         choice[lay.name] = vertex
         saved, saved_flops = rest + vertex.saving, rest_flops + vertex.flops_saving
@@ -1177,7 +1180,10 @@ def _choose_latency(
             choice, need_flops = _choose(layers, ranks, *args)
         except RateUnreachable as e:
             candidates[k] = {"unreachable": str(e)}
-            error = error or e
+            # the error to raise if no multiple reaches the budget: the one naming the smallest reachable fraction
+            floor, known = getattr(e, "reachable", None), getattr(error, "reachable", None)
+            if error is None or floor is not None and (known is None or floor < known):
+                error = e
             continue
         loss = sum(o.loss for o in choice.values())
         fraction = table.plan_time(choice) / table.dense_total

@@ -376,13 +376,16 @@ def sample_patches(conv: nn.Conv2d, x: torch.Tensor, k: int, gen: torch.Generato
     """
     kh, kw = conv.kernel_size
     (sh, sw), (dh, dw) = conv.stride, conv.dilation
-    if isinstance(conv.padding, str):  # "same" / "valid": let unfold's arithmetic decide via explicit padding
-        ph = dh * (kh - 1) // 2 if conv.padding == "same" else 0
-        pw = dw * (kw - 1) // 2 if conv.padding == "same" else 0
+    if conv.padding == "same":  # as torch pads it: half of the total before, the rest (one more when odd) after
+        top, left = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+        pads = (left, dw * (kw - 1) - left, top, dh * (kh - 1) - top)
+    elif conv.padding == "valid":
+        pads = (0, 0, 0, 0)
     else:
         ph, pw = conv.padding
+        pads = (pw, pw, ph, ph)
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if (ph or pw) else x
+    xp = F.pad(x, pads, mode=mode) if any(pads) else x
     b, c, hp, wp = xp.shape
     ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     total = b * ho * wo

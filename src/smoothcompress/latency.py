@@ -27,8 +27,9 @@ pass); what it takes beyond the layers' sum goes to the fixed part. The end-to-e
 Between the measured ranks a layer's time is interpolated linearly, after the measured times are made
 non-decreasing in the rank (a running maximum, so noise never makes a larger rank look faster). Ranks that are
 multiples of 8 are interpolated between measured multiples of 8, every other rank between measured ranks off the
-multiples of 8 (``1, 3, 7, 15, 31, ...`` and the largest rank that saves parameters): kernels often run aligned
-channel counts faster, and the table keeps both.
+multiples of 8 (``1, 3, 7, 15, 31, ...`` and the largest such rank that saves parameters; a rank past the last
+one measured is interpolated between all measured ranks): kernels often run aligned channel counts faster, and the
+table keeps both.
 
 Measurements are cached on disk (:func:`cache_path`: ``$SMOOTHCOMPRESS_LATENCY_CACHE``, else
 ``$XDG_CACHE_HOME/smoothcompress/latency.json``, else ``~/.cache/smoothcompress/latency.json``), one entry per
@@ -184,7 +185,8 @@ def cache_path(cache: str | os.PathLike | None | bool = None) -> Path | None:
 def rank_grid(max_rank: int) -> list[int]:
     """The ranks measured for a layer whose factorization saves parameters up to ``max_rank``: multiples of 8 up to
     32, of 16 up to 128, of 32 up to 256 and of 64 beyond, the largest multiple of 8 up to ``max_rank``, and off the
-    multiples of 8 the ranks ``2**k - 1`` and ``max_rank`` itself. Sorted, all in ``[1, max_rank]``."""
+    multiples of 8 the ranks ``2**k - 1`` and the largest such rank up to ``max_rank``. Sorted, all in
+    ``[1, max_rank]``."""
     if max_rank < 1:
         return []
     aligned, r = set(), 8
@@ -193,8 +195,9 @@ def rank_grid(max_rank: int) -> list[int]:
         r += 8 if r < 32 else 16 if r < 128 else 32 if r < 256 else 64
     if max_rank >= 8:
         aligned.add(max_rank - max_rank % 8)
-    off = {2**k - 1 for k in range(1, max_rank.bit_length() + 1) if 2**k - 1 <= max_rank} | {max_rank}
-    return sorted(aligned | off)
+    off = {2**k - 1 for k in range(1, max_rank.bit_length() + 1) if 2**k - 1 <= max_rank}
+    off.add(max_rank if max_rank % 8 else max_rank - 1)  # the largest rank off the multiples: no extrapolation
+    return sorted(aligned | {r for r in off if r >= 1})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -217,6 +220,8 @@ class LayerTimes:
         aligned = {r: t for r, t in pts.items() if r % ALIGNMENT == 0}
         off = {r: t for r, t in pts.items() if r % ALIGNMENT != 0}
         use = aligned if (rank % ALIGNMENT == 0 and aligned) or not off else off
+        if use is off and rank > max(off):  # past the last rank off the multiples: between the multiples around it
+            use = pts
         ranks = sorted(use)
         seconds = np.maximum.accumulate(np.array([use[r] for r in ranks], dtype=float))
         return float(np.interp(rank, ranks, seconds))

@@ -173,7 +173,12 @@ def compress(
                          input_shape, example, latency, runtime, timing)  # fmt: skip
     if latency is not None:
         return _within_latency(model, settings, inplace)
-    plan, layers, choice = settings.plan(model, None)
+    plan, layers, choice = build_plan(
+        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape,
+        example,
+    )  # fmt: skip
+    if plan.bn_note:
+        warnings.warn(plan.bn_note, stacklevel=2)
     out = _factorize(model if inplace else copy.deepcopy(model), layers, choice)
     setattr(out, COMPRESSION_ATTR, settings.record(plan))
     return out
@@ -209,10 +214,7 @@ class _Settings:
         )  # fmt: skip
 
     def record(self, plan) -> CompressionRecord:
-        """The record of a result built from ``plan`` (without the end-to-end latency measurement); warns the plan's
-        BatchNorm note, if any."""
-        if plan.bn_note:
-            warnings.warn(plan.bn_note, stacklevel=3)
+        """The record of a result built from ``plan`` (without the end-to-end latency measurement)."""
         scheme, calibration = self.scheme, self.calibration
         return CompressionRecord(
             # what was done: a tensor factorization, whitened truncation with a calibration, or the paper's SVD
@@ -275,13 +277,14 @@ LATENCY_CLOSE = 0.97
 
 @dataclasses.dataclass
 class _Trial:
-    """One plan built and timed end to end."""
+    """One plan built and timed end to end, with the warnings its planning gave."""
 
     plan: object
     model: nn.Module
     dense_seconds: float
     seconds: float
     loss: float
+    warned: list
 
     @property
     def fraction(self) -> float:
@@ -295,30 +298,43 @@ def _within_latency(model: nn.Module, settings: _Settings, inplace: bool) -> nn.
     (layers timed alone miss what a runtime fuses or overlaps, and what caches do between layers). So each plan is
     built and timed against the dense model, in turns, and the next plan asks the table for its budget scaled by
     ``latency / measured`` (tighter after a miss, looser when far under), for at most :data:`LATENCY_ROUNDS`
-    plans. A budget below what the table can reach is asked at the table's smallest reachable fraction. The result
-    is the plan with the most kept energy among those measured within the budget, else the fastest one measured,
-    with a warning; ``LatencyUnreachable`` when none meets a budget that the table could not reach either.
+    plans; the rounds stop early when a plan repeats or measures within ``[LATENCY_CLOSE * latency, latency]``.
+    A budget below what the table can reach is asked at the table's smallest reachable fraction. The result is the
+    plan with the most kept energy among those measured within the budget, else the fastest one measured, with a
+    warning; ``LatencyUnreachable`` when none meets a budget that the table could not reach either. Only the
+    chosen plan's planning warnings are shown.
     """
     latency, runtime, timing = settings.latency, settings.runtime, settings.timing
-    table_budget, asked, rounds, best, out_of_table, ex = latency, set(), [], None, None, None
-    while len(rounds) < LATENCY_ROUNDS:
+    table_budget, best, out_of_table, ex = latency, None, None, None
+    asked, plans, rounds = set(), set(), []
+    for _ in range(2 * LATENCY_ROUNDS):  # each round may first need one re-ask at the table's floor
+        if len(rounds) == LATENCY_ROUNDS:
+            break
         try:
-            plan, layers, choice = settings.plan(model, table_budget)
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                plan, layers, choice = settings.plan(model, table_budget)
         except LatencyUnreachable as e:
             if table_budget == latency:
                 out_of_table = e  # the request itself is beyond the table
-            if e.reachable is None or e.reachable <= table_budget or round(e.reachable, 6) in asked:
+            at_floor = e.reachable is not None and e.reachable > table_budget and round(e.reachable, 6) not in asked
+            if not at_floor:  # out of reach for another reason, or already tried at the floor: stop
                 if best is None:
-                    raise
+                    raise (out_of_table or e) from None
                 break
-            table_budget = e.reachable
+            asked.add(round(e.reachable, 6))
+            table_budget = min(1.0, e.reachable * (1 + 1e-9))  # just above the floor: rounding must not undo it
             continue
         asked.add(round(table_budget, 6))
+        signature = tuple((n, p.scheme, p.rank) for n, p in plan.layers.items())
+        if signature in plans:  # the same plan again: timing it again would only measure noise
+            break
+        plans.add(signature)
         if ex is None:  # after the plan has checked the arguments
             ex = timed_input(model, settings.input_shape, settings.example)
         out = _factorize(copy.deepcopy(model), layers, choice)
         dense_seconds, seconds = measure_models([model, out], ex, runtime, timing)
-        trial = _Trial(plan, out, dense_seconds, seconds, sum(o.loss for o in choice.values()))
+        trial = _Trial(plan, out, dense_seconds, seconds, sum(o.loss for o in choice.values()), list(warned))
         rounds.append(
             {
                 "table_budget": table_budget,
@@ -330,21 +346,25 @@ def _within_latency(model: nn.Module, settings: _Settings, inplace: bool) -> nn.
         best = trial if best is None else _best([best, trial], latency)
         if LATENCY_CLOSE * latency <= trial.fraction <= latency:
             break
-        nxt = min(1.0, table_budget * latency / trial.fraction) if trial.fraction > 0 else 1.0
-        if round(nxt, 6) in asked:
-            break
-        table_budget = nxt
+        table_budget = min(1.0, table_budget * latency / trial.fraction) if trial.fraction > 0 else 1.0
+    if best is None:
+        raise out_of_table or LatencyUnreachable(f"latency {latency}: no plan could be made on runtime {runtime!r}")
     if best.fraction > latency and out_of_table is not None:
+        floor = "" if out_of_table.reachable is None else f"; the latency table's floor is {out_of_table.reachable:.4f}"
         raise LatencyUnreachable(
             f"latency {latency} is out of reach on runtime {runtime!r}: the fastest plan keeps {best.fraction:.4f} of "
-            f"the dense model's time measured end to end ({out_of_table}). Ask for latency of at least "
+            f"the dense model's time measured end to end{floor}. Ask for latency of at least "
             f"{math.ceil(best.fraction * 1000) / 1000:.3f}.",
             reachable=best.fraction,
         )
+    for w in best.warned:  # the chosen plan's planning warnings, as if compress had planned it alone
+        warnings.warn(w.message, w.category, stacklevel=3)
+    if best.plan.bn_note:
+        warnings.warn(best.plan.bn_note, stacklevel=3)
     out = best.model
     if inplace:  # move the chosen factorized layers into the model itself
-        for name in best.plan.layers:
-            if best.plan.layers[name].rank is not None:
+        for name, layer_plan in best.plan.layers.items():
+            if layer_plan.rank is not None:
                 set_submodule(model, name, out.get_submodule(name))
         out = model
     record = settings.record(best.plan)
