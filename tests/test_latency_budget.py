@@ -220,6 +220,33 @@ def test_a_budget_beyond_the_table_but_within_reach_end_to_end(model_shape, allo
     assert e.value.reachable == pytest.approx(0.7 * floor, rel=1e-6) and "\n" not in str(e.value)
 
 
+class Flaky(CostModel):
+    """The cost model, but every other pass of a whole compressed model comes out twice as fast (a lucky
+    measurement)."""
+
+    def __init__(self):
+        super().__init__(name="flaky")
+        self.compressed = 0
+
+    def __call__(self, module, example):
+        seconds = super().__call__(module, example)
+        if isinstance(module, nn.Sequential) and any(isinstance(m, Factorized) for m in module.modules()):
+            self.compressed += 1
+            return seconds / 2 if self.compressed % 2 else seconds
+        return seconds
+
+
+def test_the_chosen_plan_is_timed_again_for_the_record():
+    model, shape = cnn(), (4, 3, 12, 12)
+    flaky = Flaky()
+    with pytest.warns(UserWarning, match="misses the latency budget"):
+        small = sc.compress(model, latency=0.5, input_shape=shape, timing=Timing(cache=False, timer=flaky))
+    lat = small.sc_compression.details["latency"]
+    assert lat["rounds"][0]["measured_fraction"] <= 0.5  # the lucky first measurement ended the rounds...
+    assert lat["measured_fraction"] == pytest.approx(2 * lat["rounds"][0]["measured_fraction"])  # ...not the record
+    assert not lat["met"] and small.sc_compression.latency_achieved == lat["measured_fraction"]
+
+
 def test_with_rate_and_flops_all_budgets_hold(tmp_path):
     model, shape = cnn(), (2, 3, 12, 12)
     small = quiet(sc.compress, model, 0.5, flops=0.6, latency=0.7, input_shape=shape, timing=timing(tmp_path))
