@@ -221,8 +221,8 @@ def test_a_budget_beyond_the_table_but_within_reach_end_to_end(model_shape, allo
 
 
 class Flaky(CostModel):
-    """The cost model, but every other pass of a whole compressed model comes out twice as fast (a lucky
-    measurement)."""
+    """The cost model, but a whole compressed model's passes alternate: twice as fast (a lucky measurement), then
+    10% slower than the cost model."""
 
     def __init__(self):
         super().__init__(name="flaky")
@@ -232,7 +232,7 @@ class Flaky(CostModel):
         seconds = super().__call__(module, example)
         if isinstance(module, nn.Sequential) and any(isinstance(m, Factorized) for m in module.modules()):
             self.compressed += 1
-            return seconds / 2 if self.compressed % 2 else seconds
+            return seconds / 2 if self.compressed % 2 else 1.1 * seconds
         return seconds
 
 
@@ -243,7 +243,7 @@ def test_the_chosen_plan_is_timed_again_for_the_record():
         small = sc.compress(model, latency=0.5, input_shape=shape, timing=Timing(cache=False, timer=flaky))
     lat = small.sc_compression.details["latency"]
     assert lat["rounds"][0]["measured_fraction"] <= 0.5  # the lucky first measurement ended the rounds...
-    assert lat["measured_fraction"] == pytest.approx(2 * lat["rounds"][0]["measured_fraction"])  # ...not the record
+    assert lat["measured_fraction"] == pytest.approx(2.2 * lat["rounds"][0]["measured_fraction"])  # ...not the record
     assert not lat["met"] and small.sc_compression.latency_achieved == lat["measured_fraction"]
 
 
