@@ -173,10 +173,7 @@ def compress(
                          input_shape, example, latency, runtime, timing)  # fmt: skip
     if latency is not None:
         return _within_latency(model, settings, inplace)
-    plan, layers, choice = build_plan(
-        model, rate, allocation, scheme, ranks, exclude, bn_aware, rank_multiple, calibration, flops, input_shape,
-        example,
-    )  # fmt: skip
+    plan, layers, choice = build_plan(model, *settings.args())  # called here: its warnings name the caller
     if plan.bn_note:
         warnings.warn(plan.bn_note, stacklevel=2)
     out = _factorize(model if inplace else copy.deepcopy(model), layers, choice)
@@ -186,7 +183,8 @@ def compress(
 
 @dataclasses.dataclass(frozen=True)
 class _Settings:
-    """The arguments of one :func:`compress` call (see there), after ``rate`` is resolved."""
+    """The arguments of one :func:`compress` call (see there), after ``rate`` is resolved, in the order
+    :func:`~smoothcompress.allocation.build_plan` takes them."""
 
     rate: float | None
     allocation: str
@@ -203,15 +201,15 @@ class _Settings:
     runtime: str
     timing: Timing | None
 
-    def plan(self, model: nn.Module, table_budget: float | None):
+    def args(self) -> tuple:
+        """The positional arguments of :func:`~smoothcompress.allocation.build_plan` after the model (the fields
+        are declared in its order)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def plan(self, model: nn.Module, table_budget: float):
         """:func:`~smoothcompress.allocation.build_plan` of these settings, with the latency table asked for
-        ``table_budget`` (``None``: the requested latency)."""
-        latency = self.latency if table_budget is None else table_budget
-        return build_plan(
-            model, self.rate, self.allocation, self.scheme, self.ranks, self.exclude, self.bn_aware,
-            self.rank_multiple, self.calibration, self.flops, self.input_shape, self.example, latency, self.runtime,
-            self.timing,
-        )  # fmt: skip
+        ``table_budget`` instead of the requested latency."""
+        return build_plan(model, *dataclasses.replace(self, latency=table_budget).args())
 
     def record(self, plan) -> CompressionRecord:
         """The record of a result built from ``plan`` (without the end-to-end latency measurement)."""

@@ -222,6 +222,29 @@ def _error(w: torch.Tensor, m: torch.Tensor, cxx: torch.Tensor, cpp: torch.Tenso
     return max(err, 0.0) / target if target > 0 else 0.0
 
 
+def _least_squares(
+    w: torch.Tensor, prior: torch.Tensor, cpp: torch.Tensor, cxp: torch.Tensor, damping: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M*, metric)``: ``M* = argmin_M E||W x - M x'||^2 + lam ||M - prior||^2 = (W C_xx' + lam prior) metric^-1``
+    with ``metric = C_x'x' + lam I`` and ``lam = damping * mean(diag C_x'x')`` (module docstring)."""
+    scale = float(cpp.diagonal().mean())
+    lam = damping * (scale if scale > 0 else 1.0)
+    metric = cpp + lam * torch.eye(cpp.shape[0], dtype=cpp.dtype)
+    return torch.linalg.solve(metric, (w @ cxp + lam * prior).T).T, metric
+
+
+def _solved(
+    layer: Factorized, m: torch.Tensor, dense: tuple, moments: tuple, centered: bool, info: dict
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """``(M, offset, info)`` of a layer now applying ``M`` to its (last factor's) input, given the dense layer's
+    ``(W, b)`` (:func:`_dense_matrix`) and the ``moments`` (:meth:`_Moments.get`): the best bias offset
+    ``W E[x] + b - M E[x']`` when ``centered`` (else ``None``), and ``info`` with ``rank`` and the error after."""
+    w, b = dense
+    cxx, cpp, cxp, mu, mup = moments
+    offset = w @ mu + (b if b is not None else 0.0) - m @ mup if centered else None
+    return m, offset, {"rank": layer.rank, **info, "error_after": _error(w, m, cxx, cpp, cxp)}
+
+
 def _solve(
     layer: Factorized,
     dense: nn.Module,
@@ -229,25 +252,18 @@ def _solve(
     centered: bool,
     damping: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """Solve one layer (module docstring); write its factors and bias. Returns ``(M_r, offset, errors)``."""
+    """Solve one layer (module docstring); write its factors. Returns ``(M_r, offset, errors)``."""
     w, b = _dense_matrix(dense)
-    cxx, cpp, cxp, mu, mup = mom.get(centered)
-    before = _error(w, _factorized_matrix(layer), cxx, cpp, cxp)
-    scale = float(cpp.diagonal().mean())
-    lam = damping * (scale if scale > 0 else 1.0)
-    metric = cpp + lam * torch.eye(cpp.shape[0], dtype=cpp.dtype)
-    m_star = torch.linalg.solve(metric, (w @ cxp + lam * w).T).T
+    moments = mom.get(centered)
+    cxx, cpp, cxp, _, _ = moments
+    info = {"samples": mom.n, "solved": "layer", "error_before": _error(w, _factorized_matrix(layer), cxx, cpp, cxp)}
+    m_star, metric = _least_squares(w, w, cpp, cxp, damping)
     shape = tuple(layer_weight(dense).shape)
     factors = factorize_weight(m_star.reshape(shape), layer.rank, "channel", moment=metric)
     with torch.no_grad():
         layer.first.weight.copy_(factors.first)
         layer.second.weight.copy_(factors.second)
-    m_r = _factorized_matrix(layer)
-    offset = None
-    if centered:
-        offset = w @ mu + (b if b is not None else 0.0) - m_r @ mup
-    return m_r, offset, {"rank": layer.rank, "samples": mom.n, "solved": "layer", "error_before": before,
-                         "error_after": _error(w, m_r, cxx, cpp, cxp)}  # fmt: skip
+    return _solved(layer, _factorized_matrix(layer), (w, b), moments, centered, info)
 
 
 def _solve_last_factor(
@@ -260,20 +276,14 @@ def _solve_last_factor(
     """Solve the last ``1 x 1`` factor of a tensor layer (module docstring); write it. Returns ``(B, offset,
     errors)``."""
     w, b = _dense_matrix(dense)
-    cxx, czz, cxz, mu, muz = mom.get(centered)
+    moments = mom.get(centered)
+    cxx, czz, cxz, _, _ = moments
     fitted = layer.second.weight.detach()[:, :, 0, 0].to(torch.float64)  # (C_out, r)
-    before = _error(w, fitted, cxx, czz, cxz)
-    scale = float(czz.diagonal().mean())
-    lam = damping * (scale if scale > 0 else 1.0)
-    metric = czz + lam * torch.eye(czz.shape[0], dtype=czz.dtype)
-    solved = torch.linalg.solve(metric, (w @ cxz + lam * fitted).T).T
+    info = {"samples": mom.n, "solved": "last factor", "error_before": _error(w, fitted, cxx, czz, cxz)}
+    solved, _ = _least_squares(w, fitted, czz, cxz, damping)  # the ridge pulls towards the fit
     with torch.no_grad():
         layer.second.weight.copy_(solved[:, :, None, None])
-    offset = None
-    if centered:
-        offset = w @ mu + (b if b is not None else 0.0) - solved @ muz
-    return solved, offset, {"rank": layer.rank, "samples": mom.n, "solved": "last factor", "error_before": before,
-                            "error_after": _error(w, solved, cxx, czz, cxz)}  # fmt: skip
+    return _solved(layer, solved, (w, b), moments, centered, info)
 
 
 def _factorized_matrix(layer: Factorized) -> torch.Tensor:
@@ -340,11 +350,10 @@ def _accumulate(
 ) -> _Moments:
     """Paired moments of ``dense``'s input vectors (sampled beforehand) and, in ``compressed``, ``layer``'s input
     (a matrix layer) or the input of its last factor (a CP or Tucker layer), at the same positions."""
-    tensor = isinstance(layer, _TENSOR_LAYERS)
     # the dense layer's geometry samples the layer's input; a 1x1 conv at the output positions samples the last
     # factor's input; both draw the same positions from the same generator
-    point, geometry = (layer.second, layer.second) if tensor else (layer, dense)
-    mom = _Moments(input_dim(dense), input_dim(point) if tensor else input_dim(dense))
+    point, geometry = (layer.second, layer.second) if isinstance(layer, _TENSOR_LAYERS) else (layer, dense)
+    mom = _Moments(input_dim(dense), input_dim(geometry))
     ks = _per_batch(quota, batches)
     for b, (x, vd) in enumerate(zip(batches, dense_vectors, strict=True)):
         xc = _input_of(compressed, point, x)

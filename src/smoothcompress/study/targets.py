@@ -84,13 +84,18 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
                     "best": best,
                     "candidates": len(candidates),
                     "gap": gap,
-                    "met": gap >= -allowed - 1e-9,  # 1e-9: float noise is no miss
+                    "met": _meets(gap, allowed),
                     "best_svd": best_svd,
                     "gap_svd": gap_svd,
-                    "met_svd": None if gap_svd is None else gap_svd >= -allowed - 1e-9,
+                    "met_svd": None if gap_svd is None else _meets(gap_svd, allowed),
                 }
             )
     return out
+
+
+def _meets(gap: float, allowed: float) -> bool:
+    """Whether a gap (points) meets the bar ``-allowed``; 1e-9: float noise is no miss."""
+    return gap >= -allowed - 1e-9
 
 
 def _cells(index: dict, groups: list[Setting], labels: set[str], rate: float) -> list[dict]:
