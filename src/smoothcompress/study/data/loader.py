@@ -56,8 +56,8 @@ def augment_batch(
     rows = oy[:, None] + torch.arange(h, device=x.device)  # (B, H) rows of the padded image
     j = torch.arange(w, device=x.device)
     cols = ox[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (B, W) columns, mirrored where flipped
-    # One gather over the flattened padded image, its index shared by the channels: much faster on CPU than
-    # advanced indexing with four broadcast index tensors.
+    # One gather over the flattened padded image, its index shared by the channels (advanced indexing would
+    # broadcast four index tensors to the batch's full shape).
     source = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
     return padded.view(b, c, hp * wp).gather(2, source).view(b, c, h, w)
 

@@ -100,8 +100,8 @@ class TrainConfig:
     # -- reproducibility and runtime
     seed: int = 0  # seeds the model init (in run), the data order, the augmentation and every RNG
     device: str = "auto"  # "auto": CUDA when available, else CPU
-    # With AVX512-BF16 a CPU step is faster in bf16 (benchmarks/bench_precision.py): the cifar10-cpu preset turns
-    # it on; without it, little gain. Results differ from float32's, so the CPU default stays off.
+    # bf16 pays on CPUs with AVX512-BF16 (measured by benchmarks/bench_precision.py): the CPU presets turn it on.
+    # Results differ from float32's, so the CPU default stays off.
     bf16: bool | None = None  # None: on for CUDA (Tensor Cores), off on CPU
     channels_last: bool | None = None  # None: on; the fast conv layout on CUDA (cuDNN) and CPU (oneDNN)
     compile: bool = False  # torch.compile: a long compile up front, worth it only for long GPU runs
