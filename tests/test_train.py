@@ -244,7 +244,7 @@ def test_run_writes_metrics_config_model_and_checkpoint(tmp_path):
     cfg = TrainConfig(**FAST, reg="second", weight=0.01, out=str(out))
     result = run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows == result.history and [r["epoch"] for r in rows] == [1, 2]
+    assert rows == result.history and [(r["epoch"], r["epochs"]) for r in rows] == [(1, 2), (2, 2)]
     assert sc.TrainConfig.from_toml(out / "config.toml") == result.config
     assert result.config == TrainConfig(**{**cfg.to_dict(), "bf16": False, "channels_last": True})
     loaded = sc.load(out / "model.safetensors")

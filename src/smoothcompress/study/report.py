@@ -32,6 +32,7 @@ from smoothcompress.study.frontier import (
     selection_lines,
 )
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
+from smoothcompress.study.progress import plot_progress, progress_table, training_progress
 from smoothcompress.study.references import KINDS, against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, shards_note
 from smoothcompress.study.summary import (
@@ -249,8 +250,15 @@ def write_report(
     scratch): their dense rows become lines on the accuracy plot and a section comparing every compressed cell
     with them at equal parameters. They must be on the same dataset and split.
     """
-    rows, spectra = load_results(results)
+    folders = [Path(p) for p in ([results] if isinstance(results, str | os.PathLike) else results) if Path(p).is_dir()]
+    progress = [e for f in folders for e in training_progress(f)]
     out = Path(out_dir)
+    try:
+        rows, spectra = load_results(results)
+    except FileNotFoundError:
+        if not progress:
+            raise
+        return _progress_report(progress, out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     references = _references(rows, reference) if reference is not None else None
@@ -263,6 +271,7 @@ def write_report(
         "The λ frontier": plot_frontier(entries, out / "frontier.png") if show_frontier else None,
         "Singular-value spectra": plot_spectra(spectra, out / "spectra.png"),
         "Weight smoothness": plot_weights(spectra, out / "weights.png"),
+        "Training runs": plot_progress(progress, out / "training.png"),
     }
     datasets = sorted({(r["dataset"], r.get("dataset_sha256", "")) for r in rows})
     splits = sorted({r.get("split", "test") for r in rows})
@@ -368,8 +377,43 @@ def write_report(
         ]
         md += [f"| {c['claim']} | {c['setting']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
         md.append("")
+    md += _progress_lines(progress)
     md += ["## Plots", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in plots.items() if p is not None]
+    path = out / "report.md"
+    write_text(path, "\n".join(md) + "\n")
+    return path
+
+
+def _progress_lines(progress: list[dict]) -> list[str]:
+    """The report's section on the training runs (:mod:`smoothcompress.study.progress`); none without runs."""
+    if not progress:
+        return []
+    return [
+        "## Training runs",
+        "",
+        "Each run's own monitor after every epoch (the accuracy the trainer measures on its evaluation split, in "
+        "the training precision), read from the runs' `metrics.jsonl`; `training.png` plots it by epoch.",
+        "",
+        progress_table(progress),
+        "",
+    ]
+
+
+def _progress_report(progress: list[dict], out: Path) -> Path:
+    """``report.md`` of a sweep whose runs are still training (no results rows yet): their progress only."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_progress(progress, out / "training.png")
+    done = sum(e["finished"] for e in progress)
+    md = [
+        "# smoothcompress report",
+        "",
+        f"No results rows yet: {done} of {len(progress)} training runs finished, none compressed. The rows come "
+        "when each run's training ends (`smoothcompress sweep` resumes every run from its last epoch).",
+        "",
+        *_progress_lines(progress),
+        *([f"![Training runs]({plot.name})", ""] if plot is not None else []),
+    ]
     path = out / "report.md"
     write_text(path, "\n".join(md) + "\n")
     return path

@@ -7,7 +7,8 @@ Three entry points:
   (this is ``smoothcompress train``).
 * :func:`evaluate` is the top-1 accuracy of a model on a dataset's test split or on a loader.
 
-A run folder ``OUT`` holds ``metrics.jsonl`` (one JSON object per epoch, key ``"epoch"``; its ``"penalty"`` is the
+A run folder ``OUT`` holds ``metrics.jsonl`` (one JSON object per epoch, keys ``"epoch"`` and ``"epochs"``, the
+number planned; its ``"penalty"`` is the
 penalty term ``weight * sum of layer terms`` averaged over the epoch's steps whose loss held it, the ``reg_every``
 scale taken out, or, when none did (``reg_every`` longer than an epoch, ``reg_proximal``), its value after the
 epoch's last step), ``config.toml`` (the

@@ -458,6 +458,7 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
     n = seen * r.ctx.world_size
     row = {
         "epoch": epoch + 1,
+        "epochs": cfg.epochs,
         "loss": loss_sum / n,
         "train_acc": correct / n,
         r.eval_key: correct_eval / total_eval,

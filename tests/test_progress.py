@@ -1,0 +1,89 @@
+"""Training progress: how far each run of a sweep has got, read from the runs' metrics.jsonl, and its report."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smoothcompress.errors import FileContentError
+from smoothcompress.study import report
+from smoothcompress.study.progress import plot_progress, progress_table, training_progress
+
+
+def _epoch(epoch, epochs=4, key="test_acc", acc=None):
+    """One epoch row as the trainer writes it (``epochs`` left out when None: rows of older runs)."""
+    acc = 0.4 + 0.1 * epoch if acc is None else acc
+    row = {"epoch": epoch, "loss": 2.0 / epoch, "train_acc": 0.5 + 0.05 * epoch, key: acc, "penalty": 0.1,
+           "seconds": 60.0, "eval_seconds": 6.0}  # fmt: skip
+    return row if epochs is None else {**row, "epochs": epochs}
+
+
+def _write(run_dir, rows, *files):
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, text in files:
+        (run_dir / name).write_text(text)
+
+
+def test_runs_of_every_shard_in_order_with_how_far_they_got(tmp_path):
+    _write(tmp_path / "shard-2-of-2" / "runs" / "b-s0", [_epoch(1), _epoch(2)])
+    _write(tmp_path / "shard-1-of-2" / "runs" / "a-s0", [_epoch(e) for e in (1, 2, 3, 4)])
+    _write(tmp_path / "shard-1-of-2" / "runs" / "c-s0", [])
+    (tmp_path / "shard-1-of-2" / "runs" / "no-metrics").mkdir()
+    entries = training_progress(tmp_path)
+    assert [(e["run"], e["shard"], e["epochs_done"], e["epochs"], e["finished"]) for e in entries] == [
+        ("a-s0", "1/2", 4, 4, True),
+        ("c-s0", "1/2", 0, None, False),
+        ("b-s0", "2/2", 2, 4, False),
+    ]
+    assert entries[0]["hours"] == pytest.approx(4 * 66 / 3600)
+    assert entries[0]["eval_key"] == "test_acc" and entries[1]["eval_key"] is None
+
+
+def test_the_planned_epochs_of_older_rows_come_from_the_run_config(tmp_path):
+    _write(tmp_path / "runs" / "old", [_epoch(1, epochs=None)], ("config.toml", "epochs = 30\nlr = 0.4\n"))
+    _write(tmp_path / "runs" / "done", [_epoch(1, epochs=None)], ("model.safetensors", ""))
+    old, done = sorted(training_progress(tmp_path), key=lambda e: e["run"], reverse=True)
+    assert (old["epochs"], old["finished"]) == (30, False)
+    assert (done["epochs"], done["finished"]) == (None, True)  # the final model is written: training ended
+
+
+@settings(max_examples=30, deadline=None)
+@given(accs=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12), key=st.sampled_from(["test_acc", "val_acc"]))
+def test_the_table_gives_the_last_and_the_best_epoch(tmp_path_factory, accs, key):
+    folder = tmp_path_factory.mktemp("sweep")
+    rows = [_epoch(i + 1, epochs=12, key=key, acc=a) for i, a in enumerate(accs)]
+    _write(folder / "runs" / "r", rows)
+    table = progress_table(training_progress(folder))
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # the first epoch of the best accuracy
+    cells = table.splitlines()[2].split(" | ")
+    assert cells[2] == f"{len(accs)} / 12" + ("" if len(accs) == 12 else " (training)")
+    assert cells[3] == f"{100 * accs[-1]:.2f} ({key.removesuffix('_acc')})"
+    assert cells[4] == f"{100 * accs[best]:.2f} ({best + 1})"
+
+
+def test_a_broken_metrics_file_is_named(tmp_path):
+    _write(tmp_path / "runs" / "r", [_epoch(1)])
+    with open(tmp_path / "runs" / "r" / "metrics.jsonl", "a") as f:
+        f.write("not json\n" + json.dumps(_epoch(2)) + "\n")
+    with pytest.raises(FileContentError, match="metrics.jsonl"):
+        training_progress(tmp_path)
+
+
+def test_a_sweep_still_training_gets_a_progress_report(tmp_path):
+    _write(tmp_path / "shard-1-of-2" / "runs" / "a-s0", [_epoch(1), _epoch(2)])
+    path = report.write_report(tmp_path, tmp_path / "report")
+    text = path.read_text()
+    assert "0 of 1 training runs finished" in text and "| a-s0 | 1/2 | 2 / 4 (training) | 60.00 (test) |" in text
+    assert (tmp_path / "report" / "training.png").stat().st_size > 0
+
+
+def test_a_folder_with_neither_results_nor_runs_is_still_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="smoothcompress sweep"):
+        report.write_report(tmp_path, tmp_path / "report")
+
+
+def test_no_plot_before_the_first_epoch(tmp_path):
+    _write(tmp_path / "runs" / "r", [])
+    assert plot_progress(training_progress(tmp_path), tmp_path / "training.png") is None
