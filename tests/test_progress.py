@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smoothcompress.cli import main
 from smoothcompress.errors import FileContentError
 from smoothcompress.study import report
 from smoothcompress.study.progress import plot_progress, progress_table, training_progress
@@ -17,6 +18,13 @@ def _epoch(epoch, epochs=4, key="test_acc", acc=None):
     row = {"epoch": epoch, "loss": 2.0 / epoch, "train_acc": 0.5 + 0.05 * epoch, key: acc, "penalty": 0.1,
            "seconds": 60.0, "eval_seconds": 6.0}  # fmt: skip
     return row if epochs is None else {**row, "epochs": epochs}
+
+
+def _result(run, split="test"):
+    """A dense results row of ``run``, as a sweep writes it when the run's training ends."""
+    return {"run": run, "model": "mlp", "width": 32, "dataset": "digits", "dataset_sha256": "abc", "split": split,
+            "reg": "none", "weight": 0.0, "seed": 0, "method": "dense", "label": "dense", "rate_requested": 0.0,
+            "rate_achieved": 0.0, "accuracy": 0.9, "wall_s": 0.1, "train_wall_s": 1.0}  # fmt: skip
 
 
 def _write(run_dir, rows, *files):
@@ -87,3 +95,50 @@ def test_a_folder_with_neither_results_nor_runs_is_still_an_error(tmp_path):
 def test_no_plot_before_the_first_epoch(tmp_path):
     _write(tmp_path / "runs" / "r", [])
     assert plot_progress(training_progress(tmp_path), tmp_path / "training.png") is None
+
+
+def test_the_command_line_reports_a_sweep_still_training(tmp_path, capsys):
+    _write(tmp_path / "runs" / "a-s0", [_epoch(1, key="val_acc")])
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "| a-s0 | — | 1 / 4 (training) | 50.00 (val) | 50.00 (1) |" in printed
+    assert "training.png" in printed
+
+
+def test_a_finished_sweep_with_its_runs_gets_both_sections(tmp_path):
+    _write(tmp_path / "runs" / "none-s0", [_epoch(e, epochs=2) for e in (1, 2)])
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    text = report.write_report(tmp_path, tmp_path / "report").read_text()
+    assert "## Accuracy (%) after compression" in text and "## Training runs" in text
+    assert "| none-s0 | — | 2 / 2 | 60.00 (test) |" in text and "![Training runs](training.png)" in text
+
+
+def test_a_results_file_given_by_name_reports_no_runs(tmp_path):
+    _write(tmp_path / "runs" / "none-s0", [_epoch(1)])
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    text = report.write_report(tmp_path / "results.jsonl", tmp_path / "report").read_text()
+    assert "## Training runs" not in text and not (tmp_path / "report" / "training.png").exists()
+
+
+def test_a_missing_path_beside_a_sweep_still_training_is_an_error(tmp_path):
+    _write(tmp_path / "training" / "runs" / "a-s0", [_epoch(1)])
+    with pytest.raises(FileNotFoundError, match="no results file"):  # not a progress report hiding the typo
+        report.write_report([tmp_path / "training", tmp_path / "typo" / "results.jsonl"], tmp_path / "report")
+
+
+def test_a_broken_run_leaves_the_results_report_whole(tmp_path):
+    _write(tmp_path / "runs" / "none-s0", [_epoch(1)])
+    with open(tmp_path / "runs" / "none-s0" / "metrics.jsonl", "a") as f:
+        f.write("not json\n" + json.dumps(_epoch(2)) + "\n")
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    with pytest.warns(UserWarning, match="metrics.jsonl.*leaves the training runs out"):
+        text = report.write_report(tmp_path, tmp_path / "report").read_text()
+    assert "## Accuracy (%) after compression" in text and "## Training runs" not in text
+
+
+def test_epoch_rows_without_a_monitor_are_listed_without_accuracy(tmp_path):
+    row = {k: v for k, v in _epoch(1).items() if k != "test_acc"}
+    _write(tmp_path / "runs" / "r", [row])
+    (entry,) = training_progress(tmp_path)
+    assert "| r | — | 1 / 4 (training) | — | — | 55.00 |" in progress_table([entry])
+    assert plot_progress([entry], tmp_path / "training.png") is None

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -173,7 +173,7 @@ def compress(
                          input_shape, example, latency, runtime, timing)  # fmt: skip
     if latency is not None:
         return _within_latency(model, settings, inplace)
-    plan, layers, choice = build_plan(model, *settings.args())  # called here: its warnings name the caller
+    plan, layers, choice = build_plan(model, **settings.arguments())  # called here: its warnings name the caller
     if plan.bn_note:
         warnings.warn(plan.bn_note, stacklevel=2)
     out = _factorize(model if inplace else copy.deepcopy(model), layers, choice)
@@ -183,8 +183,8 @@ def compress(
 
 @dataclasses.dataclass(frozen=True)
 class _Settings:
-    """The arguments of one :func:`compress` call (see there), after ``rate`` is resolved, in the order
-    :func:`~smoothcompress.allocation.build_plan` takes them."""
+    """The arguments of one :func:`compress` call (see there), after ``rate`` is resolved, named as
+    :func:`~smoothcompress.allocation.build_plan` names them."""
 
     rate: float | None
     allocation: str
@@ -201,15 +201,15 @@ class _Settings:
     runtime: str
     timing: Timing | None
 
-    def args(self) -> tuple:
-        """The positional arguments of :func:`~smoothcompress.allocation.build_plan` after the model (the fields
-        are declared in its order)."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~smoothcompress.allocation.build_plan` after the model (the fields are
+        named as its parameters)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def plan(self, model: nn.Module, table_budget: float):
         """:func:`~smoothcompress.allocation.build_plan` of these settings, with the latency table asked for
         ``table_budget`` instead of the requested latency."""
-        return build_plan(model, *dataclasses.replace(self, latency=table_budget).args())
+        return build_plan(model, **dataclasses.replace(self, latency=table_budget).arguments())
 
     def record(self, plan) -> CompressionRecord:
         """The record of a result built from ``plan`` (without the end-to-end latency measurement)."""

@@ -8,8 +8,9 @@ and how its accuracy moved. The epoch rows' accuracy is the training run's own m
 ``val_acc`` with a validation split), measured with the training batch's precision; a results row of the finished
 run is the figure to cite.
 
-Only ``metrics.jsonl`` is needed: a committed copy of a sweep (its shards' ``results.jsonl``, ``spectra.jsonl`` and
-``runs/<tag>/metrics.jsonl``) reports the same progress as the run folders themselves.
+Only ``metrics.jsonl`` is needed: a copy of a sweep that keeps its runs' ``runs/<tag>/metrics.jsonl`` beside the
+shards' ``results.jsonl`` and ``spectra.jsonl`` (and none of the checkpoints) reports the same progress as the run
+folders themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
-from smoothcompress.study.training import read_toml
 
 __all__ = ["EVAL_KEYS", "training_progress", "progress_table", "plot_progress"]
 
@@ -66,7 +66,9 @@ def _run(run_dir: Path, shard: str) -> dict:
     """The progress entry of one run folder (see :func:`training_progress`)."""
     history = sorted(read_jsonl(run_dir / "metrics.jsonl"), key=lambda r: r["epoch"])
     epochs = next((r["epochs"] for r in reversed(history) if "epochs" in r), None)
-    if epochs is None and (run_dir / "config.toml").is_file():
+    if epochs is None and (run_dir / "config.toml").is_file():  # rows written before they named the plan
+        from smoothcompress.study.training import read_toml  # the train extra, which wrote that run
+
         epochs = read_toml(run_dir / "config.toml").get("epochs")
     done = history[-1]["epoch"] if history else 0
     eval_key = next((k for k in EVAL_KEYS if history and k in history[-1]), None)
@@ -97,10 +99,13 @@ def progress_table(entries: list[dict]) -> str:
             lines.append(f"| {e['run']} | {e['shard'] or '—'} | 0 / {planned}{state} | — | — | — | — | 0.0 |")
             continue
         key, last = e["eval_key"], e["history"][-1]
-        best = max(e["history"], key=lambda r: r.get(key, float("-inf")))
+        if key is None:  # epoch rows without a monitor
+            accuracy = "— | —"
+        else:
+            best = max(e["history"], key=lambda r: r.get(key, float("-inf")))
+            accuracy = f"{100 * last[key]:.2f} ({key.removesuffix('_acc')}) | {100 * best[key]:.2f} ({best['epoch']})"
         lines.append(
-            f"| {e['run']} | {e['shard'] or '—'} | {e['epochs_done']} / {planned}{state} | "
-            f"{100 * last[key]:.2f} ({key.removesuffix('_acc')}) | {100 * best[key]:.2f} ({best['epoch']}) | "
+            f"| {e['run']} | {e['shard'] or '—'} | {e['epochs_done']} / {planned}{state} | {accuracy} | "
             f"{100 * last['train_acc']:.2f} | {last.get('penalty', 0.0):.4g} | {e['hours']:.1f} |"
         )
     return "\n".join(lines)
@@ -108,8 +113,8 @@ def progress_table(entries: list[dict]) -> str:
 
 def plot_progress(entries: list[dict], path: Path) -> Path | None:
     """The monitor's accuracy (%) against the epoch, one line per run (unfinished runs dashed); ``None`` when no run
-    has finished an epoch."""
-    shown = [e for e in entries if e["history"]]
+    has a monitored epoch."""
+    shown = [e for e in entries if e["history"] and e["eval_key"] is not None]
     if not shown:
         return None
     fig = Figure(figsize=(6.4, 4.0))

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, FileContentError
 from smoothcompress.files import write_text
 from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.study.frontier import (
@@ -249,16 +250,36 @@ def write_report(
     or results file, or a list of such sweeps (e.g. narrower widths and the factorized architecture trained from
     scratch): their dense rows become lines on the accuracy plot and a section comparing every compressed cell
     with them at equal parameters. They must be on the same dataset and split.
+
+    When the folders hold the runs' epoch rows (``runs/<tag>/metrics.jsonl``, :mod:`smoothcompress.study.progress`),
+    the report has a training-runs section and ``training.png``. A sweep whose runs are all still training (folders
+    with runs and no results file yet) gets a report of that section alone, and ``summary.md`` holds its table.
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a results file nor a training run is found (from :func:`load_results`).
+    ValueError
+        Rows that cannot make one report (see :func:`load_results`), or references on another dataset or split.
+
+    Warns
+    -----
+    UserWarning
+        A shard is missing, or a run's ``metrics.jsonl`` cannot be read (the training runs are left out).
     """
-    folders = [Path(p) for p in ([results] if isinstance(results, str | os.PathLike) else results) if Path(p).is_dir()]
-    progress = [e for f in folders for e in training_progress(f)]
+    from smoothcompress.study.experiment import results_files  # as load_results reads them
+
+    paths = [Path(results)] if isinstance(results, str | os.PathLike) else [Path(p) for p in results]
+    folders = [p for p in paths if p.is_dir()]
     out = Path(out_dir)
     try:
-        rows, spectra = load_results(results)
-    except FileNotFoundError:
-        if not progress:
-            raise
+        progress = [e for f in folders for e in training_progress(f)]
+    except FileContentError as e:
+        warnings.warn(f"{e}: the report leaves the training runs out", UserWarning, stacklevel=2)
+        progress = []
+    if progress and len(folders) == len(paths) and not any(results_files(f) for f in folders):
         return _progress_report(progress, out)
+    rows, spectra = load_results(results)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     references = _references(rows, reference) if reference is not None else None
@@ -401,8 +422,10 @@ def _progress_lines(progress: list[dict]) -> list[str]:
 
 
 def _progress_report(progress: list[dict], out: Path) -> Path:
-    """``report.md`` of a sweep whose runs are still training (no results rows yet): their progress only."""
+    """``report.md`` of a sweep whose runs are still training (no results rows yet): their progress only, its table
+    also in ``summary.md``."""
     out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "summary.md", progress_table(progress) + "\n")
     plot = plot_progress(progress, out / "training.png")
     done = sum(e["finished"] for e in progress)
     md = [
