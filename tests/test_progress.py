@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from smoothcompress.cli import main
 from smoothcompress.errors import FileContentError
 from smoothcompress.study import report
-from smoothcompress.study.progress import plot_progress, progress_table, training_progress
+from smoothcompress.study.progress import plot_progress, progress_table, training_progress, with_results
 
 
 def _epoch(epoch, epochs=4, key="test_acc", acc=None):
@@ -22,9 +22,10 @@ def _epoch(epoch, epochs=4, key="test_acc", acc=None):
 
 def _result(run, split="test"):
     """A dense results row of ``run``, as a sweep writes it when the run's training ends."""
-    return {"run": run, "model": "mlp", "width": 32, "dataset": "digits", "dataset_sha256": "abc", "split": split,
-            "reg": "none", "weight": 0.0, "seed": 0, "method": "dense", "label": "dense", "rate_requested": 0.0,
-            "rate_achieved": 0.0, "accuracy": 0.9, "wall_s": 0.1, "train_wall_s": 1.0}  # fmt: skip
+    return {"run": run, "epochs": 2, "model": "mlp", "width": 32, "dataset": "digits", "dataset_sha256": "abc",
+            "split": split, "reg": "none", "weight": 0.0, "seed": 0, "method": "dense", "label": "dense",
+            "rate_requested": 0.0, "rate_achieved": 0.0, "accuracy": 0.9, "wall_s": 0.1,
+            "train_wall_s": 1.0}  # fmt: skip
 
 
 def _write(run_dir, rows, *files):
@@ -142,3 +143,14 @@ def test_epoch_rows_without_a_monitor_are_listed_without_accuracy(tmp_path):
     (entry,) = training_progress(tmp_path)
     assert "| r | — | 1 / 4 (training) | — | — | 55.00 |" in progress_table([entry])
     assert plot_progress([entry], tmp_path / "training.png") is None
+
+
+def test_a_run_with_results_rows_has_finished_even_in_a_copy_without_its_model(tmp_path):
+    _write(tmp_path / "runs" / "none-s0", [_epoch(e, epochs=None) for e in (1, 2)])
+    _write(tmp_path / "runs" / "nuclear-s0", [_epoch(1, epochs=None)])
+    done, training = with_results(training_progress(tmp_path), [_result("none-s0")])
+    assert (done["finished"], done["epochs"]) == (True, 2)
+    assert (training["finished"], training["epochs"]) == (False, None)
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    text = report.write_report(tmp_path, tmp_path / "report").read_text()
+    assert "| none-s0 | — | 2 / 2 |" in text and "| nuclear-s0 | — | 1 / ? (training) |" in text

@@ -22,7 +22,7 @@ from pathlib import Path
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 
-__all__ = ["EVAL_KEYS", "training_progress", "progress_table", "plot_progress"]
+__all__ = ["EVAL_KEYS", "training_progress", "with_results", "progress_table", "plot_progress"]
 
 EVAL_KEYS = ("val_acc", "test_acc")  # the monitor of an epoch row, in the order a run's split is recognised
 
@@ -82,6 +82,20 @@ def _run(run_dir: Path, shard: str) -> dict:
         "eval_key": eval_key,
         "hours": sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in history) / 3600,
     }
+
+
+def with_results(entries: list[dict], rows: list[dict]) -> list[dict]:
+    """``entries`` of :func:`training_progress` completed by a sweep's results rows: a run with a row has finished
+    training (a copy of the sweep keeps no final model to say so), and the rows' ``epochs`` is its plan where its
+    epoch rows do not name one. Returns new entries; ``rows`` are the results rows of
+    :func:`smoothcompress.study.results.load_results`."""
+    planned = {r["run"]: r.get("epochs") for r in rows}
+    return [
+        {**e, "finished": True, "epochs": e["epochs"] if e["epochs"] is not None else planned[e["run"]]}
+        if e["run"] in planned
+        else e
+        for e in entries
+    ]
 
 
 def progress_table(entries: list[dict]) -> str:

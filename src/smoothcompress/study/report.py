@@ -33,7 +33,7 @@ from smoothcompress.study.frontier import (
     selection_lines,
 )
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
-from smoothcompress.study.progress import plot_progress, progress_table, training_progress
+from smoothcompress.study.progress import plot_progress, progress_table, training_progress, with_results
 from smoothcompress.study.references import KINDS, against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, shards_note
 from smoothcompress.study.summary import (
@@ -280,6 +280,7 @@ def write_report(
     if progress and len(folders) == len(paths) and not any(results_files(f) for f in folders):
         return _progress_report(progress, out)
     rows, spectra = load_results(results)
+    progress = with_results(progress, rows)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     references = _references(rows, reference) if reference is not None else None
