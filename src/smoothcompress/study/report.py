@@ -143,7 +143,8 @@ def plot_accuracy(summary: list[dict], path: Path, references: list[dict] | None
         ax.grid(alpha=0.3)
     for row in axes:
         row[0].set_ylabel("accuracy (%), no fine-tuning")
-    axes.flat[n - 1].legend(fontsize=8, loc="lower left")
+    if axes.flat[n - 1].get_legend_handles_labels()[0]:  # a sweep of dense rows only draws no line
+        axes.flat[n - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     save_figure(fig, path)
     return path
