@@ -15,6 +15,7 @@ from smoothcompress.tensorfactor import (
     CPConv2d,
     TensorFit,
     TuckerConv2d,
+    cp_contraction,
     decompose_cp,
     decompose_tucker,
     tensor_params,
@@ -66,6 +67,32 @@ def test_cp_recovers_an_exact_rank_r_kernel_and_error_falls_with_rank():
     noise = torch.randn(8, 6, 3, 3, generator=_gen(2), dtype=torch.float64)
     energies = [decompose_cp(noise, r).energy for r in (1, 4, 16, 48)]
     assert energies == sorted(energies) and energies[-1] > energies[0]
+
+
+def test_cp_plans_its_contractions_on_wide_layers_when_torch_plans_einsums(monkeypatch):
+    wide, narrow = ((256, 256, 3, 3), 341), ((32, 32, 3, 3), 39)  # Khatri-Rao products of 67M and 120k entries
+    assert cp_contraction(*wide) == ("einsum" if torch.backends.opt_einsum.is_available() else "core")
+    assert cp_contraction(*narrow) == "core"
+    monkeypatch.setattr(torch.backends.opt_einsum, "enabled", False)
+    assert cp_contraction(*wide) == "core"
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shape=st.tuples(st.integers(4, 12), st.integers(4, 12), st.integers(1, 3), st.integers(1, 3)),
+    rank=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_both_contractions_fit_the_same_cp_model(shape, rank, seed):
+    """The einsum path changes how CP-ALS multiplies, not what it fits: from the same SVD start both reach the same
+    error, on a kernel of exact CP rank and on noise (float64, 1e-6)."""
+    kernels = (_rank_r_kernel(shape, rank, seed), torch.randn(*shape, generator=_gen(seed), dtype=torch.float64))
+    fits = {}
+    for contraction in ("core", "einsum"):
+        with pytest.MonkeyPatch.context() as m:  # the fit cache keys on the contraction: no fit is reused
+            m.setattr("smoothcompress.tensorfactor.cp_contraction", lambda shape, rank, c=contraction: c)
+            fits[contraction] = [decompose_cp(w, rank).energy for w in kernels]
+    assert fits["einsum"] == pytest.approx(fits["core"], abs=1e-6)
 
 
 def test_decompositions_are_deterministic_and_keep_the_dtype():

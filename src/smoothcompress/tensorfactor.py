@@ -60,6 +60,8 @@ __all__ = [
     "CP_ITERATIONS",
     "TUCKER_ITERATIONS",
     "CACHE_BYTES",
+    "EINSUM_FROM",
+    "cp_contraction",
     "tensor_scheme",
     "tucker_ranks",
     "cp_full_rank",
@@ -92,6 +94,11 @@ CACHE_BYTES = 256 * 2**20
 """Factor bytes of the fits kept for later calls in this process (one model at several rates refits nothing)."""
 
 _TOL = 1e-7  # relative-error change below which ALS / HOOI stop early
+
+EINSUM_FROM = 2**19
+"""Entries of a CP fit's largest Khatri-Rao product from which the fit contracts by planned einsum
+(:func:`cp_contraction`): below it TensorLy's default is faster, the planning costing more than the product saves
+(``benchmarks/bench_cp_fit.py`` times both per layer size)."""
 
 
 def tensor_scheme(weight_shape: torch.Size | tuple, scheme: str) -> str:
@@ -156,24 +163,48 @@ def _prepared(weight: torch.Tensor, out_scale: torch.Tensor | None) -> tuple[tor
     return d[:, None, None, None] * w, d
 
 
+def cp_contraction(shape: tuple[int, ...], rank: int) -> str:
+    """TensorLy's tensor-algebra backend that the CP fit of a ``shape`` kernel at ``rank`` runs with: ``"einsum"``
+    when torch plans einsum contractions (opt_einsum installed, as the ``tensor`` extra does, and
+    ``torch.backends.opt_einsum.enabled``) and the fit's largest Khatri-Rao product has at least
+    :data:`EINSUM_FROM` entries, else TensorLy's default ``"core"``.
+
+    CP-ALS multiplies the kernel with the other modes' factors (MTTKRP) at every step. ``"core"`` first builds their
+    Khatri-Rao product, ``C_out * C_in * kw`` rows by ``rank`` for the vertical kernel mode (gigabytes on a
+    full-width ResNet layer); ``"einsum"`` does it as one ``torch.einsum`` that opt_einsum orders to contract the
+    wide channel modes first, at the cost of planning each call. Without opt_einsum torch contracts the operands
+    left to right, slower than ``"core"``.
+    """
+    planned = torch.backends.opt_einsum.is_available() and torch.backends.opt_einsum.enabled
+    largest = max(math.prod(shape) // n for n in shape) * rank
+    return "einsum" if planned and largest >= EINSUM_FROM else "core"
+
+
 @contextlib.contextmanager
-def _pytorch_backend():
-    """TensorLy's PyTorch backend in this thread, without TensorLy's warnings about SVDs wider than a mode."""
+def _pytorch_backend(contraction: str = "core"):
+    """TensorLy's PyTorch backend in this thread, with the tensor-algebra backend ``contraction``
+    (:func:`cp_contraction`), without TensorLy's warnings about SVDs wider than a mode."""
     tl, decomposition = require("tensorly", "tensor"), require("tensorly.decomposition", "tensor")
-    with tl.backend_context("pytorch", local_threadsafe=True), warnings.catch_warnings():
+    with (
+        tl.backend_context("pytorch", local_threadsafe=True),
+        tl.tenalg.backend_context(contraction, local_threadsafe=True),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
         yield decomposition
 
 
 def _key(weight: torch.Tensor, out_scale: torch.Tensor | None, scheme: str, rank: int) -> tuple:
-    """What a fit depends on: the scheme, the rank, the settings and the bytes of the weight and the scale."""
+    """What a fit depends on: the scheme, the rank, the settings (the CP contraction too) and the bytes of the weight
+    and the scale."""
     h = hashlib.sha256()
     for t in (weight, out_scale):
         if t is not None:
             t = t.detach().to("cpu").contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return scheme, rank, SEED, CP_ITERATIONS, TUCKER_ITERATIONS, h.hexdigest()
+    contraction = cp_contraction(tuple(weight.shape), rank) if scheme == "cp" else "core"
+    return scheme, rank, SEED, CP_ITERATIONS, TUCKER_ITERATIONS, contraction, h.hexdigest()
 
 
 class _FitCache:
@@ -236,7 +267,7 @@ def decompose_cp(weight: torch.Tensor, rank: int, out_scale: torch.Tensor | None
         factors = [torch.zeros(n, rank, dtype=w.dtype) for n in w.shape]
         weights = torch.ones(rank, dtype=w.dtype)
     else:
-        with _pytorch_backend() as decomposition:
+        with _pytorch_backend(cp_contraction(tuple(w.shape), rank)) as decomposition:
             weights, factors = decomposition.parafac(
                 w, rank, n_iter_max=CP_ITERATIONS, init="svd", tol=_TOL, random_state=SEED, normalize_factors=True
             )
