@@ -5,7 +5,8 @@
 #
 # On a GPU machine without registry access (torch and most dependencies installed, pip cannot download),
 # prepare a folder of what it lacks on a machine that has access, from the repository root:
-#   mkdir -p wheels && python3 -m pip download --no-deps --only-binary=:all: -d wheels torch-pruning==1.6.1 tomli-w==1.2.0
+#   mkdir -p wheels && python3 -m pip download --no-deps --only-binary=:all: -d wheels torch-pruning==1.6.1 tomli-w==1.2.0 \
+#     tensorly==0.10.0 opt_einsum==3.4.0
 #   cp path/to/cifar10-jpeg.tar.gz wheels/
 # copy the repository with wheels/ to the GPU machine and run `WHEELS=wheels bash scripts/gpu_paper.sh` there:
 # the wheels are installed into a private folder and DATA defaults to the archive beside them.
