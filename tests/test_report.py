@@ -254,3 +254,11 @@ def test_the_frontier_table_and_plot(tmp_path):
     # one weight per penalty: no frontier
     md = report.write_report(_write_sweep(tmp_path / "one", _rows("test")), tmp_path / "out1").read_text()
     assert "λ frontier" not in md and not (tmp_path / "out1" / "frontier.png").exists()
+
+
+def test_a_flops_budget_column_is_said_to_count_flops(tmp_path):
+    rows = [{**r, "label": r["label"] + "-flops"} if r["label"] != "dense" else r for r in _rows()]
+    text = report.write_report(_write_sweep(tmp_path / "flops", rows), tmp_path / "out").read_text()
+    assert "their column is the fraction of FLOPs removed" in text
+    text = report.write_report(_write_sweep(tmp_path / "params", _rows()), tmp_path / "out2").read_text()
+    assert "FLOPs removed" not in text

@@ -302,6 +302,7 @@ def write_report(
     devices = sorted({r.get("device", "unknown") for r in rows})
     train_wall = sum({r["run"]: r.get("train_wall_s") or 0.0 for r in rows}.values())
     eval_wall = sum(r.get("wall_s") or 0.0 for r in rows)
+    flops_rows = any(r["label"].endswith("-flops") for r in rows)  # budget "flops": the rate counts FLOPs
     md = ["# smoothcompress report", ""]
     md += [f"- dataset: {name} (sha256 `{sha}`)" for name, sha in datasets]
     fingerprints = sorted({r["sweep_fingerprint"] for r in rows if r.get("sweep_fingerprint")})
@@ -317,7 +318,12 @@ def write_report(
         "## Accuracy (%) after compression, no fine-tuning",
         "",
         "Mean ± std over seeds. Columns are the requested fraction of all parameters removed; magnitude pruning counts "
-        "non-zeros.",
+        "non-zeros."
+        + (
+            " Methods labelled `-flops` are at a FLOPs budget: their column is the fraction of FLOPs removed."
+            if flops_rows
+            else ""
+        ),
         "",
         table,
         "",
