@@ -51,10 +51,10 @@ def test_runs_of_every_shard_in_order_with_how_far_they_got(tmp_path):
 
 
 def test_the_planned_epochs_of_older_rows_come_from_the_run_config(tmp_path):
-    _write(tmp_path / "runs" / "old", [_epoch(1, epochs=None)], ("config.toml", "epochs = 30\nlr = 0.4\n"))
+    _write(tmp_path / "runs" / "old", [_epoch(1, epochs=None)], ("config.toml", "epochs = 30\nlr = 0.4\nx = 1\n"))
     _write(tmp_path / "runs" / "done", [_epoch(1, epochs=None)], ("model.safetensors", ""))
     old, done = sorted(training_progress(tmp_path), key=lambda e: e["run"], reverse=True)
-    assert (old["epochs"], old["finished"]) == (30, False)
+    assert (old["epochs"], old["finished"], old["config"]) == (30, False, {"epochs": 30, "lr": 0.4})
     assert (done["epochs"], done["finished"]) == (None, True)  # the final model is written: training ended
 
 
@@ -81,9 +81,10 @@ def test_a_broken_metrics_file_is_named(tmp_path):
 
 
 def test_a_sweep_still_training_gets_a_progress_report(tmp_path):
-    _write(tmp_path / "shard-1-of-2" / "runs" / "a-s0", [_epoch(1), _epoch(2)])
+    _write(tmp_path / "shard-1-of-2" / "runs" / "a-s0", [_epoch(1), _epoch(2)], ("config.toml", 'dataset = "d"\n'))
     path = report.write_report(tmp_path, tmp_path / "report")
     text = path.read_text()
+    assert "- a-s0: dataset d" in text
     assert "0 of 1 training runs finished" in text and "| a-s0 | 1/2 | 2 / 4 (training) | 60.00 (test) |" in text
     assert (tmp_path / "report" / "training.png").stat().st_size > 0
 

@@ -8,9 +8,9 @@ and how its accuracy moved. The epoch rows' accuracy is the training run's own m
 ``val_acc`` with a validation split), measured with the training batch's precision; a results row of the finished
 run is the figure to cite.
 
-Only ``metrics.jsonl`` is needed: a copy of a sweep that keeps its runs' ``runs/<tag>/metrics.jsonl`` beside the
-shards' ``results.jsonl`` and ``spectra.jsonl`` (and none of the checkpoints) reports the same progress as the run
-folders themselves.
+Only ``metrics.jsonl`` is needed, and ``config.toml`` beside it says what the run trains: a copy of a sweep that
+keeps these two files of each run beside the shards' ``results.jsonl`` and ``spectra.jsonl`` (and none of the
+checkpoints) reports the same progress as the run folders themselves.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ from pathlib import Path
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 
-__all__ = ["EVAL_KEYS", "training_progress", "with_results", "progress_table", "plot_progress"]
+__all__ = ["EVAL_KEYS", "SETTINGS", "training_progress", "with_results", "progress_table", "plot_progress"]
 
 EVAL_KEYS = ("val_acc", "test_acc")  # the monitor of an epoch row, in the order a run's split is recognised
+# The run settings an entry carries from the run's config.toml, when there is one: what was trained, on what.
+SETTINGS = (
+    "dataset", "data", "model", "width", "epochs", "batch_size", "lr", "reg", "weight", "seed", "device", "bf16"
+)  # fmt: skip
 
 
 def training_progress(folder: str | os.PathLike) -> list[dict]:
@@ -65,11 +69,12 @@ def training_progress(folder: str | os.PathLike) -> list[dict]:
 def _run(run_dir: Path, shard: str) -> dict:
     """The progress entry of one run folder (see :func:`training_progress`)."""
     history = sorted(read_jsonl(run_dir / "metrics.jsonl"), key=lambda r: r["epoch"])
-    epochs = next((r["epochs"] for r in reversed(history) if "epochs" in r), None)
-    if epochs is None and (run_dir / "config.toml").is_file():  # rows written before they named the plan
+    config = {}
+    if (run_dir / "config.toml").is_file():
         from smoothcompress.study.training import read_toml  # the train extra, which wrote that run
 
-        epochs = read_toml(run_dir / "config.toml").get("epochs")
+        config = read_toml(run_dir / "config.toml")
+    epochs = next((r["epochs"] for r in reversed(history) if "epochs" in r), config.get("epochs"))
     done = history[-1]["epoch"] if history else 0
     eval_key = next((k for k in EVAL_KEYS if history and k in history[-1]), None)
     return {
@@ -81,6 +86,7 @@ def _run(run_dir: Path, shard: str) -> dict:
         "finished": (run_dir / "model.safetensors").is_file() or (epochs is not None and done >= epochs),
         "eval_key": eval_key,
         "hours": sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in history) / 3600,
+        "config": {k: config[k] for k in SETTINGS if k in config},
     }
 
 

@@ -440,7 +440,10 @@ def _progress_report(progress: list[dict], out: Path) -> Path:
         "# smoothcompress report",
         "",
         f"No results rows yet: {done} of {len(progress)} training runs finished, none compressed. The rows come "
-        "when each run's training ends (`smoothcompress sweep` resumes every run from its last epoch).",
+        "when each run's training ends (`smoothcompress sweep` resumes every run from its last epoch), with the "
+        "commit, device and dataset sha256 of each.",
+        "",
+        *[f"- {e['run']}: {', '.join(f'{k} {v}' for k, v in e['config'].items())}" for e in progress if e["config"]],
         "",
         *_progress_lines(progress),
         *([f"![Training runs]({plot.name})", ""] if plot is not None else []),
