@@ -1,4 +1,5 @@
-"""assess_targets: the best smooth model, compressed, against the dense baseline."""
+"""assess_targets and assess_floors: the best smooth model, compressed, against the dense baseline and fixed
+accuracies."""
 
 import itertools
 
@@ -6,9 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smoothcompress.cli import main
 from smoothcompress.files import append_jsonl
 from smoothcompress.study import report
-from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
+from smoothcompress.study.targets import TARGETS, assess_floors, assess_targets, floors_table, targets_table
 
 SETTINGS = [("none", 0.0), ("nuclear", 1e-3), ("second", 1e-4)]
 LABELS = {"svd-global-channel": "svd", "svd+bn-global-channel": "svd+bn", "magnitude": "magnitude"}
@@ -129,3 +131,66 @@ def test_the_report_has_a_targets_section(tmp_path):
         append_jsonl(tmp_path / "results.jsonl", row)
     text = report.write_report(tmp_path / "results.jsonl", tmp_path / "out").read_text()
     assert "## Targets" in text and "1 seed)" in text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_a_floor_judges_the_same_best_cell_as_the_targets(data):
+    keys = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
+    keys += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
+    rows = _rows({k: data.draw(accuracy, label=str(k)) for k in keys}, seeds=(0, 1))
+    floors = {rate: data.draw(st.floats(0.05, 0.95), label=f"floor at {rate}") for rate in RATES}
+    verdicts, targets = assess_floors(rows, floors), assess_targets(rows, {rate: 1.0 for rate in RATES})
+    assert [(v["rate"], v["best"], v["best_svd"], v["candidates"]) for v in verdicts] == [
+        (t["rate"], t["best"], t["best_svd"], t["candidates"]) for t in targets
+    ]
+    for v in verdicts:
+        assert v["floor"] == floors[v["rate"]]
+        assert v["met"] == (v["best"]["acc"] >= v["floor"] - 1e-11)
+        assert v["best"]["setting"] != "baseline" and v["best"]["label"] != "magnitude"
+
+
+def test_floors_need_no_baseline():
+    rows = [r for r in _rows(_fixed()) if r["reg"] != "none"]
+    at70, at80 = assess_floors(rows, {0.7: 0.79, 0.8: 0.71})
+    assert at70["met"] and not at80["met"] and at70["baseline_dense"] is None and at70["best_baseline"] is None
+    table = floors_table([at70, at80])
+    assert "≥ 79" in table and "≥ 71" in table and "| yes |" in table and "**no**" in table
+    assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())
+
+
+@pytest.mark.parametrize("floors", [{0.7: 91.0}, {70.0: 0.91}, {0.0: 0.5}, {0.7: 1.0}])
+def test_a_floor_out_of_range_is_refused(floors):
+    with pytest.raises(ValueError, match="fractions in"):
+        assess_floors(_rows(_fixed()), floors)
+
+
+def test_the_report_judges_floors_given_on_the_command_line(tmp_path, capsys):
+    for row in _rows(_fixed(), seeds=(0,)):
+        append_jsonl(tmp_path / "results.jsonl", row)
+    out = tmp_path / "out"
+    assert (
+        main(["report", str(tmp_path / "results.jsonl"), "-o", str(out), "--floor", "70:79", "--floor", "80:75"]) == 0
+    )
+    text = (out / "report.md").read_text()
+    section = text[text.index("## Floors") :].split("\n## ")[0]
+    assert "79% at 70%, 75% at 80%" in section and "| yes |" in section and "**no**" in section
+    assert "80.00 (1 seed)" in section  # the baseline's dense accuracy beside the verdict
+
+
+def test_floors_without_smooth_low_rank_rows_are_said_to_wait(tmp_path):
+    for row in _rows(_fixed(), seeds=(0,)):
+        if row["reg"] == "none":
+            append_jsonl(tmp_path / "results.jsonl", row)
+    text = report.write_report(tmp_path / "results.jsonl", tmp_path / "out", floors={0.7: 0.9}).read_text()
+    assert "No smooth model has low-rank rows at these rates yet" in text
+
+
+@pytest.mark.parametrize("floor", ["70", "70:", "seventy:91", "70:91:1", "0:91", "70:100", "-5:50"])
+def test_a_malformed_floor_is_a_command_line_error(tmp_path, capsys, floor):
+    for row in _rows(_fixed(), seeds=(0,)):
+        append_jsonl(tmp_path / "results.jsonl", row)
+    assert main(["report", str(tmp_path / "results.jsonl"), "-o", str(tmp_path / "out"), f"--floor={floor}"]) == 2
+    err = capsys.readouterr().err
+    assert "--floor takes RATE:ACCURACY in percent" in err and repr(floor) in err
+    assert not (tmp_path / "out").exists()

@@ -223,10 +223,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(results: Path, out: Path, reference: list[Path] | None = None) -> int:
+def _report(
+    results: Path, out: Path, reference: list[Path] | None = None, floors: dict[float, float] | None = None
+) -> int:
     from smoothcompress.study.report import write_report
 
-    path = write_report(results, out, reference)
+    path = write_report(results, out, reference, floors)
     print((path.parent / "summary.md").read_text())
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(path.parent.glob('*.png')))}")
     return 0
@@ -239,7 +241,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)
         references = [Path(r) for r in args.reference] if args.reference else None
-        code = _report(paths[0] if len(paths) == 1 else paths, out, references)
+        floors = dict(_parse_floor(f) for f in args.floor or [])
+        code = _report(paths[0] if len(paths) == 1 else paths, out, references, floors)
     for w in caught:
         print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
     return code
@@ -303,6 +306,21 @@ def _parse_rank(text: str) -> tuple[str, int]:
     if not sep or not name or not rank.isdigit():
         raise ConfigError(f"--rank takes LAYER=RANK, e.g. layers.0.0.conv1=8; got {text!r}")
     return name, int(rank)
+
+
+def _parse_floor(text: str) -> tuple[float, float]:
+    """``--floor RATE:ACC`` in percent, e.g. ``70:91``, as fractions ``(0.7, 0.91)``."""
+    rate, sep, acc = text.partition(":")
+    try:
+        pair = (float(rate) / 100, float(acc) / 100) if sep else None
+    except ValueError:
+        pair = None
+    if pair is None or not all(0 < x < 1 for x in pair):
+        raise ConfigError(
+            f"--floor takes RATE:ACCURACY in percent, both between 0 and 100, e.g. 70:91 (91% accuracy at 70% "
+            f"fewer parameters); got {text!r}"
+        )
+    return pair
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -439,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sweep of the same network trained small (e.g. the cifar10-cpu-small or cifar10-cpu-lowrank preset): "
         "a line on the plot and a section comparing each compressed cell with it at equal parameters; repeat "
         "for several",
+    )
+    p.add_argument(
+        "--floor",
+        metavar="RATE:ACC",
+        action="append",
+        help="judge whether the best smooth model, compressed to RATE%% fewer parameters, keeps at least ACC%% "
+        "accuracy, e.g. --floor 70:91 (the paper's headline); repeat for several rates",
     )
     p.set_defaults(func=cmd_report)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from smoothcompress.errors import ConfigError, FileContentError
@@ -45,7 +45,7 @@ from smoothcompress.study.summary import (
     several_contexts,
     summarize,
 )
-from smoothcompress.study.targets import TARGETS, assess_targets, targets_table
+from smoothcompress.study.targets import TARGETS, assess_floors, assess_targets, floors_table, targets_table
 
 __all__ = [
     "summarize",
@@ -53,6 +53,7 @@ __all__ = [
     "frontier",
     "assess_claims",
     "assess_targets",
+    "assess_floors",
     "write_report",
     "load_results",
     "missing_shards",
@@ -240,6 +241,7 @@ def write_report(
     results: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     reference: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    floors: Mapping[float, float] | None = None,
 ) -> Path:
     """Write ``report.md``, ``summary.md`` and the PNG plots of a sweep into ``out_dir``; return report.md.
 
@@ -252,6 +254,9 @@ def write_report(
     scratch): their dense rows become lines on the accuracy plot and a section comparing every compressed cell
     with them at equal parameters. They must be on the same dataset and split.
 
+    ``floors`` (``{rate: accuracy}``, fractions, e.g. ``{0.7: 0.91}``) adds a section judging whether the best
+    smooth model, compressed, keeps each accuracy at its rate (:func:`assess_floors`).
+
     When the folders hold the runs' epoch rows (``runs/<tag>/metrics.jsonl``, :mod:`smoothcompress.study.progress`),
     the report has a training-runs section and ``training.png``. A sweep whose runs are all still training (folders
     with runs and no results file yet) gets a report of that section alone, and ``summary.md`` holds its table.
@@ -261,7 +266,8 @@ def write_report(
     FileNotFoundError
         Neither a results file nor a training run is found (from :func:`load_results`).
     ValueError
-        Rows that cannot make one report (see :func:`load_results`), or references on another dataset or split.
+        Rows that cannot make one report (see :func:`load_results`), references on another dataset or split, or
+        a floor outside (0, 1).
 
     Warns
     -----
@@ -281,6 +287,7 @@ def write_report(
     if progress and len(folders) == len(paths) and not any(results_files(f) for f in folders):
         return _progress_report(progress, out)
     rows, spectra = load_results(results)
+    floor_verdicts = assess_floors(rows, floors or {})  # a bad floor fails before anything is written
     progress = with_results(progress, rows)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
@@ -385,6 +392,7 @@ def write_report(
             "Candidates per row: " + ", ".join(f"{100 * v['rate']:.0f}%: {v['candidates']}" for v in verdicts) + ".",
             "",
         ]
+    md += _floor_lines(floor_verdicts, floors or {}, splits)
     claims = assess_claims(rows)
     if claims:
         md += ["## The paper's claims, judged by these rows", ""]
@@ -412,6 +420,29 @@ def write_report(
     path = out / "report.md"
     write_text(path, "\n".join(md) + "\n")
     return path
+
+
+def _floor_lines(verdicts: list[dict], floors: Mapping[float, float], splits: list[str]) -> list[str]:
+    """The report's section on accuracy floors: ``verdicts`` of :func:`assess_floors` on ``floors``."""
+    if not floors:
+        return []
+    bars = ", ".join(f"{100 * a:g}% at {100 * r:.0f}%" for r, a in sorted(floors.items()))
+    head = ["## Floors: the best smooth model, compressed, against fixed accuracies", ""]
+    if not verdicts:
+        return [
+            *head,
+            f"The floors: {bars} fewer parameters. No smooth model has low-rank rows at these rates yet.",
+            "",
+        ]
+    return [
+        *head,
+        f"The floors: {bars} fewer parameters; the best of every penalty, λ and low-rank method (no gradient step), "
+        f"seed means, split: {', '.join(splits)}, the candidates as for the targets. The last columns "
+        "are the baseline's own best after the same methods and its dense accuracy.",
+        "",
+        floors_table(verdicts),
+        "",
+    ]
 
 
 def _progress_lines(progress: list[dict]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The project's accuracy targets: how far the best smooth model, compressed, sits below the dense baseline.
+"""Accuracy bars for the best smooth model, compressed: the project's targets (a gap to the dense baseline) and floors.
 
 The bar (``TARGETS``): at 70% fewer parameters the best smooth model, compressed without any gradient step, is
 at most 0.5 points below the dense, unregularized model of the same schedule; at 80% fewer, at most 2 points; at
@@ -8,17 +8,20 @@ calibration data, and the tensor schemes CP and Tucker); the row that wins is na
 method and weight it took. Since the bar is stated for the SVD family, the best among the matrix (SVD) schemes
 alone is judged too. Pruning rows are not candidates: the targets are about the low-rank method. Accuracies are
 seed means; the number of seeds is reported next to them, since the bar is stated for 3.
+
+Floors (:func:`assess_floors`) are absolute bars a user sets, such as a paper's headline figure: at a rate, the
+best smooth model, compressed, keeps at least a given accuracy. The candidates are the same as for the targets.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
 from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
-__all__ = ["TARGETS", "assess_targets", "targets_table"]
+__all__ = ["TARGETS", "assess_floors", "assess_targets", "floors_table", "targets_table"]
 
 # {rate: points}: the largest drop below the dense baseline that meets the bar at that fraction of parameters
 # removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart; 90% is
@@ -51,46 +54,99 @@ def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -
         are the same among the matrix (SVD) schemes alone, rows of CP and Tucker left out (``None`` without such
         rows).
     """
+    out = []
+    for judged in _judged(rows, targets):
+        if judged["baseline_dense"] is None:
+            continue
+        allowed = targets[judged["rate"]]
+        gap = 100 * (judged["best"]["acc"] - judged["baseline_dense"])
+        best_svd = judged["best_svd"]
+        gap_svd = None if best_svd is None else 100 * (best_svd["acc"] - judged["baseline_dense"])
+        out.append(
+            {
+                **judged,
+                "allowed": allowed,
+                "gap": gap,
+                "met": _meets(gap, allowed),
+                "gap_svd": gap_svd,
+                "met_svd": None if gap_svd is None else _meets(gap_svd, allowed),
+            }
+        )
+    return out
+
+
+def assess_floors(rows: list[dict], floors: Mapping[float, float]) -> list[dict]:
+    """Judge a sweep's rows against absolute accuracy floors: one entry per model context and rate.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Results rows of one sweep, as for :func:`assess_targets`.
+    floors : mapping of float to float
+        ``{rate: accuracy}``, both fractions: the least accuracy the best smooth model, compressed to ``rate``
+        fewer parameters, must keep (e.g. ``{0.7: 0.91}``, the paper's headline figure).
+
+    Returns
+    -------
+    list of dict
+        Per context and rate with low-rank rows of a penalised setting at that rate: ``{"context", "rate",
+        "floor", "baseline_dense" (None without baseline rows), "baseline_n", "best_baseline", "best",
+        "candidates", "met", "best_svd", "met_svd"}``, the entries as in :func:`assess_targets`; ``met`` is
+        whether the best's seed-mean accuracy is at least ``floor``.
+
+    Raises
+    ------
+    ValueError
+        A rate or floor outside (0, 1).
+    """
+    for rate, floor in floors.items():
+        if not (0 < rate < 1 and 0 < floor < 1):
+            raise ValueError(f"a floor is a rate and an accuracy, both fractions in (0, 1); got {rate:g}: {floor:g}")
+    out = []
+    for judged in _judged(rows, floors):
+        floor, best_svd = floors[judged["rate"]], judged["best_svd"]
+        out.append(
+            {
+                **judged,
+                "floor": floor,
+                "met": _meets(100 * (judged["best"]["acc"] - floor), 0.0),
+                "met_svd": None if best_svd is None else _meets(100 * (best_svd["acc"] - floor), 0.0),
+            }
+        )
+    return out
+
+
+def _judged(rows: list[dict], rates: Iterable[float]) -> Iterator[dict]:
+    """Per model context (model, width, variant) and rate of ``rates``: the best smooth low-rank cell (all
+    schemes, and the SVD schemes alone), the baseline's own best and its dense accuracy (None without
+    baseline rows); contexts without a penalised low-rank cell at the rate are left out."""
     summary = summarize(rows)
     index = index_summary(summary)
     families = method_families(rows)
     low_rank = {lab for lab, fam in families.items() if fam == "low-rank"}
     tensor = {r["label"] for r in rows if r.get("scheme") in TENSOR_SCHEMES}
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
-    out = []
     for context in sorted({g.context() for g in groups}, key=str):
         members = [g for g in groups if g.context() == context]
         base = next((g for g in members if g.reg == BASELINE), None)
         dense = index.get((base, "dense", 0.0)) if base else None
-        if dense is None or dense.get("acc") is None:
-            continue
+        if dense is not None and dense.get("acc") is None:
+            dense = None
         smooth = [g for g in members if g.reg != BASELINE]
-        for rate, allowed in sorted(targets.items()):
+        for rate in sorted(rates):
             candidates = _cells(index, smooth, low_rank, rate)
             if not candidates:
                 continue
-            best = _best(candidates)
-            gap = 100 * (best["acc"] - dense["acc"])
-            best_svd = _best(_cells(index, smooth, low_rank - tensor, rate))
-            gap_svd = None if best_svd is None else 100 * (best_svd["acc"] - dense["acc"])
-            out.append(
-                {
-                    "context": base.context_name(),
-                    "rate": rate,
-                    "allowed": allowed,
-                    "baseline_dense": dense["acc"],
-                    "baseline_n": dense["n"],
-                    "best_baseline": _best(_cells(index, [base], low_rank, rate)),
-                    "best": best,
-                    "candidates": len(candidates),
-                    "gap": gap,
-                    "met": _meets(gap, allowed),
-                    "best_svd": best_svd,
-                    "gap_svd": gap_svd,
-                    "met_svd": None if gap_svd is None else _meets(gap_svd, allowed),
-                }
-            )
-    return out
+            yield {
+                "context": members[0].context_name(),
+                "rate": rate,
+                "baseline_dense": None if dense is None else dense["acc"],
+                "baseline_n": 0 if dense is None else dense["n"],
+                "best_baseline": _best(_cells(index, [base], low_rank, rate)) if base else None,
+                "best": _best(candidates),
+                "candidates": len(candidates),
+                "best_svd": _best(_cells(index, smooth, low_rank - tensor, rate)),
+            }
 
 
 def _meets(gap: float, allowed: float) -> bool:
@@ -139,6 +195,22 @@ def targets_table(verdicts: list[dict]) -> str:
             gap = "—" if v["gap_svd"] is None else f"{v['gap_svd']:+.2f}"
             line += f" {_cell(v['best_svd'])} | {gap} | {_met(v['met_svd'])} |"
         lines.append(line + f" {_cell(v['best_baseline'])} |")
+    return "\n".join(lines)
+
+
+def floors_table(verdicts: list[dict]) -> str:
+    """A markdown table of :func:`assess_floors`' entries."""
+    svd = any(v.get("best_svd") is not None and v["best_svd"] != v["best"] for v in verdicts)
+    head = "| model | rate | floor | best smooth, compressed | met |"
+    head += " best smooth, SVD schemes only | met |" if svd else ""
+    lines = [head + " baseline compressed | baseline dense |", "|---" * (head.count("|") + 1) + "|"]
+    for v in verdicts:
+        line = f"| {v['context']} | {100 * v['rate']:.0f}% | ≥ {100 * v['floor']:g} | {_cell(v['best'])}"
+        line += f" | {_met(v['met'])} |"
+        if svd:
+            line += f" {_cell(v['best_svd'])} | {_met(v['met_svd'])} |"
+        dense = "—" if v["baseline_dense"] is None else f"{100 * v['baseline_dense']:.2f} ({_seeds(v['baseline_n'])})"
+        lines.append(line + f" {_cell(v['best_baseline'])} | {dense} |")
     return "\n".join(lines)
 
 
