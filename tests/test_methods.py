@@ -97,6 +97,15 @@ def test_labels_of_rows_are_unchanged():
     assert sc.get_method("svd-data+bn").label == "svd-data+bn-global-channel"
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_a_label_states_its_budget(name):
+    budgets = methods.BUDGETS if "budget" in sc.get_method(name).options() else ("params",)
+    for budget in budgets:
+        method = sc.get_method(name, **({} if budget == "params" else {"budget": budget}))
+        assert methods.label_budget(method.label) == budget
+    assert methods.label_budget("dense") == "params"
+
+
 def test_which_methods_use_data():
     uses = {n for n in METHODS if sc.get_method(n).uses_data()}
     low_rank = {"svd+bn", "svd-data", "svd-data+bn", "svd-seq", "svd-seq+bn", "svd-data-seq", "cp+bn", "tucker+bn"}

@@ -67,6 +67,19 @@ def test_claims_follow_the_numbers():
     assert claims[("4.", "baseline, svd-global-channel vs magnitude")] == "supported"
 
 
+@pytest.mark.parametrize("budget", ["flops", "flops-matched"])
+def test_svd_at_a_flops_budget_is_held_against_itself_not_against_pruning(budget):
+    flops = [
+        dict(r, label=f"{r['label']}-{budget}", rate_achieved=r["rate_achieved"] - 0.2)
+        for r in _rows()
+        if r["label"] == "svd-global-channel"
+    ]
+    claims = {(c["claim"][:2], c["setting"]) for c in report.assess_claims(_rows() + flops)}
+    assert ("2.", f"nuclear λ=0.01, svd-global-channel-{budget}") in claims  # one label, one rate: a fair pair
+    assert not any(c == "4." and budget in setting for c, setting in claims)
+    assert ("4.", "baseline, svd-global-channel vs magnitude") in claims
+
+
 def test_claim_one_fails_when_dense_accuracy_drops():
     rows = [
         dict(r, accuracy=r["accuracy"] - 0.05) if r["reg"] == "nuclear" and r["label"] == "dense" else r

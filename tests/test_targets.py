@@ -194,3 +194,13 @@ def test_a_malformed_floor_is_a_command_line_error(tmp_path, capsys, floor):
     err = capsys.readouterr().err
     assert "--floor takes RATE:ACCURACY in percent" in err and repr(floor) in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", ["-flops", "-flops-matched"])
+def test_rows_at_a_flops_budget_are_no_candidates(suffix):
+    rows = _rows(_fixed(), seeds=(0,))
+    rows.append(_row("nuclear", 1e-3, 0, f"svd-global-channel{suffix}", "svd", 0.7, 0.99))
+    (at70,) = [v for v in assess_targets(rows) if v["rate"] == 0.7]
+    (floor70,) = assess_floors(rows, {0.7: 0.9})
+    assert at70["best"]["label"] == floor70["best"]["label"] == "svd+bn-global-channel"
+    assert at70["candidates"] == floor70["candidates"] == 4 and not floor70["met"]

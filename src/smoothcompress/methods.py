@@ -70,6 +70,8 @@ __all__ = [
     "get_method",
     "list_methods",
     "method_from_dict",
+    "label_budget",
+    "BUDGETS",
 ]
 
 MATRIX_SCHEMES = tuple(s for s in SCHEMES if s not in TENSOR_SCHEMES)
@@ -281,6 +283,12 @@ def method_from_dict(entry: Mapping[str, Any]) -> Method:
 BUDGETS = ("params", "flops", "flops-matched")
 """What a rate asks of a low-rank method (its ``budget`` option): that fraction of parameters removed, that fraction
 of FLOPs removed, or the FLOPs of that parameter plan."""
+
+
+def label_budget(label: str) -> str:
+    """The budget (one of :data:`BUDGETS`) a method label states: ``"flops"`` for a label ending in ``-flops``,
+    ``"flops-matched"`` for ``-flops-matched``, else ``"params"`` (every pruning label, the dense row)."""
+    return next((b for b in BUDGETS[1:] if label.endswith(f"-{b}")), "params")
 
 
 @register_method

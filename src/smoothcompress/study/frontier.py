@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothcompress.errors import ConfigError
-from smoothcompress.methods import get_method
+from smoothcompress.methods import get_method, label_budget
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 from smoothcompress.study.summary import (
     BASELINE,
@@ -60,9 +60,11 @@ def _score(index: dict, group: Setting, label: str | None, rates: Sequence[float
 
 
 def _svd_labels(rows: list[dict]) -> tuple[list[str], list[str]]:
-    """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...)."""
+    """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...), at
+    a parameter budget."""
     plain, data = set(), set()
-    for label, name in {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}:
+    labelled = {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}
+    for label, name in ((lab, name) for lab, name in labelled if label_budget(lab) == "params"):
         try:
             method = get_method(name)
         except ValueError:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from smoothcompress.errors import ConfigError, FileContentError
 from smoothcompress.files import write_text
+from smoothcompress.methods import label_budget
 from smoothcompress.study.claims import CLAIM_MIN_RATE, PAR_POINTS, assess_claims
 from smoothcompress.study.frontier import (
     FRONTIER_RATE,
@@ -309,7 +310,7 @@ def write_report(
     devices = sorted({r.get("device", "unknown") for r in rows})
     train_wall = sum({r["run"]: r.get("train_wall_s") or 0.0 for r in rows}.values())
     eval_wall = sum(r.get("wall_s") or 0.0 for r in rows)
-    flops_rows = any(r["label"].endswith("-flops") for r in rows)  # budget "flops": the rate counts FLOPs
+    budgets = {label_budget(r["label"]) for r in rows}
     md = ["# smoothcompress report", ""]
     md += [f"- dataset: {name} (sha256 `{sha}`)" for name, sha in datasets]
     fingerprints = sorted({r["sweep_fingerprint"] for r in rows if r.get("sweep_fingerprint")})
@@ -328,7 +329,18 @@ def write_report(
         "non-zeros."
         + (
             " Methods labelled `-flops` are at a FLOPs budget: their column is the fraction of FLOPs removed."
-            if flops_rows
+            if "flops" in budgets
+            else ""
+        )
+        + (
+            " Methods labelled `-flops-matched` keep the FLOPs of the parameter plan at their column's rate, with "
+            "parameters of their own."
+            if "flops-matched" in budgets
+            else ""
+        )
+        + (
+            " Targets, floors and the SVD-against-pruning claim compare parameter budgets only."
+            if len(budgets) > 1
             else ""
         ),
         "",

@@ -6,7 +6,8 @@ at most 0.5 points below the dense, unregularized model of the same schedule; at
 "Best" ranges over every penalty and λ of a sweep and every low-rank method (plain SVD and the variants that use
 calibration data, and the tensor schemes CP and Tucker); the row that wins is named, so that a reader sees which
 method and weight it took. Since the bar is stated for the SVD family, the best among the matrix (SVD) schemes
-alone is judged too. Pruning rows are not candidates: the targets are about the low-rank method. Accuracies are
+alone is judged too. Pruning rows are not candidates: the targets are about the low-rank method; nor are rows at a
+FLOPs budget (:func:`smoothcompress.methods.label_budget`), whose parameter count is their own. Accuracies are
 seed means; the number of seeds is reported next to them, since the bar is stated for 3.
 
 Floors (:func:`assess_floors`) are absolute bars a user sets, such as a paper's headline figure: at a rate, the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
+from smoothcompress.methods import label_budget
 from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
 from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
@@ -123,7 +125,7 @@ def _judged(rows: list[dict], rates: Iterable[float]) -> Iterator[dict]:
     summary = summarize(rows)
     index = index_summary(summary)
     families = method_families(rows)
-    low_rank = {lab for lab, fam in families.items() if fam == "low-rank"}
+    low_rank = {lab for lab, fam in families.items() if fam == "low-rank" and label_budget(lab) == "params"}
     tensor = {r["label"] for r in rows if r.get("scheme") in TENSOR_SCHEMES}
     groups = sorted({s["group"] for s in summary}, key=Setting.sort_key)
     for context in sorted({g.context() for g in groups}, key=str):
