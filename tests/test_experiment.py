@@ -62,6 +62,16 @@ def test_data_methods_calibrate_once_on_training_images(tmp_path):
     assert all(r["calibration_images"] == 64 and r["calibration_split"] == "train" for r in rows)
     assert sum("calibration_s" in r for r in rows) == 1  # one calibration serves every data-aware cell
     assert all(r["accuracy"] is not None for r in rows)
+    assert all(r["calibration_requested"] == 64 for r in rows)
+    results = tmp_path / "results.jsonl"
+    before = results.read_bytes()
+    for images, rates in ((32, [0.4, 0.6]), (32, [0.4, 0.6, 0.8]), (10**6, [0.4, 0.6])):
+        changed = {**config, "compress": {**config["compress"], "calibration_images": images, "rates": rates}}
+        with pytest.raises(ValueError, match=f"calibrated on 64 images; .*calibration_images = {images} now gives"):
+            sweep(SweepConfig.from_dict(changed, out=tmp_path))
+        assert results.read_bytes() == before  # nothing added, nothing lost
+    sweep(SweepConfig.from_dict(config, out=tmp_path))  # the same settings resume
+    assert results.read_bytes() == before
 
 
 def test_rerun_skips_finished_cells_and_fills_missing_ones(swept, capsys):
@@ -189,14 +199,12 @@ def test_conv_model_on_validation_split_with_auto_device(tmp_path):
     assert rows[0]["train_device"].startswith("cpu") and rows[0]["device"].startswith("cpu")
 
 
-def test_changed_training_settings_are_refused(swept):
+def test_changed_training_settings_are_refused_even_when_every_cell_is_done(swept):
+    before = swept.read_bytes()
     changed = {**TINY, "train": {**TINY["train"], "epochs": 3}}
-    (swept.parent / "results.jsonl").rename(swept.parent / "results.bak")  # force the runs to be revisited
-    try:
-        with pytest.raises(ValueError, match=r"different settings \(epochs: 2 -> 3\)"):
-            sweep(SweepConfig.from_dict(changed, out=swept.parent))
-    finally:
-        (swept.parent / "results.bak").rename(swept.parent / "results.jsonl")
+    with pytest.raises(ValueError, match=r"different settings \(epochs: 2 -> 3\)"):
+        sweep(SweepConfig.from_dict(changed, out=swept.parent))
+    assert swept.read_bytes() == before
 
 
 def test_a_running_sweep_locks_its_folder(swept):

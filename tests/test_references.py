@@ -40,6 +40,24 @@ def test_no_dense_row_is_refused():
         reference_points([{**r, "label": "svd"} for r in _small_rows()], 700_000)
 
 
+def test_penalised_runs_are_left_out_with_a_warning_not_pooled_as_seeds():
+    penalised = [
+        {**r, "run": f"nuc-{r['run']}", "reg": "nuclear", "weight": 1e-3, "accuracy": 0.1} for r in _small_rows()
+    ]
+    with pytest.warns(UserWarning, match=r"6 penalised run\(s\) are left out \(nuc-w5-s0, "):
+        points = reference_points(_small_rows() + penalised, 700_000)
+    assert points == reference_points(_small_rows(), 700_000)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no dense row of an unpenalised run"):
+        reference_points(penalised, 700_000)
+
+
+def test_a_reference_of_another_model_is_warned_of(tmp_path):
+    tier = _write(tmp_path / "tier", _tier_rows())
+    small = _write(tmp_path / "small", [{**r, "model": "mlp"} for r in _small_rows()])
+    with pytest.warns(UserWarning, match=r"reference model\(s\) mlp are not among the results' \(resnet18\)"):
+        report.write_report(tier, tmp_path / "out", reference=small)
+
+
 @given(st.floats(0.0, 1.0))
 def test_interpolation_stays_between_neighbours_and_never_extrapolates(rate):
     points = reference_points(_small_rows(), 700_000)

@@ -137,10 +137,17 @@ def test_verdicts_cover_all_cases(nuclear_svd, verdict):
 
 
 def test_mixed_splits_are_refused(tmp_path):
-    rows = _rows("val") + [dict(r, split="test") for r in _rows()]
+    rows = _rows("val") + [dict(r, split="test", run=f"{r['run']}-test") for r in _rows()]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="mixes rows of several splits"):
         report.load_results(tmp_path)
+
+
+def test_a_cell_twice_in_one_file_is_refused_not_pooled_as_a_seed(tmp_path):
+    rows = _rows()
+    folder = _write_sweep(tmp_path / "sweep", [*rows, dict(rows[3], accuracy=0.1)])
+    with pytest.raises(ValueError, match=r"rows 4 and 21 both hold run none-s0, magnitude at rate 0.5: two sweeps"):
+        report.load_results(folder)
 
 
 def test_foreign_rows_are_refused(tmp_path):

@@ -383,14 +383,32 @@ def _spectra_row(base: dict, model: nn.Module, n_layers: int) -> dict:
     return row
 
 
+def _check_calibration(rows: list[dict], requested: int, ds: Dataset, results: Path) -> None:
+    """Refuse to add cells to ``rows`` (one run's rows that used calibration data) when they were calibrated on a
+    different number of images than ``[compress] calibration_images`` (``requested``) now gives on ``ds``.
+
+    Rows record the images used (``calibration_images``: ``requested``, or the training split's size when it is
+    smaller) and, from this version on, the number requested.
+    """
+    from smoothcompress.calibration import describe_source  # as the cells themselves load it
+
+    used = describe_source(ds, requested)["images"]
+    for r in rows:
+        if r["calibration_images"] != used or r.get("calibration_requested", requested) != requested:
+            raise ConfigError(
+                f"{results}: run {r['run']}, {r['label']} at rate {r['rate_requested']:g} was calibrated on "
+                f"{r['calibration_images']} images; [compress] calibration_images = {requested} now gives {used}. "
+                "Set it back, or sweep into a new out folder: a report would pool cells calibrated two ways"
+            )
+
+
 def _trained(spec: RunSpec, tag: str, tconf: TrainConfig, run_dir: Path, commit: str) -> dict:
-    """Train the run unless its folder holds a finished model trained with the same settings.
+    """Train the run unless its folder holds a finished model (whose ``config.toml`` the caller has checked).
 
     Returns the provenance of the training (commit, device, wall time), kept in ``run_dir/provenance.json``.
     """
     stored, prov_path = run_dir / "config.toml", run_dir / "provenance.json"
-    if (run_dir / "model.safetensors").exists() and stored.exists():
-        check_same_settings(TrainConfig.from_toml(stored).to_dict(), tconf, stored)
+    if (run_dir / "model.safetensors").exists() and stored.exists():  # its settings are checked by the caller
         _log(f"[{tag}] trained model found, skipping training")
     else:
         _log(f"[{tag}] training ({tconf.epochs} epochs, reg={spec.reg}, weight={spec.weight:g}, seed={spec.seed})")
@@ -451,10 +469,17 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
     commit = git_commit()  # the code this process loaded, even if the tree changes while it runs
     for spec in runs:
         tag = spec.tag(cfg.train)
-        if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
-            continue
         run_dir = folder / "runs" / tag
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
+        if (run_dir / "config.toml").exists():  # before any cell is reused: rows of other settings never count
+            check_same_settings(
+                TrainConfig.from_toml(run_dir / "config.toml").to_dict(), tconf, run_dir / "config.toml"
+            )
+        calibrated = [r for r in rows if r["run"] == tag and "calibration_images" in r]
+        if calibrated:
+            _check_calibration(calibrated, cfg.calibration_images, _dataset_for(tconf, datasets), results)
+        if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
+            continue
         trained = _trained(spec, tag, tconf, run_dir, commit)
         device = resolve_device(tconf.device)
         model = io.load(run_dir / "model.safetensors").eval()
@@ -506,7 +531,11 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
 
                 source = describe_source(ds, cfg.calibration_images)
                 images = source["images"]
-                row |= {"calibration_images": images, "calibration_split": source["split"]}
+                row |= {
+                    "calibration_images": images,
+                    "calibration_requested": cfg.calibration_images,
+                    "calibration_split": source["split"],
+                }
                 if method.data_aware and calibration is None:
                     calibration = calibrate(model, ds, images)
                     row["calibration_s"] = calibration.seconds

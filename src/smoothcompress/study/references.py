@@ -16,6 +16,7 @@ cell's achieved rate (:func:`against_references`); cells outside a curve's range
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import defaultdict
 
 from smoothcompress.errors import ConfigError
@@ -49,7 +50,8 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     Parameters
     ----------
     reference_rows : list of dict
-        Rows of the reference sweep (:func:`smoothcompress.study.results.load_results`); only dense rows are used.
+        Rows of the reference sweep (:func:`smoothcompress.study.results.load_results`); only the dense rows of
+        unpenalised runs are used (penalised runs are left out with a warning).
     params_dense : int
         Parameters of the dense model of the sweep being reported: the rate of a point is ``1 - params /
         params_dense``.
@@ -64,16 +66,33 @@ def reference_points(reference_rows: list[dict], params_dense: int) -> list[dict
     Raises
     ------
     ValueError
-        When the reference rows hold no dense row, or ``params_dense`` is not positive.
+        When the reference rows hold no dense row of an unpenalised run, or ``params_dense`` is not positive.
+
+    Warns
+    -----
+    UserWarning
+        The reference rows hold penalised runs (left out).
     """
     if params_dense <= 0:
         raise ConfigError(f"params_dense must be positive, got {params_dense}")
+    dense = [r for r in reference_rows if r.get("label") == "dense" and r.get("accuracy") is not None]
+    penalised = {r["run"] for r in dense if r.get("reg", BASELINE) != BASELINE}
+    if penalised:
+        warnings.warn(
+            f"the reference rows' {len(penalised)} penalised run(s) are left out ({', '.join(sorted(penalised))}): "
+            "a reference is trained without a penalty",
+            UserWarning,
+            stacklevel=2,
+        )
     cells: dict[tuple, list[dict]] = defaultdict(list)
-    for r in reference_rows:
-        if r.get("label") == "dense" and r.get("accuracy") is not None:
+    for r in dense:
+        if r["run"] not in penalised:
             cells[(r["model"], r.get("width"), str(r.get("variant", "")))].append(r)
     if not cells:
-        raise ConfigError("the reference rows hold no dense row with an accuracy: give the folder of a finished sweep")
+        raise ConfigError(
+            "the reference rows hold no dense row of an unpenalised run with an accuracy: give the folder of a "
+            "finished sweep of networks trained small without a penalty"
+        )
     points = []
     for (model, width, variant), rs in cells.items():
         accs = [r["accuracy"] for r in rs]

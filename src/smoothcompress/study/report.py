@@ -79,6 +79,14 @@ def _references(rows: list[dict], reference) -> list[dict]:
                 f"the reference rows have {key} {sorted(map(str, theirs))}, the results {sorted(map(str, mine))}; "
                 "give a reference sweep on the same data and split"
             )
+    mine, theirs = {r["model"] for r in rows}, {r["model"] for r in ref_rows}
+    if theirs - mine:
+        warnings.warn(
+            f"the reference model(s) {', '.join(sorted(theirs - mine))} are not among the results' "
+            f"({', '.join(sorted(mine))}): the comparison crosses architectures",
+            UserWarning,
+            stacklevel=3,
+        )
     dense = sorted(r["params_dense"] for r in rows if r["reg"] == BASELINE and r.get("params_dense"))
     dense = dense or sorted(r["params_dense"] for r in rows if r.get("params_dense"))
     return reference_points(ref_rows, dense[len(dense) // 2])

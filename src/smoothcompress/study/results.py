@@ -97,6 +97,14 @@ def _read_results(path: Path) -> list[dict]:
             raise FileContentError(
                 f"{path}: row {i + 1} lacks {', '.join(missing)}; is it a smoothcompress sweep file?"
             )
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(rows):  # a sweep writes each cell once: a repeat would be pooled as another seed
+        key = (r["run"], r["label"], float(r["rate_requested"]))
+        if first.setdefault(key, i) != i:
+            raise FileContentError(
+                f"{path}: rows {first[key] + 1} and {i + 1} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: "
+                "two sweeps appended into one file? Report them apart"
+            )
     return rows
 
 
