@@ -137,6 +137,21 @@ def test_too_few_images_warns_how_many_are_needed():
         sc.calibrate(_cnn(), torch.randn(8, 3, 8, 8), images=8)
 
 
+def test_asking_for_more_images_than_the_source_has_spreads_the_samples_over_those_it_has():
+    model, data = _cnn(), _tiny_dataset(n_train=96)
+    asked = sc.calibrate(model, data, images=96, samples=300, layers=["7"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layer 7 (d=192) is short in both: 96 images give 96 vectors
+        too_many = sc.calibrate(model, data, images=10**6, samples=300, layers=["7"])
+    assert too_many.images == asked.images == 96 and too_many.samples == asked.samples
+    torch.testing.assert_close(too_many.moments["7"], asked.moments["7"])
+
+
+def test_a_source_too_small_for_full_rank_moments_is_said_to_be_so():
+    with pytest.warns(UserWarning, match=r"The calibration source has 8 images, fewer than the 192 needed"):
+        sc.calibrate(_cnn(), torch.randn(8, 3, 8, 8), images=1000)
+
+
 def test_calibration_of_another_model_is_refused():
     cal = sc.calibrate(_cnn(c=6), torch.randn(8, 3, 8, 8), images=8, layers=["0"])
     with pytest.raises(ValueError, match="made for another model"):

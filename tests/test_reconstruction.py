@@ -211,3 +211,14 @@ def test_cp_seq_beats_cp_end_to_end_on_the_calibration_inputs():
 def test_needs_data():
     with pytest.raises(ValueError, match="needs calibration data"):
         sc.get_method("svd-seq").apply(_cnn(0), 0.6)
+
+
+def test_a_solve_from_fewer_vectors_than_inputs_is_warned_of_with_what_would_do():
+    model = _cnn(0, c=6)  # the Linear at the end has 192 inputs: one vector an image
+    small = sc.compress(model, 0.5)
+    with pytest.warns(
+        UserWarning, match=r"1 layer\(s\) saw fewer input vectors .*'9': 32 for 192\).*Pass images >= 192 "
+    ):
+        sc.reconstruct(model, small, torch.randn(32, 3, 8, 8), images=32)
+    with pytest.warns(UserWarning, match=r"The calibration source has 32 images, fewer than the 192 needed"):
+        sc.reconstruct(model, small, torch.randn(32, 3, 8, 8), images=1000)

@@ -467,11 +467,12 @@ def calibrate(
     if not names:
         raise ConfigError("the model has no Conv2d or Linear layer to calibrate")
     gen = torch.Generator().manual_seed(int(seed) + 1)
+    available = describe_source(data, images)["images"]  # a source with fewer images: the quota spreads over them
     hooks = {}
     for n in names:
         d = input_dim(modules[n])
         quota = int(samples) if samples is not None else max(MIN_SAMPLES, SAMPLES_PER_DIM * d)
-        hooks[n] = _MomentHook(modules[n], quota, int(images), gen)
+        hooks[n] = _MomentHook(modules[n], quota, available, gen)
     handles = [modules[n].register_forward_pre_hook(h) for n, h in hooks.items()]
     was_training = model.training
     model.eval()
@@ -488,10 +489,14 @@ def calibrate(
         h = short[worst]
         per_image = max(h.count / max(seen, 1), 1e-9)
         need = math.ceil(input_dim(h.module) / per_image)
+        advice = (
+            f"Pass images >= {need} for full-rank moments."
+            if seen >= int(images)  # the source gave all that was asked: more may help
+            else f"The calibration source has {seen} images, fewer than the {need} needed for full-rank moments."
+        )
         warnings.warn(
             f"{len(short)} layer(s) saw fewer input vectors than their input dimension (e.g. {worst!r}: "
-            f"{h.count} for d={input_dim(h.module)}); their moments are singular and will be damped. "
-            f"Pass images >= {need} for full-rank moments.",
+            f"{h.count} for d={input_dim(h.module)}); their moments are singular and will be damped. {advice}",
             stacklevel=2,
         )
     split = describe_source(data, images)["split"]
