@@ -186,7 +186,16 @@ def test_floors_without_smooth_low_rank_rows_are_said_to_wait(tmp_path):
     assert "No smooth model has low-rank rows at these rates yet" in text
 
 
-@pytest.mark.parametrize("floor", ["70", "70:", "seventy:91", "70:91:1", "0:91", "70:100", "-5:50"])
+def test_a_floor_at_a_rate_the_sweep_has_not_is_named_as_not_judged(tmp_path):
+    for row in _rows(_fixed(), seeds=(0,)):
+        append_jsonl(tmp_path / "results.jsonl", row)
+    text = report.write_report(tmp_path / "results.jsonl", tmp_path / "out", floors={0.7: 0.9, 0.6: 0.9}).read_text()
+    assert "| 70% | ≥ 90 |" in text and "No smooth model has low-rank rows at 60%: not judged." in text
+
+
+@pytest.mark.parametrize(
+    "floor", ["70", "70:", "seventy:91", "70:91:1", "0:91", "70:100", "-5:50", "70:0.91", "0.7:91", "1:50"]
+)
 def test_a_malformed_floor_is_a_command_line_error(tmp_path, capsys, floor):
     for row in _rows(_fixed(), seeds=(0,)):
         append_jsonl(tmp_path / "results.jsonl", row)

@@ -315,9 +315,9 @@ def _parse_floor(text: str) -> tuple[float, float]:
         pair = (float(rate) / 100, float(acc) / 100) if sep else None
     except ValueError:
         pair = None
-    if pair is None or not all(0 < x < 1 for x in pair):
+    if pair is None or not all(0.01 < x < 1 for x in pair):  # 1% or less: a fraction given where percent is read
         raise ConfigError(
-            f"--floor takes RATE:ACCURACY in percent, both between 0 and 100, e.g. 70:91 (91% accuracy at 70% "
+            f"--floor takes RATE:ACCURACY in percent, both above 1 and below 100, e.g. 70:91 (91% accuracy at 70% "
             f"fewer parameters); got {text!r}"
         )
     return pair

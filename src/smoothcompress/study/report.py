@@ -454,6 +454,8 @@ def _floor_lines(verdicts: list[dict], floors: Mapping[float, float], splits: li
             f"The floors: {bars} fewer parameters. No smooth model has low-rank rows at these rates yet.",
             "",
         ]
+    judged = {v["rate"] for v in verdicts}
+    unjudged = [f"{100 * r:.0f}%" for r in sorted(floors) if r not in judged]
     return [
         *head,
         f"The floors: {bars} fewer parameters; the best of every penalty, λ and low-rank method (no gradient step), "
@@ -462,6 +464,7 @@ def _floor_lines(verdicts: list[dict], floors: Mapping[float, float], splits: li
         "",
         floors_table(verdicts),
         "",
+        *([f"No smooth model has low-rank rows at {', '.join(unjudged)}: not judged.", ""] if unjudged else []),
     ]
 
 
