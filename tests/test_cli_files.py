@@ -145,3 +145,13 @@ def test_torch_save_zip_and_legacy_pickle_are_recognised(tmp_path):
         assert sc.io.file_kind(tmp_path / name) == "pytorch-pickle"
         with pytest.raises(sc.CheckpointError, match="PyTorch pickle"):
             sc.load(tmp_path / name)
+
+
+@pytest.mark.parametrize("command", ["compress", "prune"])
+def test_an_output_under_another_suffix_or_over_the_input_is_refused_before_any_work(dense, tmp_path, capsys, command):
+    before = dense.read_bytes()
+    assert main([command, str(dense), "--rate", "0.5", "-o", str(tmp_path / "small.onnx")]) == 2
+    assert one_error_line(capsys).endswith("name it *.safetensors, not 'small.onnx' (for ONNX: smoothcompress export)")
+    assert main([command, str(dense), "--rate", "0.5", "-o", str(dense)]) == 2
+    assert one_error_line(capsys).endswith(f"-o {dense} is the input model: write the result to another file")
+    assert dense.read_bytes() == before and not (tmp_path / "small.onnx").exists()

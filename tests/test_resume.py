@@ -188,3 +188,13 @@ def test_settings_added_since_a_checkpoint_count_as_their_defaults():
     check_same_settings(older, config, "run/checkpoint.pt")  # trained the default way: the same settings
     with pytest.raises(ValueError, match=r"reg_refresh: 1 -> 10"):
         check_same_settings(older, TrainConfig(**CONFIG, reg="nuclear", weight=1e-3, reg_refresh=10), "run/c.pt")
+
+
+def test_the_command_line_resumes_a_run_with_its_own_config(tmp_path, capsys):
+    from smoothcompress.cli import main
+
+    run(TrainConfig(**{**CONFIG, "epochs": 1, "width": 8}, out=str(tmp_path)))
+    assert main(["train", "--out", str(tmp_path), "--resume"]) == 0  # digits, width 8: from config.toml
+    assert "after 1 epochs" in capsys.readouterr().out
+    assert main(["train", "--out", str(tmp_path), "--resume", "--width", "16"]) == 2  # a flag still overrides
+    assert "different settings (width: 8 -> 16)" in capsys.readouterr().err

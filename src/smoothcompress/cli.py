@@ -63,7 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
     speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
-    config = TrainConfig.from_sources(args.config, **overrides)
+    source = args.config
+    if source is None and args.resume and args.out and (Path(args.out) / "config.toml").exists():
+        source = Path(args.out) / "config.toml"  # the run's own settings; flags given still override them
+    config = TrainConfig.from_sources(source, **overrides)
     result = run(config)
     if speaks:
         split, acc = ("validation", result.val_acc) if result.val_acc is not None else ("test", result.test_acc)
@@ -134,8 +137,21 @@ def _check_dense(path: str, model) -> None:
     raise ConfigError(f"{path} is already compressed ({record.label}{removed}); compress the dense model")
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse an ``-o`` that would write a safetensors file under another suffix, or over the input model."""
+    if not args.output:
+        return
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        export = " (for ONNX: smoothcompress export)" if out.suffix == ".onnx" else ""
+        raise ConfigError(f"-o writes a safetensors file: name it *.safetensors, not {out.name!r}{export}")
+    if out.exists() and out.resolve() == Path(args.model).resolve():
+        raise ConfigError(f"-o {args.output} is the input model: write the result to another file")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """``compress`` and ``prune``: apply the chosen method, print its per-layer table, evaluate, save."""
+    _check_output(args)
     model = _load(args)
     _check_dense(args.model, model)
     method = _method(args)
@@ -366,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="FOLDER", help="run folder (metrics.jsonl, config.toml, checkpoint, model.safetensors)"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (without --config: with the run's config.toml)",
+    )
     p.set_defaults(func=cmd_train)
 
     for name, helptext, family, default in (
