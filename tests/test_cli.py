@@ -101,6 +101,24 @@ def test_a_pruned_file_records_its_method(trained, tmp_path):
     assert record["method"] == "filter" and record["rate_requested"] == 0.5
 
 
+def test_evaluate_counts_the_non_zeros_of_a_magnitude_pruned_file(trained, tmp_path, capsys):
+    out = tmp_path / "magnitude.safetensors"
+    assert main(["prune", str(trained / "model.safetensors"), "--rate", "0.5", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), *DIGITS]) == 0
+    model = sc.load(out)
+    total, nonzero = sc.count_params(model), sc.count_params(model, nonzero=True)
+    assert f"({total:,} params, {nonzero:,} non-zero)" in capsys.readouterr().out and nonzero < total
+    assert main(["evaluate", str(trained / "model.safetensors"), *DIGITS]) == 0
+    assert "non-zero" not in capsys.readouterr().out
+
+
+def test_a_layer_given_two_ranks_is_refused(trained, capsys):
+    argv = ["compress", str(trained / "model.safetensors"), "--rank", "fc=2", "--rank", "fc=8"]
+    assert main(argv) == 2
+    assert "--rank names layer(s) fc more than once; give each layer one rank" in capsys.readouterr().err
+
+
 def test_the_command_line_loads_no_plotting_or_pruning_library():
     code = (
         "import sys; from smoothcompress.cli import build_parser; build_parser().format_help(); "
@@ -132,6 +150,17 @@ def test_train_config_file_and_flag_override(tmp_path):
         (["compress", "{model}", "--rate", "1.5"], "rate"),
         (["compress", "{model}", "--rank", "fc=abc"], "LAYER=RANK"),
         (["compress", "{model}", "--allocation", "uniform", "--rate", "0.99"], "out of reach"),
+        (["compress", "{model}", "--allocation", "uniform", "--rate", "0.99"], "--allocation uniform"),
+        (
+            ["compress", "{model}", "--method", "svd+bn"],
+            "needs calibration data (training images, forward passes only): pass --dataset NAME and/or --data PATH",
+        ),
+        (
+            ["compress", "{model}", "--method", "svd+bn", "--calibrate", "1", *DIGITS],
+            "needs batches of at least 2 "
+            "inputs (one value per channel has no variance), and the calibration data gave single inputs only: pass "
+            "--calibrate 2",
+        ),
         (["evaluate", "{model}"], "needs data"),
         (["compress", "{model}", "--method", "svd-data"], "needs calibration data"),
         (["compress", "{model}", "--calibrate", "64", *DIGITS], "--calibrate applies to the methods that use data"),

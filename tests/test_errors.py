@@ -108,3 +108,6 @@ def test_cli_terms():
     assert cli_terms("achieved rate 0.5 ... the requested 0.7 (allocation='uniform')") == (
         "achieved rate 0.5 ... the requested --rate 0.7 (--allocation uniform)"
     )
+    assert cli_terms("out of reach with allocation='global' and scheme='channel'") == (
+        "out of reach with --allocation global and --scheme channel"
+    )

@@ -295,10 +295,17 @@ def test_evaluate_dataset_and_loader_agree_and_restore_mode(digits, trained):
 # Divergence
 
 
-@pytest.mark.parametrize("overrides", [{"lr": 1e8}, {"reg": "first", "weight": 1e12}])
-def test_divergence_stops_with_a_clear_message(digits, overrides):
-    with pytest.raises(TrainingDiverged, match="penalty weight is too large.*learning rate is too high"):
+@pytest.mark.parametrize(
+    "overrides, causes",
+    [
+        ({"lr": 1e8}, r"Likely cause: the learning rate is too high \(lr=1e\+08"),
+        ({"reg": "first", "weight": 1e12}, "penalty weight is too large.*learning rate is too high"),
+    ],
+)
+def test_divergence_stops_with_a_clear_message(digits, overrides, causes):
+    with pytest.raises(TrainingDiverged, match=causes) as e:
         train(tiny_mlp(), digits, TrainConfig(**{**FAST, **overrides}))
+    assert ("penalty" in str(e.value)) == ("reg" in overrides)
 
 
 class NaNAfter(nn.Module):

@@ -593,9 +593,18 @@ def recalibrate_bn(
         augment = isinstance(data, CalibrationSource) and data.augment
 
     def batches():
+        given = skipped = 0
         for x in calibration_batches(data, images, batch_size, seed=seed, augment=augment, device=device):
             if as_batch(x).batch_size > 1:
+                given += 1
                 yield x
+            else:
+                skipped += 1
+        if skipped and not given:
+            raise ConfigError(
+                "re-estimating BatchNorm statistics needs batches of at least 2 inputs (one value per channel has "
+                "no variance), and the calibration data gave single inputs only: pass images >= 2"
+            )
 
     _estimate_bn(model, bns, batches())
     if reference is not None:

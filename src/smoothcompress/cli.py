@@ -43,13 +43,13 @@ USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Perm
 """Errors of opening a file the user named (or of an output folder another process holds): one line, status 2."""
 
 CLI_TERMS = (
-    (re.compile(r"([Pp])ass images >= (\d+)"), r"\1ass --calibrate \2"),
-    (re.compile(r"\(allocation='([\w-]+)'\)"), r"(--allocation \1)"),
+    (re.compile(r"([Pp])ass images >= (\d+)"), r"\1ass --calibrate \2"),  # and "pass images >= 2" in errors
+    (re.compile(r"\b(allocation|scheme)='([\w-]+)'"), r"--\1 \2"),
     (re.compile(r"the requested (\d)"), r"the requested --rate \1"),
     (re.compile(r"the budget (\d)"), r"the --flops budget \1"),
     (re.compile(r"^recalibrate_bn: "), ""),
 )
-"""Library warnings rewritten in the command line's terms: (pattern, replacement)."""
+"""Library warnings and errors rewritten in the command line's terms: (pattern, replacement)."""
 
 TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose epoch lines are log records
 
@@ -156,7 +156,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     _check_dense(args.model, model)
     method = _method(args)
     extra = {}
-    ranks = dict(_parse_rank(r) for r in getattr(args, "rank", []))
+    pairs = [_parse_rank(r) for r in getattr(args, "rank", [])]
+    ranks = dict(pairs)
+    if len(ranks) < len(pairs):
+        twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
+        raise ConfigError(f"--rank names layer(s) {', '.join(twice)} more than once; give each layer one rank")
     if ranks:
         if "ranks" not in inspect.signature(method.apply).parameters:
             raise ConfigError(f"--rank does not apply to method {method.name!r}")
@@ -188,6 +192,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"--calibrate applies to the methods that use data ({', '.join(data_methods)}), not {method.name!r}"
         )
     if method.uses_data():  # training images only, forward passes only
+        if ds is None:
+            raise ConfigError(
+                f"method {method.name!r} needs calibration data (training images, forward passes only): pass "
+                "--dataset NAME and/or --data PATH"
+            )
         extra |= {"data": ds, "images": args.calibrate if args.calibrate is not None else CALIBRATION_IMAGES}
     small = method.apply(model, rate, exclude=args.exclude, **extra)
     _compare(args, model, small, method.report(model, small, models.default_input_shape(model)), ds)
@@ -209,7 +218,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} (onnxruntime, {what})")
         return 0
     acc = evaluate(model, ds, device=args.device)
-    print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} ({sc.count_params(model):,} params)")
+    record = compression_record(model)  # an unstructured-pruned model's size is its non-zero count
+    params = f"{sc.count_params(model):,} params"
+    params += f", {sc.count_params(model, nonzero=True):,} non-zero" if record is not None and record.nonzero else ""
+    print(f"{args.model}: {100 * acc:.2f}% test accuracy on {ds.name} ({params})")
     return 0
 
 
@@ -526,11 +538,11 @@ def user_error(e: BaseException) -> str | None:
         text = f"{name}: {e.strerror.lower()}" if name is not None and e.strerror else str(e)
     else:
         return None
-    return " ".join(text.split()) or type(e).__name__
+    return cli_terms(text) or type(e).__name__
 
 
 def cli_terms(message: str) -> str:
-    """A library warning's message in the command line's terms, on one line (see :data:`CLI_TERMS`)."""
+    """A library warning's or error's message in the command line's terms, on one line (see :data:`CLI_TERMS`)."""
     text = " ".join(str(message).split())
     for pattern, replacement in CLI_TERMS:
         text = pattern.sub(replacement, text)

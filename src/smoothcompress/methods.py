@@ -187,7 +187,7 @@ class Method:
         if data is None:
             raise ConfigError(
                 f"method {self.name!r} needs calibration data (training images, forward passes only): pass data=..."
-                " (a Dataset, a Loader or a tensor of inputs), or --calibrate N with --data on the command line"
+                " (a Dataset, a Loader or a tensor of inputs)"
             )
         return data
 

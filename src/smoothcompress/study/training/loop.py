@@ -395,11 +395,15 @@ def _diverged(r: _Run, epoch: int, step: int, loss: float, penalty: float) -> Tr
         else "No checkpoint had been written yet."
     )
     pen = f", the penalty term {penalty:g} (weight {r.full_weight:g})" if r.reg is not None else ""
-    return TrainingDiverged(
-        f"training diverged in epoch {epoch + 1} by step {step + 1}: the mean loss is {loss:g}{pen}. "
+    lr = f"the learning rate is too high (lr={r.config.lr:g}; try it 2-10x smaller)"
+    causes = (
         f"Likely causes: the penalty weight is too large (weight={r.full_weight:g}; try it 10x smaller, or ramp it "
-        f"up with reg_warmup_epochs), or the learning rate is too high (lr={r.config.lr:g}; try it 2-10x smaller). "
-        f"{kept}"
+        f"up with reg_warmup_epochs), or {lr}."
+        if r.reg is not None
+        else f"Likely cause: {lr}."
+    )
+    return TrainingDiverged(
+        f"training diverged in epoch {epoch + 1} by step {step + 1}: the mean loss is {loss:g}{pen}. {causes} {kept}"
     )
 
 
