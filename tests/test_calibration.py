@@ -317,6 +317,15 @@ def test_recalibrate_bn_keeps_statistics_when_data_does_not_fit():
     assert torch.equal(model[1].running_mean, before)
 
 
+@pytest.mark.parametrize(("images", "batch_size", "advice"), [(1, 256, "pass images >= 2"), (8, 1, "batch_size >= 2")])
+def test_recalibrate_bn_from_single_inputs_says_what_would_do(images, batch_size, advice):
+    model = _cnn()
+    before = model[1].running_mean.clone()
+    with pytest.raises(ValueError, match=f"skips batches of a single input.*only such batches: .*{advice}"):
+        sc.recalibrate_bn(model, torch.randn(8, 3, 8, 8), images=images, batch_size=batch_size)
+    assert torch.equal(model[1].running_mean, before)
+
+
 def test_recalibrate_bn_applies_to_pruned_models():
     model = _cnn(c=8)
     x = torch.randn(32, 3, 8, 8)

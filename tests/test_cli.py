@@ -157,9 +157,7 @@ def test_train_config_file_and_flag_override(tmp_path):
         ),
         (
             ["compress", "{model}", "--method", "svd+bn", "--calibrate", "1", *DIGITS],
-            "needs batches of at least 2 "
-            "inputs (one value per channel has no variance), and the calibration data gave single inputs only: pass "
-            "--calibrate 2",
+            "skips batches of a single input, and the calibration data gave only such batches: pass --calibrate 2",
         ),
         (["evaluate", "{model}"], "needs data"),
         (["compress", "{model}", "--method", "svd-data"], "needs calibration data"),

@@ -111,3 +111,5 @@ def test_cli_terms():
     assert cli_terms("out of reach with allocation='global' and scheme='channel'") == (
         "out of reach with --allocation global and --scheme channel"
     )
+    for command in ("sweep", "report", None):  # commands without these flags keep the library's terms
+        assert cli_terms("Pass images >= 2 (allocation='global')", command) == "Pass images >= 2 (allocation='global')"

@@ -217,8 +217,10 @@ def test_a_solve_from_fewer_vectors_than_inputs_is_warned_of_with_what_would_do(
     model = _cnn(0, c=6)  # the Linear at the end has 192 inputs: one vector an image
     small = sc.compress(model, 0.5)
     with pytest.warns(
-        UserWarning, match=r"1 layer\(s\) saw fewer input vectors .*'9': 32 for 192\).*Pass images >= 192 "
+        UserWarning, match=r"1 layer\(s\) of the sequential solve saw fewer .*'9': 32 for d=192\).*Pass images >= 192\."
     ):
         sc.reconstruct(model, small, torch.randn(32, 3, 8, 8), images=32)
     with pytest.warns(UserWarning, match=r"The calibration source has 32 images, fewer than the 192 needed"):
         sc.reconstruct(model, small, torch.randn(32, 3, 8, 8), images=1000)
+    with pytest.warns(UserWarning, match=r"Pass samples >= 192 \(each layer keeps at most 100 input vectors\)"):
+        sc.reconstruct(model, small, torch.randn(512, 3, 8, 8), images=512, samples=100)

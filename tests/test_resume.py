@@ -194,6 +194,9 @@ def test_the_command_line_resumes_a_run_with_its_own_config(tmp_path, capsys):
     from smoothcompress.cli import main
 
     run(TrainConfig(**{**CONFIG, "epochs": 1, "width": 8}, out=str(tmp_path)))
+    resumed = TrainConfig.from_sources(out=str(tmp_path), resume=True, lr=None)
+    assert (resumed.dataset, resumed.width, resumed.resume) == ("digits", 8, True)
+    assert TrainConfig.from_sources(out=str(tmp_path)).dataset == TrainConfig().dataset  # no resume: the defaults
     assert main(["train", "--out", str(tmp_path), "--resume"]) == 0  # digits, width 8: from config.toml
     assert "after 1 epochs" in capsys.readouterr().out
     assert main(["train", "--out", str(tmp_path), "--resume", "--width", "16"]) == 2  # a flag still overrides

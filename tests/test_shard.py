@@ -10,7 +10,8 @@ from test_experiment import TINY  # the tiny digits grid: two MLP runs (baseline
 from smoothcompress.cli import main
 from smoothcompress.files import read_jsonl, write_jsonl
 from smoothcompress.study import report
-from smoothcompress.study.experiment import SweepConfig, parse_shard, results_files, sweep
+from smoothcompress.study.experiment import SweepConfig, parse_shard, sweep
+from smoothcompress.study.results import results_files
 
 
 def _key(rows):

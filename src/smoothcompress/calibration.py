@@ -46,6 +46,7 @@ __all__ = [
     "input_dim",
     "sample_patches",
     "recalibrate_bn",
+    "warn_short_layers",
     "run_batch",
     "run_batches",
 ]
@@ -483,22 +484,10 @@ def calibrate(
         for h in handles:
             h.remove()
         model.train(was_training)
-    short = {n: h for n, h in hooks.items() if h.count < input_dim(h.module)}
+    short = {n: (h.count, input_dim(h.module), h.quota) for n, h in hooks.items() if h.count < input_dim(h.module)}
     if short:
-        worst = max(short, key=lambda n: input_dim(short[n].module) / max(short[n].count, 1))
-        h = short[worst]
-        per_image = max(h.count / max(seen, 1), 1e-9)
-        need = math.ceil(input_dim(h.module) / per_image)
-        advice = (
-            f"Pass images >= {need} for full-rank moments."
-            if seen >= int(images)  # the source gave all that was asked: more may help
-            else f"The calibration source has {seen} images, fewer than the {need} needed for full-rank moments."
-        )
-        warnings.warn(
-            f"{len(short)} layer(s) saw fewer input vectors than their input dimension (e.g. {worst!r}: "
-            f"{h.count} for d={input_dim(h.module)}); their moments are singular and will be damped. {advice}",
-            stacklevel=2,
-        )
+        what = "saw fewer input vectors than their input dimension"
+        warn_short_layers(short, seen, int(images), what, "their moments are singular and will be damped")
     split = describe_source(data, images)["split"]
     return Calibration(
         moments={n: h.sum / max(h.count, 1) for n, h in hooks.items()},
@@ -510,6 +499,40 @@ def calibrate(
         augment=bool(augment),
         seconds=time.perf_counter() - start,
         damping=float(damping),
+    )
+
+
+def warn_short_layers(
+    short: dict[str, tuple[int, int, int]], seen: int, asked: int, what: str, effect: str, stacklevel: int = 3
+) -> None:
+    """Warn that the layers of ``short`` had fewer calibration vectors than unknowns, and say what would help.
+
+    Parameters
+    ----------
+    short : dict of str to (int, int, int)
+        Layer name -> (input vectors seen, dimension they should span, input vectors the layer keeps at most).
+    seen, asked : int
+        Calibration inputs (images) passed forward, and asked for: fewer seen than asked means the source ran out.
+    what, effect : str
+        What fell short (``"saw fewer input vectors than their input dimension"``) and what follows from it.
+    stacklevel : int
+        As for :func:`warnings.warn`, counted from the caller of this function's caller.
+
+    The advice is for the worst layer (fewest vectors per dimension): more samples when its cap is below its
+    dimension, else more images when the source gave all that was asked, else that the source is too small.
+    """
+    worst = max(short, key=lambda n: short[n][1] / max(short[n][0], 1))
+    count, d, cap = short[worst]
+    need = math.ceil(d * max(seen, 1) / max(count, 1))
+    if cap < d:
+        advice = f"Pass samples >= {d} (each layer keeps at most {cap} input vectors)."
+    elif seen >= asked:
+        advice = f"Pass images >= {need}."
+    else:
+        advice = f"The calibration source has {seen} images, fewer than the {need} needed."
+    warnings.warn(
+        f"{len(short)} layer(s) {what} (e.g. {worst!r}: {count} for d={d}); {effect}. {advice}",
+        stacklevel=stacklevel,
     )
 
 
@@ -580,7 +603,8 @@ def recalibrate_bn(
     Raises
     ------
     ConfigError
-        Data that does not fit the model; the statistics are then left as they were.
+        Data that does not fit the model, or that comes in batches of a single input only; the statistics are then
+        left as they were.
     """
     bns = _batchnorms(model)
     if not bns:
@@ -601,9 +625,10 @@ def recalibrate_bn(
             else:
                 skipped += 1
         if skipped and not given:
+            more = "pass images >= 2" if images < 2 else "give batches of 2 inputs or more (batch_size >= 2)"
             raise ConfigError(
-                "re-estimating BatchNorm statistics needs batches of at least 2 inputs (one value per channel has "
-                "no variance), and the calibration data gave single inputs only: pass images >= 2"
+                "re-estimating BatchNorm statistics skips batches of a single input, and the calibration data gave "
+                f"only such batches: {more}"
             )
 
     _estimate_bn(model, bns, batches())

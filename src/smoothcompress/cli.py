@@ -47,9 +47,11 @@ CLI_TERMS = (
     (re.compile(r"\b(allocation|scheme)='([\w-]+)'"), r"--\1 \2"),
     (re.compile(r"the requested (\d)"), r"the requested --rate \1"),
     (re.compile(r"the budget (\d)"), r"the --flops budget \1"),
-    (re.compile(r"^recalibrate_bn: "), ""),
 )
-"""Library warnings and errors rewritten in the command line's terms: (pattern, replacement)."""
+"""Library warnings and errors rewritten in the terms of the commands that have these flags (:data:`FLAG_COMMANDS`):
+(pattern, replacement). Other commands (a sweep's ``[compress]`` table, say) keep the library's terms."""
+
+FLAG_COMMANDS = ("compress", "prune")
 
 TRAINING_COMMANDS = ("train", "sweep", "demo")  # they run the trainer, whose epoch lines are log records
 
@@ -63,10 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["resume"] = args.resume or None
     speaks = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
-    source = args.config
-    if source is None and args.resume and args.out and (Path(args.out) / "config.toml").exists():
-        source = Path(args.out) / "config.toml"  # the run's own settings; flags given still override them
-    config = TrainConfig.from_sources(source, **overrides)
+    config = TrainConfig.from_sources(args.config, **overrides)
     result = run(config)
     if speaks:
         split, acc = ("validation", result.val_acc) if result.val_acc is not None else ("test", result.test_acc)
@@ -142,7 +141,7 @@ def _check_output(args: argparse.Namespace) -> None:
     if not args.output:
         return
     out = Path(args.output)
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":
         export = " (for ONNX: smoothcompress export)" if out.suffix == ".onnx" else ""
         raise ConfigError(f"-o writes a safetensors file: name it *.safetensors, not {out.name!r}{export}")
     if out.exists() and out.resolve() == Path(args.model).resolve():
@@ -269,7 +268,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)
         references = [Path(r) for r in args.reference] if args.reference else None
-        floors = dict(_parse_floor(f) for f in args.floor or [])
+        pairs = [_parse_floor(f) for f in args.floor or []]
+        floors = dict(pairs)
+        if len(floors) < len(pairs):
+            raise ConfigError("--floor gives one rate twice; give each rate one accuracy")
         code = _report(paths[0] if len(paths) == 1 else paths, out, references, floors)
     for w in caught:
         print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
@@ -340,7 +342,7 @@ def _parse_floor(text: str) -> tuple[float, float]:
     """``--floor RATE:ACC`` in percent, e.g. ``70:91``, as fractions ``(0.7, 0.91)``."""
     rate, sep, acc = text.partition(":")
     try:
-        pair = (float(rate) / 100, float(acc) / 100) if sep else None
+        pair = (round(float(rate) / 100, 9), round(float(acc) / 100, 9)) if sep else None  # 0.333, not 0.33299..
     except ValueError:
         pair = None
     if pair is None or not all(0.01 < x < 1 for x in pair):  # 1% or less: a fraction given where percent is read
@@ -525,11 +527,11 @@ def epoch_lines(command: str):
         logger.setLevel(level)
 
 
-def user_error(e: BaseException) -> str | None:
+def user_error(e: BaseException, command: str | None = None) -> str | None:
     """The one-line message of a user error, or ``None`` when ``e`` is a bug (which keeps its traceback).
 
     User errors: a :class:`~smoothcompress.errors.SmoothcompressError`, an error of opening a named file
-    (:data:`USER_OS_ERRORS`).
+    (:data:`USER_OS_ERRORS`). The message is in the terms of ``command`` (:func:`cli_terms`).
     """
     if isinstance(e, SmoothcompressError):
         text = str(e)
@@ -538,13 +540,14 @@ def user_error(e: BaseException) -> str | None:
         text = f"{name}: {e.strerror.lower()}" if name is not None and e.strerror else str(e)
     else:
         return None
-    return cli_terms(text) or type(e).__name__
+    return cli_terms(text, command) or type(e).__name__
 
 
-def cli_terms(message: str) -> str:
-    """A library warning's or error's message in the command line's terms, on one line (see :data:`CLI_TERMS`)."""
-    text = " ".join(str(message).split())
-    for pattern, replacement in CLI_TERMS:
+def cli_terms(message: str, command: str | None = "compress") -> str:
+    """A library warning's or error's message on one line, in the terms of ``command``: with the flags of
+    :data:`CLI_TERMS` for the commands that have them (:data:`FLAG_COMMANDS`)."""
+    text = re.sub(r"^recalibrate_bn: ", "", " ".join(str(message).split()))
+    for pattern, replacement in CLI_TERMS if command in FLAG_COMMANDS else ():
         text = pattern.sub(replacement, text)
     return text
 
@@ -582,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"smoothcompress {args.command}"
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"{prefix}: warning: {cli_terms(message)}", file=sys.stderr)
+        print(f"{prefix}: warning: {cli_terms(message, args.command)}", file=sys.stderr)
 
     try:
         with epoch_lines(args.command), warnings.catch_warnings():
@@ -592,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        message = user_error(e)
+        message = user_error(e, args.command)
         if message is None or os.environ.get("SMOOTHCOMPRESS_DEBUG"):
             raise
         print(f"{prefix}: error: {message}", file=sys.stderr)

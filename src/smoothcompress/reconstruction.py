@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +55,7 @@ from smoothcompress.calibration import (
     calibration_batches,
     input_dim,
     sample_patches,
+    warn_short_layers,
 )
 from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.factorized import Factorized, FactorizedConv2d, FactorizedLinear, factorize_weight
@@ -463,7 +463,7 @@ def reconstruct(
             for n, m in todo.items()
         }
         vectors = _dense_vectors(reference, todo, batches, quotas, seed)
-        short: dict[str, tuple[int, int]] = {}  # layers solved from fewer vectors than the inputs they solve for
+        short: dict[str, tuple[int, int, int]] = {}  # layers solved from fewer vectors than inputs (see below)
         for index, (name, dense) in enumerate(todo.items()):
             layer = factorized[name]
             mom = _accumulate(compressed, dense, layer, batches, vectors.pop(name), quotas[name], seed, index)
@@ -484,30 +484,12 @@ def reconstruct(
             result.layers[name] = info
             result.order.append(name)
             if mom.n < mom.xpxp.shape[0]:
-                short[name] = (mom.n, mom.xpxp.shape[0])
+                short[name] = (mom.n, mom.xpxp.shape[0], quotas[name])
     finally:
         for m, mode in modes.items():
             m.training = mode
     if short:
-        _warn_short(short, result.images, images)
+        what = "of the sequential solve saw fewer input vectors than the inputs they solve for"
+        warn_short_layers(short, result.images, images, what, "they rest on the ridge and may lose accuracy")
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _warn_short(short: dict[str, tuple[int, int]], seen: int, asked: int) -> None:
-    """Warn that the layers of ``short`` (name -> (input vectors, inputs of the solved factor)) were solved from
-    fewer vectors than unknowns per output: their solve rests on the ridge, and accuracy can fall below the
-    compressed model's before the solve."""
-    worst = max(short, key=lambda n: short[n][1] / max(short[n][0], 1))
-    n, d = short[worst]
-    need = math.ceil(d * seen / max(n, 1))
-    advice = (
-        f"Pass images >= {need} for a well-posed solve."
-        if seen >= asked
-        else f"The calibration source has {seen} images, fewer than the {need} needed for a well-posed solve."
-    )
-    warnings.warn(
-        f"the sequential solve of {len(short)} layer(s) saw fewer input vectors than the inputs it solves for "
-        f"(e.g. {worst!r}: {n} for {d}); those layers rest on the ridge and may lose accuracy. {advice}",
-        stacklevel=3,
-    )

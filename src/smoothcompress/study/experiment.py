@@ -76,6 +76,7 @@ from smoothcompress.inputs import CALIBRATION_IMAGES  # default [compress] calib
 from smoothcompress.methods import Method, method_from_dict
 from smoothcompress.provenance import git_commit, provenance
 from smoothcompress.study.data import Dataset, split_validation
+from smoothcompress.study.results import cell_key
 from smoothcompress.study.training import (
     TrainConfig,
     check_same_settings,
@@ -95,7 +96,6 @@ __all__ = [
     "PENALTY_OPTIONS",
     "resolve_config",
     "parse_shard",
-    "results_files",
 ]
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -288,21 +288,6 @@ def _shard_folder(out: Path, shard: tuple[int, int]) -> Path:
     return out if n == 1 else out / f"shard-{i}-of-{n}"
 
 
-def results_files(folder: str | os.PathLike) -> list[Path]:
-    """The results files of the sweep in ``folder``: its own ``results.jsonl``, then each shard's, by (n, i).
-
-    Shard folders without results yet are left out; ``[]`` when there are none.
-    """
-    folder = Path(folder)
-    shards = []
-    for sub in folder.glob("shard-*-of-*"):
-        m = re.fullmatch(r"shard-(\d+)-of-(\d+)", sub.name)
-        if m and (sub / "results.jsonl").is_file():
-            shards.append(((int(m[2]), int(m[1])), sub / "results.jsonl"))
-    own = [folder / "results.jsonl"] if (folder / "results.jsonl").is_file() else []
-    return own + [path for _, path in sorted(shards)]
-
-
 def _set_options(method: Method) -> dict[str, Any]:
     """The options of ``method`` that differ from their defaults."""
     return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if getattr(method, f.name) != f.default}
@@ -339,11 +324,6 @@ def _check_owned(
             f"{path} holds rows of {', '.join(foreign)}, which shard {shard[0]}/{shard[1]} of this grid no longer "
             "runs (the grid changed and was dealt anew); sweep into a new out folder"
         )
-
-
-def _cell_key(row: dict) -> tuple:
-    """What identifies a cell: the run, the method label and the requested rate."""
-    return (row["run"], row["label"], float(row["rate_requested"]))
 
 
 def _log(msg: str) -> None:
@@ -385,16 +365,16 @@ def _spectra_row(base: dict, model: nn.Module, n_layers: int) -> dict:
 
 def _check_calibration(rows: list[dict], requested: int, ds: Dataset, results: Path) -> None:
     """Refuse to add cells to ``rows`` (one run's rows that used calibration data) when they were calibrated on a
-    different number of images than ``[compress] calibration_images`` (``requested``) now gives on ``ds``.
+    different number of images than ``[compress] calibration_images`` (``requested``) gives on ``ds`` now.
 
-    Rows record the images used (``calibration_images``: ``requested``, or the training split's size when it is
-    smaller) and, from this version on, the number requested.
+    A row records the images it used (``calibration_images``: ``requested``, or the training split's size when that
+    is smaller) and the number requested (``calibration_requested``; absent from older rows).
     """
     from smoothcompress.calibration import describe_source  # as the cells themselves load it
 
     used = describe_source(ds, requested)["images"]
     for r in rows:
-        if r["calibration_images"] != used or r.get("calibration_requested", requested) != requested:
+        if r["calibration_images"] != used:
             raise ConfigError(
                 f"{results}: run {r['run']}, {r['label']} at rate {r['rate_requested']:g} was calibrated on "
                 f"{r['calibration_images']} images; [compress] calibration_images = {requested} now gives {used}. "
@@ -459,7 +439,7 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
     results, spectra_path = folder / "results.jsonl", folder / "spectra.jsonl"
     rows = read_jsonl(results)
     _check_owned(rows, cfg, runs, shard, results)
-    done = {_cell_key(r) for r in rows}
+    done = {cell_key(r) for r in rows}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
     cells = [(None, 0.0), *itertools.product(cfg.methods, cfg.rates)]
     where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
@@ -475,9 +455,15 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
             check_same_settings(
                 TrainConfig.from_toml(run_dir / "config.toml").to_dict(), tconf, run_dir / "config.toml"
             )
-        calibrated = [r for r in rows if r["run"] == tag and "calibration_images" in r]
-        if calibrated:
-            _check_calibration(calibrated, cfg.calibration_images, _dataset_for(tconf, datasets), results)
+        unsure = [  # rows calibrated on a request other than today's: the count they used tells
+            r
+            for r in rows
+            if r["run"] == tag
+            and "calibration_images" in r
+            and r.get("calibration_requested") != cfg.calibration_images
+        ]
+        if unsure:
+            _check_calibration(unsure, cfg.calibration_images, _dataset_for(tconf, datasets), results)
         if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
             continue
         trained = _trained(spec, tag, tconf, run_dir, commit)
@@ -522,7 +508,7 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
                 "rate_requested": rate,
                 "dense_accuracy": dense_acc,
             }
-            if _cell_key(row) in done:
+            if cell_key(row) in done:
                 continue
             t0 = time.perf_counter()
             uses_data = bool(method and method.uses_data())
@@ -565,7 +551,7 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             append_jsonl(results, row)
-            done.add(_cell_key(row))
+            done.add(cell_key(row))
             acc = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "out of reach"
             _log(f"[{tag}] {label:<22} rate {rate:.2f}: acc {acc}")
     return results

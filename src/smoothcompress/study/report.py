@@ -36,7 +36,7 @@ from smoothcompress.study.frontier import (
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 from smoothcompress.study.progress import plot_progress, progress_table, training_progress, with_results
 from smoothcompress.study.references import KINDS, against_references, reference_points, references_table
-from smoothcompress.study.results import load_results, missing_shards, shards_note
+from smoothcompress.study.results import load_results, missing_shards, results_files, shards_note
 from smoothcompress.study.summary import (
     BASELINE,
     Setting,
@@ -283,8 +283,6 @@ def write_report(
     UserWarning
         A shard is missing, or a run's ``metrics.jsonl`` cannot be read (the training runs are left out).
     """
-    from smoothcompress.study.experiment import results_files  # as load_results reads them
-
     paths = [Path(results)] if isinstance(results, str | os.PathLike) else [Path(p) for p in results]
     folders = [p for p in paths if p.is_dir()]
     out = Path(out_dir)
@@ -448,23 +446,23 @@ def _floor_lines(verdicts: list[dict], floors: Mapping[float, float], splits: li
         return []
     bars = ", ".join(f"{100 * a:g}% at {100 * r:.0f}%" for r, a in sorted(floors.items()))
     head = ["## Floors: the best smooth model, compressed, against fixed accuracies", ""]
+    none = "No smooth model has low-rank rows at a parameter budget at"
     if not verdicts:
-        return [
-            *head,
-            f"The floors: {bars} fewer parameters. No smooth model has low-rank rows at these rates yet.",
-            "",
-        ]
-    judged = {v["rate"] for v in verdicts}
-    unjudged = [f"{100 * r:.0f}%" for r in sorted(floors) if r not in judged]
+        return [*head, f"The floors: {bars} fewer parameters. {none} these rates.", ""]
+    judged = {v["floor_rate"] for v in verdicts}
+    unjudged = [f"{100 * r:g}%" for r in sorted(floors) if r not in judged]
     return [
         *head,
         f"The floors: {bars} fewer parameters; the best of every penalty, λ and low-rank method (no gradient step), "
-        f"seed means, split: {', '.join(splits)}, the candidates as for the targets. The last columns "
-        "are the baseline's own best after the same methods and its dense accuracy.",
+        f"seed means, split: {', '.join(splits)}, the candidates as for the targets: picked on this split, the "
+        "best of many is an optimistic figure. The last columns are the baseline's own best after the same methods "
+        "and its dense accuracy.",
         "",
         floors_table(verdicts),
         "",
-        *([f"No smooth model has low-rank rows at {', '.join(unjudged)}: not judged.", ""] if unjudged else []),
+        "Candidates per row: " + ", ".join(f"{100 * v['rate']:.0f}%: {v['candidates']}" for v in verdicts) + ".",
+        "",
+        *([f"{none} {', '.join(unjudged)}: not judged.", ""] if unjudged else []),
     ]
 
 

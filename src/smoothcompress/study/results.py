@@ -9,6 +9,7 @@ different sweep configs (each row carries the config's ``sweep_fingerprint``), a
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from smoothcompress.errors import FileContentError
 from smoothcompress.files import read_jsonl
 
-__all__ = ["load_results", "missing_shards", "shards_note"]
+__all__ = ["cell_key", "load_results", "missing_shards", "results_files", "shards_note"]
 
 _REQUIRED = ("run", "model", "reg", "label", "rate_requested", "dataset")  # and "weight" (or its old name "lam")
 
@@ -65,9 +66,23 @@ def load_results(
     return rows, [s for f in files for s in read_jsonl(f.with_name("spectra.jsonl"))]
 
 
+def results_files(folder: str | os.PathLike) -> list[Path]:
+    """The results files of the sweep in ``folder``: its own ``results.jsonl``, then each shard's, by (n, i).
+
+    Shard folders without results yet are left out; ``[]`` when there are none.
+    """
+    folder = Path(folder)
+    shards = []
+    for sub in folder.glob("shard-*-of-*"):
+        m = re.fullmatch(r"shard-(\d+)-of-(\d+)", sub.name)
+        if m and (sub / "results.jsonl").is_file():
+            shards.append(((int(m[2]), int(m[1])), sub / "results.jsonl"))
+    own = [folder / "results.jsonl"] if (folder / "results.jsonl").is_file() else []
+    return own + [path for _, path in sorted(shards)]
+
+
 def _results_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Every results file that ``path`` (a sweep folder, a file, or several of either) names."""
-    from smoothcompress.study.experiment import results_files
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     files = []
@@ -99,13 +114,18 @@ def _read_results(path: Path) -> list[dict]:
             )
     first: dict[tuple, int] = {}
     for i, r in enumerate(rows):  # a sweep writes each cell once: a repeat would be pooled as another seed
-        key = (r["run"], r["label"], float(r["rate_requested"]))
+        key = cell_key(r)
         if first.setdefault(key, i) != i:
             raise FileContentError(
                 f"{path}: rows {first[key] + 1} and {i + 1} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: "
                 "two sweeps appended into one file? Report them apart"
             )
     return rows
+
+
+def cell_key(row: dict) -> tuple[str, str, float]:
+    """What identifies a cell of a sweep: the run, the method label and the requested rate."""
+    return (row["run"], row["label"], float(row["rate_requested"]))
 
 
 def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
@@ -133,7 +153,7 @@ def _check_one_sweep(per_file: list[tuple[Path, list[dict]]]) -> None:
     seen: dict[tuple, Path] = {}
     for path, rs in per_file:
         for r in rs:
-            key = (r["run"], r["label"], float(r["rate_requested"]))
+            key = cell_key(r)
             if seen.setdefault(key, path) != path:
                 raise FileContentError(
                     f"{seen[key]} and {path} both hold run {key[0]}, {key[1]} at rate {key[2]:g}: the files overlap "

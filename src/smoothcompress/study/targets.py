@@ -23,12 +23,16 @@ from smoothcompress.methods import label_budget
 from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
 from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
-__all__ = ["TARGETS", "assess_floors", "assess_targets", "floors_table", "targets_table"]
+__all__ = ["RATE_MATCH", "TARGETS", "assess_floors", "assess_targets", "floors_table", "targets_table"]
 
 # {rate: points}: the largest drop below the dense baseline that meets the bar at that fraction of parameters
 # removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart; 90% is
 # where only a reconstruction that corrects upstream errors keeps a usable network.
 TARGETS: Mapping[float, float] = {0.7: 0.5, 0.8: 2.0, 0.9: 10.0}
+
+# A floor's rate matches a requested rate this close: half a point, the precision of a report's rate columns, so
+# that "54%" finds a sweep's 0.5392.
+RATE_MATCH = 0.005
 
 
 def assess_targets(rows: list[dict], targets: Mapping[float, float] = TARGETS) -> list[dict]:
@@ -86,15 +90,16 @@ def assess_floors(rows: list[dict], floors: Mapping[float, float]) -> list[dict]
         Results rows of one sweep, as for :func:`assess_targets`.
     floors : mapping of float to float
         ``{rate: accuracy}``, both fractions: the least accuracy the best smooth model, compressed to ``rate``
-        fewer parameters, must keep (e.g. ``{0.7: 0.91}``, the paper's headline figure).
+        fewer parameters, must keep (e.g. ``{0.7: 0.91}``, the paper's headline figure). A floor's rate stands for
+        the rows' requested rate nearest to it within :data:`RATE_MATCH` (a report shows rates in whole percent).
 
     Returns
     -------
     list of dict
-        Per context and rate with low-rank rows of a penalised setting at that rate: ``{"context", "rate",
-        "floor", "baseline_dense" (None without baseline rows), "baseline_n", "best_baseline", "best",
-        "candidates", "met", "best_svd", "met_svd"}``, the entries as in :func:`assess_targets`; ``met`` is
-        whether the best's seed-mean accuracy is at least ``floor``.
+        Per context and floor with low-rank rows of a penalised setting at its rate: ``{"context", "rate" (the
+        rows' rate), "floor_rate" (the floor's key), "floor", "baseline_dense" (None without baseline rows),
+        "baseline_n", "best_baseline", "best", "candidates", "met", "best_svd", "met_svd"}``, the entries as in
+        :func:`assess_targets`; ``met`` is whether the best's seed-mean accuracy is at least ``floor``.
 
     Raises
     ------
@@ -104,12 +109,20 @@ def assess_floors(rows: list[dict], floors: Mapping[float, float]) -> list[dict]
     for rate, floor in floors.items():
         if not (0 < rate < 1 and 0 < floor < 1):
             raise ValueError(f"a floor is a rate and an accuracy, both fractions in (0, 1); got {rate:g}: {floor:g}")
+    requested = sorted({float(r["rate_requested"]) for r in rows})
+    at = {}  # the rows' rate -> the floor's rate that stands for it
+    for rate in floors:
+        near = min(requested, key=lambda r: abs(r - rate), default=None)
+        if near is not None and abs(near - rate) <= RATE_MATCH + 1e-12:
+            at.setdefault(near, rate)
     out = []
-    for judged in _judged(rows, floors):
-        floor, best_svd = floors[judged["rate"]], judged["best_svd"]
+    for judged in _judged(rows, at):
+        floor_rate, best_svd = at[judged["rate"]], judged["best_svd"]
+        floor = floors[floor_rate]
         out.append(
             {
                 **judged,
+                "floor_rate": floor_rate,
                 "floor": floor,
                 "met": _meets(100 * (judged["best"]["acc"] - floor), 0.0),
                 "met_svd": None if best_svd is None else _meets(100 * (best_svd["acc"] - floor), 0.0),

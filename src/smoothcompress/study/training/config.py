@@ -137,10 +137,14 @@ class TrainConfig:
         Parameters
         ----------
         toml_path : path, optional
-            A TOML file of config keys.
+            A TOML file of config keys. Default: with ``resume=True`` and an ``out`` folder holding a
+            ``config.toml`` (a run to continue), that file; else none.
         **overrides
             Config keys. ``None`` values are ignored, so a CLI can pass every flag with ``None`` for "not given".
         """
+        out = overrides.get("out")
+        if toml_path is None and overrides.get("resume") and out and (Path(out) / "config.toml").exists():
+            toml_path = Path(out) / "config.toml"
         values = read_toml(toml_path) if toml_path is not None else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
