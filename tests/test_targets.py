@@ -166,9 +166,12 @@ def test_floors_need_no_baseline():
 
 
 @pytest.mark.parametrize("floors", [{0.7: 91.0}, {70.0: 0.91}, {0.0: 0.5}, {0.7: 1.0}])
-def test_a_floor_out_of_range_is_refused(floors):
+def test_a_floor_out_of_range_is_refused(floors, tmp_path):
     with pytest.raises(ValueError, match="fractions in"):
         assess_floors(_rows(_fixed()), floors)
+    with pytest.raises(ValueError, match="fractions in"):  # before anything is read or written
+        report.write_report(tmp_path / "no-such-sweep", tmp_path / "out", floors=floors)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_report_judges_floors_given_on_the_command_line(tmp_path, capsys):

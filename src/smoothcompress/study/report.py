@@ -46,7 +46,14 @@ from smoothcompress.study.summary import (
     several_contexts,
     summarize,
 )
-from smoothcompress.study.targets import TARGETS, assess_floors, assess_targets, floors_table, targets_table
+from smoothcompress.study.targets import (
+    TARGETS,
+    assess_floors,
+    assess_targets,
+    check_floors,
+    floors_table,
+    targets_table,
+)
 
 __all__ = [
     "summarize",
@@ -283,6 +290,7 @@ def write_report(
     UserWarning
         A shard is missing, or a run's ``metrics.jsonl`` cannot be read (the training runs are left out).
     """
+    check_floors(floors or {})  # before anything is read or written
     paths = [Path(results)] if isinstance(results, str | os.PathLike) else [Path(p) for p in results]
     folders = [p for p in paths if p.is_dir()]
     out = Path(out_dir)
@@ -294,7 +302,7 @@ def write_report(
     if progress and len(folders) == len(paths) and not any(results_files(f) for f in folders):
         return _progress_report(progress, out)
     rows, spectra = load_results(results)
-    floor_verdicts = assess_floors(rows, floors or {})  # a bad floor fails before anything is written
+    floor_verdicts = assess_floors(rows, floors or {})
     progress = with_results(progress, rows)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)

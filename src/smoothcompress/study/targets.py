@@ -23,7 +23,7 @@ from smoothcompress.methods import label_budget
 from smoothcompress.study.summary import BASELINE, Setting, index_summary, method_families, summarize
 from smoothcompress.tensorfactor import TENSOR_SCHEMES
 
-__all__ = ["RATE_MATCH", "TARGETS", "assess_floors", "assess_targets", "floors_table", "targets_table"]
+__all__ = ["RATE_MATCH", "TARGETS", "assess_floors", "assess_targets", "check_floors", "floors_table", "targets_table"]
 
 # {rate: points}: the largest drop below the dense baseline that meets the bar at that fraction of parameters
 # removed. 70% is the paper's headline rate; 80% is where plain SVD of an unregularized network falls apart; 90% is
@@ -106,9 +106,7 @@ def assess_floors(rows: list[dict], floors: Mapping[float, float]) -> list[dict]
     ValueError
         A rate or floor outside (0, 1).
     """
-    for rate, floor in floors.items():
-        if not (0 < rate < 1 and 0 < floor < 1):
-            raise ValueError(f"a floor is a rate and an accuracy, both fractions in (0, 1); got {rate:g}: {floor:g}")
+    check_floors(floors)
     requested = sorted({float(r["rate_requested"]) for r in rows})
     at = {}  # the rows' rate -> the floor's rate that stands for it
     for rate in floors:
@@ -129,6 +127,13 @@ def assess_floors(rows: list[dict], floors: Mapping[float, float]) -> list[dict]
             }
         )
     return out
+
+
+def check_floors(floors: Mapping[float, float]) -> None:
+    """Raise ``ValueError`` unless every floor is a rate and an accuracy, both fractions in (0, 1)."""
+    for rate, floor in floors.items():
+        if not (0 < rate < 1 and 0 < floor < 1):
+            raise ValueError(f"a floor is a rate and an accuracy, both fractions in (0, 1); got {rate:g}: {floor:g}")
 
 
 def _judged(rows: list[dict], rates: Iterable[float]) -> Iterator[dict]:
