@@ -507,6 +507,9 @@ def warn_short_layers(
 ) -> None:
     """Warn that the layers of ``short`` had fewer calibration vectors than unknowns, and say what would help.
 
+    The advice is for the worst layer (fewest vectors per dimension): more samples when its cap is below its
+    dimension, else more images when the source gave all that was asked, else that the source is too small.
+
     Parameters
     ----------
     short : dict of str to (int, int, int)
@@ -517,9 +520,6 @@ def warn_short_layers(
         What fell short (``"saw fewer input vectors than their input dimension"``) and what follows from it.
     stacklevel : int
         As for :func:`warnings.warn`, counted from the caller of this function's caller.
-
-    The advice is for the worst layer (fewest vectors per dimension): more samples when its cap is below its
-    dimension, else more images when the source gave all that was asked, else that the source is too small.
     """
     worst = max(short, key=lambda n: short[n][1] / max(short[n][0], 1))
     count, d, cap = short[worst]
