@@ -227,3 +227,10 @@ def test_sweep_then_report_into_the_sweep_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "sw")]) == 0
     assert (tmp_path / "sw" / "report" / "report.md").exists()
     assert "| baseline | svd-global-channel | 1 |" in capsys.readouterr().out
+
+
+def test_the_totals_line_names_the_method_that_ran(trained, capsys):
+    assert (
+        main(["prune", str(trained / "model.safetensors"), "--rate", "0.5", "--method", "magnitude+bn", *DIGITS]) == 0
+    )
+    assert "magnitude+bn" in capsys.readouterr().out.split("test accuracy")[0]

@@ -75,7 +75,7 @@ from smoothcompress.accounting import (
 from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import ExampleInput, as_example, first_tensor
 from smoothcompress.layers import is_linear, is_weight_layer, layer_weight, linear_spec, tied_weights
-from smoothcompress.record import COMPRESSION_ATTR, make_record
+from smoothcompress.record import COMPRESSION_ATTR, compression_record, make_record
 from smoothcompress.selection import Entries, select_layers, unwrap
 
 __all__ = ["PRUNE_METHODS", "prune", "prune_report", "max_prune_rate"]
@@ -202,7 +202,9 @@ def prune_report(
     """
     method = _check_method(method)
     nonzero = method != "filter"
-    return layer_report(before, after, input_shape=input_shape, nonzero=nonzero, method=method, example=example)
+    record = compression_record(after)
+    label = record.label if record else method  # the registered method that ran, e.g. "magnitude+bn"
+    return layer_report(before, after, input_shape=input_shape, nonzero=nonzero, method=label, example=example)
 
 
 def max_prune_rate(
