@@ -130,6 +130,15 @@ def test_a_changed_grid_that_deals_runs_anew_is_refused(folders):
     assert {r["run"] for r in read_jsonl(sharded / "shard-1-of-2" / "results.jsonl")} == {"mlp-w128-none-s0"}
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_more_seeds_leave_every_run_in_its_shard(n):
+    grid = {"seeds": [0], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "weight": [1e-3, 1e-2]}]}
+    before = SweepConfig.from_dict({**TINY, "grid": grid})
+    after = SweepConfig.from_dict({**TINY, "grid": {**grid, "seeds": [0, 1, 2]}})
+    for i in range(1, n + 1):
+        assert set(before.shard_runs((i, n))) <= set(after.shard_runs((i, n)))
+
+
 def test_slices_are_disjoint_balanced_and_independent_of_the_file_order():
     grid = {"seeds": [0, 1], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "weight": [1e-3, 1e-2]}]}
     cfg = SweepConfig.from_dict({**TINY, "grid": grid})

@@ -40,16 +40,17 @@ sweep into the same folder is refused (a lock left by a killed sweep is taken ov
 
 Sharded sweeps: ``sweep(config, shard=(i, n))`` (``smoothcompress sweep CONFIG --shard i/n``) runs the i-th of n
 disjoint slices of the grid, so that an array job (``--shard $SLURM_ARRAY_TASK_ID/4`` with ``--array=1-4``, a loop
-over hosts) splits the work. Shards are numbered from 1. The unit is the training run (every compression row
-belongs to one trained model): the runs, sorted by tag, are dealt round-robin, so the slices depend only on the
-grid and ``n``, never on what is already done. Shard i of n is a sweep folder of its own, ``out/shard-i-of-n/``
-(its ``results.jsonl``, ``spectra.jsonl``, ``runs/`` and lock), so shards on several hosts can share ``out``
-and each resumes exactly as an unsharded sweep does; ``--shard 1/1`` is the unsharded sweep. Keep ``n`` and
-the grid fixed for a sharded sweep's life: a shard refuses to resume when the grid has changed so much that its
-folder holds runs another shard now owns. :func:`smoothcompress.study.report.load_results` merges the shards of
-``out``. Every row records its ``shard`` and ``shards`` (i and n; 1 and 1 unsharded) and the
-``sweep_fingerprint`` of :meth:`SweepConfig.fingerprint`, by which the report refuses to merge shards of
-different configs.
+over hosts) splits the work. Shards are numbered from 1. The unit is the training run (every compression row belongs
+to one trained model): the runs, sorted by seed and then by tag, are dealt round-robin, so the slices depend only on
+the grid and ``n``, never on what is already done, and more seeds (larger than those run) leave every run where it
+was: a sweep grows by seeds without a new out folder. Shard i of n is a sweep folder of its own,
+``out/shard-i-of-n/`` (its ``results.jsonl``, ``spectra.jsonl``, ``runs/`` and lock), so shards on several hosts can
+share ``out`` and each resumes exactly as an unsharded sweep does; ``--shard 1/1`` is the unsharded sweep. Keep
+``n`` and the grid fixed for a sharded sweep's life (seeds may grow): a shard refuses to resume when the grid has
+changed so much that its folder holds runs another shard now owns. :func:`smoothcompress.study.report.load_results`
+merges the shards of ``out``. Every row records its ``shard`` and ``shards`` (i and n; 1 and 1 unsharded) and the
+``sweep_fingerprint`` of :meth:`SweepConfig.fingerprint`, by which the report refuses to merge shards of different
+configs.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ class SweepConfig:
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
 
     def shard_runs(self, shard: tuple[int, int]) -> tuple[RunSpec, ...]:
-        """The runs of shard ``(i, n)`` (1-based), in the file's order: runs sorted by tag, dealt round-robin.
+        """The runs of shard ``(i, n)`` (1-based), in the file's order: runs sorted by seed and tag, dealt
+        round-robin (so runs of new, larger seeds take the places after the old ones).
 
         The n slices are disjoint and cover the grid. Raises ``ValueError`` when ``n`` exceeds the number of runs.
         """
@@ -256,7 +258,7 @@ class SweepConfig:
                 f"shard {i}/{n}: the grid has only {len(self.runs)} training run(s), the unit of a shard; "
                 f"use at most {len(self.runs)} shards"
             )
-        owned = set(sorted(self.runs, key=lambda s: s.tag(self.train))[i - 1 :: n])
+        owned = set(sorted(self.runs, key=lambda s: (s.seed, s.tag(self.train)))[i - 1 :: n])
         return tuple(s for s in self.runs if s in owned)
 
 
@@ -322,7 +324,8 @@ def _check_owned(
     if foreign:
         raise ConfigError(
             f"{path} holds rows of {', '.join(foreign)}, which shard {shard[0]}/{shard[1]} of this grid no longer "
-            "runs (the grid changed and was dealt anew); sweep into a new out folder"
+            "runs (the grid changed and was dealt anew, or the folder was dealt by tag alone, before runs were dealt "
+            "by seed first); sweep into a new out folder"
         )
 
 
