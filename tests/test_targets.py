@@ -37,6 +37,10 @@ def _rows(acc, seeds=(0, 1, 2), offset=lambda key, seed: 0.001 * seed):
     return rows
 
 
+# Every cell of _rows: each setting's dense row, then each setting, label and rate.
+KEYS = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
+KEYS += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
+
 accuracy = st.floats(0.1, 0.95, allow_nan=False)
 offsets = st.floats(-0.02, 0.02, allow_nan=False)
 
@@ -44,8 +48,7 @@ offsets = st.floats(-0.02, 0.02, allow_nan=False)
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_the_gap_is_the_best_smooth_low_rank_seed_mean_against_the_baseline_dense(data):
-    keys = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
-    keys += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
+    keys = KEYS
     acc = {k: data.draw(accuracy, label=str(k)) for k in keys}
     for k in data.draw(st.lists(st.sampled_from(keys[len(SETTINGS) :]), max_size=4), label="missing cells"):
         acc.pop(k, None)  # a cell not run: never a candidate
@@ -136,8 +139,7 @@ def test_the_report_has_a_targets_section(tmp_path):
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_a_floor_judges_the_best_smooth_low_rank_seed_mean(data):
-    keys = [(reg, "dense", 0.0) for reg, _ in SETTINGS]
-    keys += [(reg, lab, r) for (reg, _), lab, r in itertools.product(SETTINGS, LABELS, RATES)]
+    keys = KEYS
     acc = {k: data.draw(accuracy, label=str(k)) for k in keys}
     seeds = (0, 1)
     shift = {(k, s): data.draw(offsets, label=f"{k} seed {s}") for k in keys for s in seeds}

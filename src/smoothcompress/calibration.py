@@ -468,12 +468,12 @@ def calibrate(
     if not names:
         raise ConfigError("the model has no Conv2d or Linear layer to calibrate")
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    available = describe_source(data, images)["images"]  # a source with fewer images: the quota spreads over them
+    source = describe_source(data, images)  # a source with fewer images: the quota spreads over those it has
     hooks = {}
     for n in names:
         d = input_dim(modules[n])
         quota = int(samples) if samples is not None else max(MIN_SAMPLES, SAMPLES_PER_DIM * d)
-        hooks[n] = _MomentHook(modules[n], quota, available, gen)
+        hooks[n] = _MomentHook(modules[n], quota, source["images"], gen)
     handles = [modules[n].register_forward_pre_hook(h) for n, h in hooks.items()]
     was_training = model.training
     model.eval()
@@ -488,14 +488,13 @@ def calibrate(
     if short:
         what = "saw fewer input vectors than their input dimension"
         warn_short_layers(short, seen, int(images), what, "their moments are singular and will be damped")
-    split = describe_source(data, images)["split"]
     return Calibration(
         moments={n: h.sum / max(h.count, 1) for n, h in hooks.items()},
         means={n: h.vec / max(h.count, 1) for n, h in hooks.items()},
         samples={n: h.count for n, h in hooks.items()},
         shapes={n: tuple(layer_weight(modules[n]).shape) for n in names},
         images=seen,
-        split=split,
+        split=source["split"],
         augment=bool(augment),
         seconds=time.perf_counter() - start,
         damping=float(damping),

@@ -155,11 +155,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     _check_dense(args.model, model)
     method = _method(args)
     extra = {}
-    pairs = [_parse_rank(r) for r in getattr(args, "rank", [])]
-    ranks = dict(pairs)
-    if len(ranks) < len(pairs):
-        twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
-        raise ConfigError(f"--rank names layer(s) {', '.join(twice)} more than once; give each layer one rank")
+    ranks = _once_each(
+        [_parse_rank(r) for r in getattr(args, "rank", [])],
+        "--rank names layer(s) {} more than once; give each layer one rank",
+    )
     if ranks:
         if "ranks" not in inspect.signature(method.apply).parameters:
             raise ConfigError(f"--rank does not apply to method {method.name!r}")
@@ -268,10 +267,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # a missing shard: said once, on stderr, in one line
         warnings.simplefilter("always", UserWarning)
         references = [Path(r) for r in args.reference] if args.reference else None
-        pairs = [_parse_floor(f) for f in args.floor or []]
-        floors = dict(pairs)
-        if len(floors) < len(pairs):
-            raise ConfigError("--floor gives one rate twice; give each rate one accuracy")
+        floors = _once_each(
+            [_parse_floor(f) for f in args.floor or []], "--floor gives one rate twice; give each rate one accuracy"
+        )
         code = _report(paths[0] if len(paths) == 1 else paths, out, references, floors)
     for w in caught:
         print(f"smoothcompress report: warning: {w.message}", file=sys.stderr)
@@ -336,6 +334,15 @@ def _parse_rank(text: str) -> tuple[str, int]:
     if not sep or not name or not rank.isdigit():
         raise ConfigError(f"--rank takes LAYER=RANK, e.g. layers.0.0.conv1=8; got {text!r}")
     return name, int(rank)
+
+
+def _once_each(pairs: list[tuple], message: str) -> dict:
+    """``dict(pairs)``, or a ConfigError ``message`` (its ``{}``, if any, filled with the keys given twice)."""
+    given = dict(pairs)
+    if len(given) < len(pairs):
+        keys = [k for k, _ in pairs]
+        raise ConfigError(message.format(", ".join(sorted({str(k) for k in keys if keys.count(k) > 1}))))
+    return given
 
 
 def _parse_floor(text: str) -> tuple[float, float]:

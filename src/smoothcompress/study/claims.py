@@ -80,6 +80,7 @@ def assess_claims(rows: list[dict]) -> list[dict]:
     labels = sorted({s["label"] for s in summary if s["label"] != "dense"})
     families = method_families(rows)
     svd = [lab for lab in labels if families.get(lab) == "low-rank"]
+    svd_params = [lab for lab in svd if label_budget(lab) == "params"]  # at a FLOPs budget, parameters are its own
     pruning = [lab for lab in labels if families.get(lab) == "pruning"]
     multi = several_contexts(groups)
     claims = []
@@ -107,8 +108,8 @@ def assess_claims(rows: list[dict]) -> list[dict]:
                 for lab in labs:
                     diffs = _compare(index, g, lab, base, lab, rates)
                     add(claim, f"{name}, {lab}", _verdict(diffs), "points vs baseline at rate " + _fmt_diffs(diffs))
-        for g in [base, *smooth]:  # at a FLOPs budget an SVD row's parameters are its own: no equal footing
-            for lab_s, lab_p in itertools.product([lab for lab in svd if label_budget(lab) == "params"], pruning):
+        for g in [base, *smooth]:
+            for lab_s, lab_p in itertools.product(svd_params, pruning):
                 diffs = _compare(index, g, lab_s, g, lab_p, rates)
                 add(
                     "4. SVD beats pruning at equal parameters",

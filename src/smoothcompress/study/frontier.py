@@ -63,8 +63,9 @@ def _svd_labels(rows: list[dict]) -> tuple[list[str], list[str]]:
     """Labels of the rows' plain SVD methods and of their SVD methods that use calibration data (``svd-data``...), at
     a parameter budget."""
     plain, data = set(), set()
-    labelled = {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}
-    for label, name in ((lab, name) for lab, name in labelled if label_budget(lab) == "params"):
+    for label, name in {(r["label"], r.get("method", "")) for r in rows if r["label"] != "dense"}:
+        if label_budget(label) != "params":
+            continue
         try:
             method = get_method(name)
         except ValueError:
