@@ -228,8 +228,9 @@ def test_the_lock_of_a_killed_sweep_is_taken_over(swept):
     assert rows and not lock.exists()
 
 
-def test_paper_presets_differ_only_in_device_precision_and_epochs():
-    gpu, cpu = read_toml(resolve_config("cifar10-paper")), read_toml(resolve_config("cifar10-paper-cpu"))
+@pytest.mark.parametrize("cpu_preset", ["cifar10-paper-cpu", "cifar10-paper-cpu-30ep"])
+def test_paper_presets_differ_only_in_device_precision_and_epochs(cpu_preset):
+    gpu, cpu = read_toml(resolve_config("cifar10-paper")), read_toml(resolve_config(cpu_preset))
     for key in ("grid", "compress"):
         assert gpu[key] == cpu[key]
     differ = {k for k in gpu["train"].keys() | cpu["train"].keys() if gpu["train"].get(k) != cpu["train"].get(k)}
