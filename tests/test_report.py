@@ -271,6 +271,17 @@ def test_the_frontier_table_and_plot(tmp_path):
     assert "| mlp-w32 | nuclear | 0.001 | svd-data+bn-global-channel |" in md
     data = (tmp_path / "out" / "frontier.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000 and "![The λ frontier](frontier.png)" in md
+    # no plain SVD: its columns are left out; no SVD method at all: the dense accuracies alone, no plot
+    only_data = [r for r in _frontier_rows() if r["label"] != "svd-global-channel"]
+    md = report.write_report(_write_sweep(tmp_path / "data", only_data), tmp_path / "out-data").read_text()
+    section = md[md.index("## The λ frontier") : md.index("## Weight selection")]
+    assert "| penalty | λ | seeds | dense | data-aware SVD | 70% | 80% |" in section
+    assert "SVD: " not in section.replace("data-aware SVD: ", "") and "frontier.png" in section
+    dense_only = [r for r in _frontier_rows() if r["label"] == "dense"]
+    md = report.write_report(_write_sweep(tmp_path / "dense", dense_only), tmp_path / "out-dense").read_text()
+    section = md[md.index("## The λ frontier") :]
+    assert "| penalty | λ | seeds | dense |\n" in section and "frontier.png" not in section
+    assert not (tmp_path / "out-dense" / "frontier.png").exists()
     # one weight per penalty: no frontier
     md = report.write_report(_write_sweep(tmp_path / "one", _rows("test")), tmp_path / "out1").read_text()
     assert "λ frontier" not in md and not (tmp_path / "out1" / "frontier.png").exists()

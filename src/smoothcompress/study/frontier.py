@@ -235,12 +235,15 @@ def has_frontier(entries: list[dict]) -> bool:
 
 
 def frontier_table(entries: list[dict], rates: Sequence[float] = SELECT_RATES) -> str:
-    """Markdown table of :func:`frontier`: one row per setting, accuracies (%) as mean ± std over seeds."""
+    """Markdown table of :func:`frontier`: one row per setting, accuracies (%) as mean ± std over seeds.
+
+    The plain-SVD and data-aware columns appear only when the rows have such a method.
+    """
     groups = [e["group"] for e in entries]
     multi, variants = several_contexts(groups), any(g.variant for g in groups)
-    data = any(e["data_label"] for e in entries)
+    plain, data = any(e["svd_label"] for e in entries), any(e["data_label"] for e in entries)
     head = (["model"] if multi else []) + ["penalty", "λ"] + (["variant"] if variants else []) + ["seeds", "dense"]
-    head += [f"SVD {100 * r:.0f}%" for r in rates]
+    head += [f"SVD {100 * r:.0f}%" for r in rates] if plain else []
     head += (["data-aware SVD"] + [f"{100 * r:.0f}%" for r in rates]) if data else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
@@ -249,7 +252,7 @@ def frontier_table(entries: list[dict], rates: Sequence[float] = SELECT_RATES) -
             ["baseline", "—"] if g.reg == BASELINE else [g.reg, f"{g.weight:g}"]
         )
         cells += ([g.variant or "—"] if variants else []) + [str(e["dense"]["n"] if e["dense"] else 0)]
-        cells += [format_accuracy(e["dense"])] + [format_accuracy(e["svd"][r]) for r in rates]
+        cells += [format_accuracy(e["dense"])] + ([format_accuracy(e["svd"][r]) for r in rates] if plain else [])
         cells += ([e["data_label"] or "—"] + [format_accuracy(e["data"][r]) for r in rates]) if data else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

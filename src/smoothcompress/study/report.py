@@ -383,17 +383,20 @@ def write_report(
         ]
     if show_frontier:
         labels = sorted({e["data_label"] for e in entries if e["data_label"]})
-        data = (
-            f"; data-aware SVD: per row the best of {', '.join(labels)} at {format_rates(SELECT_RATES)}"
-            if labels
-            else ""
-        )
+        described = [f"SVD: {entries[0]['svd_label']}"] if entries[0]["svd_label"] else []
+        if labels:
+            described.append(f"data-aware SVD: per row the best of {', '.join(labels)} at {format_rates(SELECT_RATES)}")
+        methods = f" {'; '.join(described)}." if described else ""
         md += [
             "## The λ frontier: dense accuracy against accuracy after compression",
             "",
-            f"One row per penalty and λ; mean ± std over seeds. SVD: {entries[0]['svd_label'] or '—'}{data}. "
-            "`frontier.png` plots the dense accuracy against the accuracy at "
-            f"{100 * FRONTIER_RATE:.0f}% fewer parameters.",
+            f"One row per penalty and λ; mean ± std over seeds.{methods}"
+            + (
+                " `frontier.png` plots the dense accuracy against the accuracy at "
+                f"{100 * FRONTIER_RATE:.0f}% fewer parameters."
+                if plots["The λ frontier"]
+                else ""
+            ),
             "",
             frontier_table(entries),
             "",
