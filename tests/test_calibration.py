@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import smoothcompress as sc
-from smoothcompress.calibration import calibration_batches, sample_patches
+from smoothcompress.calibration import available_inputs, calibration_batches, describe_source, sample_patches
 from smoothcompress.factorized import factorize_weight, matricize
 
 
@@ -145,6 +146,33 @@ def test_asking_for_more_images_than_the_source_has_spreads_the_samples_over_tho
         too_many = sc.calibrate(model, data, images=10**6, samples=300, layers=["7"])
     assert too_many.images == asked.images == 96 and too_many.samples == asked.samples
     torch.testing.assert_close(too_many.moments["7"], asked.moments["7"])
+
+
+@pytest.mark.parametrize("form", ["list", "dataloader", "dataloader-drop-last", "loader"])
+def test_a_loader_or_list_of_batches_spreads_the_samples_over_the_inputs_it_gives(form):
+    x = torch.randn(100, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    batches = {
+        "list": lambda: [x[i : i + 32] for i in range(0, 100, 32)],
+        "dataloader": lambda: DataLoader(TensorDataset(x), batch_size=32),
+        "dataloader-drop-last": lambda: DataLoader(TensorDataset(x), batch_size=32, drop_last=True),
+        "loader": lambda: sc.Loader(x.mul(40).add(128).clamp(0, 255).to(torch.uint8), torch.zeros(100).long(),
+                                    batch_size=32, train=False, mean=[0.5] * 3, std=[0.2] * 3, augment=False,
+                                    seed=0, device="cpu"),
+    }[form]  # fmt: skip
+    expected = 96 if form == "dataloader-drop-last" else 100
+    assert available_inputs(batches()) == expected
+    model = _cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layer 7 (d=192) is short with about 100 images
+        asked = sc.calibrate(model, batches(), images=expected, samples=300, layers=["7"])
+        too_many = sc.calibrate(model, batches(), images=10**6, samples=300, layers=["7"])
+    assert too_many.images == asked.images == expected and too_many.samples == asked.samples
+    torch.testing.assert_close(too_many.moments["7"], asked.moments["7"])
+
+
+def test_an_iterable_that_cannot_be_counted_is_taken_at_its_word():
+    assert available_inputs(iter([torch.zeros(4, 3)])) is None
+    assert describe_source(iter([torch.zeros(4, 3)]), 50) == {"images": 50, "split": "given"}
 
 
 def test_a_source_too_small_for_full_rank_moments_is_said_to_be_so():

@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.inputs import CALIBRATION_IMAGES, ExampleInput, as_batch
@@ -40,6 +41,7 @@ __all__ = [
     "Calibration",
     "CalibrationData",
     "CalibrationSource",
+    "available_inputs",
     "calibrate",
     "calibration_batches",
     "describe_source",
@@ -178,17 +180,44 @@ def calibration_batches(
             return
 
 
+def available_inputs(data: CalibrationData) -> int | None:
+    """How many inputs ``data`` gives at most, or ``None`` when only iterating it would tell.
+
+    A Dataset: its training split's size (``calibration_size()``); a Tensor ``(N, ...)``: ``N``; a list or tuple
+    of batches: the sum of their batch sizes; a loader with a sampler or a per-epoch count (a
+    ``torch.utils.data.DataLoader`` batching automatically, a :class:`~smoothcompress.study.data.Loader`): the
+    samples of one pass, less a partial last batch when it drops that. Any other iterable: ``None``.
+    """
+    if isinstance(data, CalibrationSource):
+        return int(data.calibration_size())
+    if isinstance(data, torch.Tensor):
+        return int(data.shape[0]) if data.dim() else None
+    if isinstance(data, (list, tuple)):
+        sizes = [as_batch(b).batch_size for b in data]
+        return None if any(n is None for n in sizes) else sum(sizes)
+    batch_size, drop_last = getattr(data, "batch_size", None), bool(getattr(data, "drop_last", False))
+    if isinstance(data, DataLoader) and batch_size is not None:
+        try:
+            n = len(data.sampler)
+        except TypeError:  # an IterableDataset's sampler has no length
+            return None
+    elif isinstance(getattr(data, "num_samples", None), int) and isinstance(batch_size, int):
+        n = data.num_samples
+    else:
+        return None
+    return n - n % batch_size if drop_last else n
+
+
 def describe_source(data: CalibrationData, images: int) -> dict:
     """What a row or record says of calibration data: ``{"images": n, "split": s}``.
 
-    ``n`` is ``images``, or fewer when a Dataset's training split or a tensor holds fewer (an iterable is taken at
-    its word); ``s`` is ``"train"`` for a Dataset (only its training split is ever read), ``"given"`` otherwise.
+    ``n`` is ``images``, or fewer when the source holds fewer (:func:`available_inputs`; a source it cannot count
+    is taken at its word); ``s`` is ``"train"`` for a Dataset (only its training split is ever read), ``"given"``
+    otherwise.
     """
-    if isinstance(data, CalibrationSource):
-        return {"images": min(int(images), int(data.calibration_size())), "split": "train"}
-    if isinstance(data, torch.Tensor):
-        return {"images": min(int(images), int(data.shape[0])), "split": "given"}
-    return {"images": int(images), "split": "given"}
+    available = available_inputs(data)
+    n = int(images) if available is None else min(int(images), available)
+    return {"images": n, "split": "train" if isinstance(data, CalibrationSource) else "given"}
 
 
 def run_batch(model: nn.Module, batch: Batch) -> object:
