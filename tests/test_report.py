@@ -132,8 +132,13 @@ def test_verdicts_cover_all_cases(nuclear_svd, verdict):
                 continue
             r = dict(r, accuracy=nuclear_svd[r["rate_requested"]])
         rows.append(r)
-    claims = {(c["claim"][:2], c["setting"]): c["verdict"] for c in report.assess_claims(rows)}
-    assert claims[("2.", "nuclear λ=0.01, svd-global-channel")] == verdict
+    claims = {(c["claim"][:2], c["setting"]): c for c in report.assess_claims(rows)}
+    claim = claims[("2.", "nuclear λ=0.01, svd-global-channel")]
+    assert claim["verdict"] == verdict
+    if verdict == "no data":
+        assert claim["evidence"] == "no rate from 50% has rows of both sides"
+    else:
+        assert claim["evidence"].startswith("points vs baseline at rate 50%: ")
 
 
 def test_mixed_splits_are_refused(tmp_path):

@@ -55,12 +55,16 @@ def _verdict(diffs: list[tuple[float, float, str]]) -> str:
     return "not supported" if losses else "no difference"
 
 
-def _fmt_diffs(diffs: list[tuple[float, float, str]], notes: bool = False) -> str:
+def _fmt_diffs(what: str, diffs: list[tuple[float, float, str]], notes: bool = False) -> str:
+    """``"<what> at rate 70%: +1.2, ..."``, or that no rate has rows of both sides."""
+    if not diffs:
+        return f"no rate from {100 * CLAIM_MIN_RATE:.0f}% has rows of both sides"
+
     def one(r, d, note):
         value = f"{d:+.1f}" if math.isfinite(d) else f"({note})"
         return f"{100 * r:.0f}%: {value}" + (f" ({note})" if notes and math.isfinite(d) else "")
 
-    return ", ".join(one(*x) for x in diffs)
+    return f"{what} at rate " + ", ".join(one(*x) for x in diffs)
 
 
 def assess_claims(rows: list[dict]) -> list[dict]:
@@ -107,7 +111,7 @@ def assess_claims(rows: list[dict]) -> list[dict]:
             ):
                 for lab in labs:
                     diffs = _compare(index, g, lab, base, lab, rates)
-                    add(claim, f"{name}, {lab}", _verdict(diffs), "points vs baseline at rate " + _fmt_diffs(diffs))
+                    add(claim, f"{name}, {lab}", _verdict(diffs), _fmt_diffs("points vs baseline", diffs))
         for g in [base, *smooth]:
             for lab_s, lab_p in itertools.product(svd_params, pruning):
                 diffs = _compare(index, g, lab_s, g, lab_p, rates)
@@ -115,6 +119,6 @@ def assess_claims(rows: list[dict]) -> list[dict]:
                     "4. SVD beats pruning at equal parameters",
                     f"{g.name(multi)}, {lab_s} vs {lab_p}",
                     _verdict(diffs),
-                    "points SVD minus pruning at rate " + _fmt_diffs(diffs, notes=True),
+                    _fmt_diffs("points SVD minus pruning", diffs, notes=True),
                 )
     return claims
