@@ -245,7 +245,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"results: {results}\nnext: smoothcompress report {results} -o {results.parent / 'report'}")
     else:  # the shard's folder is out/shard-i-of-n: the report reads out, all shards merged
         folder = results.parent.parent
-        print(f"results of shard {i}/{n}: {results}\nnext, once all {n} shards are done: smoothcompress report {folder}")
+        print(f"results of shard {i}/{n}: {results}")
+        print(f"next, once all {n} shards are done: smoothcompress report {folder}")
     return 0
 
 
