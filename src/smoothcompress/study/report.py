@@ -386,17 +386,14 @@ def write_report(
         described = [f"SVD: {entries[0]['svd_label']}"] if entries[0]["svd_label"] else []
         if labels:
             described.append(f"data-aware SVD: per row the best of {', '.join(labels)} at {format_rates(SELECT_RATES)}")
-        methods = f" {'; '.join(described)}." if described else ""
+        intro = "One row per penalty and λ; mean ± std over seeds." + (f" {'; '.join(described)}." if described else "")
+        if plots["The λ frontier"]:
+            intro += f" `frontier.png` plots the dense accuracy against the accuracy at {100 * FRONTIER_RATE:.0f}%"
+            intro += " fewer parameters."
         md += [
             "## The λ frontier: dense accuracy against accuracy after compression",
             "",
-            f"One row per penalty and λ; mean ± std over seeds.{methods}"
-            + (
-                " `frontier.png` plots the dense accuracy against the accuracy at "
-                f"{100 * FRONTIER_RATE:.0f}% fewer parameters."
-                if plots["The λ frontier"]
-                else ""
-            ),
+            intro,
             "",
             frontier_table(entries),
             "",
