@@ -10,7 +10,7 @@ import pytest
 
 import smoothcompress as sc
 from smoothcompress.files import read_jsonl
-from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, resolve_config, sweep
+from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, read_sweep_file, resolve_config, sweep
 from smoothcompress.study.training import read_toml
 
 TINY = {
@@ -230,8 +230,10 @@ def test_the_lock_of_a_killed_sweep_is_taken_over(swept):
 
 @pytest.mark.parametrize("cpu_preset", ["cifar10-paper-cpu", "cifar10-paper-cpu-30ep"])
 def test_paper_presets_differ_only_in_device_precision_and_epochs(cpu_preset):
-    gpu, cpu = read_toml(resolve_config("cifar10-paper")), read_toml(resolve_config(cpu_preset))
+    gpu, cpu = read_sweep_file(resolve_config("cifar10-paper")), read_sweep_file(resolve_config(cpu_preset))
     for key in ("grid", "compress"):
         assert gpu[key] == cpu[key]
     differ = {k for k in gpu["train"].keys() | cpu["train"].keys() if gpu["train"].get(k) != cpu["train"].get(k)}
     assert differ <= {"device", "bf16", "epochs"}
+    own = read_toml(resolve_config(cpu_preset))  # the file itself says only what it changes
+    assert set(own) == {"extends", "description", "out", "train"} and set(own["train"]) <= {"device", "bf16", "epochs"}

@@ -20,6 +20,11 @@ A sweep is described by a TOML file (see ``configs/``)::
     methods = [{ method = "svd", allocation = "global", scheme = "channel" }, { method = "svd-data+bn" }]
     calibration_images = 2048              # training images for the methods that use data (default 2048)
 
+A file may start from another: ``extends = "cifar10-paper"`` (a preset name, or a path relative to the extending
+file) takes every table of that sweep file and lets this one override it key by key (a list such as ``methods`` is
+replaced whole). ``out`` and ``description`` are never inherited, and a file that extends another must name its own
+``out``, so that two sweeps never share a folder. See :func:`read_sweep_file`.
+
 A ``methods`` entry names a registered compression method and sets its options (see
 :mod:`smoothcompress.methods`). Methods
 that use data (``svd+bn``, ``svd-data``, ``svd-data+bn``, ``magnitude+bn``, ``filter+bn``) draw
@@ -96,6 +101,7 @@ __all__ = [
     "PRESETS_DIR",
     "PENALTY_OPTIONS",
     "resolve_config",
+    "read_sweep_file",
     "parse_shard",
 ]
 
@@ -166,11 +172,16 @@ class SweepConfig:
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
         """Read a sweep TOML file or a preset name (see :func:`resolve_config`)."""
         path = resolve_config(path)
-        return replace(cls.from_dict(read_toml(path), out=out), source=str(path))
+        return replace(cls.from_dict(read_sweep_file(path), out=out), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], out: str | os.PathLike | None = None) -> SweepConfig:
-        """Parse and validate; any mistake raises ``ValueError`` naming it, before anything runs."""
+        """Parse and validate; any mistake raises ``ValueError`` naming it, before anything runs.
+
+        An ``extends`` key names its sweep file as :func:`read_sweep_file` does, relative to the current directory.
+        """
+        if "extends" in raw:
+            raw = _extend(raw, Path.cwd(), [])
         _check_keys("sweep file", raw, _SECTIONS)
         train = dict(raw.get("train", {}))
         grid = raw.get("grid", {})
@@ -313,6 +324,58 @@ def resolve_config(name: str | os.PathLike) -> Path:
         return preset
     presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
     raise ConfigError(f"sweep config {str(name)!r} not found; give a TOML file or a preset name ({presets})")
+
+
+_NOT_INHERITED = ("out", "description")
+"""Keys a sweep file never takes from the file it extends: each sweep names its own folder and says what it is."""
+
+
+def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a sweep file, with its ``extends`` chain resolved.
+
+    ``extends = NAME`` names a sweep file: a path relative to the extending file's folder, else a preset name or
+    a path as :func:`resolve_config` takes it. The result holds that file's tables (its own ``extends`` resolved
+    first), overridden key by key by this file's: a table such as ``[train]`` is merged one key at a time, any
+    other value (a list such as ``methods``, a number, a string) is replaced whole. ``out`` and ``description``
+    are taken from this file only.
+
+    Raises
+    ------
+    ValueError
+        A missing or invalid file, an ``extends`` that is not a string, a loop of ``extends``, or a file with
+        ``extends`` and no ``out`` of its own; each message names the file.
+    """
+    path = Path(path)
+    raw = read_toml(path)
+    return _extend(raw, path.parent, [path]) if "extends" in raw else raw
+
+
+def _extend(raw: dict[str, Any], folder: Path, chain: list[Path]) -> dict[str, Any]:
+    """``raw`` (a sweep table with ``extends``, read from ``folder``) over the table it extends."""
+    where = str(chain[-1]) if chain else "sweep file"
+    name = raw["extends"]
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: extends must name a sweep file (a preset name or a path), got {name!r}")
+    if "out" not in raw:
+        raise ConfigError(
+            f"{where}: a sweep file that extends {name!r} must name its own out folder "
+            '(e.g. out = "runs/<its name>"), so that the two sweeps never write into one folder'
+        )
+    relative = folder / name
+    parent = relative if relative.is_file() else resolve_config(name)
+    if any(parent.resolve() == p.resolve() for p in chain):
+        loop = " -> ".join(str(p) for p in [*chain, parent])
+        raise ConfigError(f"extends loop: {loop}; a sweep file cannot extend itself, directly or not")
+    base = read_toml(parent)
+    if "extends" in base:
+        base = _extend(base, parent.parent, [*chain, parent])
+    merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+    for key, value in raw.items():
+        if key == "extends":
+            continue
+        both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both_tables else value
+    return merged
 
 
 def _check_owned(

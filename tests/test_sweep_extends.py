@@ -1,0 +1,115 @@
+"""Sweep files that extend another: tables merged key by key, out and description never inherited, loud errors."""
+
+import os
+
+import pytest
+import tomli_w
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, read_sweep_file, resolve_config
+from smoothcompress.study.training import read_toml
+
+BASE = {
+    "description": "the base sweep",
+    "out": "runs/base",
+    "train": {"dataset": "digits", "model": "mlp", "width": 32, "epochs": 2, "batch_size": 64, "device": "cpu"},
+    "grid": {"seeds": [0], "regularizers": [{"kind": "none"}, {"kind": "nuclear", "weight": 0.01}]},
+    "compress": {"rates": [0.5, 0.8], "methods": [{"method": "svd"}, {"method": "magnitude"}]},
+}
+
+
+def write(path, table):
+    path.write_text(tomli_w.dumps(table))
+    return path
+
+
+train_values = st.dictionaries(
+    st.sampled_from(["width", "epochs", "batch_size", "lr", "seed_extra"]),
+    st.integers(1, 64) | st.floats(0.01, 1.0) | st.text("abc", min_size=1, max_size=3),
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(parent_train=train_values, child_train=train_values, child_rates=st.none() | st.lists(st.floats(0.1, 0.9)))
+def test_tables_merge_key_by_key_and_other_values_are_replaced(
+    tmp_path_factory, parent_train, child_train, child_rates
+):
+    folder = tmp_path_factory.mktemp("extends")
+    write(folder / "base.toml", {**BASE, "train": {**BASE["train"], **parent_train}})
+    child = {"extends": "base.toml", "out": "runs/child", "train": child_train}
+    if child_rates is not None:
+        child["compress"] = {"rates": child_rates}
+    merged = read_sweep_file(write(folder / "child.toml", child))
+    assert merged["train"] == {**BASE["train"], **parent_train, **child_train}
+    assert merged["compress"]["rates"] == (child_rates if child_rates is not None else BASE["compress"]["rates"])
+    assert merged["compress"]["methods"] == BASE["compress"]["methods"]  # untouched keys of a merged table stay
+    assert merged["grid"] == BASE["grid"]
+    assert merged["out"] == "runs/child" and "description" not in merged and "extends" not in merged
+
+
+def test_a_chain_resolves_from_the_farthest_file_and_lists_are_replaced_whole(tmp_path):
+    write(tmp_path / "a.toml", BASE)
+    write(tmp_path / "b.toml", {"extends": "a.toml", "out": "runs/b", "train": {"epochs": 3, "width": 16}})
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    c = write(
+        sub / "c.toml",
+        {"extends": "../b.toml", "out": "runs/c", "train": {"epochs": 4}, "compress": {"methods": [{"method": "svd"}]}},
+    )
+    merged = read_sweep_file(c)
+    assert merged["train"] == {**BASE["train"], "width": 16, "epochs": 4}
+    assert merged["compress"] == {"rates": [0.5, 0.8], "methods": [{"method": "svd"}]}
+    cfg = SweepConfig.from_toml(c)
+    assert [m.name for m in cfg.methods] == ["svd"] and str(cfg.out) == "runs/c"
+    assert {s.tag(cfg.train) for s in cfg.runs} == {"mlp-w16-none-s0", "mlp-w16-nuclear0.01-s0"}
+
+
+def test_a_preset_name_is_found_when_no_file_of_that_name_is_beside(tmp_path):
+    child = write(tmp_path / "mine.toml", {"extends": "demo", "out": "runs/mine", "train": {"epochs": 1}})
+    demo = read_toml(resolve_config("demo"))
+    assert read_sweep_file(child)["train"] == {**demo["train"], "epochs": 1}
+
+
+def test_from_dict_resolves_extends_from_the_current_directory(tmp_path, monkeypatch):
+    write(tmp_path / "base.toml", BASE)
+    monkeypatch.chdir(tmp_path)
+    cfg = SweepConfig.from_dict({"extends": "base.toml", "out": "runs/x", "train": {"width": 8}})
+    assert cfg.train["width"] == 8 and cfg.rates == (0.5, 0.8)
+
+
+@pytest.mark.parametrize(
+    "child, message",
+    [
+        (
+            {"extends": "base.toml", "train": {"epochs": 3}},
+            r"child\.toml: a sweep file that extends 'base\.toml' must name its own out",
+        ),
+        ({"extends": 3, "out": "runs/c"}, r"child\.toml: extends must name a sweep file .*got 3"),
+        ({"extends": "", "out": "runs/c"}, r"extends must name a sweep file"),
+        ({"extends": "no-such.toml", "out": "runs/c"}, r"sweep config 'no-such\.toml' not found"),
+        ({"extends": "child.toml", "out": "runs/c"}, r"extends loop: .*child\.toml -> .*child\.toml"),
+    ],
+)
+def test_bad_extends_are_named(tmp_path, child, message):
+    write(tmp_path / "base.toml", BASE)
+    with pytest.raises(ValueError, match=message):
+        SweepConfig.from_toml(write(tmp_path / "child.toml", child))
+
+
+def test_a_loop_through_two_files_is_named(tmp_path):
+    write(tmp_path / "a.toml", {"extends": "b.toml", "out": "runs/a"})
+    write(tmp_path / "b.toml", {"extends": "a.toml", "out": "runs/b"})
+    with pytest.raises(ValueError, match=r"extends loop: .*a\.toml -> .*b\.toml -> .*a\.toml"):
+        read_sweep_file(tmp_path / "a.toml")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.toml") if "extends" in read_toml(p)))
+def test_an_extending_preset_parses_like_its_merged_table_written_out(name, tmp_path):
+    """Every preset that extends another is the sweep of its merged table: same runs, methods and fingerprint."""
+    merged = read_sweep_file(resolve_config(name))
+    flat = SweepConfig.from_toml(write(tmp_path / f"{name}.toml", merged))
+    cfg = SweepConfig.from_toml(name)
+    assert cfg.fingerprint() == flat.fingerprint() and cfg.runs == flat.runs and cfg.out == flat.out
+    assert os.path.basename(str(cfg.out)) == name  # never the folder of the preset it extends
