@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from smoothcompress.cli import main
 from smoothcompress.errors import FileContentError
 from smoothcompress.study import report
-from smoothcompress.study.progress import plot_progress, progress_table, training_progress, with_results
+from smoothcompress.study.progress import epochs_table, plot_progress, progress_table, training_progress, with_results
 
 
 def _epoch(epoch, epochs=4, key="test_acc", acc=None):
@@ -70,6 +70,40 @@ def test_the_table_gives_the_last_and_the_best_epoch(tmp_path_factory, accs, key
     assert cells[2] == f"{len(accs)} / 12" + ("" if len(accs) == 12 else " (training)")
     assert cells[3] == f"{100 * accs[-1]:.2f} ({key.removesuffix('_acc')})"
     assert cells[4] == f"{100 * accs[best]:.2f} ({best + 1})"
+
+
+@settings(max_examples=30, deadline=None)
+@given(runs=st.lists(st.lists(st.floats(0.0, 1.0), max_size=6), min_size=1, max_size=3))
+def test_the_epoch_table_has_a_row_per_epoch_and_a_column_per_monitored_run(tmp_path_factory, runs):
+    folder = tmp_path_factory.mktemp("sweep")
+    for i, accs in enumerate(runs):
+        _write(folder / "runs" / f"r{i}", [_epoch(e + 1, epochs=6, acc=a) for e, a in enumerate(accs)])
+    table = epochs_table(training_progress(folder))
+    shown = [(f"r{i}", accs) for i, accs in enumerate(runs) if accs]  # a run before its first epoch has no column
+    if not shown:
+        assert table == ""
+        return
+    head, _, *rows = table.splitlines()
+    heads = [name + ("" if len(accs) == 6 else " (training)") for name, accs in shown]
+    assert head == "| epoch | " + " | ".join(heads) + " |"
+    assert len(rows) == max(len(a) for _, a in shown)
+    for epoch, row in enumerate(rows, 1):
+        cells = row.strip("| ").split(" | ")
+        assert cells[0] == str(epoch)
+        assert cells[1:] == [f"{100 * a[epoch - 1]:.2f}" if epoch <= len(a) else "—" for _, a in shown]
+
+
+def test_the_report_gives_the_epochs_while_a_run_trains_and_not_after(tmp_path):
+    _write(tmp_path / "runs" / "none-s0", [_epoch(e, epochs=2) for e in (1, 2)])
+    _write(tmp_path / "runs" / "nuclear-s0", [_epoch(1, epochs=2, acc=0.3)])
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    text = report.write_report(tmp_path, tmp_path / "report").read_text()
+    assert "Accuracy (%) by epoch, test split" in text
+    assert "| epoch | none-s0 | nuclear-s0 (training) |" in text and "| 2 | 60.00 | — |" in text
+    with open(tmp_path / "runs" / "nuclear-s0" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(_epoch(2, epochs=2)) + "\n")
+    text = report.write_report(tmp_path, tmp_path / "report").read_text()
+    assert "Accuracy (%) by epoch" not in text and "| nuclear-s0 | — | 2 / 2 |" in text
 
 
 def test_a_broken_metrics_file_is_named(tmp_path):

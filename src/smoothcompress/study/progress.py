@@ -22,7 +22,15 @@ from pathlib import Path
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
 
-__all__ = ["EVAL_KEYS", "SETTINGS", "training_progress", "with_results", "progress_table", "plot_progress"]
+__all__ = [
+    "EVAL_KEYS",
+    "SETTINGS",
+    "training_progress",
+    "with_results",
+    "progress_table",
+    "epochs_table",
+    "plot_progress",
+]
 
 EVAL_KEYS = ("val_acc", "test_acc")  # the monitor of an epoch row, in the order a run's split is recognised
 # The run settings an entry carries from the run's config.toml, when there is one: what was trained, on what.
@@ -128,6 +136,23 @@ def progress_table(entries: list[dict]) -> str:
             f"| {e['run']} | {e['shard'] or '—'} | {e['epochs_done']} / {planned}{state} | {accuracy} | "
             f"{100 * last['train_acc']:.2f} | {last.get('penalty', 0.0):.4g} | {e['hours']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def epochs_table(entries: list[dict]) -> str:
+    """Markdown table of the monitor's accuracy (%) epoch by epoch: one row per epoch any run has finished, one
+    column per run with a monitor (``—`` where that run has no row for the epoch); ``""`` when no run has one. The
+    column heads are the run tags, marked ``(training)`` while a run is unfinished, and the split is named once
+    above the rows."""
+    shown = [e for e in entries if e["history"] and e["eval_key"] is not None]
+    if not shown:
+        return ""
+    by_run = [{r["epoch"]: r.get(e["eval_key"]) for r in e["history"]} for e in shown]
+    heads = [e["run"] + ("" if e["finished"] else " (training)") for e in shown]
+    lines = ["| epoch | " + " | ".join(heads) + " |", "|---" * (1 + len(shown)) + "|"]
+    for epoch in sorted(set().union(*by_run)):
+        cells = ["—" if accs.get(epoch) is None else f"{100 * accs[epoch]:.2f}" for accs in by_run]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -34,7 +34,13 @@ from smoothcompress.study.frontier import (
     selection_lines,
 )
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
-from smoothcompress.study.progress import plot_progress, progress_table, training_progress, with_results
+from smoothcompress.study.progress import (
+    epochs_table,
+    plot_progress,
+    progress_table,
+    training_progress,
+    with_results,
+)
 from smoothcompress.study.references import KINDS, against_references, reference_points, references_table
 from smoothcompress.study.results import load_results, missing_shards, results_files, shards_note
 from smoothcompress.study.summary import (
@@ -486,7 +492,18 @@ def _progress_lines(progress: list[dict]) -> list[str]:
         "",
         progress_table(progress),
         "",
+        *_epoch_lines(progress),
     ]
+
+
+def _epoch_lines(progress: list[dict]) -> list[str]:
+    """While a run is still training, its monitor epoch by epoch (:func:`~smoothcompress.study.progress.epochs_table`):
+    the only record of it until its results rows come. None once every run has finished."""
+    table = epochs_table(progress)
+    if all(e["finished"] for e in progress) or not table:
+        return []
+    splits = sorted({e["eval_key"].removesuffix("_acc") for e in progress if e["eval_key"]})
+    return [f"Accuracy (%) by epoch, {' / '.join(splits)} split, while a run is still training:", "", table, ""]
 
 
 def _progress_report(progress: list[dict], out: Path) -> Path:
