@@ -239,6 +239,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from smoothcompress.study.experiment import parse_shard, sweep
 
+    if args.plan:
+        return _plan(args)
     i, n = parse_shard(args.shard)
     results = sweep(args.config, out=args.out, data=args.data, shard=(i, n))
     if n == 1:
@@ -247,6 +249,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         folder = results.parent.parent
         print(f"results of shard {i}/{n}: {results}")
         print(f"next, once all {n} shards are done: smoothcompress report {folder}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``sweep --plan``: the merged settings, the grid's size and each run's shard and progress; runs nothing."""
+    from smoothcompress.study.experiment import SweepConfig
+    from smoothcompress.study.plan import plan_table, sweep_plan
+
+    cfg = SweepConfig.from_toml(args.config)
+    plan = sweep_plan(cfg, out=args.out, shard=args.shard)
+    train = {**cfg.train, **({"data": args.data} if args.data else {})}
+    print(f"sweep {args.config}: {len(cfg.runs)} training runs x {plan[0]['cells']} cells (dense + "
+          f"{len(cfg.methods)} methods x {len(cfg.rates)} rates), fingerprint {cfg.fingerprint()}")  # fmt: skip
+    print("train: " + ", ".join(f"{k} {v}" for k, v in train.items()))
+    print(f"out: {args.out or cfg.out}\n\n{plan_table(plan)}")
     return 0
 
 
@@ -479,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="I/N",
         help="run only the I-th of N disjoint slices of the training runs (numbered from 1, e.g. "
         "$SLURM_ARRAY_TASK_ID/4 with --array=1-4), into OUT/shard-I-of-N/; `report OUT` merges the shards",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the settings (an `extends` chain merged), each training run with its shard, and the epochs and "
+        "cells already done in OUT; train nothing (safe while the shards run)",
     )
     p.set_defaults(func=cmd_sweep)
 

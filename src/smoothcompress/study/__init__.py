@@ -2,9 +2,9 @@
 
 It sits above the core (``smoothcompress.<module>``: penalties, compression, pruning, accounting, files) and uses
 it; the core never imports it. ``import smoothcompress.study`` loads nothing else: each submodule loads on first
-use (``smoothcompress.study.data``, ``.training``, ``.experiment``, ``.results``, ``.summary``, ``.report``,
-``.frontier``, ``.claims``, ``.targets``, ``.references``, ``.plotstyle``). The presets of ``smoothcompress
-sweep`` live in ``presets/`` here.
+use (``smoothcompress.study.data``, ``.training``, ``.experiment``, ``.plan``, ``.results``, ``.summary``,
+``.report``, ``.frontier``, ``.claims``, ``.targets``, ``.references``, ``.progress``, ``.plotstyle``). The presets
+of ``smoothcompress sweep`` live in ``presets/`` here.
 """
 
 from importlib import import_module
@@ -20,6 +20,8 @@ _SUBMODULES = (
     "claims",
     "targets",
     "references",
+    "progress",
+    "plan",
     "plotstyle",
 )
 """Submodules that ``smoothcompress.study.<name>`` imports on first use."""

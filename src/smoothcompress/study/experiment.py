@@ -102,6 +102,7 @@ __all__ = [
     "PENALTY_OPTIONS",
     "resolve_config",
     "read_sweep_file",
+    "shard_folder",
     "parse_shard",
 ]
 
@@ -295,7 +296,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     return i, n
 
 
-def _shard_folder(out: Path, shard: tuple[int, int]) -> Path:
+def shard_folder(out: Path, shard: tuple[int, int]) -> Path:
     """Where shard ``(i, n)`` writes: ``out`` itself for the whole grid, else ``out/shard-i-of-n``."""
     i, n = shard
     return out if n == 1 else out / f"shard-{i}-of-{n}"
@@ -494,7 +495,7 @@ def sweep(
     )
     shard = parse_shard(shard)
     runs = cfg.shard_runs(shard)
-    folder = _shard_folder(cfg.out, shard)
+    folder = shard_folder(cfg.out, shard)
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, user="sweep"):  # two sweeps into one folder would train the same runs twice
         return _sweep(cfg, runs, folder, shard)
