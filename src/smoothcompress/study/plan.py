@@ -32,10 +32,8 @@ def sweep_plan(
 
     Parameters
     ----------
-    config : SweepConfig or path
-        The parsed config, a TOML path, or a preset name.
-    out : path, optional
-        Overrides the config's output folder.
+    config, out
+        The sweep and its output folder, as :func:`~smoothcompress.study.experiment.sweep` takes them.
     shard : "i/n" or (i, n), optional
         Only the runs of shard i of n. Default: the shards whose folders ``out`` holds (``shard-i-of-n``, all of one
         n), every shard of that n listed; else the whole grid unsharded.
