@@ -27,13 +27,49 @@ def half_done(tmp_path_factory):
 
 def test_a_folder_with_one_shard_done_lists_both_shards_with_their_progress(half_done):
     plan = sweep_plan(SweepConfig.from_dict(TINY), out=half_done)
-    assert [(p["shard"], p["run"], p["epochs_done"], p["epochs"], p["cells_done"], p["cells"]) for p in plan] == [
-        ("1/2", "mlp-w32-none-s0", 2, 2, CELLS, CELLS),
-        ("2/2", "mlp-w32-nuclear0.01-s0", 0, 2, 0, CELLS),
+    assert [(p["shard"], p["run"], p["epochs_done"], p["epochs"], p["cells_done"], p["status"]) for p in plan] == [
+        ("1/2", "mlp-w32-none-s0", 2, 2, CELLS, ""),
+        ("2/2", "mlp-w32-nuclear0.01-s0", 0, 2, 0, ""),
     ]
     table = plan_table(plan)
-    assert "| 1/2 | mlp-w32-none-s0 | none | 0 | — | 2 / 2 | 5 / 5 |" in table
-    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 |" in table
+    assert "| 1/2 | mlp-w32-none-s0 | mlp w32 | none | 0 | — | 2 / 2 | 5 / 5 | ok |" in table
+    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 | ok |" in table
+
+
+def test_a_run_the_sweep_would_refuse_says_why(half_done):
+    changed = SweepConfig.from_dict({**TINY, "train": {**TINY["train"], "lr": 0.05}})
+    done, todo = sweep_plan(changed, out=half_done)
+    assert done["status"].startswith("settings differ (lr: ") and done["status"].endswith("-> 0.05)")
+    assert todo["status"] == ""  # no folder yet: nothing to refuse
+
+
+def test_run_folders_the_grid_no_longer_has_are_listed(half_done):
+    wider = SweepConfig.from_dict({**TINY, "train": {**TINY["train"], "width": 16}})
+    plan = sweep_plan(wider, out=half_done, shard="1/2")
+    assert [(p["run"], p["status"], p["epochs_done"], p["cells_done"]) for p in plan] == [
+        ("mlp-w16-none-s0", "", 0, 0),
+        ("mlp-w32-none-s0", "not in this grid", 2, CELLS),
+    ]
+    assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | 5 / 5 | not in this grid |" in plan_table(plan)
+
+
+def test_an_unsharded_sweep_beside_shard_folders_is_listed_too(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "shard-1-of-2").mkdir()
+    assert [p["shard"] for p in sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)] == ["", "", "1/2", "2/2"]
+
+
+@pytest.mark.parametrize("names", [["shard-1-of-0"], ["shard-3-of-2", "shard-0-of-1"], ["shard-x-of-2"]])
+def test_folders_that_are_not_shards_are_ignored(tmp_path, names):
+    for name in names:
+        (tmp_path / name).mkdir()
+    assert [p["shard"] for p in sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)] == ["", ""]
+
+
+def test_more_shard_folders_than_runs_says_the_grid_changed(tmp_path):
+    (tmp_path / "shard-1-of-3").mkdir()
+    with pytest.raises(ValueError, match=r"holds shard-\*-of-3 folders, but this grid has 2 training run\(s\)"):
+        sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
 
 
 def test_a_shard_given_is_the_only_one_listed(half_done):
@@ -64,6 +100,11 @@ def test_the_shards_of_a_plan_cover_the_grid_once(tmp_path_factory, seeds, data)
     assert sorted(runs) == sorted(s.tag(cfg.train) for s in cfg.runs)
 
 
+def test_the_command_line_says_when_the_folder_is_not_there_yet(tmp_path, capsys):
+    assert main(["sweep", "demo", "--plan", "--out", str(tmp_path / "typo")]) == 0
+    assert "typo (does not exist yet)" in capsys.readouterr().out
+
+
 def test_the_command_line_prints_the_plan_and_runs_nothing(half_done, tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(
         'out = "unused"\n[train]\ndataset = "digits"\nmodel = "mlp"\nwidth = 32\nepochs = 2\nbatch_size = 128\n'
@@ -73,7 +114,8 @@ def test_the_command_line_prints_the_plan_and_runs_nothing(half_done, tmp_path, 
     before = sorted(p.relative_to(half_done) for p in half_done.rglob("*"))
     assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(half_done), "--plan"]) == 0
     printed = capsys.readouterr().out
-    assert "2 training runs x 5 cells (dense + 2 methods x 2 rates), fingerprint " in printed
-    assert "train: dataset digits, model mlp, width 32, epochs 2" in printed
-    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 |" in printed
+    assert "2 training runs x 5 cells (dense, and 2 methods x 2 rates), fingerprint " in printed
+    assert "dataset digits, model mlp, width 32, epochs 2" in printed and "rates: 0.5, 0.8; methods: svd" in printed
+    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 | ok |" in printed
+    assert "does not exist yet" not in printed
     assert sorted(p.relative_to(half_done) for p in half_done.rglob("*")) == before

@@ -74,18 +74,17 @@ def test_the_table_gives_the_last_and_the_best_epoch(tmp_path_factory, accs, key
 
 @settings(max_examples=30, deadline=None)
 @given(runs=st.lists(st.lists(st.floats(0.0, 1.0), max_size=6), min_size=1, max_size=3))
-def test_the_epoch_table_has_a_row_per_epoch_and_a_column_per_monitored_run(tmp_path_factory, runs):
+def test_the_epoch_table_has_a_row_per_epoch_and_a_column_per_run_still_training(tmp_path_factory, runs):
     folder = tmp_path_factory.mktemp("sweep")
     for i, accs in enumerate(runs):
         _write(folder / "runs" / f"r{i}", [_epoch(e + 1, epochs=6, acc=a) for e, a in enumerate(accs)])
     table = epochs_table(training_progress(folder))
-    shown = [(f"r{i}", accs) for i, accs in enumerate(runs) if accs]  # a run before its first epoch has no column
+    shown = [(f"r{i}", accs) for i, accs in enumerate(runs) if 0 < len(accs) < 6]  # started, not finished
     if not shown:
         assert table == ""
         return
     head, _, *rows = table.splitlines()
-    heads = [name + ("" if len(accs) == 6 else " (training)") for name, accs in shown]
-    assert head == "| epoch | " + " | ".join(heads) + " |"
+    assert head == "| epoch | " + " | ".join(f"{name} (test)" for name, _ in shown) + " |"
     assert len(rows) == max(len(a) for _, a in shown)
     for epoch, row in enumerate(rows, 1):
         cells = row.strip("| ").split(" | ")
@@ -94,16 +93,16 @@ def test_the_epoch_table_has_a_row_per_epoch_and_a_column_per_monitored_run(tmp_
 
 
 def test_the_report_gives_the_epochs_while_a_run_trains_and_not_after(tmp_path):
-    _write(tmp_path / "runs" / "none-s0", [_epoch(e, epochs=2) for e in (1, 2)])
-    _write(tmp_path / "runs" / "nuclear-s0", [_epoch(1, epochs=2, acc=0.3)])
-    (tmp_path / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
+    _write(tmp_path / "shard-1-of-2" / "runs" / "none-s0", [_epoch(e, epochs=2) for e in (1, 2)])
+    _write(tmp_path / "shard-2-of-2" / "runs" / "nuclear-s0", [_epoch(1, epochs=2, acc=0.3, key="val_acc")])
+    (tmp_path / "shard-1-of-2" / "results.jsonl").write_text(json.dumps(_result("none-s0")) + "\n")
     text = report.write_report(tmp_path, tmp_path / "report").read_text()
-    assert "Accuracy (%) by epoch, test split" in text
-    assert "| epoch | none-s0 | nuclear-s0 (training) |" in text and "| 2 | 60.00 | — |" in text
-    with open(tmp_path / "runs" / "nuclear-s0" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(_epoch(2, epochs=2)) + "\n")
+    assert "Accuracy (%) by epoch of the runs still training" in text
+    assert "| epoch | nuclear-s0 (shard 2/2, val) |" in text and "| 1 | 30.00 |" in text
+    with open(tmp_path / "shard-2-of-2" / "runs" / "nuclear-s0" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(_epoch(2, epochs=2, key="val_acc")) + "\n")
     text = report.write_report(tmp_path, tmp_path / "report").read_text()
-    assert "Accuracy (%) by epoch" not in text and "| nuclear-s0 | — | 2 / 2 |" in text
+    assert "Accuracy (%) by epoch" not in text and "| nuclear-s0 | 2/2 | 2 / 2 |" in text
 
 
 def test_a_broken_metrics_file_is_named(tmp_path):

@@ -88,7 +88,7 @@ def test_from_dict_resolves_extends_from_the_current_directory(tmp_path, monkeyp
         ),
         ({"extends": 3, "out": "runs/c"}, r"child\.toml: extends must name a sweep file .*got 3"),
         ({"extends": "", "out": "runs/c"}, r"extends must name a sweep file"),
-        ({"extends": "no-such.toml", "out": "runs/c"}, r"sweep config 'no-such\.toml' not found"),
+        ({"extends": "no-such.toml", "out": "runs/c"}, r"child\.toml: extends 'no-such\.toml', but .*no preset"),
         ({"extends": "child.toml", "out": "runs/c"}, r"extends loop: .*child\.toml -> .*child\.toml"),
     ],
 )
@@ -98,11 +98,67 @@ def test_bad_extends_are_named(tmp_path, child, message):
         SweepConfig.from_toml(write(tmp_path / "child.toml", child))
 
 
+def test_a_copy_beside_the_file_wins_over_the_preset_of_its_name(tmp_path):
+    """Copied presets extend each other, not the built-in ones: a bare name is looked for beside the file first."""
+    demo = read_toml(resolve_config("demo"))
+    write(tmp_path / "demo.toml", {**demo, "train": {**demo["train"], "lr": 0.05}})
+    child = write(tmp_path / "mine.toml", {"extends": "demo", "out": "runs/mine"})
+    assert read_sweep_file(child)["train"]["lr"] == 0.05
+
+
+def test_a_relative_path_is_never_read_from_the_current_directory(tmp_path, monkeypatch):
+    write(tmp_path / "base.toml", BASE)  # in the current directory, not beside the extending file
+    (tmp_path / "sub").mkdir()
+    child = write(tmp_path / "sub" / "child.toml", {"extends": "base.toml", "out": "runs/c"})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"child\.toml: extends 'base\.toml', but there is no file .*sub.base\.toml"):
+        read_sweep_file(child)
+
+
+def test_an_out_given_by_the_caller_stands_in_for_the_file_s_own(tmp_path):
+    write(tmp_path / "base.toml", BASE)
+    child = write(tmp_path / "child.toml", {"extends": "base.toml", "train": {"epochs": 3}})
+    with pytest.raises(ValueError, match="or be run with --out"):
+        SweepConfig.from_toml(child)
+    assert SweepConfig.from_toml(child, out=tmp_path / "given").out == tmp_path / "given"
+
+
+def test_a_mistake_inherited_from_the_extended_file_names_the_chain(tmp_path):
+    write(tmp_path / "base.toml", {**BASE, "compress": {"rates": [1.5]}})
+    child = write(tmp_path / "child.toml", {"extends": "base.toml", "out": "runs/c"})
+    with pytest.raises(ValueError, match=r"child\.toml or a file it extends: compress\.rates must lie in \(0, 1\)"):
+        SweepConfig.from_toml(child)
+
+
 def test_a_loop_through_two_files_is_named(tmp_path):
     write(tmp_path / "a.toml", {"extends": "b.toml", "out": "runs/a"})
     write(tmp_path / "b.toml", {"extends": "a.toml", "out": "runs/b"})
     with pytest.raises(ValueError, match=r"extends loop: .*a\.toml -> .*b\.toml -> .*a\.toml"):
         read_sweep_file(tmp_path / "a.toml")
+
+
+PRESET_FINGERPRINTS = {
+    "cifar10-cpu": "8b4eb92f00566c7e",
+    "cifar10-cpu-lowrank": "bbe3aa0610a6af73",
+    "cifar10-cpu-small": "9e34fa433ac9ac12",
+    "cifar10-paper": "3d970400bd5d362b",
+    "cifar10-paper-cpu": "8ae41035a70d8c03",
+    "cifar10-paper-cpu-30ep": "062dd55c2ff4d8e1",
+}
+"""The fingerprints of the presets that extend another and of those they extend, as their committed results and
+running sweeps carry them: an edit to a parent preset that would change what a child runs fails here, before a
+resumed shard is refused or a report refuses to merge."""
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_FINGERPRINTS))
+def test_presets_of_a_chain_keep_their_fingerprints(name):
+    assert SweepConfig.from_toml(name).fingerprint() == PRESET_FINGERPRINTS[name]
+
+
+def test_every_preset_of_a_chain_is_pinned():
+    chained = {p.stem for p in PRESETS_DIR.glob("*.toml") if "extends" in read_toml(p)}
+    parents = {read_toml(resolve_config(n))["extends"] for n in chained}
+    assert chained | parents <= set(PRESET_FINGERPRINTS)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.toml") if "extends" in read_toml(p)))

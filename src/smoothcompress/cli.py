@@ -257,14 +257,21 @@ def _plan(args: argparse.Namespace) -> int:
     from smoothcompress.study.experiment import SweepConfig
     from smoothcompress.study.plan import plan_table, sweep_plan
 
-    cfg = SweepConfig.from_toml(args.config)
-    plan = sweep_plan(cfg, out=args.out, shard=args.shard)
+    cfg = SweepConfig.from_toml(args.config, out=args.out)
+    plan = sweep_plan(cfg, shard=args.shard)
+    cells = 1 + len(cfg.methods) * len(cfg.rates)
     train = {**cfg.train, **({"data": args.data} if args.data else {})}
-    print(f"sweep {args.config}: {len(cfg.runs)} training runs x {plan[0]['cells']} cells (dense + "
-          f"{len(cfg.methods)} methods x {len(cfg.rates)} rates), fingerprint {cfg.fingerprint()}")  # fmt: skip
-    print("train: " + ", ".join(f"{k} {v}" for k, v in train.items()))
-    print(f"out: {args.out or cfg.out}\n\n{plan_table(plan)}")
+    grid = f"{_count(len(cfg.methods), 'method')} x {_count(len(cfg.rates), 'rate')}"
+    print(f"sweep {args.config}: {_count(len(cfg.runs), 'training run')} x {_count(cells, 'cell')} (dense, and "
+          f"{grid}), fingerprint {cfg.fingerprint()}")  # fmt: skip
+    print("train (before each run's own settings): " + ", ".join(f"{k} {v}" for k, v in train.items()))
+    print(f"rates: {', '.join(f'{r:g}' for r in cfg.rates)}; methods: {', '.join(m.label for m in cfg.methods) or '—'}")
+    print(f"out: {cfg.out}{'' if cfg.out.exists() else ' (does not exist yet)'}\n\n{plan_table(plan)}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _report(

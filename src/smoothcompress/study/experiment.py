@@ -173,16 +173,23 @@ class SweepConfig:
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
         """Read a sweep TOML file or a preset name (see :func:`resolve_config`)."""
         path = resolve_config(path)
-        return replace(cls.from_dict(read_sweep_file(path), out=out), source=str(path))
+        table = read_sweep_file(path, out_given=out is not None)
+        try:
+            cfg = cls.from_dict(table, out=out)
+        except ConfigError as e:
+            chain = " or a file it extends" if "extends" in read_toml(path) else ""
+            raise ConfigError(f"{path}{chain}: {e}") from None
+        return replace(cfg, source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], out: str | os.PathLike | None = None) -> SweepConfig:
         """Parse and validate; any mistake raises ``ValueError`` naming it, before anything runs.
 
-        An ``extends`` key names its sweep file as :func:`read_sweep_file` does, relative to the current directory.
+        An ``extends`` key names its sweep file as :func:`read_sweep_file` does, a relative path from the current
+        directory.
         """
         if "extends" in raw:
-            raw = _extend(raw, Path.cwd(), [])
+            raw = _extend(raw, Path.cwd(), [], out_given=out is not None)
         _check_keys("sweep file", raw, _SECTIONS)
         train = dict(raw.get("train", {}))
         grid = raw.get("grid", {})
@@ -331,45 +338,53 @@ _NOT_INHERITED = ("out", "description")
 """Keys a sweep file never takes from the file it extends: each sweep names its own folder and says what it is."""
 
 
-def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
+def read_sweep_file(path: str | os.PathLike, out_given: bool = False) -> dict[str, Any]:
     """The table of a sweep file, with its ``extends`` chain resolved.
 
-    ``extends = NAME`` names a sweep file: a path relative to the extending file's folder, else a preset name or
-    a path as :func:`resolve_config` takes it. The result holds that file's tables (its own ``extends`` resolved
-    first), overridden key by key by this file's: a table such as ``[train]`` is merged one key at a time, any
-    other value (a list such as ``methods``, a number, a string) is replaced whole. ``out`` and ``description``
-    are taken from this file only.
+    ``extends = NAME`` names a sweep file: a file beside the extending one (``NAME`` or ``NAME.toml``, relative
+    to the extending file's folder), else an absolute path, else a built-in preset of that name. The result holds
+    that file's tables (its own ``extends`` resolved first), overridden key by key by this file's: a table such as
+    ``[train]`` is merged one key at a time, any other value (a list such as ``methods``, a number, a string) is
+    replaced whole. ``out`` and ``description`` are taken from this file only. Paths inside the tables (such as
+    ``train.data``) stay relative to the current directory, as in any sweep file.
+
+    Parameters
+    ----------
+    path : path
+        The sweep file.
+    out_given : bool
+        The caller names the output folder (``sweep --out``), so a file that extends another need not.
 
     Raises
     ------
     ValueError
-        A missing or invalid file, an ``extends`` that is not a string, a loop of ``extends``, or a file with
-        ``extends`` and no ``out`` of its own; each message names the file.
+        A missing or invalid file, an ``extends`` that is not a string or names no file, a loop of ``extends``, or
+        a file with ``extends``, no ``out`` of its own and none given; each message names the file.
     """
     path = Path(path)
     raw = read_toml(path)
-    return _extend(raw, path.parent, [path]) if "extends" in raw else raw
+    return _extend(raw, path.parent, [path], out_given) if "extends" in raw else raw
 
 
-def _extend(raw: dict[str, Any], folder: Path, chain: list[Path]) -> dict[str, Any]:
-    """``raw`` (a sweep table with ``extends``, read from ``folder``) over the table it extends."""
-    where = str(chain[-1]) if chain else "sweep file"
+def _extend(raw: dict[str, Any], folder: Path, chain: list[Path], out_given: bool) -> dict[str, Any]:
+    """``raw`` (a sweep table with ``extends``, read from ``folder``; ``chain`` the files read so far, this one
+    last) over the table it extends."""
+    where = str(chain[-1]) if chain else "sweep config"
     name = raw["extends"]
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: extends must name a sweep file (a preset name or a path), got {name!r}")
-    if "out" not in raw:
+    if "out" not in raw and not out_given and len(chain) <= 1:
         raise ConfigError(
             f"{where}: a sweep file that extends {name!r} must name its own out folder "
-            '(e.g. out = "runs/<its name>"), so that the two sweeps never write into one folder'
+            '(e.g. out = "runs/<its name>") or be run with --out, so that the two sweeps never write into one folder'
         )
-    relative = folder / name
-    parent = relative if relative.is_file() else resolve_config(name)
+    parent = _extended_file(name, folder, where)
     if any(parent.resolve() == p.resolve() for p in chain):
         loop = " -> ".join(str(p) for p in [*chain, parent])
         raise ConfigError(f"extends loop: {loop}; a sweep file cannot extend itself, directly or not")
     base = read_toml(parent)
     if "extends" in base:
-        base = _extend(base, parent.parent, [*chain, parent])
+        base = _extend(base, parent.parent, [*chain, parent], out_given)
     merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
     for key, value in raw.items():
         if key == "extends":
@@ -377,6 +392,24 @@ def _extend(raw: dict[str, Any], folder: Path, chain: list[Path]) -> dict[str, A
         both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = {**merged[key], **value} if both_tables else value
     return merged
+
+
+def _extended_file(name: str, folder: Path, where: str) -> Path:
+    """The file ``extends = name`` names, from a sweep file in ``folder`` (see :func:`read_sweep_file`)."""
+    path = Path(name).expanduser()
+    named = [path] if path.suffix or path.is_absolute() else [path, path.with_name(f"{path.name}.toml")]
+    beside = [p if p.is_absolute() else folder / p for p in named]
+    found = next((p for p in beside if p.is_file()), None)
+    if found is not None:
+        return found
+    preset = PRESETS_DIR / f"{path.stem}.toml"
+    if not path.is_absolute() and path.parent == Path(".") and path.suffix in ("", ".toml") and preset.is_file():
+        return preset
+    presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+    raise ConfigError(
+        f"{where}: extends {name!r}, but there is no file {' or '.join(map(str, beside))} and no preset of that "
+        f"name ({presets}); a relative path is read from the extending file's folder"
+    )
 
 
 def _check_owned(
@@ -487,7 +520,7 @@ def sweep(
         Run only the i-th of n disjoint slices of the training runs (numbered from 1; see the module
         docstring), into ``out/shard-i-of-n/``. Default: the whole grid, into ``out``.
     """
-    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config)
+    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
     cfg = replace(
         cfg,
         out=Path(out) if out is not None else cfg.out,

@@ -18,7 +18,7 @@ from smoothcompress.files import read_jsonl
 from smoothcompress.study.experiment import SweepConfig, parse_shard, shard_folder
 from smoothcompress.study.progress import training_progress
 from smoothcompress.study.results import cell_key
-from smoothcompress.study.training import TrainConfig
+from smoothcompress.study.training import TrainConfig, settings_changes
 
 __all__ = ["sweep_plan", "plan_table"]
 
@@ -28,7 +28,7 @@ def sweep_plan(
     out: str | os.PathLike | None = None,
     shard: str | tuple[int, int] | None = None,
 ) -> list[dict]:
-    """Every training run of a sweep, with its shard and what is done of it.
+    """Every training run of a sweep, with its shard and what is done of it, as :func:`sweep` would find it.
 
     Parameters
     ----------
@@ -36,54 +36,89 @@ def sweep_plan(
         The sweep and its output folder, as :func:`~smoothcompress.study.experiment.sweep` takes them.
     shard : "i/n" or (i, n), optional
         Only the runs of shard i of n. Default: the shards whose folders ``out`` holds (``shard-i-of-n``, all of one
-        n), every shard of that n listed; else the whole grid unsharded.
+        n), every shard of that n listed, and the unsharded sweep too when ``out`` holds its runs or rows; the
+        whole grid unsharded when ``out`` holds no shard folder.
 
     Returns
     -------
     list of dict
         One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag),
-        ``folder`` (the shard's folder), ``reg``, ``weight``, ``seed``, ``variant`` (text, ``""`` for none),
-        ``epochs_done``, ``epochs`` (planned), ``cells_done`` and ``cells`` (the dense row plus every method at
-        every rate).
+        ``folder`` (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``,
+        ``seed``, ``variant`` (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``cells_done`` and
+        ``cells`` (the dense row plus every method at every rate), and ``status``: ``""`` when the sweep would go on
+        with the run, else why it would not (``"settings differ (lr: 0.4 -> 0.2)"``: the sweep refuses the folder;
+        ``"not in this grid"``: a run folder the grid no longer has, listed after the shard's runs with ``None``
+        for what only the grid tells).
 
     Raises
     ------
     ValueError
-        A bad config or shard, or an ``out`` holding shard folders of different counts (``shard-1-of-2`` beside
-        ``shard-1-of-3``) when no shard is given.
+        A bad config or shard; an ``out`` holding shard folders of different counts (``shard-1-of-2`` beside
+        ``shard-1-of-3``) or of more shards than the grid has runs, when no shard is given.
     """
-    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config)
+    cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
     root = Path(out) if out is not None else cfg.out
-    shards = [parse_shard(shard)] if shard is not None else _shards_in(root)
+    shards = [parse_shard(shard)] if shard is not None else _shards_in(root, len(cfg.runs))
     cells = [("dense", 0.0), *((m.label, float(r)) for m in cfg.methods for r in cfg.rates)]
+    grid = {s.tag(cfg.train) for s in cfg.runs}
     plan = []
     for i, n in shards:
         folder = shard_folder(root, (i, n))
         done = {cell_key(r) for r in read_jsonl(folder / "results.jsonl")}
-        epochs_done = {e["run"]: e["epochs_done"] for e in training_progress(folder) if not e["shard"]}
+        progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
+        name = f"{i}/{n}" if n > 1 else ""
         for spec in cfg.shard_runs((i, n)):
             tag = spec.tag(cfg.train)
+            tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
             plan.append(
                 {
-                    "shard": f"{i}/{n}" if n > 1 else "",
+                    "shard": name,
                     "run": tag,
                     "folder": str(folder),
+                    "model": f"{tconf.model} w{tconf.width}",
                     "reg": spec.reg,
                     "weight": spec.weight,
                     "seed": spec.seed,
                     "variant": spec.variant_name(),
-                    "epochs_done": epochs_done.get(tag, 0),
-                    "epochs": TrainConfig.from_dict({**cfg.train, **spec.train_overrides()}).epochs,
+                    "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
+                    "epochs": tconf.epochs,
                     "cells_done": sum((tag, label, rate) in done for label, rate in cells),
                     "cells": len(cells),
+                    "status": _status(folder / "runs" / tag / "config.toml", tconf),
+                }
+            )
+        for tag in sorted(set(progress) - grid):
+            plan.append(
+                {
+                    "shard": name,
+                    "run": tag,
+                    "folder": str(folder),
+                    **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs"), None),
+                    "epochs_done": progress[tag]["epochs_done"],
+                    "cells_done": sum(r == tag for r, _, _ in done),
+                    "cells": len(cells),
+                    "status": "not in this grid",
                 }
             )
     return plan
 
 
-def _shards_in(root: Path) -> list[tuple[int, int]]:
-    """Every shard ``(i, n)`` of the one count n whose folders ``root`` holds; ``[(1, 1)]`` when it holds none."""
-    counts = {int(m[1]) for p in root.glob("shard-*-of-*") if (m := re.fullmatch(r"shard-\d+-of-(\d+)", p.name))}
+def _status(saved: Path, config: TrainConfig) -> str:
+    """Why a sweep would refuse the run folder of ``saved`` (its ``config.toml``) under ``config``; ``""`` if not."""
+    if not saved.is_file():
+        return ""
+    changes = settings_changes(TrainConfig.from_toml(saved).to_dict(), config, saved)
+    return f"settings differ ({'; '.join(changes)})" if changes else ""
+
+
+def _shards_in(root: Path, runs: int) -> list[tuple[int, int]]:
+    """The shards a folder holds: every shard ``(i, n)`` of the one count n of its ``shard-i-of-n`` folders, after
+    ``(1, 1)`` when ``root`` also holds an unsharded sweep's runs or rows; ``[(1, 1)]`` when it holds no shard."""
+    pattern = re.compile(r"shard-([1-9]\d*)-of-([1-9]\d*)")
+    counts = {
+        int(m[2]) for p in root.glob("shard-*-of-*") if (m := pattern.fullmatch(p.name)) and int(m[1]) <= int(m[2])
+    }
+    unsharded = (root / "results.jsonl").is_file() or (root / "runs").is_dir()
     if not counts:
         return [(1, 1)]
     if len(counts) > 1:
@@ -92,21 +127,40 @@ def _shards_in(root: Path) -> list[tuple[int, int]]:
             "name the shard to plan (--shard I/N)"
         )
     (n,) = counts
-    return [(i, n) for i in range(1, n + 1)]
+    if n > runs:
+        raise ConfigError(
+            f"{root} holds shard-*-of-{n} folders, but this grid has {runs} training run(s): the grid changed, "
+            "or --out names another sweep's folder"
+        )
+    return [(1, 1)] * unsharded + [(i, n) for i in range(1, n + 1)]
+
+
+def _penalty(entry: dict) -> str:
+    """The penalty of a plan entry as the table shows it: ``none``, ``nuclear 0.001``, or ``—`` outside the grid."""
+    if entry["reg"] in (None, "none"):
+        return entry["reg"] or "—"
+    return f"{entry['reg']} {entry['weight']:g}"
 
 
 def plan_table(plan: list[dict]) -> str:
-    """Markdown table of :func:`sweep_plan`: one row per run, its shard, penalty, seed, variant, epochs trained of
-    those planned and cells done of the total."""
+    """Markdown table of :func:`sweep_plan`: one row per run, its shard, model, penalty, seed, variant, epochs
+    trained of those planned, cells done of the total, and why the sweep would not go on with it (``ok`` if it
+    would)."""
     lines = [
-        "| shard | run | penalty | seed | variant | epochs | cells |",
-        "|---|---|---|---|---|---|---|",
+        "| shard | run | model | penalty | seed | variant | epochs | cells | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in plan:
-        penalty = p["reg"] if p["reg"] == "none" else f"{p['reg']} {p['weight']:g}"
-        lines.append(
-            f"| {p['shard'] or '—'} | {p['run']} | {penalty} | {p['seed']} | {p['variant'] or '—'} | "
-            f"{p['epochs_done']} / {p['epochs']} | "
-            f"{p['cells_done']} / {p['cells']} |"
-        )
+        cells = [
+            p["shard"] or "—",
+            p["run"],
+            p["model"] or "—",
+            _penalty(p),
+            "—" if p["seed"] is None else str(p["seed"]),
+            p["variant"] or "—",
+            f"{p['epochs_done']} / {p['epochs'] or '—'}",
+            f"{p['cells_done']} / {p['cells']}",
+            p["status"] or "ok",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

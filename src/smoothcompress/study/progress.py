@@ -140,20 +140,25 @@ def progress_table(entries: list[dict]) -> str:
 
 
 def epochs_table(entries: list[dict]) -> str:
-    """Markdown table of the monitor's accuracy (%) epoch by epoch: one row per epoch any run has finished, one
-    column per run with a monitor (``—`` where that run has no row for the epoch); ``""`` when no run has one. The
-    column heads are the run tags, marked ``(training)`` while a run is unfinished, and the split is named once
-    above the rows."""
-    shown = [e for e in entries if e["history"] and e["eval_key"] is not None]
+    """Markdown table of the monitor's accuracy (%) epoch by epoch of the runs still training: one row per epoch
+    any of them has finished, one column per unfinished run with a monitor (``—`` where that run has no row for the
+    epoch), headed by its tag, its shard (``1/2``) when it has one, and its split; ``""`` when no such run."""
+    shown = [e for e in entries if not e["finished"] and e["history"] and e["eval_key"] is not None]
     if not shown:
         return ""
     by_run = [{r["epoch"]: r.get(e["eval_key"]) for r in e["history"]} for e in shown]
-    heads = [e["run"] + ("" if e["finished"] else " (training)") for e in shown]
+    heads = [f"{e['run']} ({_where(e)})" for e in shown]
     lines = ["| epoch | " + " | ".join(heads) + " |", "|---" * (1 + len(shown)) + "|"]
     for epoch in sorted(set().union(*by_run)):
         cells = ["—" if accs.get(epoch) is None else f"{100 * accs[epoch]:.2f}" for accs in by_run]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _where(entry: dict) -> str:
+    """The shard (when there is one) and the split of a run's monitor, e.g. ``"shard 1/2, test"``."""
+    split = entry["eval_key"].removesuffix("_acc")
+    return f"shard {entry['shard']}, {split}" if entry["shard"] else split
 
 
 def plot_progress(entries: list[dict], path: Path) -> Path | None:

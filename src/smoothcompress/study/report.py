@@ -497,13 +497,10 @@ def _progress_lines(progress: list[dict]) -> list[str]:
 
 
 def _epoch_lines(progress: list[dict]) -> list[str]:
-    """While a run is still training, its monitor epoch by epoch (:func:`~smoothcompress.study.progress.epochs_table`):
-    the only record of it until its results rows come. None once every run has finished."""
+    """The monitor of each run still training, epoch by epoch (:func:`~smoothcompress.study.progress.epochs_table`):
+    the only record of such a run until its results rows come. None once every run has finished."""
     table = epochs_table(progress)
-    if all(e["finished"] for e in progress) or not table:
-        return []
-    splits = sorted({e["eval_key"].removesuffix("_acc") for e in progress if e["eval_key"]})
-    return [f"Accuracy (%) by epoch, {' / '.join(splits)} split, while a run is still training:", "", table, ""]
+    return ["Accuracy (%) by epoch of the runs still training:", "", table, ""] if table else []
 
 
 def _progress_report(progress: list[dict], out: Path) -> Path:

@@ -53,6 +53,7 @@ from smoothcompress.study.training.checkpoint import (
     check_same_settings,
     load_checkpoint,
     save_checkpoint,
+    settings_changes,
 )
 from smoothcompress.study.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml
 from smoothcompress.study.training.evaluation import EVAL_BATCH, evaluate
@@ -84,6 +85,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "check_same_settings",
+    "settings_changes",
     "read_toml",
     "resolve_device",
     "seed_everything",

@@ -20,7 +20,14 @@ from smoothcompress.files import atomic_file
 from smoothcompress.io import CheckpointError
 from smoothcompress.study.training.config import RUNTIME_KEYS, TrainConfig, effective_schedule
 
-__all__ = ["CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "check_same_settings"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_same_settings",
+    "settings_changes",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """File name of the checkpoint inside a run folder."""
@@ -70,13 +77,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` naming every training setting (runtime keys aside) where ``config`` differs from ``saved``.
+def settings_changes(saved: dict[str, Any], config: TrainConfig, path: str | os.PathLike) -> list[str]:
+    """Every training setting (runtime keys aside) where ``config`` differs from ``saved``, as ``"key: old -> new"``;
+    ``[]`` when the run can continue or be reused under ``config``.
 
-    ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``); a key this version
-    does not know raises the one-line unknown-key error. Continuing or reusing that run under other settings would
-    silently mix two experiments. A key the saved config lacks (a setting added since) counts as its default: that
-    run was trained the default's way. Penalty schedules compare as trained (``training.config.effective_schedule``).
+    ``saved`` is the config dict stored with a run (checkpoint or ``config.toml`` at ``path``). A key the saved
+    config lacks (a setting added since) counts as its default: that run was trained the default's way. Penalty
+    schedules compare as trained (``training.config.effective_schedule``). Raises the one-line unknown-key error
+    (``ConfigError``, naming ``path``) for a key this version does not know.
     """
     defaults = TrainConfig().to_dict()
     unknown = sorted(set(saved) - set(defaults))
@@ -87,10 +95,16 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | 
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     saved |= effective_schedule(saved)  # compare the schedules trained with, not how they were spelled
     now = config.to_dict() | effective_schedule(config)
-    changed = [k for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
+
+
+def check_same_settings(saved: dict[str, Any], config: TrainConfig, path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming every training setting where ``config`` differs from ``saved``
+    (:func:`settings_changes`): continuing or reusing that run under other settings would silently mix two
+    experiments."""
+    changed = settings_changes(saved, config, path)
     if changed:
-        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(
-            f"{path} was written with different settings ({diff}). Use the run's own config "
+            f"{path} was written with different settings ({'; '.join(changed)}). Use the run's own config "
             f"({Path(path).parent / 'config.toml'}) or a new out folder."
         )
