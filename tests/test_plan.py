@@ -32,8 +32,8 @@ def test_a_folder_with_one_shard_done_lists_both_shards_with_their_progress(half
         ("2/2", "mlp-w32-nuclear0.01-s0", 0, 2, 0, ""),
     ]
     table = plan_table(plan)
-    assert "| 1/2 | mlp-w32-none-s0 | mlp w32 | none | 0 | — | 2 / 2 | 5 / 5 | ok |" in table
-    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 | ok |" in table
+    assert "| 1/2 | mlp-w32-none-s0 | mlp w32 | none | 0 | — | 2 / 2 | 0 s | 5 / 5 | ok |" in table
+    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | — | 0 / 5 | ok |" in table
 
 
 def test_a_run_the_sweep_would_refuse_says_why(half_done):
@@ -50,7 +50,7 @@ def test_run_folders_the_grid_no_longer_has_are_listed(half_done):
         ("mlp-w16-none-s0", "", 0, 0),
         ("mlp-w32-none-s0", "not in this grid", 2, CELLS),
     ]
-    assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | 5 / 5 | not in this grid |" in plan_table(plan)
+    assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | — | 5 / 5 | not in this grid |" in plan_table(plan)
 
 
 def test_an_unsharded_sweep_beside_shard_folders_is_listed_too(tmp_path):
@@ -116,6 +116,6 @@ def test_the_command_line_prints_the_plan_and_runs_nothing(half_done, tmp_path, 
     printed = capsys.readouterr().out
     assert "2 training runs x 5 cells (dense, and 2 methods x 2 rates), fingerprint " in printed
     assert "dataset digits, model mlp, width 32, epochs 2" in printed and "rates: 0.5, 0.8; methods: svd" in printed
-    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | 0 / 5 | ok |" in printed
+    assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | — | 0 / 5 | ok |" in printed
     assert "does not exist yet" not in printed
     assert sorted(p.relative_to(half_done) for p in half_done.rglob("*")) == before

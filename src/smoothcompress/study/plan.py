@@ -18,7 +18,7 @@ from smoothcompress.files import read_jsonl
 from smoothcompress.study.experiment import SweepConfig, parse_shard, shard_folder
 from smoothcompress.study.progress import training_progress
 from smoothcompress.study.results import cell_key
-from smoothcompress.study.training import TrainConfig, settings_changes
+from smoothcompress.study.training import TrainConfig, duration, settings_changes, time_left
 
 __all__ = ["sweep_plan", "plan_table"]
 
@@ -44,7 +44,9 @@ def sweep_plan(
     list of dict
         One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag),
         ``folder`` (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``,
-        ``seed``, ``variant`` (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``cells_done`` and
+        ``seed``, ``variant`` (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``training_left_s``
+        (seconds of training still to go at the pace of its last epochs,
+        :func:`~smoothcompress.study.training.time_left`; ``None`` before its first epoch), ``cells_done`` and
         ``cells`` (the dense row plus every method at every rate), and ``status``: ``""`` when the sweep would go on
         with the run, else why it would not (``"settings differ (lr: 0.4 -> 0.2)"``: the sweep refuses the folder;
         ``"not in this grid"``: a run folder the grid no longer has, listed after the shard's runs with ``None``
@@ -82,6 +84,7 @@ def sweep_plan(
                     "variant": spec.variant_name(),
                     "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
                     "epochs": tconf.epochs,
+                    "training_left_s": time_left(progress[tag]["history"], tconf.epochs) if tag in progress else None,
                     "cells_done": sum((tag, label, rate) in done for label, rate in cells),
                     "cells": len(cells),
                     "status": _status(folder / "runs" / tag / "config.toml", tconf),
@@ -93,7 +96,7 @@ def sweep_plan(
                     "shard": name,
                     "run": tag,
                     "folder": str(folder),
-                    **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs"), None),
+                    **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs", "training_left_s"), None),
                     "epochs_done": progress[tag]["epochs_done"],
                     "cells_done": sum(r == tag for r, _, _ in done),
                     "cells": len(cells),
@@ -144,11 +147,11 @@ def _penalty(entry: dict) -> str:
 
 def plan_table(plan: list[dict]) -> str:
     """Markdown table of :func:`sweep_plan`: one row per run, its shard, model, penalty, seed, variant, epochs
-    trained of those planned, cells done of the total, and why the sweep would not go on with it (``ok`` if it
-    would)."""
+    trained of those planned, the training time left, cells done of the total, and why the sweep would not go on
+    with it (``ok`` if it would)."""
     lines = [
-        "| shard | run | model | penalty | seed | variant | epochs | cells | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shard | run | model | penalty | seed | variant | epochs | training left | cells | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in plan:
         cells = [
@@ -159,6 +162,7 @@ def plan_table(plan: list[dict]) -> str:
             "—" if p["seed"] is None else str(p["seed"]),
             p["variant"] or "—",
             f"{p['epochs_done']} / {p['epochs'] or '—'}",
+            "—" if p["training_left_s"] is None else duration(p["training_left_s"]),
             f"{p['cells_done']} / {p['cells']}",
             p["status"] or "ok",
         ]

@@ -45,7 +45,8 @@ wraps the model in ``DistributedDataParallel``.
 Modules: :mod:`~smoothcompress.study.training.config` (:class:`TrainConfig`),
 :mod:`~smoothcompress.study.training.loop` (:func:`train`, :func:`run`, schedule, optimiser),
 :mod:`~smoothcompress.study.training.checkpoint`, :mod:`~smoothcompress.study.training.evaluation`
-(:func:`evaluate`) and :mod:`~smoothcompress.study.training.runtime` (device, torchrun process group, RNG states).
+(:func:`evaluate`), :mod:`~smoothcompress.study.training.runtime` (device, torchrun process group, RNG states)
+and :mod:`~smoothcompress.study.training.eta` (the time a run still needs).
 """
 
 from smoothcompress.study.training.checkpoint import (
@@ -56,6 +57,7 @@ from smoothcompress.study.training.checkpoint import (
     settings_changes,
 )
 from smoothcompress.study.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml
+from smoothcompress.study.training.eta import duration, time_left
 from smoothcompress.study.training.evaluation import EVAL_BATCH, evaluate
 from smoothcompress.study.training.loop import (
     TrainingDiverged,
@@ -87,6 +89,8 @@ __all__ = [
     "check_same_settings",
     "settings_changes",
     "read_toml",
+    "time_left",
+    "duration",
     "resolve_device",
     "seed_everything",
     "rng_state",

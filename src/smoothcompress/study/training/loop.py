@@ -46,6 +46,7 @@ from smoothcompress.study.training.checkpoint import (
     save_checkpoint,
 )
 from smoothcompress.study.training.config import SCHEDULES, TrainConfig, make_regularizer
+from smoothcompress.study.training.eta import duration, time_left
 from smoothcompress.study.training.evaluation import count_correct, eval_loader, to_input
 from smoothcompress.study.training.runtime import (
     DistContext,
@@ -476,10 +477,12 @@ def _train_epoch(r: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str
     if r.writes:
         save_checkpoint(r.ckpt_path, _checkpoint_state(r, epoch + 1, [*history, row]))
         append_jsonl(r.ckpt_path.parent / "metrics.jsonl", row)
+    left = time_left([*history, row], cfg.epochs)
     log.info(
-        "epoch %d/%d  loss %.4f  train_acc %.4f  %s %.4f%s  %.0f img/s",
+        "epoch %d/%d  loss %.4f  train_acc %.4f  %s %.4f%s  %.0f img/s%s",
         epoch + 1, cfg.epochs, row["loss"], row["train_acc"], r.eval_key, row[r.eval_key],
         f"  penalty {row['penalty']:.4g}" if r.reg is not None else "", row["images_per_s"],
+        f"  {duration(left)} left" if left else "",
     )  # fmt: skip
     return row
 

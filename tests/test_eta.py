@@ -1,0 +1,33 @@
+"""The time a training run still needs, from its epoch rows, and how a span of time is written."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smoothcompress.study.training import duration, time_left
+from smoothcompress.study.training.eta import ETA_EPOCHS
+
+times = st.lists(st.tuples(st.floats(0, 1e4), st.floats(0, 1e3)), min_size=1, max_size=12)
+
+
+@given(times=times, more=st.integers(0, 40))
+def test_the_time_left_is_the_mean_of_the_last_epochs_times_the_epochs_to_go(times, more):
+    history = [{"epoch": i + 1, "seconds": s, "eval_seconds": e} for i, (s, e) in enumerate(times)]
+    recent = times[-ETA_EPOCHS:]
+    expected = sum(s + e for s, e in recent) / len(recent) * more
+    assert time_left(history, len(history) + more) == pytest.approx(expected)
+
+
+def test_no_time_is_left_before_the_first_epoch_or_after_the_last():
+    assert time_left([], 10) == 0.0
+    assert time_left([{"seconds": 5.0}] * 3, 3) == 0.0
+    assert time_left([{"seconds": 5.0}], 3) == 10.0  # rows of older runs may lack eval_seconds
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0 s"), (44.6, "45 s"), (59.6, "1 min"), (720, "12 min"), (3569, "59 min"), (3570, "1 h 00 min"),
+     (11100, "3 h 05 min"), (90000, "25 h 00 min")],
+)  # fmt: skip
+def test_a_span_of_time_reads_as_a_person_writes_it(seconds, text):
+    assert duration(seconds) == text
