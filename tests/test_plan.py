@@ -32,7 +32,7 @@ def test_a_folder_with_one_shard_done_lists_both_shards_with_their_progress(half
         ("2/2", "mlp-w32-nuclear0.01-s0", 0, 2, 0, ""),
     ]
     table = plan_table(plan)
-    assert "| 1/2 | mlp-w32-none-s0 | mlp w32 | none | 0 | — | 2 / 2 | 0 s | 5 / 5 | ok |" in table
+    assert "| 1/2 | mlp-w32-none-s0 | mlp w32 | none | 0 | — | 2 / 2 | — | 5 / 5 | ok |" in table
     assert "| 2/2 | mlp-w32-nuclear0.01-s0 | mlp w32 | nuclear 0.01 | 0 | — | 0 / 2 | — | 0 / 5 | ok |" in table
 
 
@@ -70,6 +70,24 @@ def test_more_shard_folders_than_runs_says_the_grid_changed(tmp_path):
     (tmp_path / "shard-1-of-3").mkdir()
     with pytest.raises(ValueError, match=r"holds shard-\*-of-3 folders, but this grid has 2 training run\(s\)"):
         sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
+
+
+def test_a_copy_with_the_rows_and_no_run_folders_counts_the_training_done(half_done, tmp_path):
+    (tmp_path / "shard-1-of-2").mkdir()
+    (tmp_path / "shard-1-of-2" / "results.jsonl").write_bytes(
+        (half_done / "shard-1-of-2" / "results.jsonl").read_bytes()
+    )
+    first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
+    assert (first["epochs_done"], first["training_left_s"], first["cells_done"]) == (2, None, CELLS)
+
+
+def test_a_run_still_training_has_its_time_left(tmp_path):
+    run = tmp_path / "runs" / "mlp-w32-none-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "epochs": 2, "seconds": 30.0, "eval_seconds": 6.0}\n')
+    first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
+    assert (first["epochs_done"], first["training_left_s"]) == (1, 36.0)
+    assert "| 1 / 2 | 36 s |" in plan_table([first])
 
 
 def test_a_shard_given_is_the_only_one_listed(half_done):

@@ -42,15 +42,14 @@ def sweep_plan(
     Returns
     -------
     list of dict
-        One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag),
-        ``folder`` (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``,
-        ``seed``, ``variant`` (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``training_left_s``
-        (seconds of training still to go at the pace of its last epochs,
-        :func:`~smoothcompress.study.training.time_left`; ``None`` before its first epoch), ``cells_done`` and
-        ``cells`` (the dense row plus every method at every rate), and ``status``: ``""`` when the sweep would go on
-        with the run, else why it would not (``"settings differ (lr: 0.4 -> 0.2)"``: the sweep refuses the folder;
-        ``"not in this grid"``: a run folder the grid no longer has, listed after the shard's runs with ``None``
-        for what only the grid tells).
+        One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag), ``folder``
+        (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``, ``seed``, ``variant``
+        (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``training_left_s`` (seconds of training still
+        to go at the pace of its last epochs, :func:`~smoothcompress.study.training.time_left`; ``None`` before its
+        first epoch and once it has rows), ``cells_done`` and ``cells`` (the dense row plus every method at every rate),
+        and ``status``: ``""`` when the sweep would go on with the run, else why it would not (``"settings differ (lr:
+        0.4 -> 0.2)"``: the sweep refuses the folder; ``"not in this grid"``: a run folder the grid no longer has,
+        listed after the shard's runs with ``None`` for what only the grid tells).
 
     Raises
     ------
@@ -67,11 +66,14 @@ def sweep_plan(
     for i, n in shards:
         folder = shard_folder(root, (i, n))
         done = {cell_key(r) for r in read_jsonl(folder / "results.jsonl")}
+        rows_of = {run for run, _, _ in done}  # a run with rows has finished training
         progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
         name = f"{i}/{n}" if n > 1 else ""
         for spec in cfg.shard_runs((i, n)):
             tag = spec.tag(cfg.train)
             tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
+            training = tag in progress and tag not in rows_of
+            left = time_left(progress[tag]["history"], tconf.epochs) if training else None
             plan.append(
                 {
                     "shard": name,
@@ -82,9 +84,9 @@ def sweep_plan(
                     "weight": spec.weight,
                     "seed": spec.seed,
                     "variant": spec.variant_name(),
-                    "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
+                    "epochs_done": _epochs_done(progress.get(tag), tag in rows_of, tconf.epochs),
                     "epochs": tconf.epochs,
-                    "training_left_s": time_left(progress[tag]["history"], tconf.epochs) if tag in progress else None,
+                    "training_left_s": left,
                     "cells_done": sum((tag, label, rate) in done for label, rate in cells),
                     "cells": len(cells),
                     "status": _status(folder / "runs" / tag / "config.toml", tconf),
@@ -104,6 +106,14 @@ def sweep_plan(
                 }
             )
     return plan
+
+
+def _epochs_done(entry: dict | None, has_rows: bool, epochs: int) -> int:
+    """The epochs a run has trained: those of its epoch rows, all of them once it has results rows (a copy of a
+    sweep may keep the rows without the run's ``metrics.jsonl``), else 0."""
+    if has_rows:
+        return epochs
+    return entry["epochs_done"] if entry is not None else 0
 
 
 def _status(saved: Path, config: TrainConfig) -> str:
@@ -162,7 +172,7 @@ def plan_table(plan: list[dict]) -> str:
             "—" if p["seed"] is None else str(p["seed"]),
             p["variant"] or "—",
             f"{p['epochs_done']} / {p['epochs'] or '—'}",
-            "—" if p["training_left_s"] is None else duration(p["training_left_s"]),
+            "—" if not p["training_left_s"] else duration(p["training_left_s"]),
             f"{p['cells_done']} / {p['cells']}",
             p["status"] or "ok",
         ]
