@@ -7,7 +7,7 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, read_sweep_file, resolve_config
+from smoothcompress.study.experiment import PRESETS_DIR, SweepConfig, read_sweep_file, resolve_config, sweep
 from smoothcompress.study.training import read_toml
 
 BASE = {
@@ -169,3 +169,17 @@ def test_an_extending_preset_parses_like_its_merged_table_written_out(name, tmp_
     cfg = SweepConfig.from_toml(name)
     assert cfg.fingerprint() == flat.fingerprint() and cfg.runs == flat.runs and cfg.out == flat.out
     assert os.path.basename(str(cfg.out)) == name  # never the folder of the preset it extends
+
+
+def test_the_sweep_folder_keeps_the_merged_table_it_ran(tmp_path):
+    tiny = {**BASE, "grid": {"regularizers": [{"kind": "none"}]}, "compress": {"rates": [0.5], "methods": []}}
+    write(tmp_path / "base.toml", tiny)
+    child = write(tmp_path / "child.toml", {"extends": "base.toml", "out": "unused", "train": {"epochs": 1}})
+    sweep(child, out=tmp_path / "out")
+    kept = tmp_path / "out" / "sweep.toml"
+    fingerprint = SweepConfig.from_toml(child).fingerprint()
+    assert kept.read_text().startswith(f"# the sweep this folder holds, as last run; fingerprint {fingerprint}\n")
+    table = read_toml(kept)
+    assert "extends" not in table and "description" not in table  # the child has none, and it is not inherited
+    assert table["train"] == {**BASE["train"], "epochs": 1} and table["out"] == str(tmp_path / "out")
+    assert SweepConfig.from_toml(kept).fingerprint() == fingerprint

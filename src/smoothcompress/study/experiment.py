@@ -34,7 +34,9 @@ record ``calibration_images`` and ``calibration_split``.
 
 Layout of ``out``: ``runs/<tag>/`` holds each training run (model, metrics, checkpoint), ``results.jsonl`` one row
 per (run, method, rate), ``spectra.jsonl`` one row per run with singular-value spectra and a weight slice for the
-report. Every row carries its provenance (commit, device, dataset name and sha256, seed, wall time).
+report, and ``sweep.toml`` the sweep table as last run (an ``extends`` chain merged, ``out`` and ``train.data`` as
+given, its fingerprint in the first line). Every row carries its provenance (commit, device, dataset name and
+sha256, seed, wall time).
 
 The sweep is resumable at two levels: an interrupted training run resumes from its last checkpoint, and finished
 cells (rows already in ``results.jsonl``) are skipped. A run folder remembers the settings it was trained with
@@ -90,6 +92,7 @@ from smoothcompress.study.training import (
     load_dataset_for,
     read_toml,
     resolve_device,
+    write_toml,
 )
 from smoothcompress.study.training import run as train_run
 from smoothcompress.study.training.config import RUNTIME_KEYS
@@ -168,6 +171,9 @@ class SweepConfig:
     spectra_layers: int = 3
     source: str = ""
     calibration_images: int = 2048  # training images for the methods that use data (forward passes only)
+    table: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """The sweep table it was parsed from (an ``extends`` chain merged); each sweep folder keeps it as
+    ``sweep.toml``."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
@@ -237,6 +243,7 @@ class SweepConfig:
             methods=tuple(_method(m) for m in comp.get("methods", [{"method": "svd"}])),
             calibration_images=int(comp.get("calibration_images", CALIBRATION_IMAGES)),
             spectra_layers=int(report.get("spectra_layers", 3)),
+            table=raw,
         )
 
     def fingerprint(self) -> str:
@@ -531,6 +538,13 @@ def sweep(
     folder = shard_folder(cfg.out, shard)
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, user="sweep"):  # two sweeps into one folder would train the same runs twice
+        if cfg.table:
+            table = {**cfg.table, "out": str(cfg.out), "train": cfg.train}
+            write_toml(
+                folder / "sweep.toml",
+                table,
+                f"the sweep this folder holds, as last run; fingerprint {cfg.fingerprint()}",
+            )
         return _sweep(cfg, runs, folder, shard)
 
 

@@ -56,7 +56,7 @@ from smoothcompress.study.training.checkpoint import (
     save_checkpoint,
     settings_changes,
 )
-from smoothcompress.study.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml
+from smoothcompress.study.training.config import DEVICES, REG_KINDS, SCHEDULES, TrainConfig, read_toml, write_toml
 from smoothcompress.study.training.eta import duration, time_left
 from smoothcompress.study.training.evaluation import EVAL_BATCH, evaluate
 from smoothcompress.study.training.loop import (
@@ -89,6 +89,7 @@ __all__ = [
     "check_same_settings",
     "settings_changes",
     "read_toml",
+    "write_toml",
     "time_left",
     "duration",
     "resolve_device",

@@ -35,6 +35,7 @@ tomli_w = require("tomli_w", "train")  # writes config.toml; one line naming the
 __all__ = [
     "TrainConfig",
     "read_toml",
+    "write_toml",
     "SCHEDULES",
     "REG_KINDS",
     "DEVICES",
@@ -155,12 +156,17 @@ class TrainConfig:
 
     def to_toml(self, path: str | os.PathLike) -> Path:
         """Write atomically as TOML. ``None`` values (meaning "automatic") are omitted, as TOML has no null."""
-        text = "# smoothcompress train config\n" + tomli_w.dumps(
-            {k: v for k, v in self.to_dict().items() if v is not None}
+        return write_toml(
+            path, {k: v for k, v in self.to_dict().items() if v is not None}, "smoothcompress train config"
         )
-        with atomic_file(path) as f:
-            f.write(text.encode())
-        return Path(path)
+
+
+def write_toml(path: str | os.PathLike, table: dict[str, Any], comment: str) -> Path:
+    """Write ``table`` (TOML values only: no ``None``) atomically as TOML, below the line ``# comment``."""
+    text = f"# {comment}\n" + tomli_w.dumps(table)
+    with atomic_file(path) as f:
+        f.write(text.encode())
+    return Path(path)
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
