@@ -53,6 +53,17 @@ def test_run_folders_the_grid_no_longer_has_are_listed(half_done):
     assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | — | 5 / 5 | not in this grid |" in plan_table(plan)
 
 
+def test_rows_of_a_run_dealt_to_another_shard_are_named(tmp_path):
+    (tmp_path / "shard-1-of-2").mkdir()
+    row = '{"run": "mlp-w32-nuclear0.01-s0", "label": "dense", "rate_requested": 0.0}\n'
+    (tmp_path / "shard-1-of-2" / "results.jsonl").write_text(row)
+    plan = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="1/2")
+    assert [(p["run"], p["status"], p["cells_done"]) for p in plan] == [
+        ("mlp-w32-none-s0", "", 0),
+        ("mlp-w32-nuclear0.01-s0", "another shard's run", 1),
+    ]
+
+
 def test_an_unsharded_sweep_beside_shard_folders_is_listed_too(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "shard-1-of-2").mkdir()

@@ -47,9 +47,11 @@ def sweep_plan(
         (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``training_left_s`` (seconds of training still
         to go at the pace of its last epochs, :func:`~smoothcompress.study.training.time_left`; ``None`` before its
         first epoch and once it has rows), ``cells_done`` and ``cells`` (the dense row plus every method at every rate),
-        and ``status``: ``""`` when the sweep would go on with the run, else why it would not (``"settings differ (lr:
-        0.4 -> 0.2)"``: the sweep refuses the folder; ``"not in this grid"``: a run folder the grid no longer has,
-        listed after the shard's runs with ``None`` for what only the grid tells).
+        and ``status``: ``""`` when the sweep would go on with the run, else why it would not. ``"settings differ (lr:
+        0.4 -> 0.2)"``: the run folder was trained otherwise, and the sweep refuses it. ``"not in this grid"`` or
+        ``"another shard's run"``: the folder holds a run folder or rows of a run the grid no longer has, or now deals
+        to another shard (whose rows make the sweep refuse the folder); these come after the shard's runs, with ``None``
+        for what only the grid tells.
 
     Raises
     ------
@@ -69,7 +71,8 @@ def sweep_plan(
         rows_of = {run for run, _, _ in done}  # a run with rows has finished training
         progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
         name = f"{i}/{n}" if n > 1 else ""
-        for spec in cfg.shard_runs((i, n)):
+        owned = cfg.shard_runs((i, n))
+        for spec in owned:
             tag = spec.tag(cfg.train)
             tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
             training = tag in progress and tag not in rows_of
@@ -92,17 +95,17 @@ def sweep_plan(
                     "status": _status(folder / "runs" / tag / "config.toml", tconf),
                 }
             )
-        for tag in sorted(set(progress) - grid):
+        for tag in sorted((set(progress) | rows_of) - {s.tag(cfg.train) for s in owned}):
             plan.append(
                 {
                     "shard": name,
                     "run": tag,
                     "folder": str(folder),
                     **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs", "training_left_s"), None),
-                    "epochs_done": progress[tag]["epochs_done"],
+                    "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
                     "cells_done": sum(r == tag for r, _, _ in done),
                     "cells": len(cells),
-                    "status": "not in this grid",
+                    "status": "another shard's run" if tag in grid else "not in this grid",
                 }
             )
     return plan
