@@ -106,6 +106,15 @@ def test_a_shard_given_is_the_only_one_listed(half_done):
     assert (only["shard"], only["cells_done"]) == ("2/2", 0)
 
 
+def test_all_shards_of_a_count_are_listed_before_any_has_run(tmp_path):
+    plan = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/2")
+    assert [(p["shard"], p["run"]) for p in plan] == [("1/2", "mlp-w32-none-s0"), ("2/2", "mlp-w32-nuclear0.01-s0")]
+    with pytest.raises(ValueError, match="write I/N with whole numbers"):
+        sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/x")
+    with pytest.raises(ValueError, match="the grid has only 2 training run"):
+        sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/3")
+
+
 def test_an_empty_folder_is_planned_unsharded(tmp_path):
     plan = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path / "not-yet")
     assert [(p["shard"], p["epochs_done"], p["cells_done"]) for p in plan] == [("", 0, 0), ("", 0, 0)]
@@ -127,6 +136,12 @@ def test_the_shards_of_a_plan_cover_the_grid_once(tmp_path_factory, seeds, data)
     folder = tmp_path_factory.mktemp("planned")
     runs = [p["run"] for i in range(1, n + 1) for p in sweep_plan(cfg, out=folder, shard=(i, n))]
     assert sorted(runs) == sorted(s.tag(cfg.train) for s in cfg.runs)
+
+
+def test_all_shards_are_for_the_plan_only(tmp_path, capsys):
+    assert main(["sweep", "demo", "--out", str(tmp_path), "--shard", "all/2"]) == 2
+    assert "--shard all/2 lists every shard with --plan; to run, give one shard" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_command_line_says_when_the_folder_is_not_there_yet(tmp_path, capsys):

@@ -241,6 +241,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.plan:
         return _plan(args)
+    if args.shard and args.shard.strip().startswith("all/"):
+        raise ConfigError(f"--shard {args.shard} lists every shard with --plan; to run, give one shard, e.g. 1/2")
     i, n = parse_shard(args.shard)
     results = sweep(args.config, out=args.out, data=args.data, shard=(i, n))
     if n == 1:
@@ -508,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan",
         action="store_true",
         help="print the settings (an `extends` chain merged), each training run with its shard, and the epochs and "
-        "cells already done in OUT; train nothing (safe while the shards run)",
+        "cells already done in OUT; train nothing (safe while the shards run). With --shard all/N: every shard of N",
     )
     p.set_defaults(func=cmd_sweep)
 

@@ -34,8 +34,9 @@ def sweep_plan(
     ----------
     config, out
         The sweep and its output folder, as :func:`~smoothcompress.study.experiment.sweep` takes them.
-    shard : "i/n" or (i, n), optional
-        Only the runs of shard i of n. Default: the shards whose folders ``out`` holds (``shard-i-of-n``, all of one
+    shard : "i/n", (i, n) or "all/n", optional
+        Only the runs of shard i of n, or the runs of every shard of n (to see how n shards would deal the grid
+        before starting them). Default: the shards whose folders ``out`` holds (``shard-i-of-n``, all of one
         n), every shard of that n listed, and the unsharded sweep too when ``out`` holds its runs or rows; the
         whole grid unsharded when ``out`` holds no shard folder.
 
@@ -61,7 +62,11 @@ def sweep_plan(
     """
     cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
     root = Path(out) if out is not None else cfg.out
-    shards = [parse_shard(shard)] if shard is not None else _shards_in(root, len(cfg.runs))
+    if isinstance(shard, str) and shard.strip().startswith("all/"):
+        n = parse_shard(f"1/{shard.strip().removeprefix('all/')}")[1]
+        shards = [(i, n) for i in range(1, n + 1)]
+    else:
+        shards = [parse_shard(shard)] if shard is not None else _shards_in(root, len(cfg.runs))
     cells = [("dense", 0.0), *((m.label, float(r)) for m in cfg.methods for r in cfg.rates)]
     grid = {s.tag(cfg.train) for s in cfg.runs}
     plan = []
