@@ -43,14 +43,23 @@ def test_a_run_the_sweep_would_refuse_says_why(half_done):
     assert todo["status"] == ""  # no folder yet: nothing to refuse
 
 
+def test_an_unreadable_run_config_is_that_run_s_status(half_done, tmp_path):
+    folder = tmp_path / "shard-1-of-2" / "runs" / "mlp-w32-none-s0"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text("lr = [\n")
+    first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
+    assert first["status"].startswith("config.toml unreadable (") and "not valid TOML" in first["status"]
+
+
 def test_run_folders_the_grid_no_longer_has_are_listed(half_done):
     wider = SweepConfig.from_dict({**TINY, "train": {**TINY["train"], "width": 16}})
     plan = sweep_plan(wider, out=half_done, shard="1/2")
     assert [(p["run"], p["status"], p["epochs_done"], p["cells_done"]) for p in plan] == [
         ("mlp-w16-none-s0", "", 0, 0),
-        ("mlp-w32-none-s0", "not in this grid", 2, CELLS),
+        ("mlp-w32-none-s0", "not in this grid (the sweep leaves it alone)", 2, CELLS),
     ]
-    assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | — | 5 / 5 | not in this grid |" in plan_table(plan)
+    table = plan_table(plan)
+    assert "| 1/2 | mlp-w32-none-s0 | — | — | — | — | 2 / — | — | 5 / 5 | not in this grid (the sweep" in table
 
 
 def test_rows_of_a_run_dealt_to_another_shard_are_named(tmp_path):
@@ -59,9 +68,19 @@ def test_rows_of_a_run_dealt_to_another_shard_are_named(tmp_path):
     (tmp_path / "shard-1-of-2" / "results.jsonl").write_text(row)
     plan = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="1/2")
     assert [(p["run"], p["status"], p["cells_done"]) for p in plan] == [
-        ("mlp-w32-none-s0", "", 0),
-        ("mlp-w32-nuclear0.01-s0", "another shard's run", 1),
+        ("mlp-w32-none-s0", "the sweep refuses this folder: it holds rows of mlp-w32-nuclear0.01-s0", 0),
+        ("mlp-w32-nuclear0.01-s0", "another shard's run (its rows stop the sweep)", 1),
     ]
+    with pytest.raises(ValueError, match="holds rows of mlp-w32-nuclear0.01-s0"):  # as the sweep itself says
+        sweep(SweepConfig.from_dict(TINY, out=tmp_path), shard="1/2")
+
+
+def test_a_run_folder_of_another_shard_without_rows_is_left_alone(tmp_path):
+    folder = tmp_path / "shard-1-of-2" / "runs" / "mlp-w32-nuclear0.01-s0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "seconds": 1.0}\n')
+    own, other = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="1/2")
+    assert (own["status"], other["status"], other["epochs_done"]) == ("", "another shard's run (left alone)", 1)
 
 
 def test_an_unsharded_sweep_beside_shard_folders_is_listed_too(tmp_path):
@@ -83,13 +102,13 @@ def test_more_shard_folders_than_runs_says_the_grid_changed(tmp_path):
         sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
 
 
-def test_a_copy_with_the_rows_and_no_run_folders_counts_the_training_done(half_done, tmp_path):
+@pytest.mark.parametrize("files, trained", [(["results.jsonl", "spectra.jsonl"], True), (["results.jsonl"], False)])
+def test_a_copy_without_run_folders_is_trained_when_the_sweep_would_not_retrain_it(half_done, tmp_path, files, trained):
     (tmp_path / "shard-1-of-2").mkdir()
-    (tmp_path / "shard-1-of-2" / "results.jsonl").write_bytes(
-        (half_done / "shard-1-of-2" / "results.jsonl").read_bytes()
-    )
+    for name in files:
+        (tmp_path / "shard-1-of-2" / name).write_bytes((half_done / "shard-1-of-2" / name).read_bytes())
     first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
-    assert (first["epochs_done"], first["training_left_s"], first["cells_done"]) == (2, None, CELLS)
+    assert (first["epochs_done"], first["training_left_s"], first["cells_done"]) == (2 if trained else 0, None, CELLS)
 
 
 def test_a_run_still_training_has_its_time_left(tmp_path):
@@ -99,6 +118,9 @@ def test_a_run_still_training_has_its_time_left(tmp_path):
     first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
     assert (first["epochs_done"], first["training_left_s"]) == (1, 36.0)
     assert "| 1 / 2 | 36 s |" in plan_table([first])
+    (run / "config.toml").write_text('model = "mlp"\nwidth = 32\nepochs = 9\n')  # a run the sweep would refuse
+    first, _ = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path)
+    assert first["status"].startswith("settings differ (") and first["training_left_s"] is None
 
 
 def test_a_shard_given_is_the_only_one_listed(half_done):
@@ -109,10 +131,12 @@ def test_a_shard_given_is_the_only_one_listed(half_done):
 def test_all_shards_of_a_count_are_listed_before_any_has_run(tmp_path):
     plan = sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/2")
     assert [(p["shard"], p["run"]) for p in plan] == [("1/2", "mlp-w32-none-s0"), ("2/2", "mlp-w32-nuclear0.01-s0")]
+    assert sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard=" ALL / 2 ") == plan
     with pytest.raises(ValueError, match="write I/N with whole numbers"):
         sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/x")
-    with pytest.raises(ValueError, match="the grid has only 2 training run"):
-        sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard="all/3")
+    for bad in ("all/3", "all/0"):
+        with pytest.raises(ValueError, match=rf"shard '{bad}': N must lie in 1..2, the number of training runs"):
+            sweep_plan(SweepConfig.from_dict(TINY), out=tmp_path, shard=bad)
 
 
 def test_an_empty_folder_is_planned_unsharded(tmp_path):

@@ -159,6 +159,8 @@ def test_the_fingerprint_ignores_where_and_how_fast_not_what():
     assert SweepConfig.from_dict({**TINY, "train": {**TINY["train"], "epochs": 3}}).fingerprint() != base
     methods = {**TINY["compress"], "methods": [{"method": "svd", "scheme": "spatial"}, {"method": "magnitude"}]}
     assert SweepConfig.from_dict({**TINY, "compress": methods}).fingerprint() != base
+    unwritten = {**TINY, "train": {**TINY["train"], "reg_every": None}}  # None is its default: as if left out
+    assert SweepConfig.from_dict(unwritten).fingerprint() == base
 
 
 @pytest.mark.parametrize(
@@ -168,6 +170,7 @@ def test_the_fingerprint_ignores_where_and_how_fast_not_what():
         ("0/0", r"shard 0/0: need 1 <= I <= N"),
         ("0/2", r"numbered from 1"),
         ("a/b", r"write I/N with whole numbers"),
+        ("1/²", r"write I/N with whole numbers"),
         ("1", r"write I/N"),
         ((1, 2, 3), r"give \(i, n\)"),
         ((1.0, 2), r"give \(i, n\)"),

@@ -183,3 +183,27 @@ def test_the_sweep_folder_keeps_the_merged_table_it_ran(tmp_path):
     assert "extends" not in table and "description" not in table  # the child has none, and it is not inherited
     assert table["train"] == {**BASE["train"], "epochs": 1} and table["out"] == str(tmp_path / "out")
     assert SweepConfig.from_toml(kept).fingerprint() == fingerprint
+
+
+def test_a_refused_sweep_leaves_the_kept_table_alone(tmp_path):
+    tiny = {**BASE, "grid": {"regularizers": [{"kind": "none"}]}, "compress": {"rates": [0.5], "methods": []}}
+    sweep(SweepConfig.from_dict({**tiny, "train": {**tiny["train"], "epochs": 1}}, out=tmp_path))
+    before = (tmp_path / "sweep.toml").read_bytes()
+    with pytest.raises(ValueError, match="different settings"):
+        sweep(SweepConfig.from_dict({**tiny, "train": {**tiny["train"], "epochs": 1, "lr": 0.5}}, out=tmp_path))
+    assert (tmp_path / "sweep.toml").read_bytes() == before
+
+
+def test_the_kept_table_leaves_out_what_toml_cannot_hold_and_never_a_changed_config(tmp_path):
+    from dataclasses import replace
+
+    tiny = {**BASE, "grid": {"regularizers": [{"kind": "none"}]}, "compress": {"rates": [0.5], "methods": []}}
+    cfg = SweepConfig.from_dict({**tiny, "train": {**tiny["train"], "epochs": 1, "width": None}}, out=tmp_path / "a")
+    sweep(cfg)
+    assert "width" not in read_toml(tmp_path / "a" / "sweep.toml")["train"]  # None: the automatic width
+    changed = replace(
+        SweepConfig.from_dict(tiny, out=tmp_path / "b"), rates=(0.7,), train={**tiny["train"], "epochs": 1}
+    )
+    with pytest.warns(UserWarning, match="sweep.toml not written: the config was changed after it was parsed"):
+        sweep(changed)
+    assert not (tmp_path / "b" / "sweep.toml").exists()

@@ -241,7 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.plan:
         return _plan(args)
-    if args.shard and args.shard.strip().startswith("all/"):
+    if args.shard and args.shard.strip().lower().startswith("all"):
         raise ConfigError(f"--shard {args.shard} lists every shard with --plan; to run, give one shard, e.g. 1/2")
     i, n = parse_shard(args.shard)
     results = sweep(args.config, out=args.out, data=args.data, shard=(i, n))
@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="I/N",
         help="run only the I-th of N disjoint slices of the training runs (numbered from 1, e.g. "
-        "$SLURM_ARRAY_TASK_ID/4 with --array=1-4), into OUT/shard-I-of-N/; `report OUT` merges the shards",
+        "$SLURM_ARRAY_TASK_ID/4 with --array=1-4), into OUT/shard-I-of-N/; `report OUT` merges the shards. "
+        "With --plan, all/N lists every shard of N",
     )
     p.add_argument(
         "--plan",

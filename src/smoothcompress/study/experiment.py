@@ -62,6 +62,7 @@ configs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -69,6 +70,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -171,9 +173,9 @@ class SweepConfig:
     spectra_layers: int = 3
     source: str = ""
     calibration_images: int = 2048  # training images for the methods that use data (forward passes only)
-    table: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-    """The sweep table it was parsed from (an ``extends`` chain merged); each sweep folder keeps it as
-    ``sweep.toml``."""
+    table: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The sweep table it was parsed from (an ``extends`` chain merged; ``None`` for a config built otherwise); each
+    sweep folder keeps it as ``sweep.toml``."""
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> SweepConfig:
@@ -243,7 +245,7 @@ class SweepConfig:
             methods=tuple(_method(m) for m in comp.get("methods", [{"method": "svd"}])),
             calibration_images=int(comp.get("calibration_images", CALIBRATION_IMAGES)),
             spectra_layers=int(report.get("spectra_layers", 3)),
-            table=raw,
+            table=copy.deepcopy(raw),
         )
 
     def fingerprint(self) -> str:
@@ -251,17 +253,21 @@ class SweepConfig:
 
         It covers the training settings each run is given (``[train]`` plus its regulariser, weight, seed and
         variant; values as :class:`TrainConfig` reads them, so ``lr = 1`` equals ``lr = 1.0``; defaults left
-        unwritten are not hashed), the rates, the methods and their options, ``calibration_images`` and
+        unwritten are not hashed, nor a ``None`` given for a key whose default is ``None``, as a TOML file cannot
+        write it), the rates, the methods and their options, ``calibration_images`` and
         ``spectra_layers``. It leaves out ``out``, ``source`` and the runtime training keys (``data``,
         ``device``, ... see ``training.config.RUNTIME_KEYS``) and method options at their defaults (so that a new
         option leaves the fingerprints of existing sweeps alone). The order of the runs, rates and methods in the
         file does not matter. Returns 16 hex digits of a sha256.
         """
 
+        defaults = TrainConfig().to_dict()
+
         def train(spec: RunSpec) -> dict[str, Any]:
             given = {**self.train, **spec.train_overrides()}
             resolved = TrainConfig.from_dict(given).to_dict()
-            return {k: resolved[k] for k in given if k in resolved and k not in RUNTIME_KEYS}
+            unwritten = {k for k, v in given.items() if v is None and defaults.get(k) is None}  # as if left out
+            return {k: resolved[k] for k in given if k in resolved and k not in RUNTIME_KEYS | unwritten}
 
         canonical = {
             "runs": sorted(json.dumps(train(s), sort_keys=True) for s in self.runs),
@@ -297,7 +303,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
         return 1, 1
     if isinstance(shard, str):
         i, sep, n = shard.strip().partition("/")
-        if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        if not sep or not i.strip().isdecimal() or not n.strip().isdecimal():
             raise ConfigError(f"shard {shard!r}: write I/N with whole numbers, e.g. 1/4 for the first of 4 shards")
         pair = int(i), int(n)
     else:
@@ -538,46 +544,70 @@ def sweep(
     folder = shard_folder(cfg.out, shard)
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, user="sweep"):  # two sweeps into one folder would train the same runs twice
-        if cfg.table:
-            table = {**cfg.table, "out": str(cfg.out), "train": cfg.train}
-            write_toml(
-                folder / "sweep.toml",
-                table,
-                f"the sweep this folder holds, as last run; fingerprint {cfg.fingerprint()}",
-            )
         return _sweep(cfg, runs, folder, shard)
+
+
+def _keep_table(cfg: SweepConfig, folder: Path) -> None:
+    """Write ``folder/sweep.toml``: the table ``cfg`` was parsed from, with its ``out`` and ``train`` as run (values
+    TOML cannot hold, ``None``, left out). Nothing is written, with a warning, when the table no longer parses to
+    ``cfg`` (a config changed after parsing) or ``cfg`` was built without one."""
+    if cfg.table is None:
+        return
+    table = _toml_values({**cfg.table, "out": str(cfg.out), "train": cfg.train})
+    if SweepConfig.from_dict(table).fingerprint() != cfg.fingerprint():
+        warnings.warn(f"{folder / 'sweep.toml'} not written: the config was changed after it was parsed", stacklevel=3)
+        return
+    write_toml(
+        folder / "sweep.toml", table, f"the sweep this folder holds, as last run; fingerprint {cfg.fingerprint()}"
+    )
+
+
+def _toml_values(value: Any) -> Any:
+    """``value`` with what TOML holds: ``None`` entries dropped, paths as text, tuples as lists, at every depth."""
+    if isinstance(value, dict):
+        return {k: _toml_values(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_toml_values(v) for v in value]
+    return str(value) if isinstance(value, os.PathLike) else value
 
 
 def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tuple[int, int]) -> Path:
     """The body of :func:`sweep`: ``runs`` (shard ``shard`` of the grid) into ``folder``, holding its lock."""
     results, spectra_path = folder / "results.jsonl", folder / "spectra.jsonl"
     rows = read_jsonl(results)
+    datasets: dict = {}
     _check_owned(rows, cfg, runs, shard, results)
+    configs = {
+        spec: TrainConfig.from_dict(
+            {**cfg.train, **spec.train_overrides(), "out": str(folder / "runs" / spec.tag(cfg.train)), "resume": True}
+        )
+        for spec in runs
+    }
+    for spec, tconf in configs.items():  # every refusal before anything is written or trained
+        saved = Path(tconf.out) / "config.toml"
+        if saved.exists():  # rows of other settings never count
+            check_same_settings(TrainConfig.from_toml(saved).to_dict(), tconf, saved)
+        unsure = [  # rows calibrated on a request other than today's: the count they used tells
+            r
+            for r in rows
+            if r["run"] == spec.tag(cfg.train)
+            and "calibration_images" in r
+            and r.get("calibration_requested") != cfg.calibration_images
+        ]
+        if unsure:
+            _check_calibration(unsure, cfg.calibration_images, _dataset_for(tconf, datasets), results)
+    _keep_table(cfg, folder)
     done = {cell_key(r) for r in rows}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
     cells = [(None, 0.0), *itertools.product(cfg.methods, cfg.rates)]
     where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
     _log(f"sweep: {where}{len(runs)} training runs, {len(runs) * len(cells)} cells, {len(done)} done -> {results}")
     stamp = {"shard": shard[0], "shards": shard[1], "sweep_fingerprint": cfg.fingerprint()}
-    datasets: dict = {}
     commit = git_commit()  # the code this process loaded, even if the tree changes while it runs
     for spec in runs:
         tag = spec.tag(cfg.train)
         run_dir = folder / "runs" / tag
-        tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides(), "out": str(run_dir), "resume": True})
-        if (run_dir / "config.toml").exists():  # before any cell is reused: rows of other settings never count
-            check_same_settings(
-                TrainConfig.from_toml(run_dir / "config.toml").to_dict(), tconf, run_dir / "config.toml"
-            )
-        unsure = [  # rows calibrated on a request other than today's: the count they used tells
-            r
-            for r in rows
-            if r["run"] == tag
-            and "calibration_images" in r
-            and r.get("calibration_requested") != cfg.calibration_images
-        ]
-        if unsure:
-            _check_calibration(unsure, cfg.calibration_images, _dataset_for(tconf, datasets), results)
+        tconf = configs[spec]
         if all((tag, m.label if m else "dense", r) in done for m, r in cells) and tag in spectra_done:
             continue
         trained = _trained(spec, tag, tconf, run_dir, commit)

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from smoothcompress.errors import ConfigError
+from smoothcompress.errors import ConfigError, first_line
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.experiment import SweepConfig, parse_shard, shard_folder
 from smoothcompress.study.progress import training_progress
@@ -45,14 +45,16 @@ def sweep_plan(
     list of dict
         One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag), ``folder``
         (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``, ``seed``, ``variant``
-        (text, ``""`` for none), ``epochs_done``, ``epochs`` (planned), ``training_left_s`` (seconds of training still
-        to go at the pace of its last epochs, :func:`~smoothcompress.study.training.time_left`; ``None`` before its
-        first epoch and once it has rows), ``cells_done`` and ``cells`` (the dense row plus every method at every rate),
-        and ``status``: ``""`` when the sweep would go on with the run, else why it would not. ``"settings differ (lr:
-        0.4 -> 0.2)"``: the run folder was trained otherwise, and the sweep refuses it. ``"not in this grid"`` or
-        ``"another shard's run"``: the folder holds a run folder or rows of a run the grid no longer has, or now deals
-        to another shard (whose rows make the sweep refuse the folder); these come after the shard's runs, with ``None``
-        for what only the grid tells.
+        (text, ``""`` for none), ``epochs_done`` (from its epoch rows; all planned once its model is written or every
+        cell and its spectra row are done), ``epochs`` (planned), ``training_left_s`` (seconds of training still to go
+        at the pace of its last epochs, :func:`~smoothcompress.study.training.time_left`; ``None`` before its first
+        epoch, once trained, and for a run the sweep would refuse), ``cells_done`` and ``cells`` (the dense row plus
+        every method at every rate), and ``status``: ``""`` when the sweep would go on with the run, else why it would
+        not: ``"settings differ (lr: 0.4 -> 0.2)"`` (its run folder was trained otherwise), ``"config.toml unreadable
+        (...)"``, or ``"the sweep refuses this folder: it holds rows of ..."`` (rows of a run the grid now deals to
+        another shard). Run folders and rows of runs the shard does not own come after its runs, with ``None`` for what
+        only the grid tells and the status ``"another shard's run (its rows stop the sweep)"``, ``"another shard's run
+        (left alone)"`` or ``"not in this grid (the sweep leaves it alone)"``.
 
     Raises
     ------
@@ -62,8 +64,11 @@ def sweep_plan(
     """
     cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_toml(config, out=out)
     root = Path(out) if out is not None else cfg.out
-    if isinstance(shard, str) and shard.strip().startswith("all/"):
-        n = parse_shard(f"1/{shard.strip().removeprefix('all/')}")[1]
+    every = re.fullmatch(r"\s*all\s*/\s*(\d+)\s*", shard, re.IGNORECASE) if isinstance(shard, str) else None
+    if every is not None:
+        n = int(every[1])
+        if not 1 <= n <= len(cfg.runs):
+            raise ConfigError(f"shard {shard!r}: N must lie in 1..{len(cfg.runs)}, the number of training runs")
         shards = [(i, n) for i in range(1, n + 1)]
     else:
         shards = [parse_shard(shard)] if shard is not None else _shards_in(root, len(cfg.runs))
@@ -72,16 +77,22 @@ def sweep_plan(
     plan = []
     for i, n in shards:
         folder = shard_folder(root, (i, n))
-        done = {cell_key(r) for r in read_jsonl(folder / "results.jsonl")}
-        rows_of = {run for run, _, _ in done}  # a run with rows has finished training
+        rows = read_jsonl(folder / "results.jsonl")
+        done = {cell_key(r) for r in rows}
+        with_spectra = {r["run"] for r in read_jsonl(folder / "spectra.jsonl")}
         progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
         name = f"{i}/{n}" if n > 1 else ""
-        owned = cfg.shard_runs((i, n))
-        for spec in owned:
-            tag = spec.tag(cfg.train)
+        owned = {spec.tag(cfg.train): spec for spec in cfg.shard_runs((i, n))}
+        others = sorted({r["run"] for r in rows} & (grid - set(owned)))  # rows that make the sweep refuse the folder
+        refused = f"the sweep refuses this folder: it holds rows of {', '.join(others)}" if others else ""
+        for tag, spec in owned.items():
             tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
-            training = tag in progress and tag not in rows_of
-            left = time_left(progress[tag]["history"], tconf.epochs) if training else None
+            entry, run_dir = progress.get(tag), folder / "runs" / tag
+            all_cells = all((tag, label, rate) in done for label, rate in cells) and tag in with_spectra
+            trained = (run_dir / "model.safetensors").is_file() or all_cells or bool(entry and entry["finished"])
+            status = refused or _status(run_dir / "config.toml", tconf)
+            planned = max((r.get("epochs") or 0 for r in rows if r["run"] == tag), default=0) or tconf.epochs
+            left = time_left(entry["history"], tconf.epochs) if entry and not trained and not status else 0.0
             plan.append(
                 {
                     "shard": name,
@@ -92,15 +103,20 @@ def sweep_plan(
                     "weight": spec.weight,
                     "seed": spec.seed,
                     "variant": spec.variant_name(),
-                    "epochs_done": _epochs_done(progress.get(tag), tag in rows_of, tconf.epochs),
+                    "epochs_done": entry["epochs_done"] if entry else planned if trained else 0,
                     "epochs": tconf.epochs,
-                    "training_left_s": left,
+                    "training_left_s": left or None,
                     "cells_done": sum((tag, label, rate) in done for label, rate in cells),
                     "cells": len(cells),
-                    "status": _status(folder / "runs" / tag / "config.toml", tconf),
+                    "status": status,
                 }
             )
-        for tag in sorted((set(progress) | rows_of) - {s.tag(cfg.train) for s in owned}):
+        for tag in sorted((set(progress) | {r["run"] for r in rows}) - set(owned)):
+            has_rows = any(r["run"] == tag for r in rows)
+            if tag not in grid:
+                status = "not in this grid (the sweep leaves it alone)"
+            else:
+                status = "another shard's run" + (" (its rows stop the sweep)" if has_rows else " (left alone)")
             plan.append(
                 {
                     "shard": name,
@@ -110,25 +126,20 @@ def sweep_plan(
                     "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
                     "cells_done": sum(r == tag for r, _, _ in done),
                     "cells": len(cells),
-                    "status": "another shard's run" if tag in grid else "not in this grid",
+                    "status": status,
                 }
             )
     return plan
-
-
-def _epochs_done(entry: dict | None, has_rows: bool, epochs: int) -> int:
-    """The epochs a run has trained: those of its epoch rows, all of them once it has results rows (a copy of a
-    sweep may keep the rows without the run's ``metrics.jsonl``), else 0."""
-    if has_rows:
-        return epochs
-    return entry["epochs_done"] if entry is not None else 0
 
 
 def _status(saved: Path, config: TrainConfig) -> str:
     """Why a sweep would refuse the run folder of ``saved`` (its ``config.toml``) under ``config``; ``""`` if not."""
     if not saved.is_file():
         return ""
-    changes = settings_changes(TrainConfig.from_toml(saved).to_dict(), config, saved)
+    try:
+        changes = settings_changes(TrainConfig.from_toml(saved).to_dict(), config, saved)
+    except ConfigError as e:
+        return f"config.toml unreadable ({first_line(e)})"
     return f"settings differ ({'; '.join(changes)})" if changes else ""
 
 
