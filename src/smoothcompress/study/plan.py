@@ -44,17 +44,18 @@ def sweep_plan(
     -------
     list of dict
         One per run, in shard then file order: ``shard`` (``"i/n"``, ``""`` unsharded), ``run`` (its tag), ``folder``
-        (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``), ``reg``, ``weight``, ``seed``, ``variant``
-        (text, ``""`` for none), ``epochs_done`` (from its epoch rows; all planned once its model is written or every
-        cell and its spectra row are done), ``epochs`` (planned), ``training_left_s`` (seconds of training still to go
-        at the pace of its last epochs, :func:`~smoothcompress.study.training.time_left`; ``None`` before its first
-        epoch, once trained, and for a run the sweep would refuse), ``cells_done`` and ``cells`` (the dense row plus
-        every method at every rate), and ``status``: ``""`` when the sweep would go on with the run, else why it would
-        not: ``"settings differ (lr: 0.4 -> 0.2)"`` (its run folder was trained otherwise), ``"config.toml unreadable
-        (...)"``, or ``"the sweep refuses this folder: it holds rows of ..."`` (rows of a run the grid now deals to
-        another shard). Run folders and rows of runs the shard does not own come after its runs, with ``None`` for what
-        only the grid tells and the status ``"another shard's run (its rows stop the sweep)"``, ``"another shard's run
-        (left alone)"`` or ``"not in this grid (the sweep leaves it alone)"``.
+        (the shard's folder), ``model`` (name and width, ``"resnet18 w64"``; the name alone at the default width),
+        ``reg``, ``weight``, ``seed``, ``variant`` (text, ``""`` for none), ``epochs_done`` (from its epoch rows; all
+        planned once its model is written or every cell and its spectra row are done), ``epochs`` (planned),
+        ``training_left_s`` (seconds of training still to go at the pace of its last epochs,
+        :func:`~smoothcompress.study.training.time_left`; ``None`` before its first epoch, once trained, and for a run
+        the sweep would refuse), ``cells_done`` and ``cells`` (the dense row plus every method at every rate), and
+        ``status``: ``""`` when the sweep would go on with the run, else why it would not: ``"settings differ (lr: 0.4
+        -> 0.2)"`` (its run folder was trained otherwise), ``"config.toml unreadable (...)"``, or ``"the sweep refuses
+        this folder: it holds rows of ..."`` (rows of a run the grid now deals to another shard). Run folders and rows
+        of runs the shard does not own come after its runs, with ``None`` for what only the grid tells and the status
+        ``"another shard's run (its rows stop the sweep)"``, ``"another shard's run (left alone)"`` or ``"not in this
+        grid (the sweep leaves it alone)"``.
 
     Raises
     ------
@@ -73,62 +74,66 @@ def sweep_plan(
     else:
         shards = [parse_shard(shard)] if shard is not None else _shards_in(root, len(cfg.runs))
     cells = [("dense", 0.0), *((m.label, float(r)) for m in cfg.methods for r in cfg.rates)]
+    return [entry for i, n in shards for entry in _shard_plan(cfg, shard_folder(root, (i, n)), (i, n), cells)]
+
+
+def _shard_plan(cfg: SweepConfig, folder: Path, shard: tuple[int, int], cells: list[tuple[str, float]]) -> list[dict]:
+    """The :func:`sweep_plan` entries of shard ``(i, n)`` in ``folder``: its own runs, then the other runs the folder
+    holds; ``cells`` are the (label, rate) cells of every run."""
+    rows = read_jsonl(folder / "results.jsonl")
+    done = {cell_key(r) for r in rows}
+    with_rows = {r["run"] for r in rows}
+    with_spectra = {r["run"] for r in read_jsonl(folder / "spectra.jsonl")}
+    progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
+    name = f"{shard[0]}/{shard[1]}" if shard[1] > 1 else ""
     grid = {s.tag(cfg.train) for s in cfg.runs}
+    owned = {spec.tag(cfg.train): spec for spec in cfg.shard_runs(shard)}
+    others = sorted(with_rows & (grid - set(owned)))  # rows that make the sweep refuse the folder
+    refused = f"the sweep refuses this folder: it holds rows of {', '.join(others)}" if others else ""
     plan = []
-    for i, n in shards:
-        folder = shard_folder(root, (i, n))
-        rows = read_jsonl(folder / "results.jsonl")
-        done = {cell_key(r) for r in rows}
-        with_spectra = {r["run"] for r in read_jsonl(folder / "spectra.jsonl")}
-        progress = {e["run"]: e for e in training_progress(folder) if not e["shard"]}
-        name = f"{i}/{n}" if n > 1 else ""
-        owned = {spec.tag(cfg.train): spec for spec in cfg.shard_runs((i, n))}
-        others = sorted({r["run"] for r in rows} & (grid - set(owned)))  # rows that make the sweep refuse the folder
-        refused = f"the sweep refuses this folder: it holds rows of {', '.join(others)}" if others else ""
-        for tag, spec in owned.items():
-            tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
-            entry, run_dir = progress.get(tag), folder / "runs" / tag
-            all_cells = all((tag, label, rate) in done for label, rate in cells) and tag in with_spectra
-            trained = (run_dir / "model.safetensors").is_file() or all_cells or bool(entry and entry["finished"])
-            status = refused or _status(run_dir / "config.toml", tconf)
-            planned = max((r.get("epochs") or 0 for r in rows if r["run"] == tag), default=0) or tconf.epochs
-            left = time_left(entry["history"], tconf.epochs) if entry and not trained and not status else 0.0
-            plan.append(
-                {
-                    "shard": name,
-                    "run": tag,
-                    "folder": str(folder),
-                    "model": f"{tconf.model} w{tconf.width}",
-                    "reg": spec.reg,
-                    "weight": spec.weight,
-                    "seed": spec.seed,
-                    "variant": spec.variant_name(),
-                    "epochs_done": entry["epochs_done"] if entry else planned if trained else 0,
-                    "epochs": tconf.epochs,
-                    "training_left_s": left or None,
-                    "cells_done": sum((tag, label, rate) in done for label, rate in cells),
-                    "cells": len(cells),
-                    "status": status,
-                }
-            )
-        for tag in sorted((set(progress) | {r["run"] for r in rows}) - set(owned)):
-            has_rows = any(r["run"] == tag for r in rows)
-            if tag not in grid:
-                status = "not in this grid (the sweep leaves it alone)"
-            else:
-                status = "another shard's run" + (" (its rows stop the sweep)" if has_rows else " (left alone)")
-            plan.append(
-                {
-                    "shard": name,
-                    "run": tag,
-                    "folder": str(folder),
-                    **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs", "training_left_s"), None),
-                    "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
-                    "cells_done": sum(r == tag for r, _, _ in done),
-                    "cells": len(cells),
-                    "status": status,
-                }
-            )
+    for tag, spec in owned.items():
+        tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
+        entry, run_dir = progress.get(tag), folder / "runs" / tag
+        all_cells = all((tag, label, rate) in done for label, rate in cells) and tag in with_spectra
+        trained = (run_dir / "model.safetensors").is_file() or all_cells or bool(entry and entry["finished"])
+        status = refused or _status(run_dir / "config.toml", tconf)
+        planned = max((r.get("epochs") or 0 for r in rows if r["run"] == tag), default=0) or tconf.epochs
+        left = time_left(entry["history"], tconf.epochs) if entry and not trained and not status else 0.0
+        plan.append(
+            {
+                "shard": name,
+                "run": tag,
+                "folder": str(folder),
+                "model": tconf.model if tconf.width is None else f"{tconf.model} w{tconf.width}",
+                "reg": spec.reg,
+                "weight": spec.weight,
+                "seed": spec.seed,
+                "variant": spec.variant_name(),
+                "epochs_done": entry["epochs_done"] if entry else planned if trained else 0,
+                "epochs": tconf.epochs,
+                "training_left_s": left or None,
+                "cells_done": sum((tag, label, rate) in done for label, rate in cells),
+                "cells": len(cells),
+                "status": status,
+            }
+        )
+    for tag in sorted((set(progress) | with_rows) - set(owned)):
+        if tag not in grid:
+            status = "not in this grid (the sweep leaves it alone)"
+        else:
+            status = "another shard's run" + (" (its rows stop the sweep)" if tag in with_rows else " (left alone)")
+        plan.append(
+            {
+                "shard": name,
+                "run": tag,
+                "folder": str(folder),
+                **dict.fromkeys(("model", "reg", "weight", "seed", "variant", "epochs", "training_left_s"), None),
+                "epochs_done": progress[tag]["epochs_done"] if tag in progress else 0,
+                "cells_done": sum(r == tag for r, _, _ in done),
+                "cells": len(cells),
+                "status": status,
+            }
+        )
     return plan
 
 
