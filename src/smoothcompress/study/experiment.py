@@ -571,19 +571,19 @@ def _toml_values(value: Any) -> Any:
     return str(value) if isinstance(value, os.PathLike) else value
 
 
-def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tuple[int, int]) -> Path:
-    """The body of :func:`sweep`: ``runs`` (shard ``shard`` of the grid) into ``folder``, holding its lock."""
-    results, spectra_path = folder / "results.jsonl", folder / "spectra.jsonl"
-    rows = read_jsonl(results)
-    datasets: dict = {}
-    _check_owned(rows, cfg, runs, shard, results)
-    configs = {
-        spec: TrainConfig.from_dict(
-            {**cfg.train, **spec.train_overrides(), "out": str(folder / "runs" / spec.tag(cfg.train)), "resume": True}
-        )
-        for spec in runs
-    }
-    for spec, tconf in configs.items():  # every refusal before anything is written or trained
+def _check_resumable(
+    cfg: SweepConfig,
+    configs: dict[RunSpec, TrainConfig],
+    rows: list[dict],
+    shard: tuple[int, int],
+    results: Path,
+    datasets: dict,
+) -> None:
+    """Every refusal of a sweep, before anything is written or trained: rows of runs another shard now owns, run
+    folders trained with other settings (``configs``: each run's training config), and rows calibrated on a request
+    other than today's whose image count differs. ``datasets`` caches the splits loaded for the last check."""
+    _check_owned(rows, cfg, tuple(configs), shard, results)
+    for spec, tconf in configs.items():
         saved = Path(tconf.out) / "config.toml"
         if saved.exists():  # rows of other settings never count
             check_same_settings(TrainConfig.from_toml(saved).to_dict(), tconf, saved)
@@ -596,6 +596,20 @@ def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tup
         ]
         if unsure:
             _check_calibration(unsure, cfg.calibration_images, _dataset_for(tconf, datasets), results)
+
+
+def _sweep(cfg: SweepConfig, runs: tuple[RunSpec, ...], folder: Path, shard: tuple[int, int]) -> Path:
+    """The body of :func:`sweep`: ``runs`` (shard ``shard`` of the grid) into ``folder``, holding its lock."""
+    results, spectra_path = folder / "results.jsonl", folder / "spectra.jsonl"
+    rows = read_jsonl(results)
+    datasets: dict = {}
+    configs = {
+        spec: TrainConfig.from_dict(
+            {**cfg.train, **spec.train_overrides(), "out": str(folder / "runs" / spec.tag(cfg.train)), "resume": True}
+        )
+        for spec in runs
+    }
+    _check_resumable(cfg, configs, rows, shard, results, datasets)
     _keep_table(cfg, folder)
     done = {cell_key(r) for r in rows}
     spectra_done = {r["run"] for r in read_jsonl(spectra_path)}
