@@ -94,7 +94,8 @@ def _shard_plan(cfg: SweepConfig, folder: Path, shard: tuple[int, int], cells: l
     for tag, spec in owned.items():
         tconf = TrainConfig.from_dict({**cfg.train, **spec.train_overrides()})
         entry, run_dir = progress.get(tag), folder / "runs" / tag
-        all_cells = all((tag, label, rate) in done for label, rate in cells) and tag in with_spectra
+        cells_done = sum((tag, label, rate) in done for label, rate in cells)
+        all_cells = cells_done == len(cells) and tag in with_spectra
         trained = (run_dir / "model.safetensors").is_file() or all_cells or bool(entry and entry["finished"])
         status = refused or _status(run_dir / "config.toml", tconf)
         planned = max((r.get("epochs") or 0 for r in rows if r["run"] == tag), default=0) or tconf.epochs
@@ -112,7 +113,7 @@ def _shard_plan(cfg: SweepConfig, folder: Path, shard: tuple[int, int], cells: l
                 "epochs_done": entry["epochs_done"] if entry else planned if trained else 0,
                 "epochs": tconf.epochs,
                 "training_left_s": left or None,
-                "cells_done": sum((tag, label, rate) in done for label, rate in cells),
+                "cells_done": cells_done,
                 "cells": len(cells),
                 "status": status,
             }
