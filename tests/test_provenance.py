@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
+
 import smoothcompress as sc
 from smoothcompress.files import write_json
-from smoothcompress.provenance import device_name, git_commit, provenance
+from smoothcompress.provenance import COMMIT_ENV, device_name, git_commit, provenance
 
 
 def test_write_json_round_trips_with_provenance(tmp_path):
@@ -16,8 +18,19 @@ def test_write_json_round_trips_with_provenance(tmp_path):
     assert back["smoothcompress"] == sc.__version__
 
 
-def test_commit_and_device_are_named():
+def test_commit_and_device_are_named(monkeypatch):
+    monkeypatch.delenv(COMMIT_ENV, raising=False)
     commit = git_commit()
     assert commit == "unknown" or len(commit.removesuffix("+dirty")) == 40
     assert git_commit(cwd="/") == "unknown"  # not a repository
     assert device_name("cpu").startswith("cpu: ") and device_name().startswith("cpu: ")
+
+
+def test_a_copied_tree_names_its_commit_through_the_environment(monkeypatch):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv(COMMIT_ENV, sha + "+dirty")
+    assert git_commit(cwd="/") == sha + "+dirty"  # git cannot say here, so the variable does
+    assert git_commit() != sha + "+dirty"  # inside the repository git's own answer wins
+    monkeypatch.setenv(COMMIT_ENV, "main")
+    with pytest.raises(ValueError, match="SMOOTHCOMPRESS_COMMIT='main' is not a commit id"):
+        git_commit(cwd="/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["git_commit", "device_name", "package_version", "provenance"]
+__all__ = ["COMMIT_ENV", "git_commit", "device_name", "package_version", "provenance"]
+
+COMMIT_ENV = "SMOOTHCOMPRESS_COMMIT"
+"""Environment variable naming the commit of a source tree copied without its ``.git`` folder (to a GPU machine,
+say): :func:`git_commit` returns it when git cannot name the commit itself."""
 
 
 def package_version() -> str:
@@ -25,7 +30,16 @@ def package_version() -> str:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The current git commit (with ``+dirty`` when the tree has uncommitted changes), or ``"unknown"``."""
+    """The current git commit (with ``+dirty`` when the tree has uncommitted changes).
+
+    Where git cannot say (no repository, no git), ``$SMOOTHCOMPRESS_COMMIT`` (:data:`COMMIT_ENV`) if it is set,
+    else ``"unknown"``.
+
+    Raises
+    ------
+    ValueError
+        If ``$SMOOTHCOMPRESS_COMMIT`` is needed and is not a commit id (7 to 40 hex digits, ``+dirty`` allowed).
+    """
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -40,7 +54,15 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        given = os.environ.get(COMMIT_ENV, "").strip()
+        if not given:
+            return "unknown"
+        if not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", given):
+            raise ValueError(
+                f"${COMMIT_ENV}={given!r} is not a commit id: give the output of `git rev-parse HEAD` of the "
+                "tree that was copied, or unset it"
+            ) from None
+        return given
 
 
 def device_name(device: str | torch.device | None = None) -> str:
