@@ -141,7 +141,7 @@ PRESET_FINGERPRINTS = {
     "cifar10-cpu": "8b4eb92f00566c7e",
     "cifar10-cpu-lowrank": "bbe3aa0610a6af73",
     "cifar10-cpu-small": "9e34fa433ac9ac12",
-    "cifar10-paper": "3d970400bd5d362b",
+    "cifar10-paper": "154780299e7ce1f5",
     "cifar10-paper-cpu": "8ae41035a70d8c03",
     "cifar10-paper-cpu-30ep": "062dd55c2ff4d8e1",
 }

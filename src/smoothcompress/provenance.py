@@ -16,8 +16,8 @@ import torch
 __all__ = ["COMMIT_ENV", "git_commit", "device_name", "package_version", "provenance"]
 
 COMMIT_ENV = "SMOOTHCOMPRESS_COMMIT"
-"""Environment variable naming the commit of a source tree copied without its ``.git`` folder (to a GPU machine,
-say): :func:`git_commit` returns it when git cannot name the commit itself."""
+"""Environment variable naming the commit of a source tree copied to another machine (a GPU machine, say) without
+its ``.git`` folder or with a stale one: :func:`git_commit` returns it in place of git's answer."""
 
 
 def package_version() -> str:
@@ -30,16 +30,23 @@ def package_version() -> str:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The current git commit (with ``+dirty`` when the tree has uncommitted changes).
-
-    Where git cannot say (no repository, no git), ``$SMOOTHCOMPRESS_COMMIT`` (:data:`COMMIT_ENV`) if it is set,
-    else ``"unknown"``.
+    """The commit of the code: ``$SMOOTHCOMPRESS_COMMIT`` (:data:`COMMIT_ENV`) when it is set (a tree copied to
+    another machine, whose ``.git`` is missing or not the one it was copied from), else git's current commit (with
+    ``+dirty`` when the tree has uncommitted changes), else ``"unknown"``.
 
     Raises
     ------
     ValueError
-        If ``$SMOOTHCOMPRESS_COMMIT`` is needed and is not a commit id (7 to 40 hex digits, ``+dirty`` allowed).
+        If ``$SMOOTHCOMPRESS_COMMIT`` is set and is not a commit id (7 to 40 hex digits, ``+dirty`` allowed).
     """
+    given = os.environ.get(COMMIT_ENV, "").strip()
+    if given:
+        if not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", given):
+            raise ValueError(
+                f"${COMMIT_ENV}={given!r} is not a commit id: give the output of `git rev-parse HEAD` of the "
+                "tree that was copied, or unset it"
+            )
+        return given
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -54,15 +61,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        given = os.environ.get(COMMIT_ENV, "").strip()
-        if not given:
-            return "unknown"
-        if not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", given):
-            raise ValueError(
-                f"${COMMIT_ENV}={given!r} is not a commit id: give the output of `git rev-parse HEAD` of the "
-                "tree that was copied, or unset it"
-            ) from None
-        return given
+        return "unknown"
 
 
 def device_name(device: str | torch.device | None = None) -> str:

@@ -125,22 +125,24 @@ class _Stop(Exception):
 
 class _Moments:
     """Running float64 sums over paired vectors ``x`` (dense input, ``d`` dims) and ``x'`` (``d'`` dims: the
-    compressed layer's input, or a tensor layer's input to its last factor)."""
+    compressed layer's input, or a tensor layer's input to its last factor), kept on ``device``: the compressed
+    layer's, where its solve runs."""
 
-    def __init__(self, d: int, dp: int):
-        self.xx = torch.zeros(d, d, dtype=torch.float64)
-        self.xpxp = torch.zeros(dp, dp, dtype=torch.float64)
-        self.xxp = torch.zeros(d, dp, dtype=torch.float64)
-        self.x, self.xp = torch.zeros(d, dtype=torch.float64), torch.zeros(dp, dtype=torch.float64)
+    def __init__(self, d: int, dp: int, device: torch.device | str = "cpu"):
+        f64 = {"dtype": torch.float64, "device": device}
+        self.xx, self.xpxp, self.xxp = torch.zeros(d, d, **f64), torch.zeros(dp, dp, **f64), torch.zeros(d, dp, **f64)
+        self.x, self.xp = torch.zeros(d, **f64), torch.zeros(dp, **f64)
         self.n = 0
 
     def add(self, x: torch.Tensor, xp: torch.Tensor) -> None:
-        """Add paired vectors ``x`` (k, d) and ``xp`` (k, d'): products of one batch in float32, sums in float64."""
-        x, xp = x.float(), xp.float()
+        """Add paired vectors ``x`` (k, d) and ``xp`` (k, d'), from any device: products of one batch in float32,
+        sums in float64."""
+        device = self.xx.device
+        x, xp = x.to(device, torch.float32), xp.to(device, torch.float32)
         for total, prod in ((self.xx, x.T @ x), (self.xpxp, xp.T @ xp), (self.xxp, x.T @ xp)):
-            total += prod.to("cpu", torch.float64)
-        self.x += x.sum(0).to("cpu", torch.float64)
-        self.xp += xp.sum(0).to("cpu", torch.float64)
+            total += prod.double()
+        self.x += x.sum(0).double()
+        self.xp += xp.sum(0).double()
         self.n += x.shape[0]
 
     def get(self, centered: bool) -> tuple[torch.Tensor, ...]:
@@ -208,11 +210,12 @@ def _forward_order(model: nn.Module, x: ExampleInput) -> tuple[list[str], dict[s
     return order, calls
 
 
-def _dense_matrix(dense: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(W, b)`` of a dense layer: ``W`` as ``(out, d)`` float64 (a conv's channel matricization), ``b`` or None."""
-    w = layer_weight(dense).detach().to(torch.float64)
+def _dense_matrix(dense: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, b)`` of a dense layer on ``device``: ``W`` as ``(out, d)`` float64 (a conv's channel matricization),
+    ``b`` or None."""
+    w = layer_weight(dense).detach().to(device, torch.float64)
     bias = dense.bias if isinstance(dense, nn.Conv2d) else linear_bias(dense)
-    return w.reshape(w.shape[0], -1), None if bias is None else bias.detach().to(torch.float64)
+    return w.reshape(w.shape[0], -1), None if bias is None else bias.detach().to(device, torch.float64)
 
 
 def _error(w: torch.Tensor, m: torch.Tensor, cxx: torch.Tensor, cpp: torch.Tensor, cxp: torch.Tensor) -> float:
@@ -230,7 +233,7 @@ def _least_squares(
     with ``metric = C_x'x' + lam I`` and ``lam = damping * mean(diag C_x'x')`` (module docstring)."""
     scale = float(cpp.diagonal().mean())
     lam = damping * (scale if scale > 0 else 1.0)
-    metric = cpp + lam * torch.eye(cpp.shape[0], dtype=cpp.dtype)
+    metric = cpp + lam * torch.eye(cpp.shape[0], dtype=cpp.dtype, device=cpp.device)
     return torch.linalg.solve(metric, (w @ cxp + lam * prior).T).T, metric
 
 
@@ -254,7 +257,7 @@ def _solve(
     damping: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve one layer (module docstring); write its factors. Returns ``(M_r, offset, errors)``."""
-    w, b = _dense_matrix(dense)
+    w, b = _dense_matrix(dense, mom.xx.device)
     moments = mom.get(centered)
     cxx, cpp, cxp, _, _ = moments
     info = {"samples": mom.n, "solved": "layer", "error_before": _error(w, _factorized_matrix(layer), cxx, cpp, cxp)}
@@ -276,7 +279,7 @@ def _solve_last_factor(
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve the last ``1 x 1`` factor of a tensor layer (module docstring); write it. Returns ``(B, offset,
     errors)``."""
-    w, b = _dense_matrix(dense)
+    w, b = _dense_matrix(dense, mom.xx.device)
     moments = mom.get(centered)
     cxx, czz, cxz, _, _ = moments
     fitted = layer.second.weight.detach()[:, :, 0, 0].to(torch.float64)  # (C_out, r)
@@ -354,7 +357,7 @@ def _accumulate(
     # the dense layer's geometry samples the layer's input; a 1x1 conv at the output positions samples the last
     # factor's input; both draw the same positions from the same generator
     point, geometry = (layer.second, layer.second) if isinstance(layer, _TENSOR_LAYERS) else (layer, dense)
-    mom = _Moments(input_dim(dense), input_dim(geometry))
+    mom = _Moments(input_dim(dense), input_dim(geometry), next(point.parameters()).device)
     ks = _per_batch(quota, batches)
     for b, (x, vd) in enumerate(zip(batches, dense_vectors, strict=True)):
         xc = _input_of(compressed, point, x)
