@@ -48,10 +48,19 @@ for i in $(seq 1 "$SHARDS"); do
     --shard "$i/$SHARDS" >"$OUT/$NAME-shard-$i.log" 2>&1 &
   pids+=($!)
 done
+failed=0
 for i in $(seq 1 "$SHARDS"); do
-  wait "${pids[$((i - 1))]}" || echo "shard $i/$SHARDS stopped after $(( $(date +%s) - start )) s (resumable)"
+  rc=0
+  wait "${pids[$((i - 1))]}" || rc=$?
+  if [ "$rc" -eq 124 ]; then
+    echo "shard $i/$SHARDS stopped at the budget after $(( $(date +%s) - start )) s (resumable: run again)"
+  elif [ "$rc" -ne 0 ]; then
+    echo "shard $i/$SHARDS failed (exit code $rc); the end of its log, $OUT/$NAME-shard-$i.log:"
+    failed=1
+  fi
   tail -n 5 "$OUT/$NAME-shard-$i.log"
 done
 "$PYTHON" -m smoothcompress sweep "$CONFIG" --plan --out "$OUT/$NAME" --data "$DATA" --shard all/"$SHARDS" || true
 "$PYTHON" -m smoothcompress report "$OUT/$NAME" -o "$OUT/$NAME/report" || true
 echo "total $(( $(date +%s) - start )) s"
+exit "$failed"

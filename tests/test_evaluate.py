@@ -1,29 +1,14 @@
 """evaluate refuses a model and data that do not fit (classes, channels, input shape): library and command line."""
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from imagefolders import image_folder
 from torch import nn
 
 import smoothcompress as sc
 from smoothcompress.cli import main
 from smoothcompress.study.data import ROOT_ENV, Loader
 from smoothcompress.study.training import evaluate
-
-
-def image_folder(directory: Path, classes: int = 3, size: int = 8, per_class: int = 2) -> Path:
-    """A tiny RGB ImageFolder: ``train/`` and ``test/`` with ``per_class`` random PNGs in each of ``classes``."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for k in range(classes):
-            (directory / split / f"c{k}").mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels, "RGB").save(directory / split / f"c{k}" / f"{i}.png")
-    return directory
 
 
 @pytest.fixture(scope="module")
