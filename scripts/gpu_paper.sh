@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the paper's setting (configs/cifar10-paper.toml: full-width CIFAR ResNet-18, baseline and nuclear) on one GPU
-# within a time budget. The two training runs are the sweep's two shards and go side by side on the one GPU (a
-# 32x32 batch of 512 leaves an H100-class GPU half idle); each compresses its own model once it is trained.
+# within a time budget. The two training runs are the sweep's two shards and go side by side on the one GPU (one
+# run's penalty work and compression overlap the other's training); each compresses its own model once trained.
 #
 # With smoothcompress installed: `DATA=path/to/cifar10-jpeg.tar.gz bash scripts/gpu_paper.sh`.
 #
