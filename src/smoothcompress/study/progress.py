@@ -21,6 +21,7 @@ from pathlib import Path
 
 from smoothcompress.files import read_jsonl
 from smoothcompress.study.plotstyle import COLORS, Figure, save_figure
+from smoothcompress.study.training import duration
 
 __all__ = [
     "EVAL_KEYS",
@@ -115,16 +116,16 @@ def with_results(entries: list[dict], rows: list[dict]) -> list[dict]:
 def progress_table(entries: list[dict]) -> str:
     """Markdown table of :func:`training_progress` entries: one row per run, its epochs done of those planned, the
     monitor's accuracy (%) at the last epoch and its best, the training accuracy and penalty at the last epoch, and
-    the hours trained."""
+    the time trained (:func:`~smoothcompress.study.training.duration`)."""
     lines = [
-        "| run | shard | epochs | accuracy, last epoch | best (epoch) | training accuracy | penalty | hours |",
+        "| run | shard | epochs | accuracy, last epoch | best (epoch) | training accuracy | penalty | time trained |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         planned = "?" if e["epochs"] is None else e["epochs"]
         state = "" if e["finished"] else " (training)"
         if not e["history"]:
-            lines.append(f"| {e['run']} | {e['shard'] or '—'} | 0 / {planned}{state} | — | — | — | — | 0.0 |")
+            lines.append(f"| {e['run']} | {e['shard'] or '—'} | 0 / {planned}{state} | — | — | — | — | — |")
             continue
         key, last = e["eval_key"], e["history"][-1]
         if key is None:  # epoch rows without a monitor
@@ -134,7 +135,7 @@ def progress_table(entries: list[dict]) -> str:
             accuracy = f"{100 * last[key]:.2f} ({key.removesuffix('_acc')}) | {100 * best[key]:.2f} ({best['epoch']})"
         lines.append(
             f"| {e['run']} | {e['shard'] or '—'} | {e['epochs_done']} / {planned}{state} | {accuracy} | "
-            f"{100 * last['train_acc']:.2f} | {last.get('penalty', 0.0):.4g} | {e['hours']:.1f} |"
+            f"{100 * last['train_acc']:.2f} | {last.get('penalty', 0.0):.4g} | {duration(3600 * e['hours'])} |"
         )
     return "\n".join(lines)
 
