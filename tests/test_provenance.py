@@ -5,6 +5,7 @@ import json
 import pytest
 
 import smoothcompress as sc
+from smoothcompress.cli import main
 from smoothcompress.files import write_json
 from smoothcompress.provenance import COMMIT_ENV, device_name, git_commit, provenance
 
@@ -32,5 +33,13 @@ def test_a_copied_tree_names_its_commit_through_the_environment(monkeypatch):
     assert git_commit(cwd="/") == sha + "+dirty"  # git cannot say here
     assert git_commit() == sha + "+dirty"  # and a copied .git may be stale: the variable wins
     monkeypatch.setenv(COMMIT_ENV, "main")
-    with pytest.raises(ValueError, match="SMOOTHCOMPRESS_COMMIT='main' is not a commit id"):
+    with pytest.raises(sc.ConfigError, match="SMOOTHCOMPRESS_COMMIT='main' is not a commit id"):
         git_commit(cwd="/")
+
+
+def test_a_wrong_commit_variable_is_a_one_line_command_line_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(COMMIT_ENV, "main")
+    assert main(["sweep", "demo", "--out", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothcompress sweep: error: $SMOOTHCOMPRESS_COMMIT='main' is not a commit id")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from smoothcompress.errors import ConfigError
+
 __all__ = ["COMMIT_ENV", "git_commit", "device_name", "package_version", "provenance"]
 
 COMMIT_ENV = "SMOOTHCOMPRESS_COMMIT"
@@ -36,13 +38,13 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 
     Raises
     ------
-    ValueError
+    ConfigError
         If ``$SMOOTHCOMPRESS_COMMIT`` is set and is not a commit id (7 to 40 hex digits, ``+dirty`` allowed).
     """
     given = os.environ.get(COMMIT_ENV, "").strip()
     if given:
         if not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", given):
-            raise ValueError(
+            raise ConfigError(
                 f"${COMMIT_ENV}={given!r} is not a commit id: give the output of `git rev-parse HEAD` of the "
                 "tree that was copied, or unset it"
             )
