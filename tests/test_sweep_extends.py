@@ -144,6 +144,7 @@ PRESET_FINGERPRINTS = {
     "cifar10-paper": "154780299e7ce1f5",
     "cifar10-paper-cpu": "8ae41035a70d8c03",
     "cifar10-paper-cpu-30ep": "062dd55c2ff4d8e1",
+    "cifar10-paper-small": "e20b321af5182cbf",
 }
 """The fingerprints of the presets that extend another and of those they extend, as their committed results and
 running sweeps carry them: an edit to a parent preset that would change what a child runs fails here, before a
