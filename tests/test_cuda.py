@@ -26,12 +26,13 @@ def _model_and_data() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, x
 
 
-def _both(name: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+def _both(name: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """``(dense, on_cpu, on_gpu, x)``: the dense model, compressed by ``name`` on each device, and its data."""
     model, x = _model_and_data()
     method = sc.get_method(name)
     on_cpu = method.apply(copy.deepcopy(model), RATE, data=x, images=len(x))
     on_gpu = method.apply(copy.deepcopy(model).cuda(), RATE, data=x.cuda(), images=len(x))
-    return on_cpu, on_gpu, x
+    return model, on_cpu, on_gpu, x
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +46,7 @@ def _full_float32():
 
 @pytest.mark.parametrize("name", EXACT)
 def test_a_method_on_the_gpu_gives_the_cpu_result(name):
-    on_cpu, on_gpu, x = _both(name)
+    _, on_cpu, on_gpu, x = _both(name)
     assert all(p.is_cuda for p in on_gpu.parameters())
     assert sc.count_params(on_gpu) == sc.count_params(on_cpu)
     with torch.no_grad():
@@ -56,8 +57,7 @@ def test_a_method_on_the_gpu_gives_the_cpu_result(name):
 @pytest.mark.parametrize("name", RANDOM)
 def test_a_tensor_method_runs_on_the_gpu_as_well_as_on_the_cpu(name):
     pytest.importorskip("tensorly")
-    on_cpu, on_gpu, x = _both(name)
-    model, _ = _model_and_data()
+    model, on_cpu, on_gpu, x = _both(name)
     assert all(p.is_cuda for p in on_gpu.parameters())
     assert sc.count_params(on_gpu) == sc.count_params(on_cpu)
     with torch.no_grad():

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from imagefolders import tar_gz
 from PIL import Image
 
 import smoothcompress as sc
@@ -574,13 +575,6 @@ def build_imagefolder(directory: Path, mode: str = "RGB", size=(5, 6), per_class
     (directory / "README.txt").write_text("not an image, ignored")
     expected["classes"] = sorted(classes)
     return expected
-
-
-def tar_gz(source: Path, archive: Path, prefix: str = "") -> Path:
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(source.rglob("*")):
-            tar.add(path, arcname=prefix + path.relative_to(source).as_posix(), recursive=False)
-    return archive
 
 
 def assert_matches(ds, expected):

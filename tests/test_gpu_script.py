@@ -8,11 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-from imagefolders import image_folder
+from imagefolders import image_folder, tar_gz
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_paper.sh"
@@ -50,10 +49,7 @@ def _run(tmp_path: Path, budget_s: int) -> subprocess.CompletedProcess:
 
 
 def test_the_gpu_script_runs_both_shards_stops_at_its_budget_and_resumes(tmp_path):
-    folder = image_folder(tmp_path / "tiny", size=16, per_class=4)
-    with tarfile.open(tmp_path / "tiny.tar.gz", "w:gz") as tar:
-        for split in ("train", "test"):
-            tar.add(folder / split, arcname=split)
+    tar_gz(image_folder(tmp_path / "tiny", size=16, per_class=4), tmp_path / "tiny.tar.gz")
     (tmp_path / "tiny.toml").write_text(TINY)
 
     stopped = _run(tmp_path, budget_s=1)  # neither shard gets past importing torch

@@ -128,7 +128,7 @@ class _Moments:
     compressed layer's input, or a tensor layer's input to its last factor), kept on ``device``: the compressed
     layer's, where its solve runs."""
 
-    def __init__(self, d: int, dp: int, device: torch.device | str = "cpu"):
+    def __init__(self, d: int, dp: int, device: torch.device):
         f64 = {"dtype": torch.float64, "device": device}
         self.xx, self.xpxp, self.xxp = torch.zeros(d, d, **f64), torch.zeros(dp, dp, **f64), torch.zeros(d, dp, **f64)
         self.x, self.xp = torch.zeros(d, **f64), torch.zeros(dp, **f64)
